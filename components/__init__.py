@@ -1,0 +1,12 @@
+"""advpatch's KFP components: thin, typed shells over :mod:`advpatch.steps`.
+
+Each component lives in its own folder (``component.py`` + ``README.md``). Importing this module
+imports KFP but never TensorFlow.
+"""
+
+from advpatch.components.infer.component import infer
+from advpatch.components.load_dataset.component import load_dataset
+from advpatch.components.report.component import report
+from advpatch.components.train.component import train
+
+__all__ = ["load_dataset", "train", "infer", "report"]

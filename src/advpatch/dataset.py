@@ -1,0 +1,326 @@
+"""The Dataset artifact: a folder of image shards plus a JSON manifest.
+
+Layout (format ``advpatch-dataset``, version 1)::
+
+    <dataset>/
+      dataset.json          manifest: see below
+      shard-00000.npz       x: uint8 [n, H, W, C]; y: int32 [n]; optional per-example columns
+      shard-00001.npz       ...
+
+``dataset.json`` holds ``format``, ``version``, ``num_examples``, ``image_shape`` ``[H, W, C]``,
+``dtype`` (always ``uint8``), ``value_range`` (``[0, 255]``), ``class_names``, ``columns`` (name ->
+numpy dtype of each per-example column, e.g. ``patched: bool``), ``shards`` (file, count, sha256)
+and ``provenance``: the list of steps that made the data, each with its parameters.
+
+Why this shape:
+
+* Shards keep memory bounded: writers flush every ``shard_bytes`` and readers stream batches, so an
+  ImageNet-sized set never has to fit in memory.
+* ``.npz`` read with ``allow_pickle=False`` and a JSON manifest: nothing is ever unpickled.
+* Pixels are stored as ``uint8`` in ``[0, 255]``, the way images live on disk; models take float
+  ``[0, 1]`` (see :func:`to_float`).
+* A writer builds the folder under a temporary name and renames it into place when it closes
+  cleanly, so a failed step leaves no half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+FORMAT = "advpatch-dataset"
+VERSION = 1
+MANIFEST = "dataset.json"
+DEFAULT_SHARD_BYTES = 64 * 2**20
+
+
+class DatasetError(ValueError):
+    """A dataset folder is missing, malformed or does not fit what a step needs."""
+
+
+@dataclass
+class DatasetSpec:
+    """What ``dataset.json`` says about a dataset."""
+
+    image_shape: Tuple[int, int, int]
+    class_names: List[str]
+    num_examples: int = 0
+    columns: Dict[str, str] = field(default_factory=dict)
+    shards: List[Dict[str, Any]] = field(default_factory=list)
+    provenance: List[Dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "num_examples": self.num_examples,
+            "image_shape": list(self.image_shape),
+            "dtype": "uint8",
+            "value_range": [0, 255],
+            "class_names": list(self.class_names),
+            "columns": dict(self.columns),
+            "shards": list(self.shards),
+            "provenance": list(self.provenance),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str) -> "DatasetSpec":
+        if data.get("format") != FORMAT:
+            raise DatasetError(f"{where} is not an {FORMAT} manifest (format={data.get('format')!r})")
+        if data.get("version") != VERSION:
+            raise DatasetError(
+                f"{where} has {FORMAT} version {data.get('version')!r}; this advpatch reads version {VERSION}"
+            )
+        return cls(
+            image_shape=tuple(int(d) for d in data["image_shape"]),  # type: ignore[arg-type]
+            class_names=[str(c) for c in data["class_names"]],
+            num_examples=int(data["num_examples"]),
+            columns={str(k): str(v) for k, v in data.get("columns", {}).items()},
+            shards=list(data["shards"]),
+            provenance=list(data.get("provenance", [])),
+        )
+
+
+def to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0, 1], the input every advpatch model takes."""
+    return x.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """float pixels in [0, 1] -> uint8, rounding to nearest."""
+    return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class DatasetWriter:
+    """Streams examples into a new dataset folder; use as a context manager.
+
+    ``columns`` declares optional per-example columns (name -> numpy dtype); every
+    :meth:`write` must then pass each of them.
+    """
+
+    def __init__(
+        self,
+        path: os.PathLike | str,
+        image_shape: Sequence[int],
+        class_names: Sequence[str],
+        *,
+        columns: Optional[Mapping[str, str]] = None,
+        provenance: Optional[List[Dict[str, Any]]] = None,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+    ) -> None:
+        shape = tuple(int(d) for d in image_shape)
+        if len(shape) != 3 or shape[2] not in (1, 3) or min(shape) < 1:
+            raise DatasetError(f"image_shape must be [height, width, 1 or 3], got {list(shape)}")
+        if not class_names:
+            raise DatasetError("a dataset needs at least one class name")
+        self.path = Path(path)
+        self.spec = DatasetSpec(
+            image_shape=shape,  # type: ignore[arg-type]
+            class_names=[str(c) for c in class_names],
+            columns={k: np.dtype(v).name for k, v in (columns or {}).items()},
+            provenance=list(provenance or []),
+        )
+        self._tmp = self.path.parent / f".{self.path.name}.partial-{uuid.uuid4().hex[:8]}"
+        self._tmp.mkdir(parents=True)
+        self._per_shard = max(1, shard_bytes // int(np.prod(shape)))
+        self._pending: List[Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]] = []
+        self._pending_n = 0
+        self._closed = False
+
+    def write(self, x: np.ndarray, y: np.ndarray, **columns: np.ndarray) -> None:
+        """Append a batch: ``x`` uint8 ``[n, H, W, C]``, ``y`` integer labels ``[n]``."""
+        x = np.asarray(x)
+        y = np.asarray(y)
+        if x.dtype != np.uint8:
+            raise DatasetError(f"images must be uint8 in [0, 255], got dtype {x.dtype}")
+        if x.shape[1:] != self.spec.image_shape:
+            raise DatasetError(
+                f"images must have shape [n, {', '.join(map(str, self.spec.image_shape))}], got {list(x.shape)}"
+            )
+        if y.shape != (x.shape[0],):
+            raise DatasetError(f"labels must have shape [{x.shape[0]}], got {list(y.shape)}")
+        if y.size and (y.min() < 0 or y.max() >= self.spec.num_classes):
+            raise DatasetError(f"labels must be in [0, {self.spec.num_classes - 1}], got {y.min()}..{y.max()}")
+        if set(columns) != set(self.spec.columns):
+            raise DatasetError(f"write() needs columns {sorted(self.spec.columns)}, got {sorted(columns)}")
+        cols = {}
+        for name, values in columns.items():
+            values = np.asarray(values, dtype=self.spec.columns[name])
+            if values.shape[:1] != (x.shape[0],):
+                raise DatasetError(f"column {name!r} must have {x.shape[0]} rows, got {values.shape[:1]}")
+            cols[name] = values
+        # Split the batch at shard boundaries so every shard except the last is full.
+        start = 0
+        while start < x.shape[0]:
+            take = min(x.shape[0] - start, self._per_shard - self._pending_n)
+            sl = slice(start, start + take)
+            self._pending.append((x[sl], y[sl].astype(np.int32), {k: v[sl] for k, v in cols.items()}))
+            self._pending_n += take
+            start += take
+            if self._pending_n >= self._per_shard:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending_n:
+            return
+        arrays = {
+            "x": np.concatenate([p[0] for p in self._pending]),
+            "y": np.concatenate([p[1] for p in self._pending]),
+        }
+        for name in self.spec.columns:
+            arrays[f"col_{name}"] = np.concatenate([p[2][name] for p in self._pending])
+        name = f"shard-{len(self.spec.shards):05d}.npz"
+        np.savez(self._tmp / name, **arrays)
+        self.spec.shards.append(
+            {"file": name, "num_examples": self._pending_n, "sha256": _sha256(self._tmp / name)}
+        )
+        self.spec.num_examples += self._pending_n
+        self._pending, self._pending_n = [], 0
+
+    def close(self) -> "DatasetSpec":
+        """Flush, write the manifest and move the folder into place."""
+        if self._closed:
+            return self.spec
+        self._flush()
+        if self.spec.num_examples == 0:
+            self.abort()
+            raise DatasetError(f"refusing to write an empty dataset to {self.path}")
+        (self._tmp / MANIFEST).write_text(json.dumps(self.spec.to_json(), indent=1))
+        if self.path.exists():
+            # KFP may pre-create the output folder; only an empty one may be replaced.
+            if self.path.is_dir() and not any(self.path.iterdir()):
+                self.path.rmdir()
+            else:
+                self.abort()
+                raise DatasetError(f"{self.path} already exists and is not empty")
+        os.replace(self._tmp, self.path)
+        self._closed = True
+        return self.spec
+
+    def abort(self) -> None:
+        self._closed = True
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class Dataset:
+    """A dataset folder opened for reading."""
+
+    def __init__(self, path: os.PathLike | str, *, verify: bool = True) -> None:
+        self.path = Path(path)
+        manifest = self.path / MANIFEST
+        if not manifest.is_file():
+            raise DatasetError(f"{self.path} is not a dataset: {MANIFEST} is missing")
+        try:
+            data = json.loads(manifest.read_text())
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{manifest} is not valid JSON: {e}") from None
+        self.spec = DatasetSpec.from_json(data, str(manifest))
+        self._verify = verify
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        return self.spec.image_shape
+
+    @property
+    def class_names(self) -> List[str]:
+        return self.spec.class_names
+
+    def __len__(self) -> int:
+        return self.spec.num_examples
+
+    def shards(self) -> Iterator[Dict[str, np.ndarray]]:
+        """Yield each shard as ``{"x", "y", <columns>...}``."""
+        for shard in self.spec.shards:
+            file = self.path / shard["file"]
+            if Path(shard["file"]).name != shard["file"]:
+                raise DatasetError(f"shard name {shard['file']!r} in {self.path} is not a plain file name")
+            if self._verify and _sha256(file) != shard["sha256"]:
+                raise DatasetError(f"{file} does not match its sha256 in {MANIFEST}: the dataset is corrupt")
+            with np.load(file, allow_pickle=False) as npz:
+                out = {"x": npz["x"], "y": npz["y"]}
+                for name in self.spec.columns:
+                    out[name] = npz[f"col_{name}"]
+            yield out
+
+    def batches(self, batch_size: int) -> Iterator[Dict[str, np.ndarray]]:
+        """Yield batches of ``batch_size`` examples (the last may be smaller), in order."""
+        buf: List[Dict[str, np.ndarray]] = []
+        n = 0
+        for shard in self.shards():
+            buf.append(shard)
+            n += len(shard["y"])
+            while n >= batch_size:
+                merged = _concat(buf)
+                yield {k: v[:batch_size] for k, v in merged.items()}
+                rest = {k: v[batch_size:] for k, v in merged.items()}
+                n -= batch_size
+                buf = [rest] if n else []
+        if n:
+            yield _concat(buf)
+
+    def load(self) -> Dict[str, np.ndarray]:
+        """All examples at once as ``{"x", "y", <columns>...}`` (small datasets)."""
+        return _concat(list(self.shards()))
+
+    def summary(self) -> str:
+        h, w, c = self.image_shape
+        return f"{len(self)} images {h}x{w}x{c}, {self.spec.num_classes} classes"
+
+
+def _concat(parts: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def write_dataset(
+    path: os.PathLike | str,
+    x: np.ndarray,
+    y: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    provenance: Optional[List[Dict[str, Any]]] = None,
+    columns: Optional[Mapping[str, np.ndarray]] = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> DatasetSpec:
+    """Write in-memory arrays as a dataset (convenience over :class:`DatasetWriter`)."""
+    columns = dict(columns or {})
+    with DatasetWriter(
+        path,
+        x.shape[1:],
+        class_names,
+        columns={k: np.asarray(v).dtype.name for k, v in columns.items()},
+        provenance=provenance,
+        shard_bytes=shard_bytes,
+    ) as writer:
+        writer.write(x, y, **columns)
+    return writer.spec

@@ -1,0 +1,169 @@
+"""Model architectures and the Model artifact.
+
+Every advpatch model takes float32 images in ``[0, 1]`` (``[batch, H, W, C]``) and returns class
+probabilities. Anything an architecture needs beyond that (ImageNet mean subtraction for
+pretrained weights) lives inside the model, so attacks, defences and inference never need to know.
+
+Model artifact layout (format ``advpatch-model``, version 1)::
+
+    <model>/
+      model.keras     Keras 3 archive (loaded with safe_mode=True: no Python lambdas)
+      model.json      architecture, input_shape, class_names, preprocessing, provenance
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+from advpatch import params
+
+FORMAT = "advpatch-model"
+VERSION = 1
+KERAS_FILE = "model.keras"
+META_FILE = "model.json"
+PREPROCESSING = "float32 in [0, 1]"
+
+MIN_IMAGE_SIZE = {"le_net": 12, "shallow_net": 1, "alex_net": 16, "resnet50": 32, "vgg16": 32}
+"""Smallest height/width each architecture's layers can take."""
+
+
+class ModelError(ValueError):
+    """A model artifact is missing or malformed, or does not fit the data."""
+
+
+@dataclass
+class ModelInfo:
+    """What ``model.json`` says about a model."""
+
+    architecture: str
+    input_shape: Tuple[int, int, int]
+    class_names: List[str]
+    preprocessing: str = PREPROCESSING
+    provenance: Dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data["input_shape"] = list(self.input_shape)
+        return {"format": FORMAT, "version": VERSION, **data}
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any], where: str) -> "ModelInfo":
+        if data.get("format") != FORMAT or data.get("version") != VERSION:
+            raise ModelError(f"{where} is not an {FORMAT} v{VERSION} manifest")
+        return cls(
+            architecture=data["architecture"],
+            input_shape=tuple(int(d) for d in data["input_shape"]),  # type: ignore[arg-type]
+            class_names=[str(c) for c in data["class_names"]],
+            preprocessing=data.get("preprocessing", PREPROCESSING),
+            provenance=dict(data.get("provenance", {})),
+        )
+
+
+def check_fits(architecture: str, image_shape: Sequence[int]) -> None:
+    """Fail early, naming both, when ``image_shape`` cannot go through ``architecture``."""
+    params.check(model_architecture=architecture)
+    h, w, c = image_shape
+    smallest = MIN_IMAGE_SIZE[architecture]
+    if min(h, w) < smallest:
+        raise ModelError(
+            f"model_architecture {architecture!r} needs images of at least {smallest}x{smallest}, "
+            f"but the dataset has {h}x{w}x{c}: pick another architecture or load the data with image_size >= {smallest}"
+        )
+
+
+def build_model(architecture: str, input_shape: Sequence[int], num_classes: int):
+    """A fresh, randomly initialised Keras model (seed it with ``keras.utils.set_random_seed``)."""
+    check_fits(architecture, input_shape)
+    import keras
+    from keras import layers
+
+    shape = tuple(int(d) for d in input_shape)
+    inputs = keras.Input(shape=shape, name="image")
+    if architecture == "le_net":
+        # LeNet-5 (LeCun et al. 1998), ReLU and max pooling; first convolution padded as for 28x28.
+        x = layers.Conv2D(6, 5, padding="same", activation="relu")(inputs)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Conv2D(16, 5, activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Flatten()(x)
+        x = layers.Dense(120, activation="relu")(x)
+        x = layers.Dense(84, activation="relu")(x)
+    elif architecture == "shallow_net":
+        x = layers.Flatten()(inputs)
+        x = layers.Dense(128, activation="relu")(x)
+    elif architecture == "alex_net":
+        # AlexNet (Krizhevsky et al. 2012) with batch norm; the stride-4 stem only for large images.
+        stride, kernel = (4, 11) if min(shape[:2]) >= 96 else (1, 5)
+        x = layers.Conv2D(96, kernel, strides=stride, padding="same", activation="relu")(inputs)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        x = layers.Conv2D(256, 5, padding="same", activation="relu")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        x = layers.Conv2D(384, 3, padding="same", activation="relu")(x)
+        x = layers.Conv2D(384, 3, padding="same", activation="relu")(x)
+        x = layers.Conv2D(256, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        x = layers.Flatten()(x)
+        for _ in range(2):
+            x = layers.Dense(4096, activation="relu")(x)
+            x = layers.Dropout(0.5)(x)
+    else:
+        app = {"resnet50": keras.applications.ResNet50, "vgg16": keras.applications.VGG16}[architecture]
+        backbone = app(include_top=False, weights=None, input_shape=shape, pooling="avg")
+        x = backbone(inputs)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Softmax(name="probabilities")(logits)
+    return keras.Model(inputs, outputs, name=architecture)
+
+
+def make_optimizer(name: str, learning_rate: float):
+    params.check(optimizer=name, learning_rate=learning_rate)
+    import keras
+
+    cls = {
+        "rmsprop": keras.optimizers.RMSprop,
+        "adam": keras.optimizers.Adam,
+        "adagrad": keras.optimizers.Adagrad,
+        "sgd": keras.optimizers.SGD,
+    }[name]
+    return cls(learning_rate=learning_rate)
+
+
+def save_model(model, info: ModelInfo, path: os.PathLike | str) -> None:
+    """Write the Model artifact folder atomically (a temporary folder renamed into place)."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        model.save(tmp / KERAS_FILE)
+        (tmp / META_FILE).write_text(json.dumps(info.to_json(), indent=1))
+        if path.exists() and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_model_info(path: os.PathLike | str) -> ModelInfo:
+    """The metadata alone: cheap, no TensorFlow import."""
+    meta = Path(path) / META_FILE
+    if not meta.is_file():
+        raise ModelError(f"{path} is not a model artifact: {META_FILE} is missing")
+    return ModelInfo.from_json(json.loads(meta.read_text()), str(meta))
+
+
+def load_model(path: os.PathLike | str):
+    """(keras model, ModelInfo) from a Model artifact folder."""
+    info = read_model_info(path)
+    import keras
+
+    model = keras.saving.load_model(Path(path) / KERAS_FILE, compile=False, safe_mode=True)
+    return model, info

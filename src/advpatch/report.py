@@ -1,0 +1,77 @@
+"""The results a person reads at a glance: one table, the same in the terminal, in KFP's Markdown
+viewer and in MLflow; plus the machine-readable ``results.json`` behind it."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Dict, List, Sequence, Tuple
+
+from advpatch import __version__
+
+RESULTS_FORMAT = "advpatch-results"
+RESULTS_VERSION = 1
+
+# (metric key, column title, format) of the evaluation table; a column shows only when some row has it.
+EVAL_COLUMNS: Sequence[Tuple[str, str, str]] = (
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("loss", "loss", "{:.4f}"),
+    ("f1_macro", "F1 (macro)", "{:.4f}"),
+    ("auc_macro_ovr", "AUC (ovr)", "{:.4f}"),
+    ("num_examples", "images", "{:.0f}"),
+)
+
+
+def build_results(steps: Sequence[Any], title: str = "advpatch results") -> Dict[str, Any]:
+    """``results.json``: every metric of every step, plus the evaluation rows in table order."""
+    return {
+        "format": RESULTS_FORMAT,
+        "version": RESULTS_VERSION,
+        "advpatch_version": __version__,
+        "title": title,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "steps": [
+            {"step": s.step, "label": s.label, "metrics": s.metrics, "details": s.details,
+             **({"confusion_matrix": {"categories": s.confusion_categories, "matrix": s.confusion_matrix}}
+                if s.confusion_matrix else {})}
+            for s in steps
+        ],
+        "evaluations": [{"label": s.label, **s.metrics} for s in steps if s.step == "infer"],
+    }
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def render_table(rows: List[Dict[str, Any]], columns: Sequence[Tuple[str, str, str]]) -> str:
+    """A Markdown table whose columns line up in a terminal too."""
+    used = [c for c in columns if any(c[0] in r for r in rows)]
+    header = ["", *[title for _, title, _ in used]]
+    body = [[str(r["label"]), *[_cell(r.get(k), fmt) for k, _, fmt in used]] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+
+    def line(cells: List[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), sep, *[line(b) for b in body]])
+
+
+def render_markdown(results: Dict[str, Any]) -> str:
+    parts = [f"## {results['title']}", ""]
+    if results["evaluations"]:
+        parts += [render_table(results["evaluations"], EVAL_COLUMNS), ""]
+    for s in results["steps"]:
+        if s["step"] == "train":
+            m = s["metrics"]
+            acc = m.get("test_accuracy")
+            parts.append(
+                f"- **{s['label']}**: final training accuracy {m.get('final_accuracy', float('nan')):.4f}"
+                + (f", test accuracy {acc:.4f}" if acc is not None else "")
+                + (f", registered as `{s['details']['model_uri']}`" if s["details"].get("registered_version") else "")
+            )
+    parts.append(f"\n_advpatch {results['advpatch_version']}, {results['created']}_")
+    return "\n".join(parts) + "\n"

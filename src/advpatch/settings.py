@@ -1,0 +1,55 @@
+"""Names and defaults read from the environment: defined once, used everywhere."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from advpatch import __version__
+
+# Environment variable names.
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_EXPERIMENT = "ADVPATCH_EXPERIMENT"
+ENV_OUTPUT_DIR = "ADVPATCH_OUTPUT_DIR"
+ENV_IMAGE = "ADVPATCH_IMAGE"
+ENV_IMAGE_REGISTRY = "ADVPATCH_IMAGE_REGISTRY"
+ENV_IMAGE_TAG = "ADVPATCH_IMAGE_TAG"
+
+DEFAULT_EXPERIMENT = "advpatch"
+DEFAULT_IMAGE_REGISTRY = "ghcr.io/advpatch"
+IMAGE_NAME = "advpatch"
+
+
+def runtime_image() -> str:
+    """The container image every component runs in.
+
+    ``ADVPATCH_IMAGE`` overrides it whole; otherwise it is
+    ``$ADVPATCH_IMAGE_REGISTRY/advpatch:$ADVPATCH_IMAGE_TAG`` with the package version as the
+    default tag, so image and code never drift apart. Read when the components module is
+    first imported, i.e. at pipeline compile time.
+    """
+    if os.environ.get(ENV_IMAGE):
+        return os.environ[ENV_IMAGE]
+    registry = os.environ.get(ENV_IMAGE_REGISTRY, DEFAULT_IMAGE_REGISTRY).rstrip("/")
+    tag = os.environ.get(ENV_IMAGE_TAG, __version__)
+    return f"{registry}/{IMAGE_NAME}:{tag}"
+
+
+def output_dir() -> Path:
+    """Where local runs write (the MLflow store, demo results): ``./outputs`` by default."""
+    return Path(os.environ.get(ENV_OUTPUT_DIR, "outputs")).resolve()
+
+
+def experiment_name(explicit: str = "") -> str:
+    return explicit or os.environ.get(ENV_EXPERIMENT, DEFAULT_EXPERIMENT)
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ start-up chatter; call before importing TensorFlow."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def no_telemetry() -> None:
+    """MLflow phones home unless told not to."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
