@@ -125,20 +125,30 @@ def read_npz(path: Path, split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]
         npz = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise SourceError(f"cannot read {path} as an .npz archive: {e}") from None
-    with npz:
-        keys = set(npz.files)
-        if split in ("train", "test") and {f"x_{split}", f"y_{split}"} <= keys:
-            x, y = npz[f"x_{split}"], npz[f"y_{split}"]
-        elif split == "all" and {"x_train", "y_train", "x_test", "y_test"} <= keys:
-            x = np.concatenate([npz["x_train"], npz["x_test"]])
-            y = np.concatenate([npz["y_train"], npz["y_test"]])
-        elif {"x", "y"} <= keys:
-            x, y = npz["x"], npz["y"]
-        else:
-            raise SourceError(
-                f"{path} has arrays {sorted(keys)}; expected x_{split}/y_{split} or x/y"
-            )
-        names = [str(n) for n in npz["class_names"]] if "class_names" in keys else None
+    try:
+        return _read_npz_arrays(npz, path, split)
+    except ValueError as e:  # e.g. object arrays, which would need pickle
+        if isinstance(e, SourceError):
+            raise
+        raise SourceError(f"cannot read {path}: {e}") from None
+    finally:
+        npz.close()
+
+
+def _read_npz_arrays(npz, path: Path, split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    keys = set(npz.files)
+    if split in ("train", "test") and {f"x_{split}", f"y_{split}"} <= keys:
+        x, y = npz[f"x_{split}"], npz[f"y_{split}"]
+    elif split == "all" and {"x_train", "y_train", "x_test", "y_test"} <= keys:
+        x = np.concatenate([npz["x_train"], npz["x_test"]])
+        y = np.concatenate([npz["y_train"], npz["y_test"]])
+    elif {"x", "y"} <= keys:
+        x, y = npz["x"], npz["y"]
+    else:
+        raise SourceError(
+            f"{path} has arrays {sorted(keys)}; expected x_{split}/y_{split} or x/y"
+        )
+    names = [str(n) for n in npz["class_names"]] if "class_names" in keys else None
     x = _as_nhwc_uint8(x, str(path))
     y = np.asarray(y).astype(np.int64).reshape(-1)
     if len(y) != len(x):
@@ -253,13 +263,17 @@ def _write_image_folder(
     if max_examples and max_examples < len(files):
         keep = np.sort(np.random.default_rng(seed).choice(len(files), max_examples, replace=False))
         files = [files[i] for i in keep]
-    with Image.open(files[0][0]) as first:
-        native = (first.size[1], first.size[0])
-        mode = color_mode
-        if mode == "auto":
-            mode = "grayscale" if first.mode in ("1", "L", "LA", "I", "I;16", "F") else "rgb"
-    size = (image_size, image_size) if image_size else native
-    shape = (size[0], size[1], 1 if mode == "grayscale" else 3)
+    first = files[0][0]
+    try:
+        with Image.open(first) as img:
+            native, first_mode = (img.size[1], img.size[0]), img.mode
+    except (OSError, ValueError) as e:
+        raise SourceError(f"cannot read image {first}: {e}") from None
+    mode = color_mode
+    if mode == "auto":
+        mode = "grayscale" if first_mode in ("1", "L", "LA", "I", "I;16", "F") else "rgb"
+    size = (image_size, image_size) if image_size else None
+    shape = (*(size or native), 1 if mode == "grayscale" else 3)
     log.info("reading %d images in %d classes from %s as %s", len(files), len(classes), folder, shape)
     with DatasetWriter(output_path, shape, classes, provenance=provenance, shard_bytes=shard_bytes) as writer:
         for start in range(0, len(files), _CHUNK):

@@ -90,6 +90,7 @@ def fit(
         epochs=keras_epochs,
         steps_per_epoch=steps,
         validation_data=val_ds,
+        shuffle=False,  # the tf.data pipeline shuffles, seeded
         verbose=0,
     )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}

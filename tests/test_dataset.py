@@ -1,0 +1,102 @@
+import json
+
+import numpy as np
+import pytest
+
+from advpatch.dataset import Dataset, DatasetError, DatasetWriter, to_float, to_uint8, write_dataset
+
+
+def _images(n, shape=(8, 8, 1), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, *shape), dtype=np.uint8), rng.integers(0, 3, size=n)
+
+
+def test_round_trip_with_columns_and_provenance(tmp_path):
+    x, y = _images(10)
+    patched = np.arange(10) % 2 == 0
+    spec = write_dataset(tmp_path / "d", x, y, ["a", "b", "c"], provenance=[{"step": "test"}],
+                         columns={"patched": patched})
+    assert spec.num_examples == 10
+    ds = Dataset(tmp_path / "d")
+    data = ds.load()
+    np.testing.assert_array_equal(data["x"], x)
+    np.testing.assert_array_equal(data["y"], y)
+    np.testing.assert_array_equal(data["patched"], patched)
+    manifest = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert manifest["format"] == "advpatch-dataset" and manifest["version"] == 1
+    assert manifest["image_shape"] == [8, 8, 1] and manifest["value_range"] == [0, 255]
+    assert manifest["class_names"] == ["a", "b", "c"]
+    assert manifest["provenance"] == [{"step": "test"}]
+    assert manifest["columns"] == {"patched": "bool"}
+
+
+def test_shards_bound_memory_and_batches_stream_in_order(tmp_path):
+    x, y = _images(25)
+    # 64 bytes per image, 200 bytes per shard -> 3 images per shard
+    write_dataset(tmp_path / "d", x, y, ["a", "b", "c"], shard_bytes=200)
+    ds = Dataset(tmp_path / "d")
+    assert len(ds.spec.shards) == 9
+    assert [s["num_examples"] for s in ds.spec.shards] == [3] * 8 + [1]
+    batches = list(ds.batches(7))
+    assert [len(b["y"]) for b in batches] == [7, 7, 7, 4]
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]), x)
+
+
+def test_corrupt_shard_is_detected(tmp_path):
+    x, y = _images(5)
+    write_dataset(tmp_path / "d", x, y, ["a", "b", "c"])
+    shard = tmp_path / "d" / "shard-00000.npz"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="does not match its sha256"):
+        Dataset(tmp_path / "d").load()
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    x, y = _images(5)
+    with pytest.raises(RuntimeError):
+        with DatasetWriter(tmp_path / "d", (8, 8, 1), ["a", "b", "c"]) as w:
+            w.write(x, y)
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_rejects_bad_input(tmp_path):
+    x, y = _images(5)
+    with pytest.raises(DatasetError, match="uint8"):
+        write_dataset(tmp_path / "a", x.astype(np.float32), y, ["a", "b", "c"])
+    with pytest.raises(DatasetError, match=r"labels must be in \[0, 1\]"):
+        write_dataset(tmp_path / "b", x, y + 5, ["a", "b"])
+    with pytest.raises(DatasetError, match="empty dataset"):
+        write_dataset(tmp_path / "c", x[:0], y[:0], ["a", "b", "c"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(DatasetError, match="dataset.json is missing"):
+        Dataset(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(DatasetError, match="not an advpatch-dataset manifest"):
+        Dataset(tmp_path)
+
+
+def test_pickled_shard_is_refused(tmp_path):
+    x, y = _images(3)
+    write_dataset(tmp_path / "d", x, y, ["a", "b", "c"])
+    shard = tmp_path / "d" / "shard-00000.npz"
+    np.savez(shard, x=np.array([object()], dtype=object), y=y)
+    manifest = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    import hashlib
+
+    manifest["shards"][0]["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    (tmp_path / "d" / "dataset.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        Dataset(tmp_path / "d").load()
+
+
+def test_float_conversion_round_trips():
+    x = np.arange(256, dtype=np.uint8)
+    f = to_float(x)
+    assert f.dtype == np.float32 and f.min() == 0.0 and f.max() == 1.0
+    np.testing.assert_array_equal(to_uint8(f), x)

@@ -1,0 +1,146 @@
+import numpy as np
+import pytest
+
+from advpatch.dataset import Dataset
+from advpatch.params import ParameterError
+from advpatch.sources import SourceError, embedded_digits, import_dataset
+from conftest import digits, small_split, write_idx, write_png_folder
+
+
+def test_embedded_digits_are_framed_like_mnist_with_a_fixed_split():
+    xtr, ytr, names = embedded_digits("train")
+    xte, yte, _ = embedded_digits("test")
+    assert names == [str(i) for i in range(10)]
+    assert xtr.shape[1:] == (28, 28, 1) and xtr.dtype == np.uint8
+    assert len(xtr) + len(xte) == 1797 and 350 <= len(xte) <= 370
+    # the digit sits in the central 20x20: a 4-pixel empty margin
+    for x in (xtr, xte):
+        assert x[:, :4].max() == 0 and x[:, 24:].max() == 0 and x[:, :, :4].max() == 0 and x[:, :, 24:].max() == 0
+        assert x[:, 4:24, 4:24].max() == 255
+    # train and test are disjoint and stratified
+    assert not (set(map(bytes, xtr)) & set(map(bytes, xte)))
+    assert set(np.bincount(yte)) <= {35, 36, 37}
+    np.testing.assert_array_equal(embedded_digits("test")[0], xte)
+
+
+def test_digits_source_with_resize_rgb_and_subset(tmp_path):
+    spec = import_dataset("digits", tmp_path / "d", split="test", image_size=32, color_mode="rgb",
+                          max_examples=50, seed=3)
+    ds = Dataset(tmp_path / "d")
+    assert spec.image_shape == (32, 32, 3) and len(ds) == 50
+    data = ds.load()
+    np.testing.assert_array_equal(data["x"][..., 0], data["x"][..., 2])
+    import_dataset("digits", tmp_path / "e", split="test", image_size=32, color_mode="rgb", max_examples=50, seed=3)
+    np.testing.assert_array_equal(Dataset(tmp_path / "e").load()["x"], data["x"])
+    assert ds.spec.provenance[0]["step"] == "load_dataset" and ds.spec.provenance[0]["seed"] == 3
+
+
+def test_mnist_layout_of_png_class_folders(tmp_path):
+    xtr, ytr, _ = digits("train")
+    xtr, ytr = small_split(xtr, ytr, 3)
+    xte, yte, _ = digits("test")
+    xte, yte = small_split(xte, yte, 2)
+    write_png_folder(tmp_path / "Mnist" / "training", xtr, ytr)
+    write_png_folder(tmp_path / "Mnist" / "testing", xte, yte)
+    import_dataset(str(tmp_path / "Mnist"), tmp_path / "train", split="train")
+    import_dataset(str(tmp_path / "Mnist"), tmp_path / "test", split="test")
+    train, test = Dataset(tmp_path / "train"), Dataset(tmp_path / "test")
+    assert (len(train), len(test)) == (30, 20)
+    assert train.image_shape == (28, 28, 1) and train.class_names == [str(i) for i in range(10)]
+    data = train.load()
+    order = np.argsort(ytr, kind="stable")
+    np.testing.assert_array_equal(data["x"], xtr[order])  # PNG is lossless
+    np.testing.assert_array_equal(data["y"], ytr[order])
+
+
+def test_rgb_jpeg_folder_resized(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(6, 40, 30, 3), dtype=np.uint8)
+    y = np.array([0, 0, 1, 1, 2, 2])
+    write_png_folder(tmp_path / "fruits", x, y, ext=".jpg")
+    spec = import_dataset(str(tmp_path / "fruits"), tmp_path / "d", split="all", image_size=16)
+    assert spec.image_shape == (16, 16, 3) and spec.num_examples == 6
+    spec = import_dataset(str(tmp_path / "fruits"), tmp_path / "g", split="all", color_mode="grayscale")
+    assert spec.image_shape == (40, 30, 1)
+
+
+def test_mixed_sizes_need_image_size(tmp_path):
+    from PIL import Image
+
+    for i, size in enumerate([(10, 10), (12, 12)]):
+        (tmp_path / "src" / "a").mkdir(parents=True, exist_ok=True)
+        Image.new("L", size).save(tmp_path / "src" / "a" / f"{i}.png")
+    with pytest.raises(SourceError, match="set image_size"):
+        import_dataset(str(tmp_path / "src"), tmp_path / "d", split="all")
+    assert not (tmp_path / "d").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+    import_dataset(str(tmp_path / "src"), tmp_path / "d", split="all", image_size=11)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_idx_files(tmp_path, gz):
+    x, y, _ = digits("test")
+    x, y = x[:17], y[:17]
+    write_idx(tmp_path / "raw", "t10k", x, y, gz=gz)
+    write_idx(tmp_path / "raw", "train", x[:5], y[:5], gz=gz)
+    import_dataset(str(tmp_path / "raw"), tmp_path / "d", split="test")
+    data = Dataset(tmp_path / "d").load()
+    np.testing.assert_array_equal(data["x"], x)
+    np.testing.assert_array_equal(data["y"], y)
+    import_dataset(str(tmp_path / "raw"), tmp_path / "e", split="train")
+    assert len(Dataset(tmp_path / "e")) == 5
+
+
+def test_truncated_idx_is_refused(tmp_path):
+    x, y, _ = digits("test")
+    write_idx(tmp_path / "raw", "t10k", x[:4], y[:4], gz=False)
+    f = tmp_path / "raw" / "t10k-images-idx3-ubyte"
+    f.write_bytes(f.read_bytes()[:-7])
+    with pytest.raises(SourceError, match="truncated"):
+        import_dataset(str(tmp_path / "raw"), tmp_path / "d", split="test")
+
+
+def test_npz_keras_layout_and_xy(tmp_path):
+    x, y, _ = digits("test")
+    np.savez(tmp_path / "mnist.npz", x_train=x[:10, ..., 0], y_train=y[:10], x_test=x[10:16, ..., 0], y_test=y[10:16])
+    import_dataset(str(tmp_path / "mnist.npz"), tmp_path / "tr", split="train")
+    import_dataset(str(tmp_path / "mnist.npz"), tmp_path / "te", split="test")
+    assert (len(Dataset(tmp_path / "tr")), len(Dataset(tmp_path / "te"))) == (10, 6)
+    np.testing.assert_array_equal(Dataset(tmp_path / "te").load()["x"], x[10:16])
+    np.savez(tmp_path / "xy.npz", x=x[:4].astype(np.float32) / 255.0, y=y[:4])
+    import_dataset(str(tmp_path / "xy.npz"), tmp_path / "xy", split="all")
+    np.testing.assert_array_equal(Dataset(tmp_path / "xy").load()["x"], x[:4])
+
+
+def test_npz_with_objects_is_refused(tmp_path):
+    np.savez(tmp_path / "evil.npz", x=np.array([object()], dtype=object), y=np.array([0]))
+    with pytest.raises(SourceError):
+        import_dataset(str(tmp_path / "evil.npz"), tmp_path / "d", split="all")
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.mkdir(), "has no class subfolders"),
+        (lambda p: (p / "cat").mkdir(parents=True), "no images"),
+        (lambda p: ((p / "cat").mkdir(parents=True), (p / "cat" / "x.png").write_bytes(b"not a png")), "cannot read image"),
+    ],
+    ids=["missing", "empty", "no-images", "unreadable"],
+)
+def test_bad_folders_fail_with_clear_errors_and_no_artifact(tmp_path, setup, message):
+    src = tmp_path / "src"
+    setup(src)
+    with pytest.raises(SourceError, match=message):
+        import_dataset(str(src), tmp_path / "out", split="all")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_bad_parameters_fail_before_reading(tmp_path):
+    with pytest.raises(ParameterError, match="split must be one of"):
+        import_dataset("digits", tmp_path / "d", split="validation")
+    with pytest.raises(ParameterError, match="image_size must be an integer in"):
+        import_dataset("digits", tmp_path / "d", image_size=-1)
+    with pytest.raises(ParameterError, match="source must name"):
+        import_dataset("", tmp_path / "d")
