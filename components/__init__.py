@@ -4,9 +4,11 @@ Each component lives in its own folder (``component.py`` + ``README.md``). Impor
 imports KFP but never TensorFlow.
 """
 
+from advpatch.components.deploy_patch.component import deploy_patch
+from advpatch.components.gen_patch.component import gen_patch
 from advpatch.components.infer.component import infer
 from advpatch.components.load_dataset.component import load_dataset
 from advpatch.components.report.component import report
 from advpatch.components.train.component import train
 
-__all__ = ["load_dataset", "train", "infer", "report"]
+__all__ = ["load_dataset", "train", "gen_patch", "deploy_patch", "infer", "report"]

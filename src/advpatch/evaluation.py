@@ -94,3 +94,19 @@ def classification_metrics(
         "auc_macro_ovr": float(np.mean(aucs)) if aucs else float("nan"),
         "num_examples": float(n),
     }
+
+
+def patch_metrics(y_true: np.ndarray, y_pred: np.ndarray, patched: np.ndarray, targets: np.ndarray) -> Dict[str, float]:
+    """What a patch did: accuracy on patched and on unpatched images, and the targeted success
+    rate: the share of patched images whose true label is not the target that the model now
+    assigns to the target."""
+    patched = patched.astype(bool)
+    eligible = patched & (y_true != targets)
+    out = {"num_patched": float(patched.sum())}
+    if patched.any():
+        out["accuracy_patched"] = float((y_pred[patched] == y_true[patched]).mean())
+    if (~patched).any():
+        out["accuracy_unpatched"] = float((y_pred[~patched] == y_true[~patched]).mean())
+    if eligible.any():
+        out["targeted_success_rate"] = float((y_pred[eligible] == targets[eligible]).mean())
+    return out

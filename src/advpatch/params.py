@@ -24,6 +24,10 @@ PRETRAINED_ARCHITECTURES = ("resnet50", "vgg16")
 OPTIMIZERS = ("rmsprop", "adam", "adagrad", "sgd")
 SPLITS = ("train", "test", "all")
 COLOR_MODES = ("auto", "grayscale", "rgb")
+PATCH_LOCATIONS = ("random", "center")
+"""Where a patch goes: anywhere it fits wholly inside the image, or the image centre."""
+PATCH_SHAPES = ("square", "circle")
+DEPLOYMENT_METHODS = ("corrupt", "augment")
 
 
 class ParameterError(ValueError):
@@ -79,6 +83,17 @@ RANGES: Mapping[str, Interval] = {
     "image_size": Interval(0, 4096, integer=True),
     "max_examples": NON_NEGATIVE_INT,
     "shard_size": POSITIVE_INT,
+    # the patch attack
+    "max_iter": POSITIVE_INT,
+    "num_patch": Interval(1, 1000, integer=True),
+    "num_patch_gen_samples": POSITIVE_INT,
+    "patch_target": Interval(-1, integer=True),
+    "patch_size": Interval(0, 4096, integer=True),
+    "rotation_max": Interval(0.0, 180.0),
+    "scale_min": Interval(0.0, 1.0, low_open=True, high_open=True),
+    "scale_max": Interval(0.0, 1.0, low_open=True),
+    "patch_scale": UNIT,
+    "patch_application_rate": UNIT,
 }
 """Numeric parameters and their allowed values. Later steps add theirs here."""
 
@@ -87,6 +102,9 @@ CHOICES: Mapping[str, Sequence[str]] = {
     "optimizer": OPTIMIZERS,
     "split": SPLITS,
     "color_mode": COLOR_MODES,
+    "patch_location": PATCH_LOCATIONS,
+    "patch_shape": PATCH_SHAPES,
+    "patch_deployment_method": DEPLOYMENT_METHODS,
 }
 """String parameters and their allowed values."""
 

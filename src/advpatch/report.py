@@ -15,6 +15,9 @@ RESULTS_VERSION = 1
 # (metric key, column title, format) of the evaluation table; a column shows only when some row has it.
 EVAL_COLUMNS: Sequence[Tuple[str, str, str]] = (
     ("accuracy", "accuracy", "{:.4f}"),
+    ("accuracy_patched", "acc. patched", "{:.4f}"),
+    ("accuracy_unpatched", "acc. unpatched", "{:.4f}"),
+    ("targeted_success_rate", "targeted success", "{:.4f}"),
     ("loss", "loss", "{:.4f}"),
     ("f1_macro", "F1 (macro)", "{:.4f}"),
     ("auc_macro_ovr", "AUC (ovr)", "{:.4f}"),
@@ -60,18 +63,29 @@ def render_table(rows: List[Dict[str, Any]], columns: Sequence[Tuple[str, str, s
     return "\n".join([line(header), sep, *[line(b) for b in body]])
 
 
+def _step_line(s: Dict[str, Any]) -> str:
+    m, d = s["metrics"], s["details"]
+    if s["step"] == "train":
+        acc = m.get("test_accuracy")
+        return (f"final training accuracy {m.get('final_accuracy', float('nan')):.4f}"
+                + (f", test accuracy {acc:.4f}" if acc is not None else "")
+                + (f", registered as `{d['model_uri']}`" if d.get("registered_version") else ""))
+    if s["step"] == "gen_patch":
+        return (f"targets {', '.join(d['targets'])}; targeted success on the generation images "
+                f"{m['mean_gen_targeted_success_rate']:.4f} (mean), final loss {m['mean_final_loss']:.4f}")
+    if s["step"] == "deploy_patch":
+        return (f"{m['num_patched']:.0f} images patched, {m['num_examples']:.0f} written; "
+                f"l2 distance to the clean image {m.get('l2_mean', float('nan')):.3f} (mean), "
+                f"l_inf {m.get('l_inf_mean', float('nan')):.3f}")
+    return ", ".join(f"{k} {v:.4g}" for k, v in list(m.items())[:6])
+
+
 def render_markdown(results: Dict[str, Any]) -> str:
     parts = [f"## {results['title']}", ""]
     if results["evaluations"]:
         parts += [render_table(results["evaluations"], EVAL_COLUMNS), ""]
     for s in results["steps"]:
-        if s["step"] == "train":
-            m = s["metrics"]
-            acc = m.get("test_accuracy")
-            parts.append(
-                f"- **{s['label']}**: final training accuracy {m.get('final_accuracy', float('nan')):.4f}"
-                + (f", test accuracy {acc:.4f}" if acc is not None else "")
-                + (f", registered as `{s['details']['model_uri']}`" if s["details"].get("registered_version") else "")
-            )
+        if s["step"] != "infer":
+            parts.append(f"- **{s['label']}**: {_step_line(s)}")
     parts.append(f"\n_advpatch {results['advpatch_version']}, {results['created']}_")
     return "\n".join(parts) + "\n"

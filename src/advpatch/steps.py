@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
+
 from advpatch import params, settings
 from advpatch.tracking import RunContext
 
@@ -231,7 +233,7 @@ def infer(
         info = read_model_info(model_path)
         _check_model_fits(info, dataset, model_architecture)
     from advpatch import training
-    from advpatch.evaluation import classification_metrics, confusion_matrix, predict
+    from advpatch.evaluation import classification_metrics, confusion_matrix, patch_metrics, predict
     from advpatch.models import load_model
 
     training.seed_everything(seed)
@@ -247,6 +249,8 @@ def infer(
     out = predict(model, dataset, batch_size)
     metrics = classification_metrics(out["y"], out["probabilities"], len(info.class_names))
     predicted = out["probabilities"].argmax(axis=1)
+    if "patched" in out and "patch_target" in out:
+        metrics.update(patch_metrics(out["y"], predicted, out["patched"], out["patch_target"]))
     matrix = confusion_matrix(out["y"], predicted, len(info.class_names))
     _write_predictions(predictions_path, out, predicted, info.class_names)
     label = label or f"{info.architecture} on {Path(data_path).name}"
@@ -359,3 +363,278 @@ def to_kfp(result: StepResult, metrics=None, classification_metrics=None, summar
         classification_metrics.log_confusion_matrix(result.confusion_categories, result.confusion_matrix)
     if summary_path:
         _atomic_write(summary_path, result.to_json())
+
+
+# --------------------------------------------------------------------------- the patch attack
+PATCH_COLUMNS = {
+    "patched": "bool",
+    "patch_index": "int16",
+    "patch_target": "int16",
+    "patch_scale": "float32",
+    "patch_angle": "float32",
+    "patch_x": "float32",
+    "patch_y": "float32",
+    "source_index": "int64",
+}
+"""Per-image provenance deploy_patch writes: was it patched, with which patch (and so target),
+at which scale, angle and centre, and which input image it came from."""
+
+
+def _load_any_model(model_path: str, model_uri: str, model_architecture: str, dataset):
+    """(keras model, ModelInfo) from a Model artifact or a registered model, checked against the data."""
+    from advpatch.models import ModelInfo, load_model, read_model_info
+
+    if bool(model_path) == bool(model_uri):
+        raise params.ParameterError(
+            "give exactly one model: a Model artifact or model_uri (models:/NAME/VERSION), "
+            f"got {'both' if model_path else 'neither'}"
+        )
+    if model_uri and not model_uri.startswith(("models:/", "runs:/")):
+        raise params.ParameterError(f"model_uri must look like 'models:/NAME/VERSION', got {model_uri!r}")
+    if model_path:
+        _check_model_fits(read_model_info(model_path), dataset, model_architecture)
+        return load_model(model_path)
+    from advpatch.tracking import load_registered_model
+
+    model, meta = load_registered_model(model_uri)
+    info = ModelInfo.from_json(meta, model_uri)
+    _check_model_fits(info, dataset, model_architecture)
+    return model, info
+
+
+@_timed("gen_patch")
+def gen_patch(
+    data_path: str,
+    patches_path: str,
+    *,
+    model_path: str = "",
+    model_uri: str = "",
+    model_architecture: str = "",
+    learning_rate: float = 0.1,
+    max_iter: int = 500,
+    patch_target: int = -1,
+    num_patch: int = 1,
+    num_patch_gen_samples: int = 40,
+    rotation_max: float = 22.5,
+    scale_min: float = 0.1,
+    scale_max: float = 1.0,
+    patch_location: str = "random",
+    patch_shape: str = "square",
+    patch_size: int = 0,
+    batch_size: int = 40,
+    seed: int = 0,
+    ctx: RunContext = RunContext(),
+) -> StepResult:
+    """Generate ``num_patch`` targeted patches against a model (see :mod:`advpatch.patches`).
+
+    Each patch gets its target (``patch_target``, or a random class per patch when -1) and its own
+    ``num_patch_gen_samples`` generation images, drawn from those whose label is not the target.
+    """
+    from advpatch import patches
+
+    call = dict(learning_rate=learning_rate, max_iter=max_iter, patch_target=patch_target, num_patch=num_patch,
+                num_patch_gen_samples=num_patch_gen_samples, batch_size=batch_size, patch_shape=patch_shape,
+                patch_size=patch_size, seed=seed)
+    params.check(**call)
+    patches.check_placement(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
+                            location=patch_location)
+    if model_architecture:
+        params.check(model_architecture=model_architecture)
+    from advpatch.dataset import Dataset, to_float
+
+    dataset = Dataset(data_path)
+    n_classes = len(dataset.class_names)
+    params.require(patch_target < n_classes,
+                   f"patch_target must be -1 (random) or a class index in [0, {n_classes - 1}], got {patch_target}")
+    h, w, c = dataset.image_shape
+    size = patch_size or min(h, w)
+    from advpatch import training
+
+    training.seed_everything(seed)
+    model, info = _load_any_model(model_path, model_uri, model_architecture, dataset)
+    data = dataset.load()
+    rng = np.random.default_rng(seed)
+    targets = np.array([patch_target if patch_target >= 0 else int(rng.integers(n_classes)) for _ in range(num_patch)],
+                       dtype=np.int32)
+    mask = patches.make_mask(size, patch_shape)
+    optimizer = patches.PatchOptimizer(model, dataset.image_shape, size, mask, learning_rate)
+    placement = dict(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max, location=patch_location)
+    results, patch_list = [], []
+    for i, target in enumerate(targets):
+        candidates = np.flatnonzero(data["y"] != target)
+        if len(candidates) == 0:
+            raise params.ParameterError(f"no generation images outside target class {target}")
+        chosen = rng.choice(candidates, min(num_patch_gen_samples, len(candidates)), replace=False)
+        x = to_float(data["x"][chosen])
+        t0 = time.monotonic()
+        patch, history = patches.generate_patch(optimizer, x, int(target), max_iter=max_iter, batch_size=batch_size,
+                                                rng=rng, **placement)
+        seconds = time.monotonic() - t0
+        # success on the generation images, at fresh placements from the same distribution
+        check = patches.PatchSet(patch[None], mask[None], np.array([target]), dataset.class_names, dataset.image_shape)
+        where = patches.sample_placements(rng, len(chosen), (h, w), **placement)
+        patched = patches.apply_patches(data["x"][chosen], check, np.zeros(len(chosen), np.int32), where)
+        score = patches.targeted_success(model, x, to_float(patched), data["y"][chosen], np.full(len(chosen), target))
+        results.append({"target": int(target), "final_loss": history[-1], "first_loss": history[0],
+                        "gen_targeted_success_rate": score["targeted_success_rate"],
+                        "gen_patched_accuracy": score["patched_accuracy"], "seconds": seconds,
+                        "num_gen_samples": float(len(chosen))})
+        patch_list.append(patch)
+        log.info("gen_patch: patch %d target %s: loss %.3f -> %.3f, success on generation images %.3f (%.1f s)",
+                 i, dataset.class_names[target], history[0], history[-1], score["targeted_success_rate"], seconds)
+    settings_ = {**call, **placement, "patch_size": size, "model_architecture": info.architecture,
+                 "model": model_uri or info.provenance.get("mlflow_model_uri", model_path),
+                 "data": dataset.spec.provenance}
+    patch_set = patches.PatchSet(np.stack(patch_list), np.repeat(mask[None], num_patch, 0), targets,
+                                 dataset.class_names, dataset.image_shape, settings_, results)
+    metrics: Dict[str, float] = {}
+    for i, r in enumerate(results):
+        metrics.update({f"patch_{i}_{k}": float(v) for k, v in r.items() if k != "num_gen_samples"})
+    metrics["mean_gen_targeted_success_rate"] = float(np.mean([r["gen_targeted_success_rate"] for r in results]))
+    metrics["mean_final_loss"] = float(np.mean([r["final_loss"] for r in results]))
+    with _tracked("gen_patch", ctx, {**call, **placement, "model": model_uri or model_path}) as run:
+        run.log_metrics(metrics)
+        patch_set.save(patches_path)
+        run.log_artifacts(patches_path, "patches")
+    return StepResult(
+        step="gen_patch",
+        label=f"gen_patch x{num_patch} ({patch_location}, scale {scale_min}-{scale_max})",
+        metrics=metrics,
+        details={"targets": [dataset.class_names[t] for t in targets], "per_patch": results, **placement},
+    )
+
+
+def distance_stats(clean: np.ndarray, patched: np.ndarray) -> Dict[str, np.ndarray]:
+    """Per-image distances between float images in [0, 1]: l_inf, l1, l2, cosine similarity and
+    the 1-D Wasserstein distance between their pixel-value distributions."""
+    a = clean.reshape(len(clean), -1).astype(np.float64)
+    b = patched.reshape(len(patched), -1).astype(np.float64)
+    d = b - a
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.divide((a * b).sum(axis=1), norms, out=np.ones(len(a)), where=norms > 0)
+    return {
+        "l_inf": np.abs(d).max(axis=1),
+        "l1": np.abs(d).sum(axis=1),
+        "l2": np.sqrt((d * d).sum(axis=1)),
+        "cosine_similarity": cos,
+        "wasserstein": np.abs(np.sort(a, axis=1) - np.sort(b, axis=1)).mean(axis=1),
+    }
+
+
+def summarize(values: np.ndarray) -> Dict[str, float]:
+    """mean, median, stdev, iqr, min, max."""
+    if len(values) == 0:
+        return {}
+    q1, med, q3 = np.percentile(values, [25, 50, 75])
+    return {"mean": float(values.mean()), "median": float(med), "stdev": float(values.std()),
+            "iqr": float(q3 - q1), "min": float(values.min()), "max": float(values.max())}
+
+
+@_timed("deploy_patch")
+def deploy_patch(
+    data_path: str,
+    patches_path: str,
+    output_path: str,
+    *,
+    patch_deployment_method: str = "corrupt",
+    patch_application_rate: float = 1.0,
+    patch_scale: float = 0.4,
+    batch_size: int = 1024,
+    rotation_max: float = 22.5,
+    scale_min: float = 0.1,
+    scale_max: float = 1.0,
+    patch_location: str = "random",
+    seed: int = 0,
+    ctx: RunContext = RunContext(),
+) -> StepResult:
+    """Put patches from a patch set on a dataset.
+
+    Exactly ``round(patch_application_rate * n)`` images (drawn from ``seed``) get a patch, each a
+    patch of the set drawn at random, at ``patch_scale`` (0: a scale drawn from
+    ``[scale_min, scale_max]``), a rotation in ``[-rotation_max, rotation_max]`` and a position from
+    ``patch_location``. ``corrupt`` replaces those images; ``augment`` keeps every original and
+    adds the patched copies after each batch's originals.
+    """
+    from advpatch import patches
+    from advpatch.dataset import Dataset, DatasetWriter, to_float
+
+    call = dict(patch_deployment_method=patch_deployment_method, patch_application_rate=patch_application_rate,
+                batch_size=batch_size, seed=seed)
+    params.check(**call)
+    patches.check_placement(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
+                            location=patch_location, patch_scale=patch_scale)
+    dataset = Dataset(data_path)
+    patch_set = patches.PatchSet.load(patches_path)
+    h, w, c = dataset.image_shape
+    if patch_set.patches.shape[-1] != c:
+        raise params.ParameterError(
+            f"the patches have {patch_set.patches.shape[-1]} channels but the dataset's images have {c}"
+        )
+    if len(patch_set.class_names) != len(dataset.class_names):
+        raise params.ParameterError(
+            f"the patches target a {len(patch_set.class_names)}-class model but the dataset has "
+            f"{len(dataset.class_names)} classes"
+        )
+    if dataset.spec.columns:
+        log.warning("deploy_patch: dropping the input's per-image columns %s", sorted(dataset.spec.columns))
+    n = len(dataset)
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[rng.permutation(n)[: int(round(patch_application_rate * n))]] = True
+    which = rng.integers(0, len(patch_set), n).astype(np.int16)
+    where = patches.sample_placements(rng, n, (h, w), rotation_max=rotation_max, scale_min=scale_min,
+                                      scale_max=scale_max, location=patch_location, patch_scale=patch_scale)
+    placement = dict(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
+                     patch_location=patch_location, patch_scale=patch_scale)
+    provenance = dataset.spec.provenance + [{"step": "deploy_patch", **call, **placement,
+                                              "patch_set": patch_set.settings.get("model", ""),
+                                              "targets": [int(t) for t in patch_set.targets]}]
+    distances: Dict[str, List[np.ndarray]] = {}
+    start = 0
+    with DatasetWriter(output_path, dataset.image_shape, dataset.class_names, columns=PATCH_COLUMNS,
+                       provenance=provenance) as writer:
+        for batch in dataset.batches(batch_size):
+            x, y = batch["x"], batch["y"]
+            idx = np.arange(start, start + len(y))
+            start += len(y)
+            sel = idx[chosen[idx]]
+            patched = patches.apply_patches(x[sel - idx[0]], patch_set, which[sel], where.take(sel), batch_size)
+            for k, v in distance_stats(to_float(x[sel - idx[0]]), to_float(patched)).items():
+                distances.setdefault(k, []).append(v)
+            if patch_deployment_method == "corrupt":
+                out = x.copy()
+                out[sel - idx[0]] = patched
+                writer.write(out, y, **_provenance_columns(idx, chosen[idx], which, where, patch_set))
+            else:
+                writer.write(x, y, **_provenance_columns(idx, np.zeros(len(idx), bool), which, where, patch_set))
+                if len(sel):
+                    writer.write(patched, y[sel - idx[0]],
+                                 **_provenance_columns(sel, np.ones(len(sel), bool), which, where, patch_set))
+    metrics: Dict[str, float] = {"num_patched": float(chosen.sum()), "num_examples": float(writer.spec.num_examples)}
+    for k, parts in distances.items():
+        metrics.update({f"{k}_{stat}": v for stat, v in summarize(np.concatenate(parts)).items()})
+    with _tracked("deploy_patch", ctx, {**call, **placement}) as run:
+        run.log_metrics(metrics)
+    log.info("deploy_patch: %d of %d images patched (%s), %d written", chosen.sum(), n, patch_deployment_method,
+             writer.spec.num_examples)
+    return StepResult(
+        step="deploy_patch",
+        label=f"deploy_patch {patch_deployment_method} ({patch_location}, "
+              f"{'scale ' + str(patch_scale) if patch_scale else f'scale {scale_min}-{scale_max}'})",
+        metrics=metrics,
+        details={**call, **placement},
+    )
+
+
+def _provenance_columns(idx, patched, which, where, patch_set) -> Dict[str, np.ndarray]:
+    nan = np.float32(np.nan)
+    return {
+        "patched": patched,
+        "patch_index": np.where(patched, which[idx], -1).astype(np.int16),
+        "patch_target": np.where(patched, patch_set.targets[which[idx]], -1).astype(np.int16),
+        "patch_scale": np.where(patched, where.scale[idx], nan),
+        "patch_angle": np.where(patched, where.angle[idx], nan),
+        "patch_x": np.where(patched, where.x[idx], nan),
+        "patch_y": np.where(patched, where.y[idx], nan),
+        "source_index": idx.astype(np.int64),
+    }

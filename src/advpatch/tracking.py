@@ -138,6 +138,11 @@ class StepRun:
 
         mlflow.log_dict(data, artifact_file)
 
+    def log_artifacts(self, local_dir: str, artifact_path: str) -> None:
+        import mlflow
+
+        mlflow.log_artifacts(local_dir, artifact_path)
+
     def log_model(self, model, metadata: Dict[str, Any], registered_name: str = "") -> Tuple[str, str]:
         """Log a Keras model (and register it when ``registered_name`` is given).
 
