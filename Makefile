@@ -11,11 +11,12 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help venv demo test mlflow-ui clean
+.PHONY: help venv demo test bench mlflow-ui clean
 
 help:
 	@echo "make demo [DATA=/path/to/Mnist]  run the MNIST experiment locally (kfp.local), print the results table"
 	@echo "make test                        run the test suite"
+	@echo "make bench                       patch engine vs ART: speed and strength (outputs/bench/results.json)"
 	@echo "make mlflow-ui                   open the local MLflow store at http://127.0.0.1:5000"
 	@echo "make clean                       remove outputs/ (keeps .venv)"
 
@@ -41,3 +42,6 @@ mlflow-ui: $(STAMP)
 
 clean:
 	rm -rf outputs
+
+bench: $(STAMP)
+	$(PY) tests/benchmarks/bench_patch.py $(BENCH_ARGS)

@@ -25,7 +25,8 @@ def test_compiling_does_not_import_tensorflow(tmp_path):
     for e in executors.values():
         assert "pip install" not in " ".join(e["container"]["command"])
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"load-dataset", "load-dataset-2", "train", "infer", "report"}
+    assert set(tasks) == {"load-dataset", "load-dataset-2", "train", "gen-patch", "deploy-patch", "infer",
+                          "infer-2", "report"}
     assert tasks["train"]["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
     assert spec["root"]["outputDefinitions"]["artifacts"]["Output"]
 
@@ -52,11 +53,18 @@ def test_demo_on_a_mnist_layout_folder_end_to_end(mnist_folder, tmp_path, monkey
     results = json.loads((tmp_path / "outputs" / "demo" / "results.json").read_text())
     assert results["format"] == "advpatch-results"
     steps = {s["step"]: s for s in results["steps"]}
-    assert set(steps) == {"train", "infer"}
+    assert [s["step"] for s in results["steps"]] == ["train", "gen_patch", "deploy_patch", "infer", "infer"]
     assert steps["train"]["details"]["model_uri"] == "models:/mnist_le_net/1"
-    (row,) = results["evaluations"]
-    assert row["label"] == "baseline / clean test" and row["num_examples"] == 80
-    assert row["accuracy"] > 0.6  # 300 training images, 15 epochs
+    clean, patched = results["evaluations"]
+    assert clean["label"] == "baseline / clean test" and clean["num_examples"] == 80
+    assert clean["accuracy"] > 0.6  # 300 training images, 15 epochs
+    assert "targeted_success_rate" not in clean
+    # the demo's defaults: 3 patches, target 5, centre, scale 0.4, every test image corrupted
+    assert steps["gen_patch"]["details"]["targets"] == ["5", "5", "5"]
+    assert steps["deploy_patch"]["metrics"]["num_patched"] == 80
+    assert patched["label"] == "baseline / patched test" and patched["num_patched"] == 80
+    assert patched["accuracy"] < clean["accuracy"] - 0.3
+    assert patched["targeted_success_rate"] > 0.5
     assert steps["infer"]["confusion_matrix"]["categories"] == [str(i) for i in range(10)]
 
     import mlflow
@@ -68,7 +76,7 @@ def test_demo_on_a_mnist_layout_folder_end_to_end(mnist_folder, tmp_path, monkey
     assert parent.info.status == "FINISHED"
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(c.data.tags["kfp.task_name"] for c in children) == [
-        "infer", "load-dataset", "load-dataset-2", "train"]
+        "deploy-patch", "gen-patch", "infer", "infer-2", "load-dataset", "load-dataset-2", "train"]
     assert mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/results.json")["evaluations"] == results["evaluations"]
 
 

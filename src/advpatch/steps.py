@@ -598,9 +598,11 @@ def deploy_patch(
             idx = np.arange(start, start + len(y))
             start += len(y)
             sel = idx[chosen[idx]]
-            patched = patches.apply_patches(x[sel - idx[0]], patch_set, which[sel], where.take(sel), batch_size)
-            for k, v in distance_stats(to_float(x[sel - idx[0]]), to_float(patched)).items():
-                distances.setdefault(k, []).append(v)
+            patched = x[:0]
+            if len(sel):
+                patched = patches.apply_patches(x[sel - idx[0]], patch_set, which[sel], where.take(sel), batch_size)
+                for k, v in distance_stats(to_float(x[sel - idx[0]]), to_float(patched)).items():
+                    distances.setdefault(k, []).append(v)
             if patch_deployment_method == "corrupt":
                 out = x.copy()
                 out[sel - idx[0]] = patched
