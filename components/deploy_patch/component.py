@@ -22,6 +22,8 @@ def deploy_patch(
     scale_max: float = 1.0,
     patch_location: str = "random",
     seed: int = 0,
+    output_tar_name: str = "adv_testing.tar",
+    output_dataset_name: str = "adversarial_patched_data",
     experiment_name: str = "",
     pipeline_run_id: str = "",
     pipeline_run_name: str = "",
@@ -48,6 +50,9 @@ def deploy_patch(
         scale_max: In (0, 1].
         patch_location: 'random' (anywhere the patch fits wholly inside the image) or 'center'.
         seed: Same seed, same patched bytes.
+        output_tar_name: Log the output to this step's MLflow run as this tar file, for later
+            load_dataset_from_mlruns (the seed's adv_testing.tar); empty: do not log.
+        output_dataset_name: The folder inside it (the seed's adversarial_patched_data).
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         pipeline_run_id: KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER): groups steps in MLflow.
         pipeline_run_name: KFP run name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER).
@@ -60,7 +65,8 @@ def deploy_patch(
         data.path, patches.path, patched_data.path,
         patch_deployment_method=patch_deployment_method, patch_application_rate=patch_application_rate,
         patch_scale=patch_scale, batch_size=batch_size, rotation_max=rotation_max, scale_min=scale_min,
-        scale_max=scale_max, patch_location=patch_location, seed=seed,
+        scale_max=scale_max, patch_location=patch_location, seed=seed, output_tar_name=output_tar_name,
+        output_dataset_name=output_dataset_name,
         ctx=RunContext(experiment_name, pipeline_run_id, pipeline_run_name, task_name),
     )
     patched_data.metadata.update({"num_examples": int(result.metrics["num_examples"]),

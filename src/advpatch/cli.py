@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional
 
 from advpatch import params, settings
 
+DEMO_PIPELINE = "mnist-experiment"
+
 
 def _parse_params(pairs: List[str], pipeline) -> Dict[str, Any]:
     """NAME=VALUE strings -> typed arguments, by the pipeline's declared parameter types."""
@@ -56,7 +58,7 @@ def run(pipeline_name: str, arguments: Dict[str, Any], output: Path) -> Dict[str
     output = output.resolve()
     log_file = output / "pipeline.log"
     log_file.unlink(missing_ok=True)
-    os.environ[settings.ENV_OUTPUT_DIR] = str(output.parent if output.name == "demo" else output)
+    os.environ[settings.ENV_OUTPUT_DIR] = str(settings.output_dir())  # absolute, for the task subprocesses
     os.environ.setdefault(settings.ENV_TRACKING_URI, f"sqlite:///{settings.output_dir() / 'mlflow' / 'mlflow.db'}")
     settings.no_telemetry()
     settings.quiet_tensorflow()
@@ -95,7 +97,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     print(f"    {pname} ({spec.type}) = {spec.default!r}")
             return 0
         if args.command == "demo":
-            name, arguments = "mnist-patch", ({"data_dir": str(Path(args.data).resolve())} if args.data else {})
+            name, arguments = DEMO_PIPELINE, ({"data_dir": str(Path(args.data).resolve())} if args.data else {})
         else:
             if args.pipeline not in PIPELINES:
                 raise params.ParameterError(f"pipeline must be one of {', '.join(PIPELINES)}, got {args.pipeline!r}")

@@ -28,6 +28,8 @@ PATCH_LOCATIONS = ("random", "center")
 """Where a patch goes: anywhere it fits wholly inside the image, or the image centre."""
 PATCH_SHAPES = ("square", "circle")
 DEPLOYMENT_METHODS = ("corrupt", "augment")
+DATA_ROLES = ("fit", "predict")
+"""What a dataset is used for: training (ART's apply_fit) or prediction (apply_predict)."""
 
 
 class ParameterError(ValueError):
@@ -94,6 +96,16 @@ RANGES: Mapping[str, Interval] = {
     "scale_max": Interval(0.0, 1.0, low_open=True),
     "patch_scale": UNIT,
     "patch_application_rate": UNIT,
+    # defences
+    "spatial_smoothing_window_size": Interval(1, 64, integer=True),
+    "jpeg_compression_quality": Interval(1, 100, integer=True),
+    "gaussian_augmentation_sigma": Interval(0.0, low_open=True),
+    "gaussian_augmentation_ratio": UNIT,
+    # PGD adversarial training (Madry et al.), on [0, 1] images
+    "pgd_eps": Interval(0.0, 1.0, low_open=True),
+    "pgd_eps_step": Interval(0.0, 1.0, low_open=True),
+    "pgd_max_iter": POSITIVE_INT,
+    "pgd_ratio": Interval(0.0, 1.0, low_open=True),
 }
 """Numeric parameters and their allowed values. Later steps add theirs here."""
 
@@ -105,6 +117,7 @@ CHOICES: Mapping[str, Sequence[str]] = {
     "patch_location": PATCH_LOCATIONS,
     "patch_shape": PATCH_SHAPES,
     "patch_deployment_method": DEPLOYMENT_METHODS,
+    "data_role": DATA_ROLES,
 }
 """String parameters and their allowed values."""
 

@@ -25,8 +25,35 @@ EVAL_COLUMNS: Sequence[Tuple[str, str, str]] = (
 )
 
 
+COMPARISON_COLUMNS: Sequence[Tuple[str, str, str]] = (
+    ("clean_accuracy", "clean accuracy", "{:.4f}"),
+    ("patched_accuracy", "accuracy on patched", "{:.4f}"),
+    ("targeted_success_rate", "targeted success", "{:.4f}"),
+)
+
+
+def comparison_rows(evaluations: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Pair evaluations labelled ``"<row> / clean"`` and ``"<row> / patched"`` into one row each:
+    clean accuracy, accuracy on patched images, targeted success."""
+    rows: Dict[str, Dict[str, Any]] = {}
+    for e in evaluations:
+        row, sep, kind = str(e["label"]).rpartition(" / ")
+        if not sep or kind not in ("clean", "patched"):
+            continue
+        out = rows.setdefault(row, {"label": row})
+        if kind == "clean":
+            out["clean_accuracy"] = e["accuracy"]
+        else:
+            out["patched_accuracy"] = e.get("accuracy_patched", e["accuracy"])
+            if "targeted_success_rate" in e:
+                out["targeted_success_rate"] = e["targeted_success_rate"]
+    return [r for r in rows.values() if len(r) > 1]
+
+
 def build_results(steps: Sequence[Any], title: str = "advpatch results") -> Dict[str, Any]:
-    """``results.json``: every metric of every step, plus the evaluation rows in table order."""
+    """``results.json``: every metric of every step, the evaluation rows in table order, and the
+    clean-versus-patched comparison rows."""
+    evaluations = [{"label": s.label, **s.metrics} for s in steps if s.step == "infer"]
     return {
         "format": RESULTS_FORMAT,
         "version": RESULTS_VERSION,
@@ -39,7 +66,8 @@ def build_results(steps: Sequence[Any], title: str = "advpatch results") -> Dict
                 if s.confusion_matrix else {})}
             for s in steps
         ],
-        "evaluations": [{"label": s.label, **s.metrics} for s in steps if s.step == "infer"],
+        "evaluations": evaluations,
+        "comparison": comparison_rows(evaluations),
     }
 
 
@@ -66,9 +94,10 @@ def render_table(rows: List[Dict[str, Any]], columns: Sequence[Tuple[str, str, s
 def _step_line(s: Dict[str, Any]) -> str:
     m, d = s["metrics"], s["details"]
     if s["step"] == "train":
-        acc = m.get("test_accuracy")
+        acc, robust = m.get("test_accuracy"), m.get("test_pgd_accuracy")
         return (f"final training accuracy {m.get('final_accuracy', float('nan')):.4f}"
                 + (f", test accuracy {acc:.4f}" if acc is not None else "")
+                + (f", under PGD {robust:.4f}" if robust is not None else "")
                 + (f", registered as `{d['model_uri']}`" if d.get("registered_version") else ""))
     if s["step"] == "gen_patch":
         return (f"targets {', '.join(d['targets'])}; targeted success on the generation images "
@@ -82,6 +111,8 @@ def _step_line(s: Dict[str, Any]) -> str:
 
 def render_markdown(results: Dict[str, Any]) -> str:
     parts = [f"## {results['title']}", ""]
+    if results.get("comparison"):
+        parts += [render_table(results["comparison"], COMPARISON_COLUMNS), "", "All evaluations:", ""]
     if results["evaluations"]:
         parts += [render_table(results["evaluations"], EVAL_COLUMNS), ""]
     for s in results["steps"]:

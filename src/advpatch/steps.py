@@ -123,10 +123,25 @@ def train(
     validation_split: float = 0.0,
     model_tag: str = "",
     register_model: bool = False,
+    apply_defense: bool = False,
+    pgd_eps: float = 0.1,
+    pgd_eps_step: float = 0.025,
+    pgd_max_iter: int = 10,
+    pgd_ratio: float = 0.5,
+    load_dataset_from_mlruns: bool = False,
+    training_dataset_run_id: str = "",
+    dataset_tar_name: str = "adv_testing.tar",
+    dataset_name: str = "adversarial_patched_data",
     seed: int = 0,
     ctx: RunContext = RunContext(),
 ) -> StepResult:
     """Train ``model_architecture`` from random weights on the dataset at ``train_path``.
+
+    With ``apply_defense``, PGD adversarial training (``pgd_*``: L-inf radius, step, iterations,
+    share of each batch made adversarial). With ``load_dataset_from_mlruns``, the training data is
+    the dataset an earlier MLflow run (``training_dataset_run_id``) logged as ``dataset_tar_name``
+    holding ``dataset_name/``. With test data, the metrics include accuracy under PGD at the same
+    ``pgd_*`` settings, whether or not the model was trained against it.
 
     Writes the Model artifact to ``model_output_path``; evaluates on ``test_path`` when given;
     logs (and, with ``register_model``, registers) the model in MLflow as
@@ -135,10 +150,16 @@ def train(
     call = dict(model_architecture=model_architecture, optimizer=optimizer, epochs=epochs,
                 batch_size=batch_size, learning_rate=learning_rate, validation_split=validation_split, seed=seed)
     params.check(**call)
+    pgd = dict(pgd_eps=pgd_eps, pgd_eps_step=pgd_eps_step, pgd_max_iter=pgd_max_iter, pgd_ratio=pgd_ratio)
+    params.check(**pgd)
+    import tempfile
+
     from advpatch.dataset import Dataset
     from advpatch.models import ModelInfo, build_model, check_fits, save_model
 
-    train_set = Dataset(train_path)
+    scratch = tempfile.TemporaryDirectory()
+    train_set = Dataset(_input_dataset(train_path, load_dataset_from_mlruns, training_dataset_run_id,
+                                       dataset_tar_name, dataset_name, scratch.name))
     test_set = Dataset(test_path) if test_path else None
     check_fits(model_architecture, train_set.image_shape)
     if test_set is not None:
@@ -151,26 +172,36 @@ def train(
     training.seed_everything(seed)
     data = train_set.load()
     model = build_model(model_architecture, train_set.image_shape, len(train_set.class_names))
-    history = training.fit(
-        model, data["x"], data["y"], epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-        learning_rate=learning_rate, validation_split=validation_split, seed=seed,
-    )
+    fit_args = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, learning_rate=learning_rate,
+                    validation_split=validation_split, seed=seed)
+    if apply_defense:
+        history = training.fit_adversarial(model, data["x"], data["y"], **fit_args, **pgd)
+    else:
+        history = training.fit(model, data["x"], data["y"], **fit_args)
+    scratch.cleanup()
     metrics = {f"final_{k}": v[-1] for k, v in history.items()}
     if test_set is not None:
         out = predict(model, test_set, batch_size)
         test = classification_metrics(out["y"], out["probabilities"], len(test_set.class_names))
-        metrics.update({"test_accuracy": test["accuracy"], "test_loss": test["loss"]})
-        log.info("train: test accuracy %.4f on %d images", test["accuracy"], len(test_set))
+        test_data = test_set.load()
+        robust = training.pgd_accuracy(model, test_data["x"], test_data["y"], eps=pgd_eps, eps_step=pgd_eps_step,
+                                       max_iter=pgd_max_iter, seed=seed)
+        metrics.update({"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_pgd_accuracy": robust})
+        log.info("train: test accuracy %.4f, under PGD (eps %s) %.4f, on %d images", test["accuracy"], pgd_eps,
+                 robust, len(test_set))
 
     info = ModelInfo(
         architecture=model_architecture,
         input_shape=train_set.image_shape,
         class_names=train_set.class_names,
-        provenance={"step": "train", "train_data": train_set.spec.provenance, **call},
+        provenance={"step": "train", "train_data": train_set.spec.provenance, **call,
+                    "apply_defense": apply_defense, **(pgd if apply_defense else {})},
     )
     registered = ""
     details: Dict[str, Any] = {"history": history, "model_architecture": model_architecture}
-    with _tracked("train", ctx, {**call, "model_tag": model_tag, "register_model": register_model}) as run:
+    tracked = {**call, "model_tag": model_tag, "register_model": register_model, "apply_defense": apply_defense,
+               **pgd, "load_dataset_from_mlruns": load_dataset_from_mlruns}
+    with _tracked("train", ctx, tracked) as run:
         run.log_history(history)
         run.log_metrics(metrics)
         name = ""
@@ -185,7 +216,8 @@ def train(
                         "registered_version": version})
     save_model(model, info, model_output_path)
     log.info("train: model written to %s%s", model_output_path, f", registered as {registered}" if registered else "")
-    return StepResult(step="train", label=f"train {model_architecture}", metrics=metrics, details=details)
+    label = f"train {model_architecture}" + (" (PGD adversarial training)" if apply_defense else "")
+    return StepResult(step="train", label=label, metrics=metrics, details=details)
 
 
 def _check_same_data_shape(a, b) -> None:
@@ -545,6 +577,8 @@ def deploy_patch(
     scale_max: float = 1.0,
     patch_location: str = "random",
     seed: int = 0,
+    output_tar_name: str = "adv_testing.tar",
+    output_dataset_name: str = "adversarial_patched_data",
     ctx: RunContext = RunContext(),
 ) -> StepResult:
     """Put patches from a patch set on a dataset.
@@ -615,8 +649,13 @@ def deploy_patch(
     metrics: Dict[str, float] = {"num_patched": float(chosen.sum()), "num_examples": float(writer.spec.num_examples)}
     for k, parts in distances.items():
         metrics.update({f"{k}_{stat}": v for stat, v in summarize(np.concatenate(parts)).items()})
+    details: Dict[str, Any] = {**call, **placement}
     with _tracked("deploy_patch", ctx, {**call, **placement}) as run:
         run.log_metrics(metrics)
+        if output_tar_name:  # the seed's cross-run reuse: adv_testing.tar / adversarial_patched_data
+            run.log_dataset(output_path, output_tar_name, output_dataset_name)
+            details.update(mlflow_run_id=run.run_id, dataset_tar_name=output_tar_name,
+                           dataset_name=output_dataset_name)
     log.info("deploy_patch: %d of %d images patched (%s), %d written", chosen.sum(), n, patch_deployment_method,
              writer.spec.num_examples)
     return StepResult(
@@ -624,7 +663,7 @@ def deploy_patch(
         label=f"deploy_patch {patch_deployment_method} ({patch_location}, "
               f"{'scale ' + str(patch_scale) if patch_scale else f'scale {scale_min}-{scale_max}'})",
         metrics=metrics,
-        details={**call, **placement},
+        details=details,
     )
 
 
@@ -640,3 +679,113 @@ def _provenance_columns(idx, patched, which, where, patch_set) -> Dict[str, np.n
         "patch_y": np.where(patched, where.y[idx], nan),
         "source_index": idx.astype(np.int64),
     }
+
+
+# --------------------------------------------------------------------------- defences
+def _input_dataset(data_path: str, load_dataset_from_mlruns: bool, run_id: str, tar_name: str, dataset_name: str,
+                   scratch: str) -> str:
+    """The path of a step's input dataset: the artifact, or (the seed's ``load_dataset_from_mlruns``)
+    a dataset an earlier MLflow run logged."""
+    if load_dataset_from_mlruns:
+        from advpatch.tracking import fetch_dataset
+
+        return str(fetch_dataset(run_id, tar_name, dataset_name, scratch))
+    if not data_path:
+        raise params.ParameterError("no input dataset: connect a Dataset artifact or set load_dataset_from_mlruns=True")
+    return data_path
+
+
+@_timed("defence")
+def defend(
+    defence: str,
+    data_path: str,
+    output_path: str,
+    *,
+    settings: Dict[str, Any],
+    apply_fit: bool,
+    apply_predict: bool,
+    data_role: str = "predict",
+    batch_size: int = 256,
+    seed: int = 0,
+    load_dataset_from_mlruns: bool = False,
+    dataset_run_id: str = "",
+    dataset_tar_name: str = "adv_testing.tar",
+    dataset_name: str = "adversarial_patched_data",
+    output_tar_name: str = "adv_testing.tar",
+    ctx: RunContext = RunContext(),
+) -> StepResult:
+    """Apply a preprocessing defence (see :mod:`advpatch.defences`) to a dataset.
+
+    ``settings`` holds the defence's own parameters under the seed's names (for example
+    ``spatial_smoothing_window_size``). The output keeps the input's per-image columns (so
+    ``infer`` still reports targeted success on defended patched images) and records the
+    defence in its provenance; it is logged to MLflow as ``output_tar_name`` holding a folder
+    named after the defence.
+    """
+    import tempfile
+
+    from advpatch import defences
+    from advpatch.dataset import Dataset, DatasetWriter, to_float, to_uint8
+
+    params.check_choice("defence", defence, defences.DEFENCES)
+    params.check(batch_size=batch_size, seed=seed, data_role=data_role,
+                 **{k: v for k, v in settings.items() if k in params.RANGES})
+    augment = bool(settings.get("gaussian_augmentation_perform_data_augmentation", False))
+    if defence == "gaussian_augmentation":
+        defences.check_gaussian(augment, apply_fit, apply_predict)
+    active = defences.applies(apply_fit, apply_predict, data_role)
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Dataset(_input_dataset(data_path, load_dataset_from_mlruns, dataset_run_id, dataset_tar_name,
+                                        dataset_name, scratch))
+        if defence == "spatial_smoothing":
+            fn = defences.spatial_smoothing(settings["spatial_smoothing_window_size"], apply_fit, apply_predict)
+        elif defence == "jpeg_compression":
+            fn = defences.jpeg_compression(settings["jpeg_compression_quality"],
+                                           settings.get("jpeg_compression_channels_first", False),
+                                           apply_fit, apply_predict)
+        else:
+            fn = defences.gaussian_noise(settings["gaussian_augmentation_sigma"], apply_fit, apply_predict)
+        record = {"step": defence, **settings, "apply_fit": apply_fit, "apply_predict": apply_predict,
+                  "data_role": data_role, "applied": active, "seed": seed}
+        columns = dict(source.spec.columns)
+        if augment:
+            columns["augmented"] = "bool"
+        rng = np.random.default_rng(seed)
+        extra = defences.augmentation_indices(len(source), settings["gaussian_augmentation_ratio"], rng) \
+            if (augment and active) else np.zeros(0, np.int64)
+        changed, start = 0, 0
+        with DatasetWriter(output_path, source.image_shape, source.class_names, columns=columns,
+                           provenance=source.spec.provenance + [record]) as writer:
+            for i, batch in enumerate(source.batches(batch_size)):
+                x, y = batch["x"], batch["y"]
+                cols = {k: v for k, v in batch.items() if k not in ("x", "y")}
+                n = len(y)
+                call = defences.seeded(fn, seed * 100003 + i)
+                if augment:
+                    writer.write(x, y, **cols, augmented=np.zeros(n, bool))
+                    pick = extra[(extra >= start) & (extra < start + n)] - start
+                    if len(pick):
+                        noisy = to_uint8(call(to_float(x[pick])))
+                        writer.write(noisy, y[pick], **{k: v[pick] for k, v in cols.items()},
+                                     augmented=np.ones(len(pick), bool))
+                        changed += len(pick)
+                elif active:
+                    out = to_uint8(call(to_float(x)))
+                    changed += int((out != x).reshape(n, -1).any(axis=1).sum())
+                    writer.write(out, y, **cols)
+                else:
+                    writer.write(x, y, **cols)
+                start += n
+        metrics = {"applied": float(active), "num_examples": float(writer.spec.num_examples),
+                   "num_changed": float(changed)}
+        with _tracked(defence, ctx, {**settings, "apply_fit": apply_fit, "apply_predict": apply_predict,
+                                     "data_role": data_role, "seed": seed}) as run:
+            run.log_metrics(metrics)
+            if output_tar_name:
+                run.log_dataset(output_path, output_tar_name, defence)
+                metrics_note = {"mlflow_run_id": run.run_id, "dataset_tar_name": output_tar_name,
+                                "dataset_name": defence}
+    log.info("%s: %s to %s data; %d images changed or added", defence, "applied" if active else "not applied",
+             data_role, changed)
+    return StepResult(step=defence, label=defence.replace("_", " "), metrics=metrics,
+                      details={**record, **(metrics_note if output_tar_name else {})})

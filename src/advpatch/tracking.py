@@ -143,6 +143,21 @@ class StepRun:
 
         mlflow.log_artifacts(local_dir, artifact_path)
 
+    def log_dataset(self, path: str, tar_name: str, dataset_name: str) -> None:
+        """Log a dataset folder as ``tar_name`` holding ``dataset_name/`` (the seed's layout, e.g.
+        ``adv_testing.tar`` with ``adversarial_patched_data/``), for :func:`fetch_dataset`."""
+        import tarfile
+        import tempfile
+
+        import mlflow
+
+        check_dataset_names(tar_name, dataset_name)
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / tar_name
+            with tarfile.open(archive, "w") as tar:
+                tar.add(path, arcname=dataset_name)
+            mlflow.log_artifact(str(archive))
+
     def log_model(self, model, metadata: Dict[str, Any], registered_name: str = "") -> Tuple[str, str]:
         """Log a Keras model (and register it when ``registered_name`` is given).
 
@@ -215,3 +230,47 @@ def load_registered_model(uri: str):
     if MODEL_METADATA_KEY not in meta:
         raise ValueError(f"model {uri} was not logged by advpatch (no '{MODEL_METADATA_KEY}' metadata)")
     return mlflow.keras.load_model(uri), meta[MODEL_METADATA_KEY]
+
+
+def check_dataset_names(tar_name: str, dataset_name: str) -> None:
+    from advpatch.params import ParameterError
+
+    if not tar_name.endswith(".tar") or "/" in tar_name or tar_name.startswith("."):
+        raise ParameterError(f"dataset_tar_name must be a plain file name ending in .tar, got {tar_name!r}")
+    if not dataset_name or "/" in dataset_name or dataset_name in (".", ".."):
+        raise ParameterError(f"dataset_name must be a plain folder name, got {dataset_name!r}")
+
+
+def fetch_dataset(run_id: str, tar_name: str, dataset_name: str, dest: os.PathLike | str) -> Path:
+    """Bring back a dataset an earlier run logged with :meth:`StepRun.log_dataset` (the seed's
+    ``load_dataset_from_mlruns``). The archive is checked member by member: only regular files and
+    folders under ``dataset_name/``, no links, no absolute or parent paths."""
+    import tarfile
+    import tempfile
+
+    from advpatch.params import ParameterError
+
+    check_dataset_names(tar_name, dataset_name)
+    if not run_id:
+        raise ParameterError("load_dataset_from_mlruns=True needs the run id of the run that logged the dataset")
+    configure()
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    dest = Path(dest)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=tar_name, dst_path=tmp)
+        except (MlflowException, OSError) as e:
+            raise ParameterError(f"cannot fetch {tar_name!r} from MLflow run {run_id!r}: {e}") from None
+        with tarfile.open(local) as tar:
+            members = tar.getmembers()
+            for m in members:
+                parts = Path(m.name).parts
+                if (not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in parts
+                        or not parts or parts[0] != dataset_name):
+                    raise ParameterError(f"{tar_name} from run {run_id} holds an unsafe or foreign entry {m.name!r}")
+            if not any(Path(m.name).parts[0] == dataset_name for m in members):
+                raise ParameterError(f"{tar_name} from run {run_id} has no folder {dataset_name!r}")
+            tar.extractall(dest, members=members, filter="data")
+    return dest / dataset_name

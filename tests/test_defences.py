@@ -1,0 +1,201 @@
+"""Preprocessing defences (equal to ART's where wrapped), adversarial training, cross-run reuse."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from advpatch import defences, steps
+from advpatch.dataset import Dataset, to_float, to_uint8, write_dataset
+from advpatch.params import ParameterError
+
+CLASSES = ["a", "b", "c"]
+
+
+def _data(tmp_path, channels=1, n=12, name="d", seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, 16, 16, channels), dtype=np.uint8)
+    y = rng.integers(0, 3, n)
+    cols = {"patched": np.arange(n) % 2 == 0, "patch_target": np.full(n, 2, np.int16)}
+    write_dataset(tmp_path / name, x, y, CLASSES, columns=cols, provenance=[{"step": "test"}])
+    return x, y, cols
+
+
+def _defend(kind, tmp_path, settings, out="out", **kw):
+    kw = {"apply_fit": False, "apply_predict": True, **kw}
+    return steps.defend(kind, str(tmp_path / "d"), str(tmp_path / out), settings=settings, output_tar_name="", **kw)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_spatial_smoothing_equals_art_and_removes_salt(tmp_path, outputs, channels):
+    from art.defences.preprocessor import SpatialSmoothing
+
+    x, y, cols = _data(tmp_path, channels)
+    x[0] = 0
+    x[0, 8, 8] = 255  # one salt pixel
+    write_dataset(tmp_path / "d2", x, y, CLASSES, columns=cols)
+    steps.defend("spatial_smoothing", str(tmp_path / "d2"), str(tmp_path / "out"),
+                 settings={"spatial_smoothing_window_size": 3}, apply_fit=False, apply_predict=True,
+                 output_tar_name="")
+    out = Dataset(tmp_path / "out").load()
+    art = SpatialSmoothing(window_size=3, channels_first=False, clip_values=(0.0, 1.0))(to_float(x))[0]
+    np.testing.assert_array_equal(out["x"], to_uint8(art))
+    assert out["x"].dtype == np.uint8 and out["x"].shape == x.shape
+    assert out["x"][0].max() == 0  # the median removed the salt pixel
+    np.testing.assert_array_equal(out["patched"], cols["patched"])  # columns pass through
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_jpeg_equals_art_grayscale_and_rgb(tmp_path, outputs, channels, channels_first):
+    from art.defences.preprocessor import JpegCompression
+
+    x, _, _ = _data(tmp_path, channels)
+    _defend("jpeg_compression", tmp_path, {"jpeg_compression_quality": 20,
+                                           "jpeg_compression_channels_first": channels_first})
+    out = Dataset(tmp_path / "out").load()["x"]
+    art = JpegCompression(clip_values=(0.0, 1.0), quality=20, channels_first=False)(to_float(x))[0]
+    np.testing.assert_array_equal(out, to_uint8(art))
+    assert np.abs(out.astype(int) - x).mean() > 5  # noise images compress badly at quality 20
+    _defend("jpeg_compression", tmp_path, {"jpeg_compression_quality": 100}, out="hq")
+    hq = Dataset(tmp_path / "hq").load()["x"]
+    assert np.abs(hq.astype(int) - x).mean() < np.abs(out.astype(int) - x).mean()
+
+
+def test_gaussian_noise_equals_art_with_the_same_draws(tmp_path, outputs):
+    from art.defences.preprocessor import GaussianAugmentation
+
+    x, _, _ = _data(tmp_path, n=200)
+    _defend("gaussian_augmentation", tmp_path, {"gaussian_augmentation_sigma": 0.1,
+                                                "gaussian_augmentation_ratio": 1.0}, batch_size=500, seed=3)
+    out = Dataset(tmp_path / "out").load()["x"]
+    np.random.seed(3 * 100003)
+    art = GaussianAugmentation(sigma=0.1, augmentation=False, clip_values=(0.0, 1.0), apply_fit=False,
+                               apply_predict=True)(to_float(x))[0]
+    np.testing.assert_array_equal(out, to_uint8(art))
+    mid = (x > 60) & (x < 195)  # away from clipping, the noise has the requested spread
+    assert (out.astype(float) - x)[mid].std() / 255 == pytest.approx(0.1, rel=0.1)
+
+
+def test_gaussian_augmentation_adds_exact_count_and_keeps_columns(tmp_path, outputs):
+    x, y, cols = _data(tmp_path, n=40)
+    result = _defend("gaussian_augmentation", tmp_path,
+                     {"gaussian_augmentation_perform_data_augmentation": True, "gaussian_augmentation_ratio": 0.25,
+                      "gaussian_augmentation_sigma": 0.2}, apply_fit=True, apply_predict=False, data_role="fit",
+                     batch_size=16)
+    out = Dataset(tmp_path / "out").load()
+    assert len(out["y"]) == 50 and out["augmented"].sum() == 10 and result.metrics["num_changed"] == 10
+    np.testing.assert_array_equal(out["x"][~out["augmented"]], x)
+    assert set(out["patch_target"].tolist()) == {2}
+
+
+def test_apply_fit_and_apply_predict_follow_the_data_role(tmp_path, outputs):
+    x, _, _ = _data(tmp_path)
+    result = _defend("spatial_smoothing", tmp_path, {"spatial_smoothing_window_size": 5}, data_role="fit")
+    out = Dataset(tmp_path / "out")
+    np.testing.assert_array_equal(out.load()["x"], x)  # apply_fit is False: passed through
+    assert result.metrics["applied"] == 0.0 and out.spec.provenance[-1]["applied"] is False
+    _defend("spatial_smoothing", tmp_path, {"spatial_smoothing_window_size": 5}, data_role="fit", apply_fit=True,
+            out="fit")
+    assert not np.array_equal(Dataset(tmp_path / "fit").load()["x"], x)
+    assert Dataset(tmp_path / "fit").spec.provenance[-1]["spatial_smoothing_window_size"] == 5
+
+
+@pytest.mark.parametrize("kind, settings, kw, message", [
+    ("gaussian_augmentation", {"gaussian_augmentation_perform_data_augmentation": True,
+                               "gaussian_augmentation_ratio": 1.0, "gaussian_augmentation_sigma": 0.1},
+     {"apply_fit": True, "apply_predict": True}, "needs gaussian_augmentation_apply_fit=True and "
+                                                 "gaussian_augmentation_apply_predict=False"),
+    ("gaussian_augmentation", {"gaussian_augmentation_ratio": 1.0, "gaussian_augmentation_sigma": 0.0}, {},
+     "gaussian_augmentation_sigma must be a number > 0, got 0.0"),
+    ("gaussian_augmentation", {"gaussian_augmentation_ratio": 1.5, "gaussian_augmentation_sigma": 0.1}, {},
+     r"gaussian_augmentation_ratio must be in \[0, 1\], got 1.5"),
+    ("jpeg_compression", {"jpeg_compression_quality": 101}, {}, r"jpeg_compression_quality must be an integer in \[1, 100\]"),
+    ("spatial_smoothing", {"spatial_smoothing_window_size": 0}, {}, "spatial_smoothing_window_size must be an integer in"),
+    ("spatial_smoothing", {"spatial_smoothing_window_size": 3}, {"data_role": "train"}, "data_role must be one of 'fit', 'predict'"),
+])
+def test_invalid_defence_settings_are_rejected(tmp_path, outputs, kind, settings, kw, message):
+    _data(tmp_path)
+    with pytest.raises(ParameterError, match=message):
+        _defend(kind, tmp_path, settings, **kw)
+    assert not (tmp_path / "out").exists()
+
+
+def test_pgd_adversarial_training_beats_the_baseline_under_pgd():
+    from advpatch import models, training
+    from conftest import digits, small_split
+
+    x, y, _ = digits("train")
+    x, y = small_split(x, y, 40)
+    xt, yt, _ = digits("test")
+    pgd = dict(pgd_eps=0.1, pgd_eps_step=0.025, pgd_max_iter=5)
+    scores = {}
+    for adversarial in (False, True):
+        training.seed_everything(0)
+        model = models.build_model("le_net", (28, 28, 1), 10)
+        fit = dict(epochs=6, batch_size=32, optimizer="adam", learning_rate=0.003, seed=0)
+        if adversarial:
+            training.fit_adversarial(model, x, y, **fit, **pgd, pgd_ratio=0.5)
+        else:
+            training.fit(model, x, y, **fit)
+        scores[adversarial] = training.pgd_accuracy(model, xt, yt, eps=0.1, eps_step=0.025, max_iter=5)
+    assert scores[True] > scores[False] + 0.15, scores
+
+
+def test_datasets_come_back_by_mlflow_run_id(tmp_path, outputs):
+    """deploy_patch logs adv_testing.tar; train and the defences bring it back by run id."""
+    from advpatch.patches import PatchSet, make_mask
+
+    steps.load_dataset("digits", str(tmp_path / "train"), split="train", max_examples=60, seed=0)
+    ps = PatchSet(np.ones((1, 28, 28, 1), np.float32), make_mask(28, "square")[None], np.array([5]),
+                  [str(i) for i in range(10)], (28, 28, 1))
+    ps.save(tmp_path / "ps")
+    deployed = steps.deploy_patch(str(tmp_path / "train"), str(tmp_path / "ps"), str(tmp_path / "patched"),
+                                  patch_deployment_method="augment", patch_application_rate=0.5)
+    run_id = deployed.details["mlflow_run_id"]
+    assert deployed.details["dataset_tar_name"] == "adv_testing.tar"
+    trained = steps.train("", str(tmp_path / "model"), epochs=0.5, load_dataset_from_mlruns=True,
+                          training_dataset_run_id=run_id)
+    assert trained.details["history"]["loss"]
+    info = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert info["provenance"]["train_data"][-1]["step"] == "deploy_patch"  # trained on the logged data
+    smoothed = steps.defend("spatial_smoothing", "", str(tmp_path / "smoothed"),
+                            settings={"spatial_smoothing_window_size": 3}, apply_fit=False, apply_predict=True,
+                            load_dataset_from_mlruns=True, dataset_run_id=run_id, output_tar_name="smoothed.tar")
+    assert len(Dataset(tmp_path / "smoothed")) == 90
+    again = steps.train("", str(tmp_path / "m2"), epochs=0.5, load_dataset_from_mlruns=True,
+                        training_dataset_run_id=smoothed.details["mlflow_run_id"], dataset_tar_name="smoothed.tar",
+                        dataset_name="spatial_smoothing")
+    assert again.metrics["final_loss"] > 0
+    with pytest.raises(ParameterError, match="cannot fetch 'nothing.tar' from MLflow run"):
+        steps.train("", str(tmp_path / "m3"), load_dataset_from_mlruns=True, training_dataset_run_id=run_id,
+                    dataset_tar_name="nothing.tar")
+    with pytest.raises(ParameterError, match="dataset_tar_name must be a plain file name ending in .tar"):
+        steps.train("", str(tmp_path / "m3"), load_dataset_from_mlruns=True, training_dataset_run_id=run_id,
+                    dataset_tar_name="../x.tar")
+
+
+def test_unsafe_archives_are_refused(tmp_path, outputs):
+    import mlflow
+
+    from advpatch.tracking import configure, fetch_dataset
+
+    configure()
+    for i, (name, kind) in enumerate([("adversarial_patched_data/../../evil", tarfile.REGTYPE),
+                                      ("adversarial_patched_data/link", tarfile.SYMTYPE),
+                                      ("other/dataset.json", tarfile.REGTYPE)]):
+        archive = tmp_path / f"a{i}" / "adv_testing.tar"
+        archive.parent.mkdir()
+        with tarfile.open(archive, "w") as tar:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
+            tar.addfile(info, io.BytesIO(b"x") if kind == tarfile.REGTYPE else None)
+        with mlflow.start_run() as run:
+            mlflow.log_artifact(str(archive))
+        with pytest.raises(ParameterError, match="unsafe or foreign entry"):
+            fetch_dataset(run.info.run_id, "adv_testing.tar", "adversarial_patched_data", tmp_path / f"out{i}")
+        assert not (tmp_path / f"out{i}").exists() or not any((tmp_path / f"out{i}").iterdir())
+    assert not (tmp_path.parent / "evil").exists()
