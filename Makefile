@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help venv demo test bench mlflow-ui clean
+.PHONY: help venv demo test bench compile images mlflow-ui clean
 
 help:
 	@echo "make demo [DATA=/path/to/Mnist]  run the MNIST experiment locally (kfp.local), print the results table"
@@ -45,3 +45,9 @@ clean:
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_patch.py $(BENCH_ARGS)
+
+# Compiled pipelines for a cluster: make compile REGISTRY=registry.example.com/ml TAG=0.1.0 [COMPILE_ARGS=--no-gpu]
+REGISTRY ?= ghcr.io/advpatch
+TAG      ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' src/advpatch/__init__.py)
+compile: $(STAMP)
+	$(VENV)/bin/advpatch compile --image-registry $(REGISTRY) --image-tag $(TAG) --output outputs/compiled $(COMPILE_ARGS)

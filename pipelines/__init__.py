@@ -3,10 +3,16 @@
 ``PIPELINES`` maps each pipeline's CLI name to its function.
 """
 
-from advpatch.pipelines.mnist_experiment import mnist_experiment
-from advpatch.pipelines.mnist_patch import mnist_patch
+from advpatch.pipelines import mnist_experiment as _experiment
+from advpatch.pipelines import mnist_patch as _patch
+
+mnist_experiment = _experiment.mnist_experiment
+mnist_patch = _patch.mnist_patch
 
 PIPELINES = {"mnist-experiment": mnist_experiment, "mnist-patch": mnist_patch}
-"""CLI name -> pipeline. `advpatch demo` runs mnist-experiment."""
+"""CLI name -> pipeline built with no placement. `advpatch demo` runs mnist-experiment."""
 
-__all__ = ["PIPELINES", "mnist_experiment", "mnist_patch"]
+BUILDERS = {"mnist-experiment": _experiment.build, "mnist-patch": _patch.build}
+"""CLI name -> ``build(placement)``, for compiling with a placement."""
+
+__all__ = ["PIPELINES", "BUILDERS", "mnist_experiment", "mnist_patch"]

@@ -3,6 +3,7 @@
 from typing import Dict
 
 from kfp import dsl
+from kfp.dsl import pipeline_context
 
 
 def tracking(experiment_name) -> Dict[str, object]:
@@ -23,3 +24,10 @@ def report_inputs(*tasks) -> Dict[str, object]:
     if len(tasks) > MAX_STEPS:
         raise ValueError(f"a report takes at most {MAX_STEPS} steps, got {len(tasks)}")
     return {f"step_{i:02d}": task.outputs["summary"] for i, task in enumerate(tasks, start=1)}
+
+
+def place_all(placement) -> None:
+    """Apply a :class:`~advpatch.pipelines.placement.Placement` to every task of the pipeline being
+    built (call it last in a pipeline function)."""
+    for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
+        placement.apply(task, task.component_spec.name.replace("-", "_"))

@@ -216,7 +216,8 @@ def train(
                         "registered_version": version})
     save_model(model, info, model_output_path)
     log.info("train: model written to %s%s", model_output_path, f", registered as {registered}" if registered else "")
-    label = f"train {model_architecture}" + (" (PGD adversarial training)" if apply_defense else "")
+    label = (f"train {model_architecture}" + (f" '{model_tag}'" if model_tag else "")
+             + (" (PGD adversarial training)" if apply_defense else ""))
     return StepResult(step="train", label=label, metrics=metrics, details=details)
 
 

@@ -1,0 +1,147 @@
+"""Where and how each step runs on a cluster, chosen when a pipeline is compiled.
+
+A :class:`Placement` is applied to every task as a pipeline is built (``placement.apply(task,
+"train")``). The local runner ignores all of it; the compiled YAML carries it:
+
+* resources and accelerators go into ``deploymentSpec`` (KFP's own fields);
+* node selectors, tolerations, secrets and ConfigMaps as environment variables go into the
+  Kubernetes platform spec (the second YAML document), through ``kfp-kubernetes``.
+
+Credentials never appear in a compiled pipeline: S3 keys come from a Kubernetes secret
+(``mlpipeline-minio-artifact`` by default, the name KFP itself uses), the MLflow tracking URI and
+the S3 endpoint from a ConfigMap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, List, Optional, Tuple
+
+GPU_STEPS_DEFAULT = frozenset({"train", "init_model", "gen_patch", "deploy_patch", "infer"})
+STEP_NAMES = frozenset({"load_dataset", "train", "init_model", "gen_patch", "deploy_patch", "spatial_smoothing",
+                        "jpeg_compression", "gaussian_augmentation", "infer", "report"})
+
+S3_SECRET_DEFAULT = "mlpipeline-minio-artifact"
+S3_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
+"""Keys of KFP's artifact-store secret -> the environment variables the minio and MLflow clients read."""
+
+CONFIG_MAP_DEFAULT = "advpatch-config"
+CONFIG_MAP_KEYS = {
+    "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+    "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",
+    "ADVPATCH_S3_ENDPOINT": "ADVPATCH_S3_ENDPOINT",
+    "ADVPATCH_EXPERIMENT": "ADVPATCH_EXPERIMENT",
+}
+"""Keys of the ConfigMap (manifests/base/configmap.yaml) -> environment variables."""
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str
+    operator: str = "Exists"
+    value: Optional[str] = None
+    effect: Optional[str] = "NoSchedule"
+
+    @classmethod
+    def parse(cls, text: str) -> "Toleration":
+        """``key[=value][:effect]``, e.g. ``nvidia.com/gpu:NoSchedule`` or ``pool=gpu:NoExecute``."""
+        from advpatch.params import ParameterError
+
+        body, _, effect = text.partition(":")
+        key, eq, value = body.partition("=")
+        if not key or effect not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise ParameterError(
+                f"toleration must look like key[=value][:NoSchedule|PreferNoSchedule|NoExecute], got {text!r}")
+        return cls(key, "Equal" if eq else "Exists", value if eq else None, effect or None)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Compile-time settings for every task of a pipeline. The default places nothing."""
+
+    gpu_steps: FrozenSet[str] = frozenset()
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_limit: int = 1
+    node_selector: Tuple[Tuple[str, str], ...] = ()
+    tolerations: Tuple[Toleration, ...] = ()
+    cpu_request: str = ""
+    cpu_limit: str = ""
+    memory_request: str = ""
+    memory_limit: str = ""
+    image: str = ""
+    s3_secret: str = ""
+    config_map: str = ""
+    extra_env: Tuple[Tuple[str, str], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        from advpatch.params import ParameterError
+
+        unknown = set(self.gpu_steps) - STEP_NAMES
+        if unknown:
+            raise ParameterError(f"gpu steps must be among {', '.join(sorted(STEP_NAMES))}, got {sorted(unknown)}")
+        if self.accelerator_limit < 1:
+            raise ParameterError(f"accelerator_limit must be an integer >= 1, got {self.accelerator_limit}")
+
+    def apply(self, task, step: str):
+        """Apply to one task (``step`` is its component name); returns the task."""
+        from kfp import kubernetes
+
+        if self.image:
+            task.set_container_image(self.image)
+        if self.cpu_request:
+            task.set_cpu_request(self.cpu_request)
+        if self.cpu_limit:
+            task.set_cpu_limit(self.cpu_limit)
+        if self.memory_request:
+            task.set_memory_request(self.memory_request)
+        if self.memory_limit:
+            task.set_memory_limit(self.memory_limit)
+        if step in self.gpu_steps:
+            task.set_accelerator_type(self.accelerator_type)
+            task.set_accelerator_limit(self.accelerator_limit)
+            for key, value in self.node_selector:
+                kubernetes.add_node_selector(task, label_key=key, label_value=value)
+            for t in self.tolerations:
+                kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect)
+        if self.s3_secret:
+            kubernetes.use_secret_as_env(task, secret_name=self.s3_secret, secret_key_to_env=dict(S3_SECRET_KEYS))
+        if self.config_map:
+            kubernetes.use_config_map_as_env(task, config_map_name=self.config_map,
+                                             config_map_key_to_env=dict(CONFIG_MAP_KEYS))
+        for name, value in self.extra_env:
+            task.set_env_variable(name, value)
+        return task
+
+
+LOCAL = Placement()
+"""No placement: what the local runner (which ignores placement anyway) and tests use."""
+
+
+def cluster(
+    *,
+    gpu: bool = True,
+    gpu_steps: Optional[List[str]] = None,
+    accelerator_type: str = "nvidia.com/gpu",
+    accelerator_limit: int = 1,
+    node_selector: Optional[Dict[str, str]] = None,
+    tolerations: Optional[List[str]] = None,
+    cpu_request: str = "1",
+    cpu_limit: str = "4",
+    memory_request: str = "2Gi",
+    memory_limit: str = "8Gi",
+    image: str = "",
+    s3_secret: str = S3_SECRET_DEFAULT,
+    config_map: str = CONFIG_MAP_DEFAULT,
+) -> Placement:
+    """A placement for a real cluster: the defaults put train, init_model, gen_patch,
+    deploy_patch and infer on nodes with an NVIDIA GPU (selector ``nvidia.com/gpu.present=true``,
+    the label NVIDIA's GPU operator sets, and a toleration for ``nvidia.com/gpu`` taints)."""
+    steps = frozenset(gpu_steps if gpu_steps is not None else GPU_STEPS_DEFAULT) if gpu else frozenset()
+    selector = node_selector if node_selector is not None else {"nvidia.com/gpu.present": "true"}
+    tols = tolerations if tolerations is not None else ["nvidia.com/gpu:NoSchedule"]
+    return Placement(
+        gpu_steps=steps, accelerator_type=accelerator_type, accelerator_limit=accelerator_limit,
+        node_selector=tuple(sorted(selector.items())), tolerations=tuple(Toleration.parse(t) for t in tols),
+        cpu_request=cpu_request, cpu_limit=cpu_limit, memory_request=memory_request, memory_limit=memory_limit,
+        image=image, s3_secret=s3_secret, config_map=config_map,
+    )
