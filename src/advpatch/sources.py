@@ -15,6 +15,9 @@ a folder with MNIST IDX files
 an ``.npz`` file
     ``x_train``/``y_train``/``x_test``/``y_test`` (Keras' ``mnist.npz``) or ``x``/``y``;
     read with ``allow_pickle=False``.
+``s3://bucket/prefix``
+    Any of the above in S3-compatible storage (see :mod:`advpatch.storage`), copied to a
+    temporary folder first.
 
 Images are resized to ``image_size`` x ``image_size`` when it is non-zero, and converted to
 ``color_mode`` (``auto`` keeps what the source has). ``max_examples`` keeps a random subset
@@ -75,6 +78,16 @@ def import_dataset(
             "seed": seed,
         }
     ]
+    if source.startswith("s3://"):
+        import tempfile
+
+        from advpatch import storage
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = storage.download(source, tmp)
+            spec = import_dataset(str(local), output_path, split=split, image_size=image_size, color_mode=color_mode,
+                                  max_examples=max_examples, seed=seed, shard_bytes=shard_bytes)
+        return _with_source(output_path, spec, source)
     if source == EMBEDDED_DIGITS:
         x, y, names = embedded_digits(split)
         return _write_arrays(x, y, names, output_path, image_size, color_mode, max_examples, seed, provenance, shard_bytes)
@@ -93,6 +106,22 @@ def import_dataset(
         x, y, names = read_idx(folder, split)
         return _write_arrays(x, y, names, output_path, image_size, color_mode, max_examples, seed, provenance, shard_bytes)
     return _write_image_folder(folder, output_path, image_size, color_mode, max_examples, seed, provenance, shard_bytes)
+
+
+def _with_source(output_path, spec: DatasetSpec, source: str) -> DatasetSpec:
+    """Record the remote ``source`` (not the temporary local copy) in the dataset's provenance."""
+    import json
+
+    import os
+
+    manifest = Path(output_path) / "dataset.json"
+    data = json.loads(manifest.read_text())
+    data["provenance"][0]["source"] = source
+    tmp = manifest.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, manifest)
+    spec.provenance[0]["source"] = source
+    return spec
 
 
 # --------------------------------------------------------------------------- embedded digits
