@@ -69,6 +69,7 @@ class Placement:
     memory_request: str = ""
     memory_limit: str = ""
     image: str = ""
+    gpu_image: str = ""
     s3_secret: str = ""
     config_map: str = ""
     extra_env: Tuple[Tuple[str, str], ...] = field(default=())
@@ -86,8 +87,10 @@ class Placement:
         """Apply to one task (``step`` is its component name); returns the task."""
         from kfp import kubernetes
 
-        if self.image:
-            task.set_container_image(self.image)
+        on_gpu = step in self.gpu_steps
+        image = (self.gpu_image or self.image) if on_gpu else self.image
+        if image:
+            task.set_container_image(image)
         if self.cpu_request:
             task.set_cpu_request(self.cpu_request)
         if self.cpu_limit:
@@ -96,7 +99,7 @@ class Placement:
             task.set_memory_request(self.memory_request)
         if self.memory_limit:
             task.set_memory_limit(self.memory_limit)
-        if step in self.gpu_steps:
+        if on_gpu:
             task.set_accelerator_type(self.accelerator_type)
             task.set_accelerator_limit(self.accelerator_limit)
             for key, value in self.node_selector:
@@ -130,12 +133,14 @@ def cluster(
     memory_request: str = "2Gi",
     memory_limit: str = "8Gi",
     image: str = "",
+    gpu_image: str = "",
     s3_secret: str = S3_SECRET_DEFAULT,
     config_map: str = CONFIG_MAP_DEFAULT,
 ) -> Placement:
     """A placement for a real cluster: the defaults put train, init_model, gen_patch,
     deploy_patch and infer on nodes with an NVIDIA GPU (selector ``nvidia.com/gpu.present=true``,
-    the label NVIDIA's GPU operator sets, and a toleration for ``nvidia.com/gpu`` taints)."""
+    the label NVIDIA's GPU operator sets, and a toleration for ``nvidia.com/gpu`` taints). GPU
+    steps run ``gpu_image``, by default ``image`` with ``-gpu`` appended to its tag."""
     steps = frozenset(gpu_steps if gpu_steps is not None else GPU_STEPS_DEFAULT) if gpu else frozenset()
     selector = node_selector if node_selector is not None else {"nvidia.com/gpu.present": "true"}
     tols = tolerations if tolerations is not None else ["nvidia.com/gpu:NoSchedule"]
@@ -143,5 +148,6 @@ def cluster(
         gpu_steps=steps, accelerator_type=accelerator_type, accelerator_limit=accelerator_limit,
         node_selector=tuple(sorted(selector.items())), tolerations=tuple(Toleration.parse(t) for t in tols),
         cpu_request=cpu_request, cpu_limit=cpu_limit, memory_request=memory_request, memory_limit=memory_limit,
-        image=image, s3_secret=s3_secret, config_map=config_map,
+        image=image, gpu_image=gpu_image or (f"{image}-gpu" if image and steps else ""),
+        s3_secret=s3_secret, config_map=config_map,
     )

@@ -50,7 +50,8 @@ def test_default_cluster_placement(tmp_path, monkeypatch):
     assert len(executors) == 27  # one per task: KFP gives tasks with their own resources their own executor
     for name, executor in executors.items():
         container = executor["container"]
-        assert container["image"] == "registry.example.com/ml/advpatch:9.9.9"
+        gpu = _kind(name) in GPU_EXECUTORS
+        assert container["image"] == "registry.example.com/ml/advpatch:9.9.9" + ("-gpu" if gpu else "")
         res = container["resources"]
         assert (res["resourceCpuRequest"], res["resourceCpuLimit"]) == ("1", "4")
         assert (res["resourceMemoryRequest"], res["resourceMemoryLimit"]) == ("2Gi", "8Gi")
@@ -89,6 +90,7 @@ def test_placement_options(tmp_path):
         {"key": "nvidia.com/gpu", "operator": "Exists"}]
     assert all("secretAsEnv" not in c and "configMapAsEnv" not in c for c in platform.values())
     assert executors["exec-train"]["container"]["image"] == "reg.local:5000/team/advpatch:dev"
+    assert executors["exec-gen-patch"]["container"]["image"] == "reg.local:5000/team/advpatch:dev-gpu"
     assert executors["exec-train"]["container"]["resources"]["resourceCpuRequest"] == "500m"
     assert executors["exec-train"]["container"]["resources"]["resourceMemoryLimit"] == "16Gi"
     _, spec, _ = _compile(tmp_path, "--no-gpu", name="mnist-patch")

@@ -101,6 +101,7 @@ def compile_pipelines(args) -> List[Path]:
         accelerator_type=args.accelerator_type, accelerator_limit=args.accelerator_limit, node_selector=selector,
         tolerations=args.toleration, cpu_request=args.cpu_request, cpu_limit=args.cpu_limit,
         memory_request=args.memory_request, memory_limit=args.memory_limit, image=image or settings.runtime_image(),
+        gpu_image=args.gpu_image,
         s3_secret=args.s3_secret, config_map=args.config_map,
     )
     out = Path(args.output)
@@ -141,6 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     comp.add_argument("--memory-request", default="2Gi")
     comp.add_argument("--memory-limit", default="8Gi")
     comp.add_argument("--image", default="", help="runtime image (default: $ADVPATCH_IMAGE or registry/advpatch:tag)")
+    comp.add_argument("--gpu-image", default="", help="image for GPU steps (default: the image's tag + '-gpu')")
     comp.add_argument("--image-registry", default="")
     comp.add_argument("--image-tag", default="")
     comp.add_argument("--s3-secret", default="mlpipeline-minio-artifact",

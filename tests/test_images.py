@@ -1,0 +1,61 @@
+"""Runtime images: no Docker engine here, so the Dockerfiles are linted, checked for what they
+promise, and their install step is run in a fresh virtual environment."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from advpatch import __version__
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILES = [ROOT / "images" / "Dockerfile.cpu", ROOT / "images" / "Dockerfile.gpu"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(dockerfile):
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), "--no-color", str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_pins_version_and_runs_as_non_root(dockerfile):
+    text = dockerfile.read_text()
+    assert f"ARG ADVPATCH_VERSION={__version__}\n" in text
+    base = re.search(r"^ARG (?:PYTHON|TF)_IMAGE=(\S+)$", text, re.M).group(1)
+    assert re.search(r":\d+\.\d+", base) and "latest" not in base  # a pinned base image
+    assert re.search(r"^USER 1000:1000$", text, re.M)
+    assert "constraints.txt" in text  # exact pins
+    assert "ADVPATCH_VERSION}-py3-none-any.whl" in text
+
+
+def _install_command(dockerfile: Path) -> str:
+    text = dockerfile.read_text().replace("\\\n", " ")
+    return next(line for line in text.splitlines() if line.startswith("RUN pip install"))[4:]
+
+
+@pytest.mark.slow
+def test_cpu_image_install_step_works_in_a_fresh_venv(tmp_path):
+    """The Dockerfile's own `pip install` line, paths mapped to a temporary folder."""
+    # the Dockerfile copies the wheel and constraints.txt to /tmp/: here, to tmp_path
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path),
+                    str(ROOT)], check=True)
+    (tmp_path / "constraints.txt").write_text((ROOT / "constraints.txt").read_text())
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
+    py = tmp_path / "venv" / "bin" / "python"
+    command = _install_command(DOCKERFILES[0]).split("&&")[0]
+    command = command.replace("${ADVPATCH_VERSION}", __version__).replace("/tmp/", f"{tmp_path}/")
+    args = [a for a in shlex.split(command) if a != "--no-cache-dir"]  # reuse this machine's pip cache
+    assert args[:2] == ["pip", "install"]
+    subprocess.run([str(py), "-m", *args, "--quiet"], check=True)
+    check = ("import advpatch, kfp, tensorflow, art, mlflow, minio, boto3;"
+             "from advpatch.components import train; print(advpatch.__version__, tensorflow.__version__)")
+    out = subprocess.run([str(py), "-c", check], check=True, capture_output=True, text=True,
+                         env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"}).stdout
+    assert out.split() == [__version__, "2.21.0"]
+    # the lightweight components' entry point is there, without pip-installing kfp at run time
+    subprocess.run([str(py), "-c", "import kfp.dsl.executor_main"], check=True)
