@@ -712,7 +712,7 @@ def defend(
     dataset_run_id: str = "",
     dataset_tar_name: str = "adv_testing.tar",
     dataset_name: str = "adversarial_patched_data",
-    output_tar_name: str = "adv_testing.tar",
+    output_tar_name: str = "",
     ctx: RunContext = RunContext(),
 ) -> StepResult:
     """Apply a preprocessing defence (see :mod:`advpatch.defences`) to a dataset.
@@ -720,8 +720,8 @@ def defend(
     ``settings`` holds the defence's own parameters under the seed's names (for example
     ``spatial_smoothing_window_size``). The output keeps the input's per-image columns (so
     ``infer`` still reports targeted success on defended patched images) and records the
-    defence in its provenance; it is logged to MLflow as ``output_tar_name`` holding a folder
-    named after the defence.
+    defence in its provenance; with ``output_tar_name`` it is also logged to MLflow as that tar
+    holding a folder named after the defence.
     """
     import tempfile
 
