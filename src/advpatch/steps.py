@@ -249,35 +249,16 @@ def infer(
     must match the model's.
     """
     params.check(batch_size=batch_size, seed=seed)
-    if model_architecture:
-        params.check(model_architecture=model_architecture)
-    if bool(model_path) == bool(model_uri):
-        raise params.ParameterError(
-            "infer needs exactly one model: a Model artifact or model_uri (models:/NAME/VERSION), "
-            f"got {'both' if model_path else 'neither'}"
-        )
-    if model_uri and not model_uri.startswith(("models:/", "runs:/")):
-        raise params.ParameterError(f"model_uri must look like 'models:/NAME/VERSION', got {model_uri!r}")
+    _check_model_choice(model_path, model_uri, model_architecture)
     from advpatch.dataset import Dataset
-    from advpatch.models import ModelInfo, read_model_info
 
     dataset = Dataset(data_path)
-    if model_path:
-        info = read_model_info(model_path)
-        _check_model_fits(info, dataset, model_architecture)
+    _check_model_artifact(model_path, model_architecture, dataset)
     from advpatch import training
     from advpatch.evaluation import classification_metrics, confusion_matrix, patch_metrics, predict
-    from advpatch.models import load_model
 
     training.seed_everything(seed)
-    if model_path:
-        model, info = load_model(model_path)
-    else:
-        from advpatch.tracking import load_registered_model
-
-        model, meta = load_registered_model(model_uri)
-        info = ModelInfo.from_json(meta, model_uri)
-        _check_model_fits(info, dataset, model_architecture)
+    model, info = _load_any_model(model_path, model_uri, model_architecture, dataset)
     log.info("infer: %s model on %s", info.architecture, dataset.summary())
     out = predict(model, dataset, batch_size)
     metrics = classification_metrics(out["y"], out["probabilities"], len(info.class_names))
@@ -413,10 +394,10 @@ PATCH_COLUMNS = {
 at which scale, angle and centre, and which input image it came from."""
 
 
-def _load_any_model(model_path: str, model_uri: str, model_architecture: str, dataset):
-    """(keras model, ModelInfo) from a Model artifact or a registered model, checked against the data."""
-    from advpatch.models import ModelInfo, load_model, read_model_info
-
+def _check_model_choice(model_path: str, model_uri: str, model_architecture: str) -> None:
+    """Exactly one model, named the right way (cheap: before any heavy import)."""
+    if model_architecture:
+        params.check(model_architecture=model_architecture)
     if bool(model_path) == bool(model_uri):
         raise params.ParameterError(
             "give exactly one model: a Model artifact or model_uri (models:/NAME/VERSION), "
@@ -424,8 +405,21 @@ def _load_any_model(model_path: str, model_uri: str, model_architecture: str, da
         )
     if model_uri and not model_uri.startswith(("models:/", "runs:/")):
         raise params.ParameterError(f"model_uri must look like 'models:/NAME/VERSION', got {model_uri!r}")
+
+
+def _check_model_artifact(model_path: str, model_architecture: str, dataset) -> None:
+    """A Model artifact's metadata against the data, before TensorFlow is imported."""
     if model_path:
+        from advpatch.models import read_model_info
+
         _check_model_fits(read_model_info(model_path), dataset, model_architecture)
+
+
+def _load_any_model(model_path: str, model_uri: str, model_architecture: str, dataset):
+    """(keras model, ModelInfo) from a Model artifact or a registered model, checked against the data."""
+    from advpatch.models import ModelInfo, load_model
+
+    if model_path:
         return load_model(model_path)
     from advpatch.tracking import load_registered_model
 
@@ -471,11 +465,11 @@ def gen_patch(
     params.check(**call)
     patches.check_placement(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
                             location=patch_location)
-    if model_architecture:
-        params.check(model_architecture=model_architecture)
+    _check_model_choice(model_path, model_uri, model_architecture)
     from advpatch.dataset import Dataset, to_float
 
     dataset = Dataset(data_path)
+    _check_model_artifact(model_path, model_architecture, dataset)
     n_classes = len(dataset.class_names)
     params.require(patch_target < n_classes,
                    f"patch_target must be -1 (random) or a class index in [0, {n_classes - 1}], got {patch_target}")
