@@ -40,6 +40,8 @@ def build(placement: Placement = LOCAL):
         num_patch: int = 3,
         num_patch_gen_samples: int = 40,
         patch_learning_rate: float = 0.1,
+        patch_lr_decay: float = 0.3,
+        patch_loss: str = "auto",
         max_iter: int = 500,
         rotation_max: float = 22.5,
         scale_min: float = 0.3,
@@ -68,7 +70,8 @@ def build(placement: Placement = LOCAL):
                          model_tag="baseline", register_model=True, **fit, **track).set_display_name("train: baseline")
         attack = gen_patch(
             data=train_data.outputs["dataset"], model=baseline.outputs["model"], model_architecture=model_architecture,
-            learning_rate=patch_learning_rate, max_iter=max_iter, patch_target=patch_target, num_patch=num_patch,
+            learning_rate=patch_learning_rate, lr_decay=patch_lr_decay, patch_loss=patch_loss, max_iter=max_iter,
+            patch_target=patch_target, num_patch=num_patch,
             num_patch_gen_samples=num_patch_gen_samples, rotation_max=rotation_max, scale_min=scale_min,
             scale_max=scale_max, patch_location=patch_location, seed=seed, **track,
         )

@@ -73,6 +73,86 @@ def test_rotation_keeps_the_patch_inside_the_image():
     assert np.all(np.abs(area - side**2) <= 2 * side + 2)
 
 
+def test_a_circular_patch_reaches_the_edges_at_any_rotation_and_stays_inside():
+    rng = np.random.default_rng(2)
+    n = 2000
+    mask = patches.make_mask(20, "circle")
+    where = patches.sample_placements(rng, n, (28, 28), rotation_max=45, scale_min=0.5, scale_max=0.5, mask=mask)
+    # its mask never leaves the image ...
+    images = np.zeros((n, 28, 28, 1), np.uint8)
+    ps = patches.PatchSet(np.ones((1, 20, 20, 1), np.float32), mask[None], np.array([5]), CLASSES, (28, 28, 1))
+    out = patches.apply_patches(images, ps, np.zeros(n, np.int32), where, batch_size=512)
+    area = (out[..., 0] >= 128).sum(axis=(1, 2))
+    assert area.min() >= 0.95 * np.median(area)
+    # ... yet, unlike a rotated square, it goes up to the border whatever its angle
+    reach = np.abs(where.x - 13.5)
+    square = patches.sample_placements(np.random.default_rng(2), n, (28, 28), rotation_max=45, scale_min=0.5,
+                                       scale_max=0.5)
+    tilted = np.abs(where.angle) > 30
+    assert reach[tilted].max() > 6.8 and np.abs(square.x - 13.5)[tilted].max() < 5.3
+
+
+def test_a_patch_larger_than_the_image_is_centred():
+    where = patches.sample_placements(np.random.default_rng(0), 200, (28, 28), rotation_max=22.5, scale_min=0.999,
+                                      scale_max=1.0, mask=patches.make_mask(28, "square"))
+    tilted = np.abs(where.angle) > 2  # a tilted square of the image's side no longer fits
+    assert tilted.sum() > 150 and np.all(where.x[tilted] == 13.5) and np.all(where.y[tilted] == 13.5)
+    # a disk moves only as far as its mask's support (26 of 28 pixels across) allows
+    disk = patches.make_mask(28, "circle")
+    where = patches.sample_placements(np.random.default_rng(0), 200, (28, 28), rotation_max=22.5, scale_min=0.999,
+                                      scale_max=1.0, mask=disk)
+    room = 14 - 28 * np.abs(patches.mask_outline(disk)).max()
+    assert 0.5 < room <= 1.0 and np.abs(where.x - 13.5).max() <= room + 1e-4
+
+
+def test_mask_outline():
+    np.testing.assert_allclose(np.abs(patches.mask_outline(None)), 0.5)
+    np.testing.assert_allclose(np.abs(patches.mask_outline(patches.make_mask(28, "square"))).max(axis=0), [0.5, 0.5])
+    disk = patches.make_mask(28, "circle")
+    columns = np.flatnonzero((disk > 0).any(axis=0))
+    outline = patches.mask_outline(disk)
+    assert np.abs(outline[:, 0]).max() == pytest.approx((columns.max() - columns.min() + 1) / 2 / 28)
+    with pytest.raises(ParameterError, match="the patch mask is empty"):
+        patches.mask_outline(np.zeros((8, 8)))
+
+
+def test_learning_rate_schedule():
+    rates = patches.learning_rates(0.1, 100, 0.3)
+    np.testing.assert_allclose(rates[:70], 0.1)
+    assert np.all(np.diff(rates[70:]) < 0) and rates[-1] == pytest.approx(0.001)
+    np.testing.assert_allclose(patches.learning_rates(0.1, 10, 0.0), 0.1)
+    np.testing.assert_allclose(patches.learning_rates(0.1, 4, 1.0)[-1], 0.001, rtol=1e-5)
+
+
+def test_patch_losses():
+    import keras
+    import tensorflow as tf
+
+    inputs = keras.Input((4, 4, 1))
+    logits_layer = keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, keras.layers.Softmax()(logits_layer))
+    logits = tf.constant([[2.0, 0.0, -1.0], [0.0, 3.0, 1.0], [1.0, 1.0, 1.0]])
+    weights = tf.constant([1.0, 1.0, 0.0])  # the last row is padding
+    p = tf.nn.softmax(logits).numpy()[:2, 0]
+    expected = {"cross_entropy": -np.log(p).mean(), "success": -np.log(p.mean())}
+    expected["combined"] = expected["cross_entropy"] + expected["success"]
+    for loss, value in expected.items():
+        opt = patches.PatchOptimizer(model, (4, 4, 1), 4, np.ones((4, 4)), 0.1, loss=loss)
+        got, mean_ce = opt._objective(logits, weights, tf.constant(0))
+        assert got.numpy() == pytest.approx(value, rel=1e-5)
+        assert mean_ce.numpy() == pytest.approx(expected["cross_entropy"], rel=1e-5)
+    for bad in ("hinge", "auto"):  # 'auto' is resolved before, from the position distribution
+        with pytest.raises(ParameterError, match=rf"loss must be one of .*'combined'.*got '{bad}'"):
+            patches.PatchOptimizer(model, (4, 4, 1), 4, np.ones((4, 4)), 0.1, loss=bad)
+    assert patches.resolve_loss("auto", "center") == "success"
+    assert patches.resolve_loss("auto", "random") == "combined"
+    assert patches.resolve_loss("cross_entropy", "center") == "cross_entropy"
+    with pytest.raises(ParameterError, match=r"patch_loss must be one of 'auto', 'combined', .*, got 'hinge'"):
+        patches.resolve_loss("hinge", "random")
+    with pytest.raises(ParameterError, match=r"lr_decay must be in \[0, 1\], got 1.5"):
+        patches.PatchOptimizer(model, (4, 4, 1), 4, np.ones((4, 4)), 0.1, lr_decay=1.5)
+
+
 def test_center_location_and_fixed_scale():
     where = patches.sample_placements(np.random.default_rng(0), 10, (28, 28), rotation_max=0, scale_min=0.1,
                                       scale_max=1.0, location="center", patch_scale=0.4)
@@ -214,7 +294,12 @@ def test_gen_patch_random_targets_and_bad_input(attack_setup, tmp_path):
         steps.gen_patch(str(root / "train"), str(tmp_path / "q"), model_path=str(root / "model"), patch_target=10)
     with pytest.raises(ParameterError, match="max_iter must be an integer >= 1, got 0"):
         steps.gen_patch(str(root / "train"), str(tmp_path / "q"), model_path=str(root / "model"), max_iter=0)
+    with pytest.raises(ParameterError, match="patch_loss must be one of 'auto', .*, got 'hinge'"):
+        steps.gen_patch(str(root / "train"), str(tmp_path / "q"), model_path=str(root / "model"), patch_loss="hinge")
+    with pytest.raises(ParameterError, match=r"lr_decay must be in \[0, 1\], got -0.1"):
+        steps.gen_patch(str(root / "train"), str(tmp_path / "q"), model_path=str(root / "model"), lr_decay=-0.1)
     assert not (tmp_path / "q").exists()
+    assert ps.settings["loss"] == "combined" and ps.settings["patch_loss"] == "auto"  # random position
 
 
 @pytest.mark.parametrize("method, rate, expected_total, expected_patched", [

@@ -27,6 +27,8 @@ def gen_patch(
     patch_shape: str = "square",
     patch_size: int = 0,
     batch_size: int = 40,
+    lr_decay: float = 0.3,
+    patch_loss: str = "auto",
     seed: int = 0,
     experiment_name: str = "",
     pipeline_run_id: str = "",
@@ -45,7 +47,7 @@ def gen_patch(
         model: A Model artifact. Give this or model_uri.
         model_uri: A registered MLflow model, 'models:/NAME/VERSION'.
         model_architecture: Optional check: the model's architecture must be this one.
-        learning_rate: Adam step size on patch pixels in [0, 1] (> 0).
+        learning_rate: Adam step size on patch pixels in [0, 1] (> 0); the rate of the first steps.
         max_iter: Passes over the generation images (>= 1), as ART counts iterations.
         patch_target: Target class index; -1 draws a random target per patch.
         num_patch: Number of patches (each with its own target and generation images).
@@ -53,12 +55,19 @@ def gen_patch(
         rotation_max: Random rotation in [-rotation_max, rotation_max] degrees, in [0, 180].
         scale_min: Smallest patch side as a share of the image's shorter side, in (0, 1).
         scale_max: Largest, in (0, 1], greater than scale_min.
-        patch_location: 'random' (anywhere the patch fits wholly inside the image) or 'center'.
+        patch_location: 'random' (anywhere the patch's mask fits wholly inside the image; centred
+            along an axis where it cannot fit) or 'center'.
             The same distribution should be used to deploy; it decides whether a patch learns
             target features or only hides the object (see README).
         patch_shape: 'square' or 'circle'.
         patch_size: Patch resolution in pixels; 0: the image's shorter side.
         batch_size: Generation images per optimization step.
+        lr_decay: Share of the steps, at the end, over which the learning rate decays (cosine) to
+            1% of learning_rate, in [0, 1]; 0 keeps it constant, as ART does.
+        patch_loss: 'auto' (default: 'success' when patch_location is 'center', else
+            'combined'), 'cross_entropy' (mean -log p(target), as Brown et al. and ART), 'success'
+            (-log of the mean p(target): the expected targeted success) or 'combined' (their sum).
+            See README, "Patch attacks".
         seed: Same seed, same patch bytes.
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         pipeline_run_id: KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER): groups steps in MLflow.
@@ -74,7 +83,8 @@ def gen_patch(
         model_architecture=model_architecture, learning_rate=learning_rate, max_iter=max_iter,
         patch_target=patch_target, num_patch=num_patch, num_patch_gen_samples=num_patch_gen_samples,
         rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max, patch_location=patch_location,
-        patch_shape=patch_shape, patch_size=patch_size, batch_size=batch_size, seed=seed,
+        patch_shape=patch_shape, patch_size=patch_size, batch_size=batch_size, lr_decay=lr_decay,
+        patch_loss=patch_loss, seed=seed,
         ctx=RunContext(experiment_name, pipeline_run_id, pipeline_run_name, task_name),
     )
     patches.metadata.update({"format": "advpatch-patchset", "targets": result.details["targets"]})

@@ -27,6 +27,7 @@ COLOR_MODES = ("auto", "grayscale", "rgb")
 PATCH_LOCATIONS = ("random", "center")
 """Where a patch goes: anywhere it fits wholly inside the image, or the image centre."""
 PATCH_SHAPES = ("square", "circle")
+PATCH_LOSSES = ("auto", "combined", "cross_entropy", "success")
 DEPLOYMENT_METHODS = ("corrupt", "augment")
 DATA_ROLES = ("fit", "predict")
 """What a dataset is used for: training (ART's apply_fit) or prediction (apply_predict)."""
@@ -96,6 +97,7 @@ RANGES: Mapping[str, Interval] = {
     "scale_max": Interval(0.0, 1.0, low_open=True),
     "patch_scale": UNIT,
     "patch_application_rate": UNIT,
+    "lr_decay": UNIT,
     # defences
     "spatial_smoothing_window_size": Interval(1, 64, integer=True),
     "jpeg_compression_quality": Interval(1, 100, integer=True),
@@ -116,6 +118,7 @@ CHOICES: Mapping[str, Sequence[str]] = {
     "color_mode": COLOR_MODES,
     "patch_location": PATCH_LOCATIONS,
     "patch_shape": PATCH_SHAPES,
+    "patch_loss": PATCH_LOSSES,
     "patch_deployment_method": DEPLOYMENT_METHODS,
     "data_role": DATA_ROLES,
 }

@@ -449,6 +449,8 @@ def gen_patch(
     patch_shape: str = "square",
     patch_size: int = 0,
     batch_size: int = 40,
+    lr_decay: float = 0.3,
+    patch_loss: str = "auto",
     seed: int = 0,
     ctx: RunContext = RunContext(),
 ) -> StepResult:
@@ -461,7 +463,7 @@ def gen_patch(
 
     call = dict(learning_rate=learning_rate, max_iter=max_iter, patch_target=patch_target, num_patch=num_patch,
                 num_patch_gen_samples=num_patch_gen_samples, batch_size=batch_size, patch_shape=patch_shape,
-                patch_size=patch_size, seed=seed)
+                patch_size=patch_size, lr_decay=lr_decay, patch_loss=patch_loss, seed=seed)
     params.check(**call)
     patches.check_placement(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
                             location=patch_location)
@@ -484,7 +486,9 @@ def gen_patch(
     targets = np.array([patch_target if patch_target >= 0 else int(rng.integers(n_classes)) for _ in range(num_patch)],
                        dtype=np.int32)
     mask = patches.make_mask(size, patch_shape)
-    optimizer = patches.PatchOptimizer(model, dataset.image_shape, size, mask, learning_rate)
+    loss = patches.resolve_loss(patch_loss, patch_location)
+    optimizer = patches.PatchOptimizer(model, dataset.image_shape, size, mask, learning_rate, lr_decay=lr_decay,
+                                       loss=loss)
     placement = dict(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max, location=patch_location)
     results, patch_list = [], []
     for i, target in enumerate(targets):
@@ -499,7 +503,7 @@ def gen_patch(
         seconds = time.monotonic() - t0
         # success on the generation images, at fresh placements from the same distribution
         check = patches.PatchSet(patch[None], mask[None], np.array([target]), dataset.class_names, dataset.image_shape)
-        where = patches.sample_placements(rng, len(chosen), (h, w), **placement)
+        where = patches.sample_placements(rng, len(chosen), (h, w), mask=mask, **placement)
         patched = patches.apply_patches(data["x"][chosen], check, np.zeros(len(chosen), np.int32), where)
         score = patches.targeted_success(model, x, to_float(patched), data["y"][chosen], np.full(len(chosen), target))
         results.append({"target": int(target), "final_loss": history[-1], "first_loss": history[0],
@@ -509,7 +513,7 @@ def gen_patch(
         patch_list.append(patch)
         log.info("gen_patch: patch %d target %s: loss %.3f -> %.3f, success on generation images %.3f (%.1f s)",
                  i, dataset.class_names[target], history[0], history[-1], score["targeted_success_rate"], seconds)
-    settings_ = {**call, **placement, "patch_size": size, "model_architecture": info.architecture,
+    settings_ = {**call, **placement, "patch_size": size, "loss": loss, "model_architecture": info.architecture,
                  "model": model_uri or info.provenance.get("mlflow_model_uri", model_path),
                  "data": dataset.spec.provenance}
     patch_set = patches.PatchSet(np.stack(patch_list), np.repeat(mask[None], num_patch, 0), targets,
@@ -611,8 +615,10 @@ def deploy_patch(
     chosen = np.zeros(n, dtype=bool)
     chosen[rng.permutation(n)[: int(round(patch_application_rate * n))]] = True
     which = rng.integers(0, len(patch_set), n).astype(np.int16)
+    # every patch of the set must fit where its image's placement puts it: the union of the masks
     where = patches.sample_placements(rng, n, (h, w), rotation_max=rotation_max, scale_min=scale_min,
-                                      scale_max=scale_max, location=patch_location, patch_scale=patch_scale)
+                                      scale_max=scale_max, location=patch_location, patch_scale=patch_scale,
+                                      mask=patch_set.masks.max(axis=0))
     placement = dict(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
                      patch_location=patch_location, patch_scale=patch_scale)
     provenance = dataset.spec.provenance + [{"step": "deploy_patch", **call, **placement,
