@@ -48,7 +48,8 @@ def deploy_patch(
         rotation_max: Random rotation in [-rotation_max, rotation_max] degrees, in [0, 180].
         scale_min: In (0, 1), smaller than scale_max (used when patch_scale is 0).
         scale_max: In (0, 1].
-        patch_location: 'random' (anywhere the patch fits wholly inside the image) or 'center'.
+        patch_location: 'random' (anywhere the patches' masks fit wholly inside the image;
+            centred along an axis where they cannot fit) or 'center'.
         seed: Same seed, same patched bytes.
         output_tar_name: Log the output to this step's MLflow run as this tar file, for later
             load_dataset_from_mlruns (the seed's adv_testing.tar); empty: do not log.

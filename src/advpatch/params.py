@@ -25,7 +25,7 @@ OPTIMIZERS = ("rmsprop", "adam", "adagrad", "sgd")
 SPLITS = ("train", "test", "all")
 COLOR_MODES = ("auto", "grayscale", "rgb")
 PATCH_LOCATIONS = ("random", "center")
-"""Where a patch goes: anywhere it fits wholly inside the image, or the image centre."""
+"""Where a patch goes: anywhere its mask fits wholly inside the image, or the image centre."""
 PATCH_SHAPES = ("square", "circle")
 PATCH_LOSSES = ("auto", "combined", "cross_entropy", "success")
 DEPLOYMENT_METHODS = ("corrupt", "augment")
