@@ -474,7 +474,6 @@ class PatchOptimizer:
         self.channels = self.image_shape[-1]
         self.patch_size = int(patch_size)
         self.mask_array = np.asarray(mask, np.float32)
-        self.outline = mask_outline(self.mask_array)
         self.patch = tf.Variable(tf.zeros((patch_size, patch_size, self.channels)), name="patch")
         self.mask = tf.constant(self.mask_array[..., None], tf.float32)
         self._m = tf.Variable(tf.zeros_like(self.patch))
