@@ -180,9 +180,10 @@ def test_datasets_come_back_by_mlflow_run_id(tmp_path, outputs):
 def test_unsafe_archives_are_refused(tmp_path, outputs):
     import mlflow
 
-    from advpatch.tracking import configure, fetch_dataset
+    from advpatch.tracking import _experiment_id, configure, fetch_dataset
 
     configure()
+    experiment = _experiment_id("unsafe-archives")  # artifacts beside the test's store, not in ./mlruns
     for i, (name, kind) in enumerate([("adversarial_patched_data/../../evil", tarfile.REGTYPE),
                                       ("adversarial_patched_data/link", tarfile.SYMTYPE),
                                       ("other/dataset.json", tarfile.REGTYPE)]):
@@ -193,7 +194,7 @@ def test_unsafe_archives_are_refused(tmp_path, outputs):
             info.type = kind
             info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
             tar.addfile(info, io.BytesIO(b"x") if kind == tarfile.REGTYPE else None)
-        with mlflow.start_run() as run:
+        with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_artifact(str(archive))
         with pytest.raises(ParameterError, match="unsafe or foreign entry"):
             fetch_dataset(run.info.run_id, "adv_testing.tar", "adversarial_patched_data", tmp_path / f"out{i}")

@@ -26,6 +26,23 @@ def test_registered_model_name_pattern():
     assert registered_model_name("mnist", "", "le_net") == "mnist_le_net"
 
 
+def test_a_sqlite_store_keeps_artifacts_beside_its_database(tmp_path, monkeypatch):
+    import mlflow
+
+    from advpatch.tracking import _experiment_id, configure
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    (tmp_path / "store").mkdir()
+    monkeypatch.chdir(tmp_path)
+    configure()
+    experiment = mlflow.get_experiment(_experiment_id("beside"))
+    assert experiment.artifact_location == (tmp_path / "store" / "artifacts").as_uri()
+    with mlflow.start_run(experiment_id=experiment.experiment_id):
+        mlflow.log_text("x", "x.txt")
+    assert not (tmp_path / "mlruns").exists()
+    assert len(list((tmp_path / "store" / "artifacts").rglob("x.txt"))) == 1
+
+
 def test_train_registers_under_the_seed_pattern_and_infer_loads_it(tiny_data, tmp_path, outputs):
     import mlflow
 

@@ -66,6 +66,18 @@ def configure() -> str:
     return uri
 
 
+def _local_artifact_root() -> Optional[str]:
+    """Where a new experiment keeps its artifacts when the store is a local SQLite file: an
+    ``artifacts`` folder beside the database (MLflow's own default is ``./mlruns`` under whatever
+    directory the step happens to run in). ``None`` (the server decides) for any other store."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    root = Path(uri[len("sqlite:///"):]).parent / "artifacts"
+    root.mkdir(parents=True, exist_ok=True)
+    return root.resolve().as_uri()
+
+
 def registered_model_name(experiment_name: str, model_tag: str, architecture: str) -> str:
     """The seed's naming pattern: ``{experiment}_{tag}_{architecture}`` or ``{experiment}_{architecture}``."""
     parts = [experiment_name, model_tag, architecture] if model_tag else [experiment_name, architecture]
@@ -79,9 +91,7 @@ def _experiment_id(name: str) -> str:
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None
-    if not os.environ.get(settings.ENV_TRACKING_URI):
-        location = (local_store() / "artifacts").as_uri()
+    location = _local_artifact_root()
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by a sibling step
