@@ -61,7 +61,7 @@ def configure() -> str:
 
     uri = tracking_uri()
     if not os.environ.get(settings.ENV_TRACKING_URI):
-        (local_store() / "artifacts").mkdir(parents=True, exist_ok=True)
+        local_store().mkdir(parents=True, exist_ok=True)  # its artifacts/: _local_artifact_root
     mlflow.set_tracking_uri(uri)
     return uri
 
