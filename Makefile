@@ -11,11 +11,15 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help venv demo test bench compile images mlflow-ui clean
+OUTPUTS := $(or $(ADVPATCH_OUTPUT_DIR),outputs)
+
+.PHONY: help venv demo test test-fast generate bench compile images mlflow-ui clean
 
 help:
 	@echo "make demo [DATA=/path/to/Mnist]  run the MNIST experiment locally (kfp.local), print the results table"
-	@echo "make test                        run the test suite"
+	@echo "make test                        the whole test suite (what CI runs)"
+	@echo "make test-fast                   the tests without the end-to-end pipeline runs (day-to-day)"
+	@echo "make generate                    rewrite the components and pipeline signatures from the parameter table"
 	@echo "make bench                       patch engine vs ART: speed and strength (outputs/bench/results.json)"
 	@echo "make mlflow-ui                   open the local MLflow store at http://127.0.0.1:5000"
 	@echo "make clean                       remove outputs/ (keeps .venv)"
@@ -32,16 +36,25 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/advpatch demo $(if $(DATA),--data "$(DATA)")
 
+# Test files run in parallel, one worker per core (a file's tests stay together: they share fixtures).
+PARALLEL ?= -n auto --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PARALLEL) --durations=15 $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest $(PARALLEL) -m "not slow" --durations=10 $(PYTEST_ARGS)
+
+generate: $(STAMP)
+	$(PY) -m advpatch.app.codegen
 
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
-	  --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow/mlflow.db \
-	  --default-artifact-root $(CURDIR)/outputs/mlflow/artifacts
+	  --backend-store-uri sqlite:///$(abspath $(OUTPUTS))/mlflow/mlflow.db \
+	  --default-artifact-root $(abspath $(OUTPUTS))/mlflow/artifacts
 
 clean:
-	rm -rf outputs
+	rm -rf $(OUTPUTS)
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_patch.py $(BENCH_ARGS)

@@ -1,6 +1,7 @@
 """advpatch pipelines: compositions of the components, nothing else.
 
-``PIPELINES`` maps each pipeline's CLI name to its function.
+Each pipeline's parameters (names, types, defaults, descriptions) come from the parameter table,
+:data:`advpatch.params.PIPELINE_PARAMS`; ``make generate`` writes them into the function signatures.
 """
 
 from advpatch.pipelines import mnist_experiment as _experiment
@@ -15,4 +16,4 @@ PIPELINES = {"mnist-experiment": mnist_experiment, "mnist-patch": mnist_patch}
 BUILDERS = {"mnist-experiment": _experiment.build, "mnist-patch": _patch.build}
 """CLI name -> ``build(placement)``, for compiling with a placement."""
 
-__all__ = ["PIPELINES", "BUILDERS", "mnist_experiment", "mnist_patch"]
+__all__ = ["BUILDERS", "PIPELINES", "mnist_experiment", "mnist_patch"]

@@ -17,17 +17,21 @@ def tracking(experiment_name) -> Dict[str, object]:
 
 
 def report_inputs(*tasks) -> Dict[str, object]:
-    """The report component's step_01, step_02, ... arguments: each task's ``summary`` output,
-    in table order."""
-    from advpatch.components.report.component import MAX_STEPS
+    """The report component's ``summary_01``, ``summary_02``, ... arguments: each task's
+    ``summary`` output, in table order."""
+    from advpatch.components import report
 
-    if len(tasks) > MAX_STEPS:
-        raise ValueError(f"a report takes at most {MAX_STEPS} steps, got {len(tasks)}")
-    return {f"step_{i:02d}": task.outputs["summary"] for i, task in enumerate(tasks, start=1)}
+    slots = [name for name in report.component_spec.inputs if name.startswith("summary_")]
+    if len(tasks) > len(slots):
+        raise ValueError(f"a report takes at most {len(slots)} steps, got {len(tasks)}")
+    return {slot: task.outputs["summary"] for slot, task in zip(slots, tasks)}
 
 
 def place_all(placement) -> None:
-    """Apply a :class:`~advpatch.pipelines.placement.Placement` to every task of the pipeline being
-    built (call it last in a pipeline function)."""
+    """Apply a placement (``placement.apply(task, component_name)``, see
+    :mod:`advpatch.app.placement`) to every task of the pipeline being built; call it last in a
+    pipeline function. ``None`` places nothing (local runs)."""
+    if placement is None:
+        return
     for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
         placement.apply(task, task.component_spec.name.replace("-", "_"))

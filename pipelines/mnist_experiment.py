@@ -8,7 +8,8 @@ load (train, test) -> baseline LeNet -> gen_patch (3 patches, target 5, 40 gener
 -> report: clean accuracy, accuracy on patched images and targeted success, row by row.
 
 The defences see the test images as prediction data (``data_role="predict"``), so each applies
-with its default ``apply_predict=True``.
+with its default ``apply_predict=True``. Every defence row faces the patches made for the baseline
+model (a transferred, non-adaptive attacker), as in the seed.
 """
 
 from kfp import dsl
@@ -17,17 +18,12 @@ from kfp.dsl import Artifact
 from advpatch.components import (deploy_patch, gaussian_augmentation, gen_patch, infer, jpeg_compression,
                                  load_dataset, report, spatial_smoothing, train)
 from advpatch.pipelines.common import place_all, report_inputs, tracking
-from advpatch.pipelines.placement import LOCAL, Placement
 
 
-def build(placement: Placement = LOCAL):
-    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.pipelines.placement`)."""
+def build(placement=None):
+    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.app.placement`)."""
 
-    @dsl.pipeline(
-        name="advpatch-mnist-experiment",
-        description="The seed's MNIST patch experiment: baseline, three preprocessing defences, training on "
-                    "patched data and PGD adversarial training, each on clean and patched test images.",
-    )
+    @dsl.pipeline(name="advpatch-mnist-experiment")
     def mnist_experiment(
         data_dir: str = "digits",
         image_size: int = 28,
@@ -58,60 +54,114 @@ def build(placement: Placement = LOCAL):
         seed: int = 0,
         experiment_name: str = "mnist",
     ) -> Artifact:
+        """The seed's MNIST patch experiment: a baseline, three preprocessing defences, training on
+        patched data and PGD adversarial training, each evaluated on clean and patched test images.
+
+        Args:
+            data_dir: The data, as load_dataset's source: 'digits' (embedded), a folder with
+                training/ and testing/, an .npz file, s3://BUCKET/PREFIX or
+                mlflow-run://RUN_ID/TAR_NAME. Allowed: 'digits', a folder, an .npz file,
+                s3://BUCKET/PREFIX or mlflow-run://RUN_ID/TAR_NAME. Feeds load_dataset's source.
+            image_size: Images are resized to this size (LeNet: 28). Allowed: an integer in [0,
+                4096].
+            model_architecture: The network: 'le_net', 'shallow_net', 'alex_net', 'resnet50' or
+                'vgg16'. Allowed: one of 'le_net', 'shallow_net', 'alex_net', 'resnet50', 'vgg16'.
+            optimizer: 'rmsprop', 'adam', 'adagrad' or 'sgd'. Allowed: one of 'rmsprop', 'adam',
+                'adagrad', 'sgd'.
+            epochs: Passes over the training data; may be fractional. Allowed: a number > 0.
+            batch_size: Images per batch. Allowed: an integer >= 1.
+            learning_rate: The optimizer's initial learning rate. Allowed: a number > 0.
+            patch_target: Target class index; -1 draws a random target per patch. Allowed: an
+                integer >= -1.
+            num_patch: Number of patches, each with its own target and generation images. Allowed:
+                an integer in [1, 1000].
+            num_patch_gen_samples: Generation images per patch, drawn among images not of its
+                target. Allowed: an integer >= 1.
+            patch_learning_rate: gen_patch's learning_rate: Adam step size on patch pixels. Allowed:
+                a number > 0. Feeds gen_patch's learning_rate.
+            patch_lr_decay: Share of the steps, at the end, over which the learning rate decays
+                (cosine) to 1%; 0 keeps it constant, as ART does. Allowed: in [0, 1]. Feeds
+                gen_patch's lr_decay.
+            patch_loss: 'cross_entropy' (Brown et al., ART), 'success' (-log of the mean target
+                probability), 'combined' (their sum) or 'auto' ('success' at the centre, else
+                'combined'). Allowed: one of 'auto', 'combined', 'cross_entropy', 'success'.
+            max_iter: Passes over the generation images, as ART counts iterations. Allowed: an
+                integer >= 1.
+            rotation_max: Random rotation in [-rotation_max, rotation_max] degrees. Allowed: in [0,
+                180].
+            scale_min: Smallest patch side, as a share of the image's shorter side. Allowed: in (0,
+                1).
+            scale_max: Largest patch side, as a share of the image's shorter side; above scale_min.
+                Allowed: in (0, 1].
+            patch_scale: Patch side as a share of the image's shorter side; 0 draws a scale per
+                image from [scale_min, scale_max]. Allowed: in [0, 1].
+            patch_location: 'random' (anywhere the patch's mask fits inside the image) or 'center';
+                generation and deployment should use the same (README, 'Patch attacks'). Allowed:
+                one of 'random', 'center'.
+            train_patch_application_rate: Share of the training images that get a patched copy (the
+                training set is augmented). Allowed: in [0, 1]. Feeds deploy_patch's
+                patch_application_rate.
+            spatial_smoothing_window_size: Side of the median filter's window. Allowed: an integer
+                in [1, 64].
+            jpeg_compression_quality: JPEG quality, 1 (worst) to 100 (best); 95 or lower is advised.
+                Allowed: an integer in [1, 100].
+            gaussian_augmentation_sigma: Standard deviation of the noise on [0, 1] pixels. Allowed:
+                a number > 0.
+            pgd_eps: PGD's L-inf radius on [0, 1] pixels; also the radius of the test accuracy under
+                PGD. Allowed: in (0, 1].
+            pgd_eps_step: PGD's step size on [0, 1] pixels. Allowed: in (0, 1].
+            pgd_max_iter: PGD iterations. Allowed: an integer >= 1.
+            seed: Seeds every step: same seed, same results. Allowed: an integer in [0, 2147483647].
+            experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
+        """
         track = tracking(experiment_name)
-        train_data = load_dataset(source=data_dir, split="train", image_size=image_size, color_mode="grayscale",
-                                  seed=seed, **track).set_display_name("load training data")
-        test_data = load_dataset(source=data_dir, split="test", image_size=image_size, color_mode="grayscale",
-                                 seed=seed, **track).set_display_name("load test data")
-        fit = dict(model_architecture=model_architecture, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
-                   learning_rate=learning_rate, pgd_eps=pgd_eps, pgd_eps_step=pgd_eps_step, pgd_max_iter=pgd_max_iter,
-                   seed=seed)
-        baseline = train(training_data=train_data.outputs["dataset"], testing_data=test_data.outputs["dataset"],
-                         model_tag="baseline", register_model=True, **fit, **track).set_display_name("train: baseline")
+        data = dict(source=data_dir, image_size=image_size, color_mode="grayscale", seed=seed)
+        train_data = load_dataset(split="train", **data, **track).set_display_name("load training data")
+        test_data = load_dataset(split="test", **data, **track).set_display_name("load test data")
+        fit = dict(training_data=train_data.outputs["dataset"], testing_data=test_data.outputs["dataset"],
+                   model_architecture=model_architecture, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+                   learning_rate=learning_rate, register_model=True, pgd_eps=pgd_eps, pgd_eps_step=pgd_eps_step,
+                   pgd_max_iter=pgd_max_iter, seed=seed, **track)
+        baseline = train(model_tag="baseline", **fit).set_display_name("train: baseline")
+        placements = dict(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
+                          patch_location=patch_location, seed=seed)
         attack = gen_patch(
             data=train_data.outputs["dataset"], model=baseline.outputs["model"], model_architecture=model_architecture,
             learning_rate=patch_learning_rate, lr_decay=patch_lr_decay, patch_loss=patch_loss, max_iter=max_iter,
-            patch_target=patch_target, num_patch=num_patch,
-            num_patch_gen_samples=num_patch_gen_samples, rotation_max=rotation_max, scale_min=scale_min,
-            scale_max=scale_max, patch_location=patch_location, seed=seed, **track,
+            patch_target=patch_target, num_patch=num_patch, num_patch_gen_samples=num_patch_gen_samples,
+            **placements, **track,
         )
-        where = dict(patch_scale=patch_scale, rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
-                         patch_location=patch_location, seed=seed)
         patched_train = deploy_patch(
             data=train_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
-            patch_application_rate=train_patch_application_rate, output_tar_name="adv_training.tar", **where, **track,
+            patch_application_rate=train_patch_application_rate, patch_scale=patch_scale,
+            output_tar_name="adv_training.tar", **placements, **track,
         ).set_display_name("deploy_patch: training set (augment)")
         patched_test = deploy_patch(
             data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="corrupt",
-            patch_application_rate=1.0, **where, **track,
+            patch_application_rate=1.0, patch_scale=patch_scale, **placements, **track,
         ).set_display_name("deploy_patch: test set (corrupt)")
         clean_images, patched_images = test_data.outputs["dataset"], patched_test.outputs["patched_data"]
 
         def evaluate(model_task, row, clean, patched):
-            a = infer(data=clean, model=model_task.outputs["model"], label=f"{row} / clean", seed=seed,
-                      **track).set_display_name(f"infer: {row} / clean")
-            b = infer(data=patched, model=model_task.outputs["model"], label=f"{row} / patched", seed=seed,
-                      **track).set_display_name(f"infer: {row} / patched")
-            return [a, b]
+            return [infer(data=images, model=model_task.outputs["model"], row=row, condition=condition, seed=seed,
+                          **track).set_display_name(f"infer: {row} / {condition}")
+                    for condition, images in (("clean", clean), ("patched", patched))]
 
         rows = evaluate(baseline, "baseline", clean_images, patched_images)
-        for name, component, settings in (
+        for row, defence, settings in (
             ("spatial smoothing", spatial_smoothing, {"spatial_smoothing_window_size": spatial_smoothing_window_size}),
             ("JPEG compression", jpeg_compression, {"jpeg_compression_quality": jpeg_compression_quality}),
             ("Gaussian noise", gaussian_augmentation, {"gaussian_augmentation_sigma": gaussian_augmentation_sigma}),
         ):
-            on_clean = component(data=clean_images, data_role="predict", seed=seed, **settings,
-                                 **track).set_display_name(f"{name}: clean test")
-            on_patched = component(data=patched_images, data_role="predict", seed=seed, **settings,
-                                   **track).set_display_name(f"{name}: patched test")
-            rows += evaluate(baseline, name, on_clean.outputs["defended_data"], on_patched.outputs["defended_data"])
-        on_patched_data = train(training_data=patched_train.outputs["patched_data"],
-                                testing_data=test_data.outputs["dataset"], model_tag="patched", register_model=True,
-                                **fit, **track).set_display_name("train: on patched data")
+            defended = [defence(data=images, data_role="predict", seed=seed, **settings, **track)
+                        .set_display_name(f"{row}: {kind} test") for kind, images in (("clean", clean_images),
+                                                                                      ("patched", patched_images))]
+            rows += evaluate(baseline, row, *[d.outputs["defended_data"] for d in defended])
+        on_patched_data = train(**{**fit, "training_data": patched_train.outputs["patched_data"]},
+                                model_tag="patched").set_display_name("train: on patched data")
         rows += evaluate(on_patched_data, "trained on patched data", clean_images, patched_images)
-        adversarial = train(training_data=train_data.outputs["dataset"], testing_data=test_data.outputs["dataset"],
-                            model_tag="pgd", register_model=True, apply_defense=True, **fit,
-                            **track).set_display_name("train: PGD adversarial training")
+        adversarial = train(model_tag="pgd", apply_defense=True, **fit).set_display_name(
+            "train: PGD adversarial training")
         rows += evaluate(adversarial, "PGD adversarial training", clean_images, patched_images)
         summary = report(
             **report_inputs(baseline, attack, patched_train, patched_test, on_patched_data, adversarial, *rows),
@@ -119,6 +169,7 @@ def build(placement: Placement = LOCAL):
         )
         place_all(placement)
         return summary.outputs["results"]
+
     return mnist_experiment
 
 

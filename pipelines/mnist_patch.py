@@ -1,7 +1,7 @@
-"""The MNIST adversarial-patch experiment.
+"""The MNIST adversarial-patch experiment, short.
 
 load (train, test) -> train LeNet -> gen_patch (on training images) -> deploy_patch (test set,
-corrupt) -> infer on clean and on patched test images -> report.
+corrupt) -> infer on clean and on patched test images -> report (one comparison row: baseline).
 
 Runs on the embedded digits by default (``data_dir='digits'``) or on an MNIST laid out as in the
 seed demo (``training/`` and ``testing/`` folders of class subfolders of PNGs).
@@ -16,17 +16,12 @@ from kfp.dsl import Artifact
 
 from advpatch.components import deploy_patch, gen_patch, infer, load_dataset, report, train
 from advpatch.pipelines.common import place_all, report_inputs, tracking
-from advpatch.pipelines.placement import LOCAL, Placement
 
 
-def build(placement: Placement = LOCAL):
-    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.pipelines.placement`)."""
+def build(placement=None):
+    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.app.placement`)."""
 
-    @dsl.pipeline(
-        name="advpatch-mnist-patch",
-        description="Train LeNet-5 on MNIST (or the embedded digits), attack it with targeted adversarial "
-                    "patches, evaluate on clean and patched test images; one results table.",
-    )
+    @dsl.pipeline(name="advpatch-mnist-patch")
     def mnist_patch(
         data_dir: str = "digits",
         image_size: int = 28,
@@ -55,44 +50,97 @@ def build(placement: Placement = LOCAL):
         seed: int = 0,
         experiment_name: str = "mnist",
     ) -> Artifact:
+        """Train LeNet-5 on MNIST (or the embedded digits), attack it with targeted adversarial
+        patches, evaluate on clean and patched test images; one results table.
+
+        Args:
+            data_dir: The data, as load_dataset's source: 'digits' (embedded), a folder with
+                training/ and testing/, an .npz file, s3://BUCKET/PREFIX or
+                mlflow-run://RUN_ID/TAR_NAME. Allowed: 'digits', a folder, an .npz file,
+                s3://BUCKET/PREFIX or mlflow-run://RUN_ID/TAR_NAME. Feeds load_dataset's source.
+            image_size: Images are resized to this size (LeNet: 28). Allowed: an integer in [0,
+                4096].
+            model_architecture: The network: 'le_net', 'shallow_net', 'alex_net', 'resnet50' or
+                'vgg16'. Allowed: one of 'le_net', 'shallow_net', 'alex_net', 'resnet50', 'vgg16'.
+            optimizer: 'rmsprop', 'adam', 'adagrad' or 'sgd'. Allowed: one of 'rmsprop', 'adam',
+                'adagrad', 'sgd'.
+            epochs: Passes over the training data; may be fractional. Allowed: a number > 0.
+            batch_size: Images per batch. Allowed: an integer >= 1.
+            learning_rate: The optimizer's initial learning rate. Allowed: a number > 0.
+            validation_split: Share of the training images held out for validation. Allowed: in [0,
+                1).
+            model_tag: Tag in the registered name {experiment}_{model_tag}_{model_architecture}
+                (empty: {experiment}_{model_architecture}). Allowed: letters, digits, _ . - (not
+                starting with . or -), or empty.
+            register_model: Register the model in the MLflow model registry.
+            patch_target: Target class index; -1 draws a random target per patch. Allowed: an
+                integer >= -1.
+            num_patch: Number of patches, each with its own target and generation images. Allowed:
+                an integer in [1, 1000].
+            num_patch_gen_samples: Generation images per patch, drawn among images not of its
+                target. Allowed: an integer >= 1.
+            patch_learning_rate: gen_patch's learning_rate: Adam step size on patch pixels. Allowed:
+                a number > 0. Feeds gen_patch's learning_rate.
+            patch_lr_decay: Share of the steps, at the end, over which the learning rate decays
+                (cosine) to 1%; 0 keeps it constant, as ART does. Allowed: in [0, 1]. Feeds
+                gen_patch's lr_decay.
+            patch_loss: 'cross_entropy' (Brown et al., ART), 'success' (-log of the mean target
+                probability), 'combined' (their sum) or 'auto' ('success' at the centre, else
+                'combined'). Allowed: one of 'auto', 'combined', 'cross_entropy', 'success'.
+            max_iter: Passes over the generation images, as ART counts iterations. Allowed: an
+                integer >= 1.
+            rotation_max: Random rotation in [-rotation_max, rotation_max] degrees. Allowed: in [0,
+                180].
+            scale_min: Smallest patch side, as a share of the image's shorter side. Allowed: in (0,
+                1).
+            scale_max: Largest patch side, as a share of the image's shorter side; above scale_min.
+                Allowed: in (0, 1].
+            patch_scale: Patch side as a share of the image's shorter side; 0 draws a scale per
+                image from [scale_min, scale_max]. Allowed: in [0, 1].
+            patch_location: 'random' (anywhere the patch's mask fits inside the image) or 'center';
+                generation and deployment should use the same (README, 'Patch attacks'). Allowed:
+                one of 'random', 'center'.
+            patch_deployment_method: 'corrupt' (patched images replace their originals) or 'augment'
+                (patched copies are added beside every original). Allowed: one of 'corrupt',
+                'augment'.
+            patch_application_rate: Share of the images that get a patch (an exact count). Allowed:
+                in [0, 1].
+            seed: Seeds every step: same seed, same results. Allowed: an integer in [0, 2147483647].
+            experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
+        """
         track = tracking(experiment_name)
-        train_data = load_dataset(source=data_dir, split="train", image_size=image_size, color_mode="grayscale",
-                                  seed=seed, **track).set_display_name("load training data")
-        test_data = load_dataset(source=data_dir, split="test", image_size=image_size, color_mode="grayscale",
-                                 seed=seed, **track).set_display_name("load test data")
+        data = dict(source=data_dir, image_size=image_size, color_mode="grayscale", seed=seed)
+        train_data = load_dataset(split="train", **data, **track).set_display_name("load training data")
+        test_data = load_dataset(split="test", **data, **track).set_display_name("load test data")
         trained = train(
             training_data=train_data.outputs["dataset"], testing_data=test_data.outputs["dataset"],
             model_architecture=model_architecture, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
             learning_rate=learning_rate, validation_split=validation_split, model_tag=model_tag,
             register_model=register_model, seed=seed, **track,
         )
+        placements = dict(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
+                          patch_location=patch_location, seed=seed)
         attack = gen_patch(
             data=train_data.outputs["dataset"], model=trained.outputs["model"], model_architecture=model_architecture,
             learning_rate=patch_learning_rate, lr_decay=patch_lr_decay, patch_loss=patch_loss, max_iter=max_iter,
-            patch_target=patch_target, num_patch=num_patch,
-            num_patch_gen_samples=num_patch_gen_samples, rotation_max=rotation_max, scale_min=scale_min,
-            scale_max=scale_max, patch_location=patch_location, seed=seed, **track,
+            patch_target=patch_target, num_patch=num_patch, num_patch_gen_samples=num_patch_gen_samples,
+            **placements, **track,
         )
         patched = deploy_patch(
             data=test_data.outputs["dataset"], patches=attack.outputs["patches"],
             patch_deployment_method=patch_deployment_method, patch_application_rate=patch_application_rate,
-            patch_scale=patch_scale, rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
-            patch_location=patch_location, seed=seed, **track,
+            patch_scale=patch_scale, **placements, **track,
         ).set_display_name("deploy_patch: test set")
-        clean = infer(
-            data=test_data.outputs["dataset"], model=trained.outputs["model"], model_architecture=model_architecture,
-            label="baseline / clean test", seed=seed, **track,
-        ).set_display_name("infer: clean test")
-        attacked = infer(
-            data=patched.outputs["patched_data"], model=trained.outputs["model"], model_architecture=model_architecture,
-            label="baseline / patched test", seed=seed, **track,
-        ).set_display_name("infer: patched test")
-        summary = report(
-            **report_inputs(trained, attack, patched, clean, attacked),
-            title="MNIST adversarial patch experiment", **track,
-        )
+        evaluations = [
+            infer(data=images, model=trained.outputs["model"], model_architecture=model_architecture, row="baseline",
+                  condition=condition, seed=seed, **track).set_display_name(f"infer: baseline / {condition}")
+            for condition, images in (("clean", test_data.outputs["dataset"]), ("patched", patched.outputs["patched_data"]))
+        ]
+        summary = report(**report_inputs(trained, attack, patched, *evaluations),
+                         title="MNIST adversarial patch experiment", **track)
         place_all(placement)
         return summary.outputs["results"]
+
     return mnist_patch
 
 

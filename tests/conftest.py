@@ -118,12 +118,18 @@ def s3_server(tmp_path_factory):
     endpoint = f"http://127.0.0.1:{s3_port}"
     from minio import Minio
 
+    from minio.error import S3Error
+    from urllib3.exceptions import HTTPError
+
     client = Minio(f"127.0.0.1:{s3_port}", access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY, secure=False)
-    for _ in range(50):
+    for attempt in range(50):
         try:
             client.make_bucket(S3_BUCKET)
             break
-        except Exception:  # the S3 gateway may need a moment after the banner
+        except (S3Error, HTTPError, OSError) as e:  # the S3 gateway may need a moment after the banner
+            if attempt == 49:
+                proc.kill()
+                pytest.fail(f"SeaweedFS did not create the test bucket: {e}")
             time.sleep(0.2)
     yield endpoint, S3_BUCKET
     proc.terminate()

@@ -1,60 +1,208 @@
-"""Components are thin shells over advpatch.steps: same parameters, same defaults, documented."""
+"""Components: generated from the parameter table and metadata.yaml, and each shell run on its own
+with real artifact folders (as kubeflow/pipelines-components tests them), without the local runner."""
 
-import inspect
+import csv
+import json
+import re
 
 import pytest
+from kfp import compiler, dsl
 
-from advpatch import components, steps
+from advpatch import components, params
+from advpatch.app import codegen
 
-# component -> the library function it calls
-SHELLS = {
-    "load_dataset": steps.load_dataset,
-    "train": steps.train,
-    "gen_patch": steps.gen_patch,
-    "deploy_patch": steps.deploy_patch,
-    "infer": steps.infer,
-    "spatial_smoothing": steps.defend,
-    "jpeg_compression": steps.defend,
-    "gaussian_augmentation": steps.defend,
-}
-TRACKING = {"experiment_name", "pipeline_run_id", "pipeline_run_name", "task_name"}
+NAMES = list(params.STEP_PARAMS)
 
 
-def _python_func(component):
-    return component.python_func
+def _words(text):
+    return " ".join((text or "").split())
 
 
-@pytest.mark.parametrize("name", sorted(SHELLS))
-def test_component_defaults_match_the_library(name):
-    """One definition of each default: a component's default equals the library's."""
-    func = _python_func(getattr(components, name))
-    library = inspect.signature(inspect.unwrap(SHELLS[name])).parameters
-    checked = 0
-    for pname, param in inspect.signature(func).parameters.items():
-        if (param.default is inspect.Parameter.empty or pname in TRACKING or pname not in library
-                or library[pname].default is inspect.Parameter.empty):
-            continue
-        assert param.default == library[pname].default, f"{name}.{pname}: {param.default!r} != {library[pname].default!r}"
-        checked += 1
-    assert checked >= 2
+def test_generated_files_are_up_to_date():
+    assert codegen.stale_files() == [], "run: make generate"
 
 
-@pytest.mark.parametrize("name", components.__all__)
-def test_every_argument_is_documented(name):
-    func = _python_func(getattr(components, name))
-    doc = inspect.getdoc(func)
-    for pname in inspect.signature(func).parameters:
-        if pname.startswith("step_") and pname != "step_01":
-            continue  # the report's numbered slots are documented once
-        assert f"{pname}:" in doc, f"{name}: argument {pname} is not documented"
+@pytest.mark.parametrize("change", [{"default": 12.0}, {"doc": "Passes over the data, any number."}])
+def test_changing_the_table_alone_makes_the_generated_files_stale(monkeypatch, change):
+    table = dict(params.STEP_PARAMS)
+    table["train"] = tuple(p.but(**change) if p.name == "epochs" else p for p in params.STEP_PARAMS["train"])
+    monkeypatch.setattr(params, "STEP_PARAMS", table)
+    stale = {(p.parent.name, p.name) for p in codegen.stale_files()}
+    assert stale == {("train", "component.py"), ("train", "README.md")}
 
 
-def test_defence_defaults_match_the_defence_wrappers():
-    from advpatch import defences
+@pytest.mark.parametrize("name", NAMES)
+def test_component_interface_is_the_table_and_the_metadata(name):
+    spec = getattr(components, name).component_spec
+    meta = codegen.read_component(codegen.components_dir() / name)
+    table = [*params.STEP_PARAMS[name], *params.TRACKING]
+    declared = [n for n, s in spec.inputs.items() if not s.type.startswith("system.")]
+    assert declared == [p.name for p in table]  # exact names, in order, nothing else
+    for p in table:
+        got = spec.inputs[p.name]
+        assert got.type == {int: "Integer", float: "Float", str: "String", bool: "Boolean"}[p.type], p.name
+        assert got.default == p.default, p.name
+        assert _words(got.description) == _words(codegen.describe(p)), p.name
+    artifacts_in = {n: s for n, s in spec.inputs.items() if s.type.startswith("system.")}
+    assert list(artifacts_in) == [io.name for io in meta.inputs if not io.optional] + \
+        [io.name for io in meta.inputs if io.optional]
+    for io in meta.inputs:
+        assert artifacts_in[io.name].type == f"system.{io.type}@0.0.1" and artifacts_in[io.name].optional == io.optional
+        assert _words(artifacts_in[io.name].description) == _words(io.description)
+    assert list(spec.outputs) == [io.name for io in meta.outputs]
+    for io in meta.outputs:  # KFP reads output descriptions from the docstring's Returns: section
+        assert _words(spec.outputs[io.name].description) == _words(io.description), io.name
+    assert _words(meta.summary) in _words(spec.description)
 
-    sig = lambda f: inspect.signature(f).parameters  # noqa: E731
-    ss = sig(_python_func(components.spatial_smoothing))
-    assert ss["spatial_smoothing_apply_fit"].default == sig(defences.spatial_smoothing)["apply_fit"].default
-    assert ss["spatial_smoothing_apply_predict"].default == sig(defences.spatial_smoothing)["apply_predict"].default
-    jc = sig(_python_func(components.jpeg_compression))
-    assert jc["jpeg_compression_channels_first"].default == sig(defences.jpeg_compression)["channels_first"].default
+
+@pytest.mark.parametrize("name", list(params.PIPELINE_PARAMS))
+def test_pipeline_interface_is_the_table(name):
+    from advpatch.pipelines import PIPELINES
+
+    spec = PIPELINES[name].component_spec
+    assert list(spec.inputs) == [p.name for p in params.PIPELINE_PARAMS[name]]
+    for p in params.PIPELINE_PARAMS[name]:
+        assert spec.inputs[p.name].default == p.default
+        assert _words(codegen.describe(p)) in _words(spec.inputs[p.name].description)
+    assert spec.description  # the KFP UI shows it when a run is started
+
+
+def test_a_readme_lists_every_parameter_by_exact_name():
+    for name in NAMES:
+        text = (codegen.components_dir() / name / "README.md").read_text()
+        listed = re.findall(r"^\| `([a-z_0-9]+)` \| (?:int|float|str|bool) \|", text, re.M)
+        assert listed == [p.name for p in params.STEP_PARAMS[name]], name
+    train = (codegen.components_dir() / "train" / "README.md").read_text()
+    assert all(f"| `{p.name}` |" in train for p in params.STEP_PARAMS["train"]) and len(params.STEP_PARAMS["train"]) == 14
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_components_example_pipeline_compiles(name, tmp_path):
+    meta = codegen.read_component(codegen.components_dir() / name)
+    scope = {}
+    exec(compile(meta.example, f"{name}/metadata.yaml:example", "exec"), scope)  # noqa: S102
+    compiler.Compiler().compile(scope["example"], str(tmp_path / "example.yaml"))
+    assert name.replace("_", "-") in (tmp_path / "example.yaml").read_text()
+
+
+# --------------------------------------------------------------------------- the shells, run directly
+def _art(kind, path):
+    return kind(uri=str(path))
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Every component's Python function, called in pipeline order on real folders."""
+    root = tmp_path_factory.mktemp("shells")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ADVPATCH_OUTPUT_DIR", str(root / "outputs"))
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'outputs' / 'mlflow.db'}")
+    out = {"root": root}
+    try:
+        for split, n in (("train", 120), ("test", 40)):
+            arts = dict(dataset=_art(dsl.Dataset, root / split), metrics=dsl.Metrics(),
+                        summary=_art(dsl.Artifact, root / f"{split}.json"))
+            components.load_dataset.python_func(**arts, source="digits", split=split, max_examples=n)
+            out[f"load_{split}"] = arts
+        arts = dict(training_data=out["load_train"]["dataset"], testing_data=out["load_test"]["dataset"],
+                    model=_art(dsl.Model, root / "model"), metrics=dsl.Metrics(),
+                    summary=_art(dsl.Artifact, root / "train.json"))
+        components.train.python_func(**arts, epochs=2.0, learning_rate=0.003, model_tag="shell", register_model=True,
+                                     pgd_max_iter=2, experiment_name="shells", pipeline_run_id="run-1",
+                                     task_name="train")
+        out["train"] = arts
+        arts = dict(data=out["load_train"]["dataset"], model=out["train"]["model"],
+                    patches=_art(dsl.Artifact, root / "patches"), metrics=dsl.Metrics(),
+                    summary=_art(dsl.Artifact, root / "gen.json"))
+        components.gen_patch.python_func(**arts, max_iter=3, num_patch=2, patch_target=3, patch_location="center",
+                                         scale_min=0.3, scale_max=0.5)
+        out["gen_patch"] = arts
+        arts = dict(data=out["load_test"]["dataset"], patches=out["gen_patch"]["patches"],
+                    patched_data=_art(dsl.Dataset, root / "patched"), metrics=dsl.Metrics(),
+                    summary=_art(dsl.Artifact, root / "deploy.json"))
+        components.deploy_patch.python_func(**arts, patch_location="center", patch_application_rate=0.5,
+                                            output_tar_name="")
+        out["deploy_patch"] = arts
+        for name, settings in (("spatial_smoothing", {}), ("jpeg_compression", {"jpeg_compression_quality": 30}),
+                               ("gaussian_augmentation", {"gaussian_augmentation_sigma": 0.2})):
+            arts = dict(data=out["deploy_patch"]["patched_data"], defended_data=_art(dsl.Dataset, root / name),
+                        metrics=dsl.Metrics(), summary=_art(dsl.Artifact, root / f"{name}.json"))
+            getattr(components, name).python_func(**arts, **settings)
+            out[name] = arts
+        for condition, data in (("clean", out["load_test"]["dataset"]),
+                                ("patched", out["jpeg_compression"]["defended_data"])):
+            arts = dict(data=data, model=out["train"]["model"], metrics=dsl.Metrics(),
+                        confusion=dsl.ClassificationMetrics(), predictions=_art(dsl.Dataset, root / f"{condition}.csv"),
+                        summary=_art(dsl.Artifact, root / f"infer-{condition}.json"))
+            components.infer.python_func(**arts, row="JPEG compression", experiment_name="shells",
+                                         pipeline_run_id="run-1", task_name=f"infer-{condition}")
+            out[f"infer_{condition}"] = arts
+        arts = dict(results=_art(dsl.Artifact, root / "results.json"), table=_art(dsl.Markdown, root / "table.md"))
+        slots = [out[k]["summary"] for k in ("train", "gen_patch", "deploy_patch", "infer_clean", "infer_patched")]
+        components.report.python_func(**arts, **{f"summary_{i:02d}": s for i, s in enumerate(slots, 1)},
+                                      **{f"summary_{i:02d}": None for i in range(6, 25)}, title="shells",
+                                      experiment_name="shells", pipeline_run_id="run-1")
+        out["report"] = arts
+        yield out
+    finally:
+        mp.undo()
+
+
+def _summary(arts):
+    return json.loads(open(arts["summary"].path).read())
+
+
+def test_load_dataset_shell(chain):
+    arts = chain["load_test"]
+    assert arts["dataset"].metadata == {"num_examples": 40, "image_shape": [28, 28, 1],
+                                        "class_names": [str(i) for i in range(10)]}
+    assert arts["metrics"].metadata == {"num_examples": 40.0, "num_classes": 10.0}
+    assert _summary(arts)["format"] == "advpatch-step-result" and _summary(arts)["step"] == "load_dataset"
+
+
+def test_train_shell(chain):
+    arts = chain["train"]
+    assert (chain["root"] / "model" / "model.keras").is_file()
+    assert arts["model"].metadata["architecture"] == "le_net"
+    assert arts["model"].metadata["mlflow_model_uri"] == "models:/shells_shell_le_net/1"
+    assert {"final_loss", "final_accuracy", "test_accuracy", "test_pgd_accuracy"} <= set(arts["metrics"].metadata)
+
+
+def test_gen_and_deploy_patch_shells(chain):
+    assert chain["gen_patch"]["patches"].metadata == {"format": "advpatch-patchset", "targets": ["3", "3"]}
+    assert (chain["root"] / "patches" / "patchset.json").is_file()
+    assert {"patch_0_final_loss", "mean_gen_targeted_success_rate"} <= set(chain["gen_patch"]["metrics"].metadata)
+    deployed = chain["deploy_patch"]
+    assert deployed["patched_data"].metadata == {"num_examples": 40, "num_patched": 20}
+    assert deployed["metrics"].metadata["num_patched"] == 20.0
+
+
+@pytest.mark.parametrize("name", ["spatial_smoothing", "jpeg_compression", "gaussian_augmentation"])
+def test_defence_shells(chain, name):
+    arts = chain[name]
+    assert arts["defended_data"].metadata == {"num_examples": 40, "defence_applied": True}
+    assert arts["metrics"].metadata["applied"] == 1.0 and arts["metrics"].metadata["num_changed"] > 0
+
+
+def test_infer_shell_fills_kfp_metrics_confusion_and_predictions(chain):
+    clean, patched = chain["infer_clean"], chain["infer_patched"]
+    assert _summary(clean)["row"] == "JPEG compression" and _summary(clean)["condition"] == "clean"
+    assert _summary(patched)["condition"] == "patched"  # condition='auto': the data carries patched images
+    matrix = clean["confusion"].metadata["confusionMatrix"]
+    assert [a["displayName"] for a in matrix["annotationSpecs"]] == [str(i) for i in range(10)]
+    assert sum(map(sum, (r["row"] for r in matrix["rows"]))) == 40
+    assert clean["metrics"].metadata["accuracy"] == pytest.approx(
+        sum(r["row"][i] for i, r in enumerate(matrix["rows"])) / 40)
+    rows = list(csv.DictReader(open(patched["predictions"].path)))
+    assert len(rows) == 40 and {"patched", "patch_target", "source_index"} <= set(rows[0])
+    assert "targeted_success_rate" in patched["metrics"].metadata
+
+
+def test_report_shell_pairs_rows_by_field(chain):
+    results = json.loads(open(chain["report"]["results"].path).read())
+    assert [s["step"] for s in results["steps"]] == ["train", "gen_patch", "deploy_patch", "infer", "infer"]
+    (row,) = results["comparison"]
+    assert row["label"] == "JPEG compression"
+    assert row["clean_accuracy"] == chain["infer_clean"]["metrics"].metadata["accuracy"]
+    assert row["targeted_success_rate"] == chain["infer_patched"]["metrics"].metadata["targeted_success_rate"]
+    assert "| JPEG compression" in open(chain["report"]["table"].path).read()

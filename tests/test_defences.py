@@ -23,9 +23,9 @@ def _data(tmp_path, channels=1, n=12, name="d", seed=0):
     return x, y, cols
 
 
-def _defend(kind, tmp_path, settings, out="out", **kw):
-    kw = {"apply_fit": False, "apply_predict": True, **kw}
-    return steps.defend(kind, str(tmp_path / "d"), str(tmp_path / out), settings=settings, output_tar_name="", **kw)
+def _defend(kind, tmp_path, settings, out="out", apply_fit=False, apply_predict=True, data="d", **kw):
+    flags = {f"{kind}_apply_fit": apply_fit, f"{kind}_apply_predict": apply_predict}
+    return getattr(steps, kind)(data=str(tmp_path / data), defended_data=str(tmp_path / out), **settings, **flags, **kw)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -36,9 +36,7 @@ def test_spatial_smoothing_equals_art_and_removes_salt(tmp_path, outputs, channe
     x[0] = 0
     x[0, 8, 8] = 255  # one salt pixel
     write_dataset(tmp_path / "d2", x, y, CLASSES, columns=cols)
-    steps.defend("spatial_smoothing", str(tmp_path / "d2"), str(tmp_path / "out"),
-                 settings={"spatial_smoothing_window_size": 3}, apply_fit=False, apply_predict=True,
-                 output_tar_name="")
+    _defend("spatial_smoothing", tmp_path, {"spatial_smoothing_window_size": 3}, data="d2")
     out = Dataset(tmp_path / "out").load()
     art = SpatialSmoothing(window_size=3, channels_first=False, clip_values=(0.0, 1.0))(to_float(x))[0]
     np.testing.assert_array_equal(out["x"], to_uint8(art))
@@ -71,7 +69,7 @@ def test_gaussian_noise_equals_art_with_the_same_draws(tmp_path, outputs):
     _defend("gaussian_augmentation", tmp_path, {"gaussian_augmentation_sigma": 0.1,
                                                 "gaussian_augmentation_ratio": 1.0}, batch_size=500, seed=3)
     out = Dataset(tmp_path / "out").load()["x"]
-    np.random.seed(3 * 100003)
+    np.random.seed(3 * 100003)  # the step seeds ART's global draws per batch: seed * 100003 + batch index
     art = GaussianAugmentation(sigma=0.1, augmentation=False, clip_values=(0.0, 1.0), apply_fit=False,
                                apply_predict=True)(to_float(x))[0]
     np.testing.assert_array_equal(out, to_uint8(art))
@@ -120,11 +118,12 @@ def test_invalid_defence_settings_are_rejected(tmp_path, outputs, kind, settings
     _data(tmp_path)
     with pytest.raises(ParameterError, match=message):
         _defend(kind, tmp_path, settings, **kw)
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (outputs / "mlflow").exists()
 
 
 def test_pgd_adversarial_training_beats_the_baseline_under_pgd():
     from advpatch import models, training
+    from advpatch.classifier import Classifier
     from conftest import digits, small_split
 
     x, y, _ = digits("train")
@@ -140,47 +139,57 @@ def test_pgd_adversarial_training_beats_the_baseline_under_pgd():
             training.fit_adversarial(model, x, y, **fit, **pgd, pgd_ratio=0.5)
         else:
             training.fit(model, x, y, **fit)
-        scores[adversarial] = training.pgd_accuracy(model, xt, yt, eps=0.1, eps_step=0.025, max_iter=5)
+        classifier = Classifier(model, models.ModelInfo("le_net", (28, 28, 1), [str(i) for i in range(10)]))
+        scores[adversarial] = training.pgd_accuracy(classifier, xt, yt, eps=0.1, eps_step=0.025, max_iter=5)
     assert scores[True] > scores[False] + 0.15, scores
 
 
 def test_datasets_come_back_by_mlflow_run_id(tmp_path, outputs):
-    """deploy_patch logs adv_testing.tar; train and the defences bring it back by run id."""
+    """deploy_patch logs adv_testing.tar (the seed's cross-run reuse); load_dataset brings it back
+    with its patch provenance, as an mlflow-run:// source, for train and the defences."""
     from advpatch.patches import PatchSet, make_mask
 
-    steps.load_dataset("digits", str(tmp_path / "train"), split="train", max_examples=60, seed=0)
+    steps.load_dataset(dataset=str(tmp_path / "train"), source="digits", split="train", max_examples=60, seed=0)
     ps = PatchSet(np.ones((1, 28, 28, 1), np.float32), make_mask(28, "square")[None], np.array([5]),
                   [str(i) for i in range(10)], (28, 28, 1))
     ps.save(tmp_path / "ps")
-    deployed = steps.deploy_patch(str(tmp_path / "train"), str(tmp_path / "ps"), str(tmp_path / "patched"),
-                                  patch_deployment_method="augment", patch_application_rate=0.5)
+    deployed = steps.deploy_patch(data=str(tmp_path / "train"), patches=str(tmp_path / "ps"),
+                                  patched_data=str(tmp_path / "patched"), patch_deployment_method="augment",
+                                  patch_application_rate=0.5)
     run_id = deployed.details["mlflow_run_id"]
-    assert deployed.details["dataset_tar_name"] == "adv_testing.tar"
-    trained = steps.train("", str(tmp_path / "model"), epochs=0.5, load_dataset_from_mlruns=True,
-                          training_dataset_run_id=run_id)
-    assert trained.details["history"]["loss"]
+    assert deployed.details["mlflow_source"] == f"mlflow-run://{run_id}/adv_testing.tar#adversarial_patched_data"
+    for source in (deployed.details["mlflow_source"], f"mlflow-run://{run_id}/adv_testing.tar"):
+        steps.load_dataset(dataset=str(tmp_path / "back"), source=source)
+        back = Dataset(tmp_path / "back")
+        original = Dataset(tmp_path / "patched").load()
+        for key, values in back.load().items():  # every image and every provenance column
+            np.testing.assert_array_equal(values, original[key])
+        assert [p["step"] for p in back.spec.provenance] == ["load_dataset", "deploy_patch", "load_dataset"]
+        assert back.spec.provenance[-1]["source"] == source
+        import shutil
+
+        shutil.rmtree(tmp_path / "back")
+    steps.load_dataset(dataset=str(tmp_path / "back"), source=deployed.details["mlflow_source"])
+    trained = steps.train(training_data=str(tmp_path / "back"), model=str(tmp_path / "model"), epochs=0.5)
     info = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert info["provenance"]["train_data"][-1]["step"] == "deploy_patch"  # trained on the logged data
-    smoothed = steps.defend("spatial_smoothing", "", str(tmp_path / "smoothed"),
-                            settings={"spatial_smoothing_window_size": 3}, apply_fit=False, apply_predict=True,
-                            load_dataset_from_mlruns=True, dataset_run_id=run_id, output_tar_name="smoothed.tar")
+    assert info["provenance"]["train_data"][-2]["step"] == "deploy_patch"  # trained on the logged data
+    assert trained.details["history"]["loss"]
+    smoothed = steps.spatial_smoothing(data=str(tmp_path / "back"), defended_data=str(tmp_path / "smoothed"),
+                                       output_tar_name="smoothed.tar")
     assert len(Dataset(tmp_path / "smoothed")) == 90
-    again = steps.train("", str(tmp_path / "m2"), epochs=0.5, load_dataset_from_mlruns=True,
-                        training_dataset_run_id=smoothed.details["mlflow_run_id"], dataset_tar_name="smoothed.tar",
-                        dataset_name="spatial_smoothing")
-    assert again.metrics["final_loss"] > 0
+    assert smoothed.details["mlflow_source"].endswith("/smoothed.tar#spatial_smoothing")
     with pytest.raises(ParameterError, match="cannot fetch 'nothing.tar' from MLflow run"):
-        steps.train("", str(tmp_path / "m3"), load_dataset_from_mlruns=True, training_dataset_run_id=run_id,
-                    dataset_tar_name="nothing.tar")
-    with pytest.raises(ParameterError, match="dataset_tar_name must be a plain file name ending in .tar"):
-        steps.train("", str(tmp_path / "m3"), load_dataset_from_mlruns=True, training_dataset_run_id=run_id,
-                    dataset_tar_name="../x.tar")
+        steps.load_dataset(dataset=str(tmp_path / "x"), source=f"mlflow-run://{run_id}/nothing.tar")
+    with pytest.raises(ParameterError, match=r"source must look like mlflow-run://RUN_ID/TAR_NAME\[#FOLDER\]"):
+        steps.load_dataset(dataset=str(tmp_path / "x"), source=f"mlflow-run://{run_id}/../x.tar")
+    assert not (tmp_path / "x").exists()
 
 
 def test_unsafe_archives_are_refused(tmp_path, outputs):
     import mlflow
 
-    from advpatch.tracking import _experiment_id, configure, fetch_dataset
+    from advpatch.files import ArchiveError
+    from advpatch.tracking import _experiment_id, configure
 
     configure()
     experiment = _experiment_id("unsafe-archives")  # artifacts beside the test's store, not in ./mlruns
@@ -196,7 +205,8 @@ def test_unsafe_archives_are_refused(tmp_path, outputs):
             tar.addfile(info, io.BytesIO(b"x") if kind == tarfile.REGTYPE else None)
         with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_artifact(str(archive))
-        with pytest.raises(ParameterError, match="unsafe or foreign entry"):
-            fetch_dataset(run.info.run_id, "adv_testing.tar", "adversarial_patched_data", tmp_path / f"out{i}")
-        assert not (tmp_path / f"out{i}").exists() or not any((tmp_path / f"out{i}").iterdir())
+        with pytest.raises(ArchiveError, match="unsafe or foreign entry"):
+            steps.load_dataset(dataset=str(tmp_path / f"out{i}"),
+                               source=f"mlflow-run://{run.info.run_id}/adv_testing.tar#adversarial_patched_data")
+        assert not (tmp_path / f"out{i}").exists()
     assert not (tmp_path.parent / "evil").exists()

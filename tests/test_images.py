@@ -51,7 +51,8 @@ def test_cpu_image_install_step_works_in_a_fresh_venv(tmp_path):
     command = command.replace("${ADVPATCH_VERSION}", __version__).replace("/tmp/", f"{tmp_path}/")
     args = [a for a in shlex.split(command) if a != "--no-cache-dir"]  # reuse this machine's pip cache
     assert args[:2] == ["pip", "install"]
-    subprocess.run([str(py), "-m", *args, "--quiet"], check=True)
+    # --no-compile: byte-compiling 2.3 GB of packages is what an image build pays once, not this test
+    subprocess.run([str(py), "-m", *args, "--quiet", "--no-compile"], check=True)
     check = ("import advpatch, kfp, tensorflow, art, mlflow, minio, boto3;"
              "from advpatch.components import train; print(advpatch.__version__, tensorflow.__version__)")
     out = subprocess.run([str(py), "-c", check], check=True, capture_output=True, text=True,
@@ -59,3 +60,17 @@ def test_cpu_image_install_step_works_in_a_fresh_venv(tmp_path):
     assert out.split() == [__version__, "2.21.0"]
     # the lightweight components' entry point is there, without pip-installing kfp at run time
     subprocess.run([str(py), "-c", "import kfp.dsl.executor_main"], check=True)
+
+
+def test_gpu_image_drops_the_cpu_tensorflow_pin(tmp_path):
+    """The GPU image keeps its base image's CUDA TensorFlow: its constraints filter must remove the
+    tensorflow-cpu pin (constraints.txt spells it tensorflow_cpu) and nothing else."""
+    text = DOCKERFILES[1].read_text().replace("\\\n", " ")
+    command = next(line for line in text.splitlines() if "constraints-gpu.txt" in line and "grep" in line)
+    grep = command[4:].split("&&")[0].replace("/tmp/", f"{tmp_path}/")
+    (tmp_path / "constraints.txt").write_text((ROOT / "constraints.txt").read_text())
+    subprocess.run(grep, shell=True, check=True)  # noqa: S602 - the Dockerfile's own command
+    kept = (tmp_path / "constraints-gpu.txt").read_text().splitlines()
+    original = (ROOT / "constraints.txt").read_text().splitlines()
+    assert not [line for line in kept if re.match(r"tensorflow[-_]cpu==", line, re.I)]
+    assert len(kept) == len(original) - 1

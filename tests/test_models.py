@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from advpatch import models, training
-from advpatch.models import ModelError, ModelInfo, build_model, check_fits, load_model, save_model
+from advpatch.models import ModelError, ModelInfo, build_model, check_buildable, load_model, save_model
 from advpatch.params import ParameterError
 
 
@@ -21,7 +21,7 @@ def test_each_architecture_outputs_class_probabilities(architecture, shape):
 
 def test_shape_that_does_not_fit_fails_before_building():
     with pytest.raises(ModelError, match=r"'resnet50' needs images of at least 32x32, but the dataset has 28x28x1"):
-        check_fits("resnet50", (28, 28, 1))
+        check_buildable("resnet50", (28, 28, 1))
     with pytest.raises(ParameterError, match="model_architecture must be one of"):
         build_model("resnet", (32, 32, 3), 10)
 

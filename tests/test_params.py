@@ -1,3 +1,5 @@
+"""The parameter table and how values are judged: one rule and one message shape everywhere."""
+
 import math
 
 import pytest
@@ -21,6 +23,12 @@ from advpatch.params import ParameterError
         ("epochs", math.nan, "epochs must be a number > 0, got nan"),
         ("seed", -1, "seed must be an integer in [0, 2147483647], got -1"),
         ("split", "validation", "split must be one of 'train', 'test', 'all', got 'validation'"),
+        ("register_model", "yes", "register_model must be true or false, got 'yes'"),
+        ("model_tag", "a b", "model_tag must be letters, digits, _ . - (not starting with . or -), or empty, got 'a b'"),
+        ("model_uri", "mnist_le_net/1", "model_uri must be 'models:/NAME/VERSION' or 'runs:/RUN_ID/PATH', or empty, "
+                                        "got 'mnist_le_net/1'"),
+        ("output_tar_name", "../x.tar", "output_tar_name must be a plain file name ending in .tar, or empty, got '../x.tar'"),
+        ("source", "", "source must be 'digits', a folder, an .npz file, s3://BUCKET/PREFIX or mlflow-run://RUN_ID/TAR_NAME, got ''"),
     ],
 )
 def test_bad_values_name_parameter_value_and_allowed(name, value, message):
@@ -31,9 +39,66 @@ def test_bad_values_name_parameter_value_and_allowed(name, value, message):
 
 def test_good_values_pass():
     params.check(model_architecture="vgg16", optimizer="sgd", validation_split=0.0, epochs=0.5,
-                 learning_rate=1e-4, batch_size=1, seed=0, split="all", image_size=0)
+                 learning_rate=1e-4, batch_size=1, seed=0, split="all", image_size=0, model_tag="",
+                 model_uri="models:/mnist_le_net/3", output_tar_name="adv_testing.tar")
 
 
 def test_unknown_parameter_is_a_programming_error():
     with pytest.raises(KeyError):
         params.check(no_such_parameter=1)
+
+
+def test_a_step_takes_only_its_parameters_and_gets_defaults_for_the_rest():
+    values = params.validate_step("deploy_patch", {"patch_scale": 0.5, "seed": 3})
+    assert values["patch_scale"] == 0.5 and values["seed"] == 3 and values["batch_size"] == 1024
+    assert [p.name for p in params.STEP_PARAMS["deploy_patch"]] == list(values)
+    with pytest.raises(ParameterError, match=r"^epochs is not a parameter of deploy_patch; it takes batch_size, "):
+        params.validate_step("deploy_patch", {"epochs": 1.0})
+    assert isinstance(params.validate_step("train", {"epochs": 3})["epochs"], float)  # an int is a float's value
+
+
+def test_rules_between_parameters_hold_wherever_both_are_given():
+    message = "scale_min must be smaller than scale_max, got scale_min=0.5 and scale_max=0.5"
+    with pytest.raises(ParameterError, match=message):
+        params.validate_step("gen_patch", {"scale_min": 0.5, "scale_max": 0.5})
+    with pytest.raises(ParameterError, match=message):
+        params.validate_pipeline("mnist-patch", {"scale_min": 0.5})  # the pipeline's scale_max is 0.5
+    with pytest.raises(ParameterError, match="needs gaussian_augmentation_apply_fit=True"):
+        params.validate_step("gaussian_augmentation", {"gaussian_augmentation_perform_data_augmentation": True})
+
+
+def test_pipeline_parameters_that_feed_a_step_parameter_take_its_rule():
+    with pytest.raises(ParameterError, match=r"^patch_learning_rate must be a number > 0, got -1.0$"):
+        params.validate_pipeline("mnist-experiment", {"patch_learning_rate": -1.0})
+    for name, table in params.PIPELINE_PARAMS.items():
+        for p in table:
+            if p.of:
+                step, target = p.of.split(".")
+                (fed,) = [q for q in params.STEP_PARAMS[step] if q.name == target]
+                assert (p.type, p.rule) == (fed.type, fed.rule), f"{name}.{p.name}"
+            else:
+                assert p.name in params.PARAMS, f"{name}.{p.name} is in no step"
+
+
+def test_every_default_passes_its_own_rule_and_every_parameter_is_described():
+    for where, table in [*params.STEP_PARAMS.items(), *params.PIPELINE_PARAMS.items(), ("tracking", params.TRACKING)]:
+        for p in table:
+            assert p.check(p.default) == p.default, f"{where}.{p.name}"
+            assert p.doc and p.doc.endswith((".", ")")) and "\n" not in p.doc, f"{where}.{p.name}: {p.doc!r}"
+            assert p.type in (int, float, str, bool)
+    for name in params.PIPELINE_PARAMS:
+        params.validate_pipeline(name, {})
+
+
+@pytest.mark.parametrize("kind, raw, value", [(int, "3", 3), (float, "0.5", 0.5), (bool, "true", True),
+                                              (bool, "False", False), (str, "x=y", "x=y")])
+def test_command_line_text_is_typed_by_the_table(kind, raw, value):
+    assert params.parse_text("p", kind, raw) == value
+
+
+@pytest.mark.parametrize("kind, raw, message", [(int, "2.5", "p must be an integer, got '2.5'"),
+                                                (float, "many", "p must be a number, got 'many'"),
+                                                (bool, "1", "p must be true or false, got '1'")])
+def test_bad_command_line_text(kind, raw, message):
+    with pytest.raises(ParameterError, match=f"^{message}$"):
+        params.parse_text("p", kind, raw)

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from advpatch import patches, steps
+from advpatch import params, patches, steps
 from advpatch.dataset import Dataset, to_float, write_dataset
 from advpatch.params import ParameterError
+from advpatch.patches import PatchSetError
 
 CLASSES = [str(i) for i in range(10)]
 
@@ -130,7 +131,10 @@ def test_patch_losses():
 
     inputs = keras.Input((4, 4, 1))
     logits_layer = keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(inputs))
-    model = keras.Model(inputs, keras.layers.Softmax()(logits_layer))
+    from advpatch.classifier import Classifier
+    from advpatch.models import ModelInfo
+
+    model = Classifier(keras.Model(inputs, keras.layers.Softmax()(logits_layer)), ModelInfo("tiny", (4, 4, 1), list("abc")))
     logits = tf.constant([[2.0, 0.0, -1.0], [0.0, 3.0, 1.0], [1.0, 1.0, 1.0]])
     weights = tf.constant([1.0, 1.0, 0.0])  # the last row is padding
     p = tf.nn.softmax(logits).numpy()[:2, 0]
@@ -211,7 +215,7 @@ def test_windowed_application_equals_full_image_overlay():
 
 
 def test_patch_channels_must_match_images():
-    with pytest.raises(ParameterError, match="the patches have 1 channels but the images have 3"):
+    with pytest.raises(PatchSetError, match="the patches have 1 channels but the images have 3"):
         patches.apply_patches(np.zeros((1, 28, 28, 3), np.uint8), _patch_set(), np.zeros(1, np.int32), _fixed(1))
 
 
@@ -225,13 +229,13 @@ def test_patch_channels_must_match_images():
         (dict(scale_min=0.0), r"scale_min must be in \(0, 1\), got 0.0"),
         (dict(scale_max=1.5), r"scale_max must be in \(0, 1\], got 1.5"),
         (dict(patch_scale=1.5), r"patch_scale must be in \[0, 1\], got 1.5"),
-        (dict(location="corner"), "patch_location must be one of 'random', 'center', got 'corner'"),
+        (dict(patch_location="corner"), "patch_location must be one of 'random', 'center', got 'corner'"),
     ],
 )
 def test_bad_placement_parameters(kwargs, message):
-    base = dict(rotation_max=22.5, scale_min=0.1, scale_max=1.0, location="random", patch_scale=0.0)
+    base = dict(rotation_max=22.5, scale_min=0.1, scale_max=1.0, patch_location="random", patch_scale=0.0)
     with pytest.raises(ParameterError, match=message):
-        patches.check_placement(**{**base, **kwargs})
+        params.check(**{**base, **kwargs})
 
 
 def test_patch_set_round_trip_gives_identical_patched_images(tmp_path):
@@ -256,48 +260,45 @@ def test_patch_set_round_trip_gives_identical_patched_images(tmp_path):
 @pytest.fixture(scope="module")
 def attack_setup(tmp_path_factory):
     """A tiny trained LeNet and data (module-scoped: training takes seconds)."""
-    import os
-
     root = tmp_path_factory.mktemp("attack")
-    os.environ["ADVPATCH_OUTPUT_DIR"] = str(root / "outputs")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'outputs' / 'mlflow.db'}"
-    steps.load_dataset("digits", str(root / "train"), split="train", max_examples=300, seed=0)
-    steps.load_dataset("digits", str(root / "test"), split="test", max_examples=100, seed=0)
-    steps.train(str(root / "train"), str(root / "model"), epochs=4, learning_rate=0.003, seed=0)
-    yield root
-    os.environ.pop("ADVPATCH_OUTPUT_DIR")
-    os.environ.pop("MLFLOW_TRACKING_URI")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADVPATCH_OUTPUT_DIR", str(root / "outputs"))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'outputs' / 'mlflow.db'}")
+        steps.load_dataset(dataset=str(root / "train"), source="digits", split="train", max_examples=300, seed=0)
+        steps.load_dataset(dataset=str(root / "test"), source="digits", split="test", max_examples=100, seed=0)
+        steps.train(training_data=str(root / "train"), model=str(root / "model"), epochs=4, learning_rate=0.003, seed=0)
+        yield root
 
 
 def test_gen_patch_optimizes_and_is_deterministic(attack_setup, tmp_path):
     root = attack_setup
-    kw = dict(model_path=str(root / "model"), max_iter=60, patch_target=3, num_patch=2, num_patch_gen_samples=40,
-              scale_min=0.4, scale_max=0.6, patch_location="center", seed=4)
-    result = steps.gen_patch(str(root / "train"), str(tmp_path / "a"), **kw)
+    kw = dict(data=str(root / "train"), model=str(root / "model"), max_iter=60, patch_target=3, num_patch=2,
+              num_patch_gen_samples=40, scale_min=0.4, scale_max=0.6, patch_location="center", seed=4)
+    result = steps.gen_patch(patches=str(tmp_path / "a"), **kw)
     for r in result.details["per_patch"]:
         assert r["final_loss"] < 0.5 * r["first_loss"]
         assert r["gen_targeted_success_rate"] >= 0.5
-    steps.gen_patch(str(root / "train"), str(tmp_path / "b"), **kw)
+    steps.gen_patch(patches=str(tmp_path / "b"), **kw)
     assert (tmp_path / "a" / "patches.npz").read_bytes() == (tmp_path / "b" / "patches.npz").read_bytes()
-    steps.gen_patch(str(root / "train"), str(tmp_path / "c"), **{**kw, "seed": 5})
+    steps.gen_patch(patches=str(tmp_path / "c"), **{**kw, "seed": 5})
     assert (tmp_path / "a" / "patches.npz").read_bytes() != (tmp_path / "c" / "patches.npz").read_bytes()
 
 
 def test_gen_patch_random_targets_and_bad_input(attack_setup, tmp_path):
     root = attack_setup
-    result = steps.gen_patch(str(root / "train"), str(tmp_path / "p"), model_path=str(root / "model"), max_iter=2,
-                             num_patch=4, patch_target=-1, seed=1)
+    gen = dict(data=str(root / "train"), model=str(root / "model"))
+    result = steps.gen_patch(**gen, patches=str(tmp_path / "p"), max_iter=2, num_patch=4, patch_target=-1, seed=1)
     ps = patches.PatchSet.load(tmp_path / "p")
     assert len(ps) == 4 and len(set(ps.targets.tolist())) > 1
     assert result.details["targets"] == [CLASSES[t] for t in ps.targets]
     with pytest.raises(ParameterError, match=r"patch_target must be -1 \(random\) or a class index in \[0, 9\], got 10"):
-        steps.gen_patch(str(root / "train"), str(tmp_path / "q"), model_path=str(root / "model"), patch_target=10)
+        steps.gen_patch(**gen, patches=str(tmp_path / "q"), patch_target=10)
     with pytest.raises(ParameterError, match="max_iter must be an integer >= 1, got 0"):
-        steps.gen_patch(str(root / "train"), str(tmp_path / "q"), model_path=str(root / "model"), max_iter=0)
+        steps.gen_patch(**gen, patches=str(tmp_path / "q"), max_iter=0)
     with pytest.raises(ParameterError, match="patch_loss must be one of 'auto', .*, got 'hinge'"):
-        steps.gen_patch(str(root / "train"), str(tmp_path / "q"), model_path=str(root / "model"), patch_loss="hinge")
+        steps.gen_patch(**gen, patches=str(tmp_path / "q"), patch_loss="hinge")
     with pytest.raises(ParameterError, match=r"lr_decay must be in \[0, 1\], got -0.1"):
-        steps.gen_patch(str(root / "train"), str(tmp_path / "q"), model_path=str(root / "model"), lr_decay=-0.1)
+        steps.gen_patch(**gen, patches=str(tmp_path / "q"), lr_decay=-0.1)
     assert not (tmp_path / "q").exists()
     assert ps.settings["loss"] == "combined" and ps.settings["patch_loss"] == "auto"  # random position
 
@@ -307,7 +308,7 @@ def test_gen_patch_random_targets_and_bad_input(attack_setup, tmp_path):
 def test_deploy_counts_are_exact(attack_setup, tmp_path, method, rate, expected_total, expected_patched):
     root = attack_setup
     _patch_set(targets=(3, 5)).save(tmp_path / "ps")
-    result = steps.deploy_patch(str(root / "test"), str(tmp_path / "ps"), str(tmp_path / "out"),
+    result = steps.deploy_patch(data=str(root / "test"), patches=str(tmp_path / "ps"), patched_data=str(tmp_path / "out"),
                                 patch_deployment_method=method, patch_application_rate=rate, patch_scale=0.4,
                                 batch_size=32, seed=2)
     data = Dataset(tmp_path / "out").load()
@@ -335,28 +336,32 @@ def test_deploy_is_deterministic_and_checks_inputs(attack_setup, tmp_path):
     root = attack_setup
     _patch_set().save(tmp_path / "ps")
     for name in ("a", "b"):
-        steps.deploy_patch(str(root / "test"), str(tmp_path / "ps"), str(tmp_path / name), patch_scale=0,
+        steps.deploy_patch(data=str(root / "test"), patches=str(tmp_path / "ps"), patched_data=str(tmp_path / name),
+                           patch_scale=0,
                            scale_min=0.2, scale_max=0.7, rotation_max=45, seed=9)
     a, b = Dataset(tmp_path / "a").load(), Dataset(tmp_path / "b").load()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     _patch_set(channels=3).save(tmp_path / "rgb")
-    with pytest.raises(ParameterError, match="the patches have 3 channels but the dataset's images have 1"):
-        steps.deploy_patch(str(root / "test"), str(tmp_path / "rgb"), str(tmp_path / "c"))
+    c = dict(data=str(root / "test"), patched_data=str(tmp_path / "c"))
+    with pytest.raises(PatchSetError, match="the patches have 3 channels but the dataset's images have 1"):
+        steps.deploy_patch(**c, patches=str(tmp_path / "rgb"))
     with pytest.raises(ParameterError, match=r"patch_application_rate must be in \[0, 1\], got 1.2"):
-        steps.deploy_patch(str(root / "test"), str(tmp_path / "ps"), str(tmp_path / "c"), patch_application_rate=1.2)
+        steps.deploy_patch(**c, patches=str(tmp_path / "ps"), patch_application_rate=1.2)
     with pytest.raises(ParameterError, match="patch_deployment_method must be one of 'corrupt', 'augment'"):
-        steps.deploy_patch(str(root / "test"), str(tmp_path / "ps"), str(tmp_path / "c"), patch_deployment_method="x")
+        steps.deploy_patch(**c, patches=str(tmp_path / "ps"), patch_deployment_method="x")
+    with pytest.raises(PatchSetError, match="is not a patch set: patchset.json is missing"):
+        steps.deploy_patch(**c, patches=str(root / "test"))
     assert not (tmp_path / "c").exists()
 
 
 def test_infer_reports_targeted_success_against_hand_count(attack_setup, tmp_path):
     root = attack_setup
-    steps.gen_patch(str(root / "train"), str(tmp_path / "ps"), model_path=str(root / "model"), max_iter=40,
+    steps.gen_patch(data=str(root / "train"), patches=str(tmp_path / "ps"), model=str(root / "model"), max_iter=40,
                     patch_target=3, scale_min=0.4, scale_max=0.6, patch_location="center", seed=0)
-    steps.deploy_patch(str(root / "test"), str(tmp_path / "ps"), str(tmp_path / "d"), patch_scale=0.5,
-                       patch_application_rate=0.6, patch_location="center", seed=0)
-    result = steps.infer(str(tmp_path / "d"), str(tmp_path / "pred.csv"), model_path=str(root / "model"))
+    steps.deploy_patch(data=str(root / "test"), patches=str(tmp_path / "ps"), patched_data=str(tmp_path / "d"),
+                       patch_scale=0.5, patch_application_rate=0.6, patch_location="center", seed=0)
+    result = steps.infer(data=str(tmp_path / "d"), predictions=str(tmp_path / "pred.csv"), model=str(root / "model"))
     import csv
 
     rows = list(csv.DictReader(open(tmp_path / "pred.csv")))

@@ -3,7 +3,9 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -36,7 +38,7 @@ def test_compiling_does_not_import_tensorflow(tmp_path, name):
         assert kinds.count("comp-infer") == 12 and kinds.count("comp-train") == 3
         assert kinds.count("comp-spatial-smoothing") == kinds.count("comp-jpeg-compression") == 2
         assert kinds.count("comp-gaussian-augmentation") == 2
-        assert len([k for k in tasks["report"]["inputs"]["artifacts"] if k.startswith("step_")]) == 18
+        assert len([k for k in tasks["report"]["inputs"]["artifacts"] if k.startswith("summary_")]) == 18
     assert tasks["train"]["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
     assert spec["root"]["outputDefinitions"]["artifacts"]["Output"]
 
@@ -52,34 +54,81 @@ def test_runtime_image_follows_the_package_version(monkeypatch):
     assert settings.runtime_image() == "mine:dev"
 
 
-@pytest.mark.slow
-def test_mnist_patch_pipeline_end_to_end(mnist_folder, tmp_path, monkeypatch):
-    """The short pipeline through kfp.local: results.json and the MLflow runs behind it."""
-    from advpatch import cli
+SHORT = {"max_iter": 300}
+"""The short pipeline's arguments in these tests, besides data_dir (the defaults otherwise)."""
 
-    monkeypatch.delenv(settings.ENV_TRACKING_URI, raising=False)
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["run", "mnist-patch", "-p", f"data_dir={mnist_folder}", "-p", "max_iter=300"]) == 0
-    results = json.loads((tmp_path / "outputs" / "run" / "results.json").read_text())
+
+@pytest.fixture(scope="module")
+def short_run(mnist_folder, tmp_path_factory):
+    """`advpatch run mnist-patch` in a fresh folder with its own MLflow store; what it printed."""
+    import contextlib
+    import io
+
+    from advpatch.app import cli
+
+    root = tmp_path_factory.mktemp("short-cli")
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.delenv(settings.ENV_TRACKING_URI, raising=False)
+        mp.delenv(settings.ENV_OUTPUT_DIR, raising=False)
+        mp.chdir(root)
+        pairs = [f"data_dir={mnist_folder}", *[f"{k}={v}" for k, v in SHORT.items()]]
+        assert cli.main(["run", "mnist-patch", *[a for pair in pairs for a in ("-p", pair)]]) == 0
+    (root / "printed.txt").write_text(printed.getvalue())
+    return root
+
+
+@pytest.fixture(scope="module")
+def compiled_run(mnist_folder, tmp_path_factory):
+    """The same pipeline and arguments, compiled for a cluster (GPU placement, secrets, ConfigMap)
+    and run back through kfp.local from the YAML, in another fresh folder and MLflow store."""
+    from kfp import components, local
+
+    from advpatch.app import cli
+
+    root = tmp_path_factory.mktemp("short-compiled")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(settings.ENV_OUTPUT_DIR, str(root / "outputs"))
+        mp.setenv(settings.ENV_TRACKING_URI, f"sqlite:///{root / 'outputs' / 'mlflow' / 'mlflow.db'}")
+        assert cli.main(["compile", "mnist-patch", "--output", str(root / "mnist-patch.yaml"),
+                         "--image", "registry.example.com/ml/advpatch:9.9.9"]) == 0
+        pipeline = components.load_component_from_file(str(root / "mnist-patch.yaml"))
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "outputs" / "kfp"))
+        task = pipeline(data_dir=str(mnist_folder), **SHORT)
+    (root / "outputs" / "run").mkdir(parents=True)
+    (root / "outputs" / "run" / "results.json").write_text(Path(task.output.path).read_text())
+    return root
+
+
+@pytest.mark.slow
+def test_mnist_patch_pipeline_end_to_end(short_run):
+    """The short pipeline through kfp.local: results.json, its comparison row and the MLflow runs behind it."""
+    root = short_run
+    printed = (root / "printed.txt").read_text()
+    assert "| baseline | " in printed.replace("  ", " ") and "targeted success" in printed
+    results = json.loads((root / "outputs" / "run" / "results.json").read_text())
     assert results["format"] == "advpatch-results"
     steps = {s["step"]: s for s in results["steps"]}
     assert [s["step"] for s in results["steps"]] == ["train", "gen_patch", "deploy_patch", "infer", "infer"]
     assert steps["train"]["details"]["model_uri"] == "models:/mnist_le_net/1"
     clean, patched = results["evaluations"]
-    assert clean["label"] == "baseline / clean test" and clean["num_examples"] == 80
-    assert clean["accuracy"] > 0.6  # 300 training images, 15 epochs
+    assert (clean["row"], clean["condition"], clean["label"]) == ("baseline", "clean", "baseline / clean")
+    assert clean["num_examples"] == 80 and clean["accuracy"] > 0.6  # 300 training images, 15 epochs
     assert "targeted_success_rate" not in clean
     # the defaults: 3 patches, target 5, centre, scale 0.4, every test image corrupted
     assert steps["gen_patch"]["details"]["targets"] == ["5", "5", "5"]
     assert steps["deploy_patch"]["metrics"]["num_patched"] == 80
-    assert patched["label"] == "baseline / patched test" and patched["num_patched"] == 80
+    assert (patched["row"], patched["condition"]) == ("baseline", "patched") and patched["num_patched"] == 80
     assert patched["accuracy"] < clean["accuracy"] - 0.3
     assert patched["targeted_success_rate"] > 0.5
+    assert results["comparison"] == [{"label": "baseline", "clean_accuracy": clean["accuracy"],
+                                      "patched_accuracy": patched["accuracy_patched"],
+                                      "targeted_success_rate": patched["targeted_success_rate"]}]
     assert steps["infer"]["confusion_matrix"]["categories"] == [str(i) for i in range(10)]
 
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'outputs' / 'mlflow' / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'outputs' / 'mlflow' / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("mnist")
     (parent,) = client.search_runs([exp.experiment_id], "tags.`advpatch.kind` = 'pipeline'")
@@ -90,39 +139,66 @@ def test_mnist_patch_pipeline_end_to_end(mnist_folder, tmp_path, monkeypatch):
     assert mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/results.json")["evaluations"] == results["evaluations"]
 
 
-@pytest.mark.slow
-def test_demo_runs_the_full_experiment_on_a_mnist_layout_folder(mnist_folder, tmp_path, monkeypatch, capsys):
-    """What `make demo DATA=...` runs: every row of the seed notebook's experiment."""
-    from advpatch import cli
+def _artifacts(root):
+    """Every file the local runner's tasks wrote, by task/output/path (the run's folder left out)."""
+    (run,) = (root / "outputs" / "kfp").iterdir()
+    return {p.relative_to(run).as_posix(): p for p in sorted(run.rglob("*")) if p.is_file()}
 
-    monkeypatch.delenv(settings.ENV_TRACKING_URI, raising=False)
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["demo", "--data", str(mnist_folder)]) == 0
-    printed = capsys.readouterr().out
-    results = json.loads((tmp_path / "outputs" / "demo" / "results.json").read_text())
-    rows = {r["label"]: r for r in results["comparison"]}
-    assert list(rows) == ["baseline", "spatial smoothing", "JPEG compression", "Gaussian noise",
-                          "trained on patched data", "PGD adversarial training"]
-    for label, row in rows.items():
-        assert {"clean_accuracy", "patched_accuracy", "targeted_success_rate"} <= set(row), label
-        assert f"| {label}" in printed
-    assert rows["baseline"]["patched_accuracy"] < rows["baseline"]["clean_accuracy"] - 0.3
-    # training on patched images (the attacker's own patches) recovers most of the accuracy
-    assert rows["trained on patched data"]["patched_accuracy"] > rows["baseline"]["patched_accuracy"] + 0.2
-    trains = [s for s in results["steps"] if s["step"] == "train"]
-    assert [t["details"]["model_uri"] for t in trains] == [
-        "models:/mnist_baseline_le_net/1", "models:/mnist_patched_le_net/1", "models:/mnist_pgd_le_net/1"]
-    assert trains[2]["metrics"]["test_pgd_accuracy"] > trains[0]["metrics"]["test_pgd_accuracy"]
+
+RUN_IDENTITY = ("created", "mlflow_run_id", "mlflow_source", "wall_time_s", "seconds", "uri")
+"""Fields that name the MLflow run, the KFP run's folder, the time or a duration: they differ
+between two runs by design."""
+
+
+def _masked(data):
+    if isinstance(data, dict):
+        return {k: _masked(v) for k, v in data.items() if k not in RUN_IDENTITY}
+    if isinstance(data, list):
+        return [_masked(v) for v in data]
+    return data
+
+
+@pytest.mark.slow
+def test_same_seed_same_bytes_for_every_artifact_of_the_short_pipeline(short_run, compiled_run):
+    """Run twice (from the CLI, and from the YAML compiled for a cluster): every artifact the same."""
+    import keras
+
+    results = [json.loads((r / "outputs" / "run" / "results.json").read_text()) for r in (short_run, compiled_run)]
+    assert _masked(results[0]) == _masked(results[1])
+    first, second = (_artifacts(r) for r in (short_run, compiled_run))
+    assert list(first) == list(second) and len(first) > 20
+    kinds = set()
+    for name, a in first.items():
+        b = second[name]
+        if name.endswith(".keras"):  # Keras stamps the save time inside the archive: compare what it holds
+            ma, mb = keras.saving.load_model(a, safe_mode=True), keras.saving.load_model(b, safe_mode=True)
+            assert ma.get_config() == mb.get_config()
+            assert all(np.array_equal(u, v) for u, v in zip(ma.get_weights(), mb.get_weights())), name
+            kinds.add("model")
+        elif a.name in ("summary", "results", "executor_output.json"):
+            assert _masked(json.loads(a.read_text())) == _masked(json.loads(b.read_text())), name
+            kinds.add("summary")
+        else:
+            assert a.read_bytes() == b.read_bytes(), name
+            kinds.add(a.suffix or a.name)
+    # shards, manifests, patch previews, the predictions CSV and the report's table among them
+    assert {"model", "summary", ".npz", ".json", ".png", "predictions", "table"} <= kinds, kinds
 
 
 def test_bad_pipeline_parameter_fails_fast_with_a_clear_message(capsys, tmp_path, monkeypatch):
-    from advpatch import cli
+    from advpatch.app import cli
 
     monkeypatch.chdir(tmp_path)
     assert cli.main(["run", "mnist-experiment", "-p", "model_architecture=lenet5"]) == 2
     assert "model_architecture must be one of 'le_net'" in capsys.readouterr().err
     assert cli.main(["run", "mnist-patch", "-p", "epochs=many"]) == 2
-    assert "epochs must be of type Float, got 'many'" in capsys.readouterr().err
+    assert "epochs must be a number, got 'many'" in capsys.readouterr().err
     assert cli.main(["run", "mnist-patch", "-p", "colour=red"]) == 2
-    assert "colour is not a parameter of advpatch-mnist-patch" in capsys.readouterr().err
+    assert "colour is not a parameter of mnist-patch" in capsys.readouterr().err
+    # parameters whose names differ from the step's, and rules between parameters, are checked up front too
+    assert cli.main(["run", "mnist-patch", "-p", "patch_learning_rate=-1"]) == 2
+    assert "patch_learning_rate must be a number > 0, got -1.0" in capsys.readouterr().err
+    assert cli.main(["run", "mnist-experiment", "-p", "scale_min=0.6"]) == 2
+    assert "scale_min must be smaller than scale_max, got scale_min=0.6 and scale_max=0.5" in capsys.readouterr().err
+    assert cli.main(["run", "mnist-patch", "-p", "model_uri=x"]) == 2
     assert not (tmp_path / "outputs").exists()

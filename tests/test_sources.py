@@ -142,5 +142,43 @@ def test_bad_parameters_fail_before_reading(tmp_path):
         import_dataset("digits", tmp_path / "d", split="validation")
     with pytest.raises(ParameterError, match="image_size must be an integer in"):
         import_dataset("digits", tmp_path / "d", image_size=-1)
-    with pytest.raises(ParameterError, match="source must name"):
+    with pytest.raises(ParameterError, match="source must be 'digits', a folder"):
         import_dataset("", tmp_path / "d")
+
+
+def test_rgb_pictures_give_the_same_grey_from_a_file_or_from_arrays(tmp_path):
+    """One definition of the grey level (PIL's ITU-R 601-2 integer luma) for every source."""
+    from PIL import Image
+
+    from advpatch.readers import to_grayscale
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (6, 9, 7, 3), dtype=np.uint8)
+    y = np.array([0, 1, 0, 1, 0, 1])
+    expected = np.stack([np.asarray(Image.fromarray(img).convert("L")) for img in x])[..., None]
+    np.testing.assert_array_equal(to_grayscale(x), expected)
+    write_png_folder(tmp_path / "pngs", x, y)
+    np.savez(tmp_path / "rgb.npz", x=x, y=y)
+    import_dataset(str(tmp_path / "pngs"), tmp_path / "a", split="all", color_mode="grayscale")
+    import_dataset(str(tmp_path / "rgb.npz"), tmp_path / "b", split="all", color_mode="grayscale")
+    a, b = Dataset(tmp_path / "a").load(), Dataset(tmp_path / "b").load()
+    order = np.argsort(y, kind="stable")  # the folder is read class by class
+    np.testing.assert_array_equal(a["x"], b["x"][order])
+    np.testing.assert_array_equal(b["x"], expected)
+
+
+def test_a_dataset_a_step_wrote_is_a_source_with_its_columns_and_provenance(tmp_path):
+    from advpatch.dataset import write_dataset
+
+    x, y, _ = digits("test")
+    cols = {"patched": np.arange(20) % 2 == 0, "patch_target": np.full(20, 5, np.int16)}
+    write_dataset(tmp_path / "patched", x[:20], y[:20], [str(i) for i in range(10)], columns=cols,
+                  provenance=[{"step": "deploy_patch"}], shard_bytes=28 * 28 * 6)
+    spec = import_dataset(str(tmp_path / "patched"), tmp_path / "copy", max_examples=8, seed=1, image_size=14,
+                          color_mode="rgb")
+    data = Dataset(tmp_path / "copy").load()
+    keep = np.sort(np.random.default_rng(1).choice(20, 8, replace=False))
+    assert spec.image_shape == (14, 14, 3) and len(data["y"]) == 8
+    np.testing.assert_array_equal(data["y"], y[:20][keep])
+    np.testing.assert_array_equal(data["patched"], cols["patched"][keep])
+    assert [p["step"] for p in spec.provenance] == ["deploy_patch", "load_dataset"]

@@ -8,22 +8,37 @@ import numpy as np
 import pytest
 
 from advpatch import steps
+from advpatch.dataset import DatasetError
 from advpatch.models import ModelError
 from advpatch.params import ParameterError
-from advpatch.tracking import RunContext, registered_model_name
+from advpatch.tracking import RegistryError, RunContext, registered_model_name
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    steps.load_dataset("digits", str(root / "train"), split="train", max_examples=200, seed=0)
-    steps.load_dataset("digits", str(root / "test"), split="test", max_examples=60, seed=0)
+    with pytest.MonkeyPatch.context() as mp:  # the steps' MLflow runs go to this module's own store
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        steps.load_dataset(dataset=str(root / "train"), source="digits", split="train", max_examples=200, seed=0)
+        steps.load_dataset(dataset=str(root / "test"), source="digits", split="test", max_examples=60, seed=0)
     return root
 
 
 def test_registered_model_name_pattern():
     assert registered_model_name("mnist", "baseline", "le_net") == "mnist_baseline_le_net"
     assert registered_model_name("mnist", "", "le_net") == "mnist_le_net"
+
+
+def test_a_step_signature_is_its_artifacts_then_the_table():
+    import inspect
+
+    from advpatch import params
+
+    names = list(inspect.signature(steps.train).parameters)
+    assert names == ["training_data", "model", "testing_data", *[p.name for p in params.STEP_PARAMS["train"]], "ctx"]
+    assert inspect.signature(steps.infer).parameters["batch_size"].default == 256
+    with pytest.raises(TypeError, match=r"train\(\) needs the artifact path\(s\) model"):
+        steps.train(training_data="x")
 
 
 def test_a_sqlite_store_keeps_artifacts_beside_its_database(tmp_path, monkeypatch):
@@ -46,12 +61,13 @@ def test_a_sqlite_store_keeps_artifacts_beside_its_database(tmp_path, monkeypatc
 def test_train_registers_under_the_seed_pattern_and_infer_loads_it(tiny_data, tmp_path, outputs):
     import mlflow
 
+    data = dict(training_data=str(tiny_data / "train"))
     ctx = RunContext(experiment_name="exp", pipeline_run_id="run-123", pipeline_run_name="my-run", task_name="train")
-    tagged = steps.train(str(tiny_data / "train"), str(tmp_path / "m1"), test_path=str(tiny_data / "test"),
-                         epochs=1, model_tag="baseline", register_model=True, seed=0, ctx=ctx)
-    plain = steps.train(str(tiny_data / "train"), str(tmp_path / "m2"), epochs=1, register_model=True, seed=0,
+    tagged = steps.train(**data, model=str(tmp_path / "m1"), testing_data=str(tiny_data / "test"), epochs=1,
+                         model_tag="baseline", register_model=True, seed=0, ctx=ctx)
+    plain = steps.train(**data, model=str(tmp_path / "m2"), epochs=1, register_model=True, seed=0,
                         ctx=RunContext(experiment_name="exp"))
-    unregistered = steps.train(str(tiny_data / "train"), str(tmp_path / "m3"), epochs=0.5, seed=0,
+    unregistered = steps.train(**data, model=str(tmp_path / "m3"), epochs=0.5, seed=0,
                                ctx=RunContext(experiment_name="exp"))
     assert tagged.details["model_uri"] == "models:/exp_baseline_le_net/1"
     assert plain.details["model_uri"] == "models:/exp_le_net/1"
@@ -67,11 +83,11 @@ def test_train_registers_under_the_seed_pattern_and_infer_loads_it(tiny_data, tm
     assert run.data.metrics["test_accuracy"] == pytest.approx(tagged.metrics["test_accuracy"])
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 1
 
-    # infer by registered name, nested under the same pipeline run as train
+    # infer by registered name (loaded with safe_mode from the downloaded .keras file), nested under the same run
     ctx2 = RunContext(experiment_name="exp", pipeline_run_id="run-123", pipeline_run_name="my-run", task_name="infer")
-    by_uri = steps.infer(str(tiny_data / "test"), str(tmp_path / "p.csv"), model_uri="models:/exp_baseline_le_net/1",
-                         model_architecture="le_net", ctx=ctx2)
-    by_path = steps.infer(str(tiny_data / "test"), str(tmp_path / "q.csv"), model_path=str(tmp_path / "m1"))
+    by_uri = steps.infer(data=str(tiny_data / "test"), predictions=str(tmp_path / "p.csv"),
+                         model_uri="models:/exp_baseline_le_net/1", model_architecture="le_net", ctx=ctx2)
+    by_path = steps.infer(data=str(tiny_data / "test"), predictions=str(tmp_path / "q.csv"), model=str(tmp_path / "m1"))
     assert by_uri.metrics["accuracy"] == pytest.approx(tagged.metrics["test_accuracy"])
     assert by_path.metrics == pytest.approx(by_uri.metrics)
     exp = client.get_experiment_by_name("exp")
@@ -79,42 +95,51 @@ def test_train_registers_under_the_seed_pattern_and_infer_loads_it(tiny_data, tm
     assert len(parents) == 1 and parents[0].info.run_name == "my-run"
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert sorted(r.data.tags["kfp.task_name"] for r in children) == ["infer", "train"]
+    with pytest.raises(RegistryError, match="cannot find the model models:/exp_nothing_le_net/1"):
+        steps.infer(data=str(tiny_data / "test"), predictions=str(tmp_path / "r.csv"),
+                    model_uri="models:/exp_nothing_le_net/1")
 
 
 def test_infer_writes_metrics_confusion_and_predictions(tiny_data, tmp_path, outputs):
-    steps.train(str(tiny_data / "train"), str(tmp_path / "m"), epochs=2, seed=1)
-    result = steps.infer(str(tiny_data / "test"), str(tmp_path / "pred.csv"), model_path=str(tmp_path / "m"),
-                         label="clean")
+    steps.train(training_data=str(tiny_data / "train"), model=str(tmp_path / "m"), epochs=2, seed=1)
+    result = steps.infer(data=str(tiny_data / "test"), predictions=str(tmp_path / "pred.csv"),
+                         model=str(tmp_path / "m"), row="mine")
     matrix = np.array(result.confusion_matrix)
     assert matrix.shape == (10, 10) and matrix.sum() == 60
     assert result.metrics["accuracy"] == pytest.approx(np.trace(matrix) / 60)
     rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
     assert len(rows) == 60
     assert np.mean([r["label"] == r["predicted"] for r in rows]) == pytest.approx(result.metrics["accuracy"])
-    assert json.loads(result.to_json())["label"] == "clean"
+    assert (result.row, result.condition) == ("mine", "clean")  # condition 'auto': no patched images
+    assert json.loads(result.to_json())["label"] == "mine / clean"
 
 
 def test_train_rejects_bad_input_before_work_and_writes_nothing(tiny_data, tmp_path, outputs):
     out = tmp_path / "model"
+    data = str(tiny_data / "train")
     with pytest.raises(ModelError, match="'vgg16' needs images of at least 32x32"):
-        steps.train(str(tiny_data / "train"), str(out), model_architecture="vgg16")
+        steps.train(training_data=data, model=str(out), model_architecture="vgg16")
     with pytest.raises(ParameterError, match="optimizer must be one of"):
-        steps.train(str(tiny_data / "train"), str(out), optimizer="nadam")
+        steps.train(training_data=data, model=str(out), optimizer="nadam")
     with pytest.raises(ParameterError, match="epochs must be a number > 0, got -1"):
-        steps.train(str(tiny_data / "train"), str(out), epochs=-1)
-    with pytest.raises(ValueError, match="dataset.json is missing"):
-        steps.train(str(tmp_path), str(out))
+        steps.train(training_data=data, model=str(out), epochs=-1)
+    with pytest.raises(ParameterError, match="^learning_rat is not a parameter of train; it takes "):
+        steps.train(training_data=data, model=str(out), learning_rat=0.1)
+    with pytest.raises(DatasetError, match="dataset.json is missing"):
+        steps.train(training_data=str(tmp_path), model=str(out))
     assert not out.exists() and not (outputs / "mlflow").exists()
 
 
 def test_infer_rejects_mismatched_model_and_data(tiny_data, tmp_path, outputs):
-    steps.load_dataset("digits", str(tmp_path / "big"), split="test", image_size=32, max_examples=10)
-    steps.train(str(tiny_data / "train"), str(tmp_path / "m"), epochs=0.2)
-    with pytest.raises(ParameterError, match="the model takes 28x28x1 images but the dataset has 32x32x1"):
-        steps.infer(str(tmp_path / "big"), str(tmp_path / "p.csv"), model_path=str(tmp_path / "m"))
-    with pytest.raises(ParameterError, match="model_architecture is 'alex_net' but the model is a 'le_net'"):
-        steps.infer(str(tiny_data / "test"), str(tmp_path / "p.csv"), model_path=str(tmp_path / "m"),
-                    model_architecture="alex_net")
+    steps.load_dataset(dataset=str(tmp_path / "big"), source="digits", split="test", image_size=32, max_examples=10)
+    steps.train(training_data=str(tiny_data / "train"), model=str(tmp_path / "m"), epochs=0.2)
+    infer = dict(predictions=str(tmp_path / "p.csv"))
+    with pytest.raises(ModelError, match="the model takes 28x28x1 images but the dataset has 32x32x1"):
+        steps.infer(data=str(tmp_path / "big"), model=str(tmp_path / "m"), **infer)
+    with pytest.raises(ModelError, match="model_architecture is 'alex_net' but the model is a 'le_net'"):
+        steps.infer(data=str(tiny_data / "test"), model=str(tmp_path / "m"), model_architecture="alex_net", **infer)
     with pytest.raises(ParameterError, match="exactly one model"):
-        steps.infer(str(tiny_data / "test"), str(tmp_path / "p.csv"))
+        steps.infer(data=str(tiny_data / "test"), **infer)
+    with pytest.raises(ParameterError, match="model_uri must be 'models:/NAME/VERSION' or 'runs:/RUN_ID/PATH'"):
+        steps.infer(data=str(tiny_data / "test"), model_uri="mnist_le_net", **infer)
     assert not (tmp_path / "p.csv").exists()

@@ -36,6 +36,20 @@ def test_upload_and_load_a_dataset_from_s3(s3_env, mnist_folder, tmp_path):
     assert spec.num_examples == 4 and spec.image_shape == (8, 8, 1)
 
 
+def test_a_prefix_is_a_folder_not_the_start_of_a_name(s3_env, tmp_path):
+    """s3://b/sets/mnist never picks up s3://b/sets/mnist-e2e/... beside it."""
+    _, bucket = s3_env
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "one.txt").write_text("1")
+    storage.upload(tmp_path / "a", f"s3://{bucket}/sets/mnist")
+    storage.upload(tmp_path / "a", f"s3://{bucket}/sets/mnist-e2e")
+    storage.upload(tmp_path / "a" / "one.txt", f"s3://{bucket}/sets/mnist-e2e/deeper")
+    got = storage.download(f"s3://{bucket}/sets/mnist", tmp_path / "down")
+    assert sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()) == ["one.txt"]
+    with pytest.raises(storage.StorageError, match="no objects under"):
+        storage.download(f"s3://{bucket}/sets/mnis", tmp_path / "none")
+
+
 def test_wrong_credentials_fail_fast_without_leaking_them(s3_env, monkeypatch, tmp_path):
     _, bucket = s3_env
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-key-42")
@@ -69,7 +83,7 @@ def test_pipeline_with_s3_data_and_an_mlflow_server_storing_artifacts_in_s3(s3_e
                                                                           tmp_path, monkeypatch):
     import mlflow
 
-    from advpatch import cli
+    from advpatch.app import cli
 
     endpoint, bucket = s3_env
     storage.upload(mnist_folder, f"s3://{bucket}/datasets/mnist-e2e")

@@ -14,13 +14,14 @@ and ``provenance``: the list of steps that made the data, each with its paramete
 
 Why this shape:
 
-* Shards keep memory bounded: writers flush every ``shard_bytes`` and readers stream batches, so an
-  ImageNet-sized set never has to fit in memory.
+* Shards keep memory bounded where a step streams: writers flush every ``shard_bytes`` and
+  :meth:`Dataset.batches` reads one shard at a time (``load_dataset``, ``deploy_patch``, the
+  defences and ``infer`` stream; ``train`` and ``gen_patch`` still load the set).
 * ``.npz`` read with ``allow_pickle=False`` and a JSON manifest: nothing is ever unpickled.
 * Pixels are stored as ``uint8`` in ``[0, 255]``, the way images live on disk; models take float
   ``[0, 1]`` (see :func:`to_float`).
 * A writer builds the folder under a temporary name and renames it into place when it closes
-  cleanly, so a failed step leaves no half-written artifact behind.
+  cleanly (:class:`advpatch.files.AtomicDir`), so a failed step leaves no half-written artifact.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from advpatch.errors import AdvpatchError
+from advpatch.files import AtomicDir, save_npz
 
 FORMAT = "advpatch-dataset"
 VERSION = 1
@@ -42,7 +44,7 @@ MANIFEST = "dataset.json"
 DEFAULT_SHARD_BYTES = 64 * 2**20
 
 
-class DatasetError(ValueError):
+class DatasetError(AdvpatchError):
     """A dataset folder is missing, malformed or does not fit what a step needs."""
 
 
@@ -140,8 +142,8 @@ class DatasetWriter:
             columns={k: np.dtype(v).name for k, v in (columns or {}).items()},
             provenance=list(provenance or []),
         )
-        self._tmp = self.path.parent / f".{self.path.name}.partial-{uuid.uuid4().hex[:8]}"
-        self._tmp.mkdir(parents=True)
+        self._folder = AtomicDir(self.path)
+        self._tmp = self._folder.tmp
         self._per_shard = max(1, shard_bytes // int(np.prod(shape)))
         self._pending: List[Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]] = []
         self._pending_n = 0
@@ -190,7 +192,7 @@ class DatasetWriter:
         for name in self.spec.columns:
             arrays[f"col_{name}"] = np.concatenate([p[2][name] for p in self._pending])
         name = f"shard-{len(self.spec.shards):05d}.npz"
-        np.savez(self._tmp / name, **arrays)
+        save_npz(self._tmp / name, **arrays)
         self.spec.shards.append(
             {"file": name, "num_examples": self._pending_n, "sha256": _sha256(self._tmp / name)}
         )
@@ -206,20 +208,16 @@ class DatasetWriter:
             self.abort()
             raise DatasetError(f"refusing to write an empty dataset to {self.path}")
         (self._tmp / MANIFEST).write_text(json.dumps(self.spec.to_json(), indent=1))
-        if self.path.exists():
-            # KFP may pre-create the output folder; only an empty one may be replaced.
-            if self.path.is_dir() and not any(self.path.iterdir()):
-                self.path.rmdir()
-            else:
-                self.abort()
-                raise DatasetError(f"{self.path} already exists and is not empty")
-        os.replace(self._tmp, self.path)
         self._closed = True
+        try:
+            self._folder.commit()
+        except FileExistsError as e:
+            raise DatasetError(str(e)) from None
         return self.spec
 
     def abort(self) -> None:
         self._closed = True
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._folder.abort()
 
     def __enter__(self) -> "DatasetWriter":
         return self

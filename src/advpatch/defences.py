@@ -1,22 +1,28 @@
-"""Preprocessing defences: ART's NumPy preprocessors, wrapped for uint8 datasets.
+"""Preprocessing defences as classifier transforms (see :mod:`advpatch.classifier`).
 
-Each defence here is ART's own implementation (``SpatialSmoothing``, ``JpegCompression``,
-``GaussianAugmentation``), which are correct in ART 1.20.1 (its ``SpatialSmoothingTensorFlowV2``
-is not: it crashes with ``clip_values``). Images go to ART as float32 in [0, 1] and come back
-rounded to uint8. Tests check that the results equal ART's on the same input.
+Each defence's reference forward pass is ART's own implementation (``SpatialSmoothing``,
+``JpegCompression``, ``GaussianAugmentation``), which are correct in ART 1.20.1 (its
+``SpatialSmoothingTensorFlowV2`` is not: it crashes with ``clip_values``). Tests check the results
+equal ART's on the same input.
+
+A defence is used two ways: on a dataset (the ``spatial_smoothing``, ``jpeg_compression`` and
+``gaussian_augmentation`` steps, images rounded back to uint8), or in front of a model inside a
+:class:`~advpatch.classifier.Classifier`, where an attack sees it: straight-through gradients
+for the median filter and JPEG, a fresh draw per call for the noise.
 
 ``apply_fit`` / ``apply_predict`` keep ART's meaning: apply the defence to data used for training /
-for prediction. A defence component is told which its input is (``data_role``) and passes the data
+for prediction. A defence step is told which its input is (``data_role``) and passes the data
 through unchanged when the defence does not apply to that role.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Dict, Mapping
 
 import numpy as np
 
 from advpatch import params
+from advpatch.classifier import Transform
 
 DEFENCES = ("spatial_smoothing", "jpeg_compression", "gaussian_augmentation")
 
@@ -26,48 +32,94 @@ def applies(apply_fit: bool, apply_predict: bool, data_role: str) -> bool:
     return apply_fit if data_role == "fit" else apply_predict
 
 
-def check_gaussian(perform_data_augmentation: bool, apply_fit: bool, apply_predict: bool) -> None:
-    """ART's rule: augmentation adds training samples, so it applies at fit time only."""
-    params.require(
-        not perform_data_augmentation or (apply_fit and not apply_predict),
-        "gaussian_augmentation_perform_data_augmentation=True adds training images, so it needs "
-        f"gaussian_augmentation_apply_fit=True and gaussian_augmentation_apply_predict=False, got "
-        f"apply_fit={apply_fit} and apply_predict={apply_predict}",
-    )
+class SpatialSmoothing(Transform):
+    """A median filter over ``window_size`` x ``window_size`` pixels, each channel on its own."""
+
+    name = "spatial_smoothing"
+    gradient = "straight_through"
+
+    def __init__(self, window_size: int) -> None:
+        from art.defences.preprocessor import SpatialSmoothing as Art
+
+        params.check(spatial_smoothing_window_size=window_size)
+        self.window_size = window_size
+        self._art = Art(window_size=window_size, channels_first=False, clip_values=(0.0, 1.0))
+
+    def numpy(self, x: np.ndarray) -> np.ndarray:
+        return self._art(x)[0]
+
+    def settings(self) -> Dict[str, Any]:
+        return {"name": self.name, "spatial_smoothing_window_size": self.window_size}
 
 
-def spatial_smoothing(window_size: int, apply_fit: bool = False, apply_predict: bool = True) -> Callable:
-    from art.defences.preprocessor import SpatialSmoothing
+class JpegCompression(Transform):
+    """JPEG compression and decompression at ``quality`` (grayscale or RGB).
 
-    params.check(spatial_smoothing_window_size=window_size)
-    art = SpatialSmoothing(window_size=window_size, channels_first=False, clip_values=(0.0, 1.0),
-                           apply_fit=apply_fit, apply_predict=apply_predict)
-    return lambda x: art(x)[0]
-
-
-def jpeg_compression(quality: int, channels_first: bool = False, apply_fit: bool = False,
-                     apply_predict: bool = True) -> Callable:
-    """advpatch data is channels-last; with ``channels_first`` the call is made in NCHW layout
+    advpatch data is channels-last; with ``channels_first`` the call is made in NCHW layout
     (transposed there and back), which gives the same images."""
-    from art.defences.preprocessor import JpegCompression
 
-    params.check(jpeg_compression_quality=quality)
-    art = JpegCompression(clip_values=(0.0, 1.0), quality=quality, channels_first=channels_first,
-                          apply_fit=apply_fit, apply_predict=apply_predict)
-    if channels_first:
-        return lambda x: art(x.transpose(0, 3, 1, 2))[0].transpose(0, 2, 3, 1)
-    return lambda x: art(x)[0]
+    name = "jpeg_compression"
+    gradient = "straight_through"
+
+    def __init__(self, quality: int, channels_first: bool = False) -> None:
+        from art.defences.preprocessor import JpegCompression as Art
+
+        params.check(jpeg_compression_quality=quality)
+        self.quality, self.channels_first = quality, channels_first
+        self._art = Art(clip_values=(0.0, 1.0), quality=quality, channels_first=channels_first)
+
+    def numpy(self, x: np.ndarray) -> np.ndarray:
+        if self.channels_first:
+            return self._art(x.transpose(0, 3, 1, 2))[0].transpose(0, 2, 3, 1)
+        return self._art(x)[0]
+
+    def settings(self) -> Dict[str, Any]:
+        return {"name": self.name, "jpeg_compression_quality": self.quality}
 
 
-def gaussian_noise(sigma: float, apply_fit: bool = False, apply_predict: bool = True) -> Callable:
-    """Noisy copies of the images (ART's GaussianAugmentation with augmentation=False). ART draws
-    from NumPy's global generator, so callers seed it (:func:`seeded`)."""
-    from art.defences.preprocessor import GaussianAugmentation
+class GaussianNoise(Transform):
+    """Gaussian noise of standard deviation ``sigma``, clipped to [0, 1] (ART's
+    GaussianAugmentation with ``augmentation=False``).
 
-    params.check(gaussian_augmentation_sigma=sigma)
-    art = GaussianAugmentation(sigma=sigma, augmentation=False, clip_values=(0.0, 1.0),
-                               apply_fit=apply_fit, apply_predict=apply_predict)
-    return lambda x: art(x)[0]
+    On datasets ART draws from NumPy's global generator, so callers seed it (:func:`seeded`); in a
+    classifier each call draws from a TensorFlow generator seeded with ``seed``."""
+
+    name = "gaussian_augmentation"
+    gradient = "expectation"
+
+    def __init__(self, sigma: float, seed: int = 0) -> None:
+        from art.defences.preprocessor import GaussianAugmentation as Art
+
+        params.check(gaussian_augmentation_sigma=sigma, seed=seed)
+        self.sigma, self.seed = sigma, seed
+        self._art = Art(sigma=sigma, augmentation=False, clip_values=(0.0, 1.0), apply_fit=False,
+                        apply_predict=True)
+        self._generator = None
+
+    def numpy(self, x: np.ndarray) -> np.ndarray:
+        return self._art(x)[0]
+
+    def graph(self, x):
+        import tensorflow as tf
+
+        if self._generator is None:
+            with tf.init_scope():  # created once, eagerly, even when first called inside a tf.function
+                self._generator = tf.random.Generator.from_seed(self.seed)
+        noise = self._generator.normal(tf.shape(x), stddev=self.sigma, dtype=x.dtype)
+        return tf.clip_by_value(x + noise, 0.0, 1.0)
+
+    def settings(self) -> Dict[str, Any]:
+        return {"name": self.name, "gaussian_augmentation_sigma": self.sigma}
+
+
+def from_params(defence: str, values: Mapping[str, Any]) -> Transform:
+    """The transform a defence step's parameters (as in the parameter table) describe."""
+    params.require(defence in DEFENCES, f"defence must be one of {', '.join(map(repr, DEFENCES))}, got {defence!r}")
+    if defence == "spatial_smoothing":
+        return SpatialSmoothing(values["spatial_smoothing_window_size"])
+    if defence == "jpeg_compression":
+        return JpegCompression(values["jpeg_compression_quality"], values.get("jpeg_compression_channels_first", False))
+    return GaussianNoise(values["gaussian_augmentation_sigma"], values.get("seed", 0))
 
 
 def seeded(fn: Callable, seed: int) -> Callable:

@@ -1,24 +1,26 @@
-"""Predictions and classification metrics (NumPy only, so they are checked by hand in tests)."""
+"""What a classifier did: predictions, classification metrics, patch metrics, distances between
+images, and the per-image predictions file (metrics in NumPy only, so they are checked by hand in
+tests)."""
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import csv
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from advpatch.dataset import Dataset, to_float
+from advpatch.files import atomic_file
 
 EPS = 1e-7
 
 
-def predict(model, dataset: Dataset, batch_size: int) -> Dict[str, np.ndarray]:
-    """Run ``model`` over ``dataset`` in batches: ``{"probabilities", "y", <columns>...}``."""
+def predict(classifier, dataset: Dataset, batch_size: int) -> Dict[str, np.ndarray]:
+    """Run a :class:`~advpatch.classifier.Classifier` over ``dataset`` in batches:
+    ``{"probabilities", "y", <columns>...}``."""
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
-    def forward(x):
-        return model(x, training=False)
-
+    forward = classifier.forward
     probs: List[np.ndarray] = []
     rest: Dict[str, List[np.ndarray]] = {}
     for batch in dataset.batches(batch_size):
@@ -110,3 +112,46 @@ def patch_metrics(y_true: np.ndarray, y_pred: np.ndarray, patched: np.ndarray, t
     if eligible.any():
         out["targeted_success_rate"] = float((y_pred[eligible] == targets[eligible]).mean())
     return out
+
+
+def distance_stats(clean: np.ndarray, patched: np.ndarray) -> Dict[str, np.ndarray]:
+    """Per-image distances between float images in [0, 1]: l_inf, l1, l2, cosine similarity and
+    the 1-D Wasserstein distance between their pixel-value distributions."""
+    a = clean.reshape(len(clean), -1).astype(np.float64)
+    b = patched.reshape(len(patched), -1).astype(np.float64)
+    d = b - a
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.divide((a * b).sum(axis=1), norms, out=np.ones(len(a)), where=norms > 0)
+    return {
+        "l_inf": np.abs(d).max(axis=1),
+        "l1": np.abs(d).sum(axis=1),
+        "l2": np.sqrt((d * d).sum(axis=1)),
+        "cosine_similarity": cos,
+        "wasserstein": np.abs(np.sort(a, axis=1) - np.sort(b, axis=1)).mean(axis=1),
+    }
+
+
+def summarize(values: np.ndarray) -> Dict[str, float]:
+    """mean, median, stdev, iqr, min, max."""
+    if len(values) == 0:
+        return {}
+    q1, med, q3 = np.percentile(values, [25, 50, 75])
+    return {"mean": float(values.mean()), "median": float(med), "stdev": float(values.std()),
+            "iqr": float(q3 - q1), "min": float(values.min()), "max": float(values.max())}
+
+
+def write_predictions(path: str, out: Dict[str, Any], predicted: np.ndarray, class_names: Sequence[str]) -> None:
+    """Per-image predictions as CSV: index, label, prediction, confidence, names, and every
+    per-image column of the data (patch provenance, for example)."""
+    extra = [k for k in out if k not in ("probabilities", "y")]
+    probs = out["probabilities"]
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "label", "predicted", "confidence", "label_name", "predicted_name", *extra])
+        for i, (y, p) in enumerate(zip(out["y"], predicted)):
+            writer.writerow([i, int(y), int(p), f"{probs[i, p]:.6f}", class_names[y], class_names[p],
+                             *[_scalar(out[k][i]) for k in extra]])
+
+
+def _scalar(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v

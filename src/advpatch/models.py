@@ -15,25 +15,27 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from advpatch import params
+from advpatch.errors import AdvpatchError
+from advpatch.files import atomic_dir
 
 FORMAT = "advpatch-model"
 VERSION = 1
 KERAS_FILE = "model.keras"
 META_FILE = "model.json"
 PREPROCESSING = "float32 in [0, 1]"
+LOGITS_LAYER = "logits"
+"""The name of the layer whose output is the logits, in every model :func:`build_model` makes."""
 
 MIN_IMAGE_SIZE = {"le_net": 12, "shallow_net": 1, "alex_net": 16, "resnet50": 32, "vgg16": 32}
 """Smallest height/width each architecture's layers can take."""
 
 
-class ModelError(ValueError):
+class ModelError(AdvpatchError):
     """A model artifact is missing or malformed, or does not fit the data."""
 
 
@@ -46,6 +48,9 @@ class ModelInfo:
     class_names: List[str]
     preprocessing: str = PREPROCESSING
     provenance: Dict[str, Any] = field(default_factory=dict)
+    logits_layer: Optional[str] = LOGITS_LAYER
+    """The layer giving the logits before the final softmax (attacks optimize on logits), or
+    ``None`` when the model exposes only probabilities."""
 
     def to_json(self) -> Dict[str, Any]:
         data = asdict(self)
@@ -62,10 +67,14 @@ class ModelInfo:
             class_names=[str(c) for c in data["class_names"]],
             preprocessing=data.get("preprocessing", PREPROCESSING),
             provenance=dict(data.get("provenance", {})),
+            logits_layer=data.get("logits_layer", LOGITS_LAYER),
         )
 
+    def shape_text(self) -> str:
+        return "x".join(map(str, self.input_shape))
 
-def check_fits(architecture: str, image_shape: Sequence[int]) -> None:
+
+def check_buildable(architecture: str, image_shape: Sequence[int]) -> None:
     """Fail early, naming both, when ``image_shape`` cannot go through ``architecture``."""
     params.check(model_architecture=architecture)
     h, w, c = image_shape
@@ -79,7 +88,7 @@ def check_fits(architecture: str, image_shape: Sequence[int]) -> None:
 
 def build_model(architecture: str, input_shape: Sequence[int], num_classes: int):
     """A fresh, randomly initialised Keras model (seed it with ``keras.utils.set_random_seed``)."""
-    check_fits(architecture, input_shape)
+    check_buildable(architecture, input_shape)
     import keras
     from keras import layers
 
@@ -118,7 +127,7 @@ def build_model(architecture: str, input_shape: Sequence[int], num_classes: int)
         app = {"resnet50": keras.applications.ResNet50, "vgg16": keras.applications.VGG16}[architecture]
         backbone = app(include_top=False, weights=None, input_shape=shape, pooling="avg")
         x = backbone(inputs)
-    logits = layers.Dense(num_classes, name="logits")(x)
+    logits = layers.Dense(num_classes, name=LOGITS_LAYER)(x)
     outputs = layers.Softmax(name="probabilities")(logits)
     return keras.Model(inputs, outputs, name=architecture)
 
@@ -138,18 +147,9 @@ def make_optimizer(name: str, learning_rate: float):
 
 def save_model(model, info: ModelInfo, path: os.PathLike | str) -> None:
     """Write the Model artifact folder atomically (a temporary folder renamed into place)."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(path) as tmp:
         model.save(tmp / KERAS_FILE)
         (tmp / META_FILE).write_text(json.dumps(info.to_json(), indent=1))
-        if path.exists() and path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_model_info(path: os.PathLike | str) -> ModelInfo:
@@ -160,10 +160,65 @@ def read_model_info(path: os.PathLike | str) -> ModelInfo:
     return ModelInfo.from_json(json.loads(meta.read_text()), str(meta))
 
 
+def load_keras(path: os.PathLike | str):
+    """A ``.keras`` file, loaded with ``safe_mode=True`` (no Python lambdas, no pickle)."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, OSError) as e:
+        raise ModelError(f"cannot load {path} as a Keras model: {e}") from None
+
+
 def load_model(path: os.PathLike | str):
     """(keras model, ModelInfo) from a Model artifact folder."""
     info = read_model_info(path)
-    import keras
+    return load_keras(Path(path) / KERAS_FILE), info
 
-    model = keras.saving.load_model(Path(path) / KERAS_FILE, compile=False, safe_mode=True)
-    return model, info
+
+# --------------------------------------------------------------------------- which model a step uses
+def check_choice(model_path: str, model_uri: str) -> None:
+    """Exactly one model: a Model artifact or a registered one (cheap: before any heavy import)."""
+    if bool(model_path) == bool(model_uri):
+        raise params.ParameterError(
+            "give exactly one model: a Model artifact or model_uri (models:/NAME/VERSION), "
+            f"got {'both' if model_path else 'neither'}")
+
+
+def check_fits(info: ModelInfo, image_shape: Sequence[int], num_classes: int, model_architecture: str = "") -> None:
+    """The model against the data (and the architecture a user expects), naming both sides."""
+    if model_architecture and model_architecture != info.architecture:
+        raise ModelError(f"model_architecture is {model_architecture!r} but the model is a {info.architecture!r}")
+    if tuple(info.input_shape) != tuple(image_shape):
+        raise ModelError(
+            f"the model takes {info.shape_text()} images but the dataset has {'x'.join(map(str, image_shape))}: "
+            "load the data with the model's image_size and color_mode")
+    if len(info.class_names) != num_classes:
+        raise ModelError(f"the model has {len(info.class_names)} classes but the dataset has {num_classes}")
+
+
+def precheck(model_path: str, model_uri: str, image_shape: Sequence[int], num_classes: int,
+             model_architecture: str = "") -> None:
+    """What can be known about the model before TensorFlow is imported: exactly one is given, and a
+    Model artifact's metadata fits the data."""
+    check_choice(model_path, model_uri)
+    if model_path:
+        check_fits(read_model_info(model_path), image_shape, num_classes, model_architecture)
+
+
+def resolve(model_path: str, model_uri: str, image_shape: Sequence[int], num_classes: int,
+            model_architecture: str = "") -> Tuple[Any, ModelInfo]:
+    """(keras model, ModelInfo) from a Model artifact folder or a registered MLflow model, checked
+    against the data (:func:`precheck` first, so an artifact that does not fit is never loaded)."""
+    precheck(model_path, model_uri, image_shape, num_classes, model_architecture)
+    if model_path:
+        return load_model(model_path)
+    import tempfile
+
+    from advpatch.tracking import download_registered_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        keras_file, meta = download_registered_model(model_uri, tmp)
+        info = ModelInfo.from_json(meta, model_uri)
+        check_fits(info, image_shape, num_classes, model_architecture)
+        return load_keras(keras_file), info

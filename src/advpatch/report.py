@@ -33,17 +33,15 @@ COMPARISON_COLUMNS: Sequence[Tuple[str, str, str]] = (
 
 
 def comparison_rows(evaluations: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Pair evaluations labelled ``"<row> / clean"`` and ``"<row> / patched"`` into one row each:
-    clean accuracy, accuracy on patched images, targeted success."""
+    """One row per table row (an evaluation's ``row`` field), in order of first appearance: clean
+    accuracy from its ``clean`` evaluation; accuracy on patched images and targeted success from
+    its ``patched`` one."""
     rows: Dict[str, Dict[str, Any]] = {}
     for e in evaluations:
-        row, sep, kind = str(e["label"]).rpartition(" / ")
-        if not sep or kind not in ("clean", "patched"):
-            continue
-        out = rows.setdefault(row, {"label": row})
-        if kind == "clean":
+        out = rows.setdefault(e["row"], {"label": e["row"]})
+        if e["condition"] == "clean":
             out["clean_accuracy"] = e["accuracy"]
-        else:
+        elif e["condition"] == "patched":
             out["patched_accuracy"] = e.get("accuracy_patched", e["accuracy"])
             if "targeted_success_rate" in e:
                 out["targeted_success_rate"] = e["targeted_success_rate"]
@@ -53,7 +51,8 @@ def comparison_rows(evaluations: Sequence[Dict[str, Any]]) -> List[Dict[str, Any
 def build_results(steps: Sequence[Any], title: str = "advpatch results") -> Dict[str, Any]:
     """``results.json``: every metric of every step, the evaluation rows in table order, and the
     clean-versus-patched comparison rows."""
-    evaluations = [{"label": s.label, **s.metrics} for s in steps if s.step == "infer"]
+    evaluations = [{"label": s.label, "row": s.row, "condition": s.condition, **s.metrics}
+                   for s in steps if s.step == "infer"]
     return {
         "format": RESULTS_FORMAT,
         "version": RESULTS_VERSION,
@@ -62,6 +61,7 @@ def build_results(steps: Sequence[Any], title: str = "advpatch results") -> Dict
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "steps": [
             {"step": s.step, "label": s.label, "metrics": s.metrics, "details": s.details,
+             **({"row": s.row, "condition": s.condition} if s.step == "infer" else {}),
              **({"confusion_matrix": {"categories": s.confusion_categories, "matrix": s.confusion_matrix}}
                 if s.confusion_matrix else {})}
             for s in steps
@@ -118,5 +118,5 @@ def render_markdown(results: Dict[str, Any]) -> str:
     for s in results["steps"]:
         if s["step"] != "infer":
             parts.append(f"- **{s['label']}**: {_step_line(s)}")
-    parts.append(f"\n_advpatch {results['advpatch_version']}, {results['created']}_")
+    parts.append(f"\n_advpatch {results['advpatch_version']}_")
     return "\n".join(parts) + "\n"

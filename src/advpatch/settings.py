@@ -14,6 +14,14 @@ ENV_OUTPUT_DIR = "ADVPATCH_OUTPUT_DIR"
 ENV_IMAGE = "ADVPATCH_IMAGE"
 ENV_IMAGE_REGISTRY = "ADVPATCH_IMAGE_REGISTRY"
 ENV_IMAGE_TAG = "ADVPATCH_IMAGE_TAG"
+ENV_S3_ENDPOINT = "ADVPATCH_S3_ENDPOINT"
+ENV_MLFLOW_S3_ENDPOINT = "MLFLOW_S3_ENDPOINT_URL"
+ENV_AWS_ENDPOINT = "AWS_ENDPOINT_URL"
+S3_ENDPOINT_VARS = (ENV_S3_ENDPOINT, ENV_MLFLOW_S3_ENDPOINT, ENV_AWS_ENDPOINT)
+"""Where the S3 endpoint is read from, first set wins (MLflow's and boto's own names as fallbacks)."""
+ENV_S3_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
+ENV_S3_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
+ENV_S3_REGION = "ADVPATCH_S3_REGION"
 
 DEFAULT_EXPERIMENT = "advpatch"
 DEFAULT_IMAGE_REGISTRY = "ghcr.io/advpatch"
@@ -36,7 +44,8 @@ def runtime_image() -> str:
 
 
 def output_dir() -> Path:
-    """Where local runs write (the MLflow store, demo results): ``./outputs`` by default."""
+    """Where local runs write (the MLflow store, the KFP runner's artifacts, each run's
+    ``results.json`` and log): ``./outputs`` by default, ``$ADVPATCH_OUTPUT_DIR`` when set."""
     return Path(os.environ.get(ENV_OUTPUT_DIR, "outputs")).resolve()
 
 

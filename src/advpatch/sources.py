@@ -12,12 +12,19 @@ a folder of class subfolders
     Each subfolder is a class (sorted by name); PNG/JPEG/BMP/GIF images, grayscale or RGB.
 a folder with MNIST IDX files
     ``train-images-idx3-ubyte`` / ``train-labels-idx1-ubyte`` and ``t10k-...`` (gzipped or not).
+a dataset a step wrote (a folder with ``dataset.json``)
+    Copied with its per-image columns (patch provenance) and its provenance; it has one split.
 an ``.npz`` file
     ``x_train``/``y_train``/``x_test``/``y_test`` (Keras' ``mnist.npz``) or ``x``/``y``;
     read with ``allow_pickle=False``.
 ``s3://bucket/prefix``
     Any of the above in S3-compatible storage (see :mod:`advpatch.storage`), copied to a
     temporary folder first.
+``mlflow-run://RUN_ID/TAR_NAME[#FOLDER]``
+    A dataset an earlier step logged to an MLflow run as a tar file (``deploy_patch`` logs
+    ``adv_testing.tar`` holding ``adversarial_patched_data/``: the seed's cross-run reuse). The
+    archive is checked member by member before anything is extracted. Without ``#FOLDER`` the
+    archive must hold exactly one folder.
 
 Images are resized to ``image_size`` x ``image_size`` when it is non-zero, and converted to
 ``color_mode`` (``auto`` keeps what the source has). ``max_examples`` keeps a random subset
@@ -26,30 +33,27 @@ drawn from ``seed``. Folders are streamed file by file, so memory stays bounded.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
-import struct
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
 from advpatch import params
-from advpatch.dataset import DEFAULT_SHARD_BYTES, DatasetSpec, DatasetWriter
+from advpatch.dataset import DEFAULT_SHARD_BYTES, MANIFEST, Dataset, DatasetSpec, DatasetWriter
+from advpatch.readers import (SourceError, convert_images, embedded_digits, find_idx, read_idx, read_npz,
+                              split_folder, write_arrays, write_image_folder)
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_DIGITS = "digits"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-SPLIT_FOLDERS = {"train": ("training", "train"), "test": ("testing", "test")}
-IDX_FILES = {"train": "train", "test": "t10k"}
-DIGITS_TEST_FRACTION = 0.2
-_CHUNK = 512
+S3_PREFIX = "s3://"
+MLFLOW_RUN_PREFIX = "mlflow-run://"
 
-
-class SourceError(ValueError):
-    """A data source is missing, empty or unreadable."""
+__all__ = ["EMBEDDED_DIGITS", "MLFLOW_RUN_PREFIX", "S3_PREFIX", "SourceError", "embedded_digits", "import_dataset",
+           "parse_mlflow_run"]
 
 
 def import_dataset(
@@ -62,301 +66,93 @@ def import_dataset(
     max_examples: int = 0,
     seed: int = 0,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
+    recorded_source: str = "",
 ) -> DatasetSpec:
-    """Read ``source`` (see the module docstring) and write it as a dataset at ``output_path``."""
-    params.check(split=split, image_size=image_size, color_mode=color_mode, max_examples=max_examples, seed=seed)
-    if not source:
-        raise params.ParameterError("source must name the embedded 'digits' set, a folder or an .npz file, got ''")
-    provenance = [
-        {
-            "step": "load_dataset",
-            "source": source,
-            "split": split,
-            "image_size": image_size,
-            "color_mode": color_mode,
-            "max_examples": max_examples,
-            "seed": seed,
-        }
-    ]
-    if source.startswith("s3://"):
-        import tempfile
+    """Read ``source`` (see the module docstring) and write it as a dataset at ``output_path``.
 
-        from advpatch import storage
-
+    ``recorded_source`` is what the provenance names as the source (a remote source, not the
+    temporary local copy it was read from)."""
+    params.check(source=source, split=split, image_size=image_size, color_mode=color_mode,
+                 max_examples=max_examples, seed=seed)
+    options = dict(split=split, image_size=image_size, color_mode=color_mode, max_examples=max_examples, seed=seed,
+                   shard_bytes=shard_bytes)
+    if source.startswith((S3_PREFIX, MLFLOW_RUN_PREFIX)):
         with tempfile.TemporaryDirectory() as tmp:
-            local = storage.download(source, tmp)
-            spec = import_dataset(str(local), output_path, split=split, image_size=image_size, color_mode=color_mode,
-                                  max_examples=max_examples, seed=seed, shard_bytes=shard_bytes)
-        return _with_source(output_path, spec, source)
+            local = _fetch(source, Path(tmp))
+            return import_dataset(str(local), output_path, **options, recorded_source=recorded_source or source)
+    record = {"step": "load_dataset", "source": recorded_source or source, "split": split, "image_size": image_size,
+              "color_mode": color_mode, "max_examples": max_examples, "seed": seed}
     if source == EMBEDDED_DIGITS:
         x, y, names = embedded_digits(split)
-        return _write_arrays(x, y, names, output_path, image_size, color_mode, max_examples, seed, provenance, shard_bytes)
-
+        return write_arrays(x, y, names, output_path, image_size, color_mode, max_examples, seed, [record],
+                            shard_bytes)
     path = Path(source)
     if not path.exists():
-        raise SourceError(f"source {source!r} does not exist (expected 'digits', a folder or an .npz file)")
+        raise SourceError(f"source {source!r} does not exist (expected 'digits', a folder, an .npz file, "
+                          f"{S3_PREFIX}... or {MLFLOW_RUN_PREFIX}...)")
     if path.is_file():
         if path.suffix != ".npz":
             raise SourceError(f"source {source!r} is a file but not an .npz archive")
         x, y, names = read_npz(path, split)
-        return _write_arrays(x, y, names, output_path, image_size, color_mode, max_examples, seed, provenance, shard_bytes)
-
-    folder = _split_folder(path, split)
-    if _find_idx(folder, split) is not None:
+        return write_arrays(x, y, names, output_path, image_size, color_mode, max_examples, seed, [record],
+                            shard_bytes)
+    if (path / MANIFEST).is_file():
+        return _copy_dataset(Dataset(path), output_path, image_size, color_mode, max_examples, seed, record,
+                             shard_bytes)
+    folder = split_folder(path, split)
+    if find_idx(folder, split) is not None:
         x, y, names = read_idx(folder, split)
-        return _write_arrays(x, y, names, output_path, image_size, color_mode, max_examples, seed, provenance, shard_bytes)
-    return _write_image_folder(folder, output_path, image_size, color_mode, max_examples, seed, provenance, shard_bytes)
+        return write_arrays(x, y, names, output_path, image_size, color_mode, max_examples, seed, [record],
+                            shard_bytes)
+    return write_image_folder(folder, output_path, image_size, color_mode, max_examples, seed, [record], shard_bytes)
 
 
-def _with_source(output_path, spec: DatasetSpec, source: str) -> DatasetSpec:
-    """Record the remote ``source`` (not the temporary local copy) in the dataset's provenance."""
-    import json
-
-    import os
-
-    manifest = Path(output_path) / "dataset.json"
-    data = json.loads(manifest.read_text())
-    data["provenance"][0]["source"] = source
-    tmp = manifest.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, manifest)
-    spec.provenance[0]["source"] = source
-    return spec
-
-
-# --------------------------------------------------------------------------- embedded digits
-def embedded_digits(split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    """scikit-learn's digits framed like MNIST: uint8 [n, 28, 28, 1]."""
-    from sklearn.datasets import load_digits
-    from PIL import Image
-
-    bunch = load_digits()
-    images = bunch.images.astype(np.float32) / 16.0  # 0..16 -> 0..1
-    labels = bunch.target.astype(np.int32)
-    # Fixed stratified split: the same images are test images whatever the seed.
-    rng = np.random.RandomState(0)
-    is_test = np.zeros(len(labels), dtype=bool)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        is_test[idx[: int(round(len(idx) * DIGITS_TEST_FRACTION))]] = True
-    keep = {"train": ~is_test, "test": is_test, "all": np.ones_like(is_test)}[split]
-    framed = np.zeros((int(keep.sum()), 28, 28, 1), dtype=np.uint8)
-    for i, img in enumerate(images[keep]):
-        digit = Image.fromarray((img * 255).astype(np.uint8)).resize((20, 20), Image.BILINEAR)
-        framed[i, 4:24, 4:24, 0] = np.asarray(digit)
-    return framed, labels[keep], [str(i) for i in range(10)]
-
-
-# --------------------------------------------------------------------------- npz and idx
-def read_npz(path: Path, split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise SourceError(f"cannot read {path} as an .npz archive: {e}") from None
-    try:
-        return _read_npz_arrays(npz, path, split)
-    except ValueError as e:  # e.g. object arrays, which would need pickle
-        if isinstance(e, SourceError):
-            raise
-        raise SourceError(f"cannot read {path}: {e}") from None
-    finally:
-        npz.close()
-
-
-def _read_npz_arrays(npz, path: Path, split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    keys = set(npz.files)
-    if split in ("train", "test") and {f"x_{split}", f"y_{split}"} <= keys:
-        x, y = npz[f"x_{split}"], npz[f"y_{split}"]
-    elif split == "all" and {"x_train", "y_train", "x_test", "y_test"} <= keys:
-        x = np.concatenate([npz["x_train"], npz["x_test"]])
-        y = np.concatenate([npz["y_train"], npz["y_test"]])
-    elif {"x", "y"} <= keys:
-        x, y = npz["x"], npz["y"]
-    else:
-        raise SourceError(
-            f"{path} has arrays {sorted(keys)}; expected x_{split}/y_{split} or x/y"
-        )
-    names = [str(n) for n in npz["class_names"]] if "class_names" in keys else None
-    x = _as_nhwc_uint8(x, str(path))
-    y = np.asarray(y).astype(np.int64).reshape(-1)
-    if len(y) != len(x):
-        raise SourceError(f"{path}: {len(x)} images but {len(y)} labels")
-    return x, y.astype(np.int32), names or [str(i) for i in range(int(y.max()) + 1)]
-
-
-def _find_idx(folder: Path, split: str) -> Optional[Tuple[Path, Path]]:
-    if split not in IDX_FILES:
-        return None
-    prefix = IDX_FILES[split]
-    for suffix in ("", ".gz"):
-        images = folder / f"{prefix}-images-idx3-ubyte{suffix}"
-        labels = folder / f"{prefix}-labels-idx1-ubyte{suffix}"
-        if images.is_file() and labels.is_file():
-            return images, labels
-    return None
-
-
-def _read_idx_file(path: Path, expected_dims: int) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
-        raise SourceError(f"cannot read {path}: {e}") from None
-    if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != 0x08 or data[3] != expected_dims:
-        raise SourceError(f"{path} is not an IDX file of unsigned bytes with {expected_dims} dimensions")
-    dims = struct.unpack(f">{expected_dims}I", data[4 : 4 + 4 * expected_dims])
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * expected_dims)
-    if body.size != int(np.prod(dims)):
-        raise SourceError(f"{path} is truncated: header says {dims}, found {body.size} bytes of data")
-    return body.reshape(dims)
-
-
-def read_idx(folder: Path, split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    found = _find_idx(folder, split)
-    assert found is not None
-    x = _read_idx_file(found[0], 3)[..., None]
-    y = _read_idx_file(found[1], 1).astype(np.int32)
-    if len(x) != len(y):
-        raise SourceError(f"{folder}: {len(x)} images but {len(y)} labels")
-    return x, y, [str(i) for i in range(10)]
-
-
-def _as_nhwc_uint8(x: np.ndarray, where: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise SourceError(f"{where}: images must be [n, H, W] or [n, H, W, 1|3], got {list(x.shape)}")
-    if x.dtype == np.uint8:
-        return x
-    if np.issubdtype(x.dtype, np.floating) and x.size and x.max() <= 1.0:
-        x = x * 255.0
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
-# --------------------------------------------------------------------------- folders
-def _split_folder(path: Path, split: str) -> Path:
-    if split in SPLIT_FOLDERS:
-        for name in SPLIT_FOLDERS[split]:
-            if (path / name).is_dir():
-                return path / name
-    return path
-
-
-def list_image_folder(folder: Path) -> Tuple[List[Tuple[Path, int]], List[str]]:
-    """(file, class index) pairs of a class-subfolder layout, sorted, and the class names."""
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise SourceError(
-            f"{folder} has no class subfolders, MNIST IDX files or split folders (training/, testing/)"
-        )
-    files: List[Tuple[Path, int]] = []
-    for index, name in enumerate(classes):
-        for f in sorted((folder / name).iterdir()):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                files.append((f, index))
-    if not files:
-        raise SourceError(f"{folder} has class subfolders {classes[:5]} but no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files, classes
-
-
-def _read_image(path: Path, mode: str, size: Optional[Tuple[int, int]]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if mode == "grayscale" else "RGB")
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise SourceError(f"cannot read image {path}: {e}") from None
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
-def _write_image_folder(
-    folder: Path,
-    output_path: os.PathLike | str,
-    image_size: int,
-    color_mode: str,
-    max_examples: int,
-    seed: int,
-    provenance: List[Dict[str, Any]],
-    shard_bytes: int,
-) -> DatasetSpec:
-    from PIL import Image
-
-    files, classes = list_image_folder(folder)
-    if max_examples and max_examples < len(files):
-        keep = np.sort(np.random.default_rng(seed).choice(len(files), max_examples, replace=False))
-        files = [files[i] for i in keep]
-    first = files[0][0]
-    try:
-        with Image.open(first) as img:
-            native, first_mode = (img.size[1], img.size[0]), img.mode
-    except (OSError, ValueError) as e:
-        raise SourceError(f"cannot read image {first}: {e}") from None
-    mode = color_mode
-    if mode == "auto":
-        mode = "grayscale" if first_mode in ("1", "L", "LA", "I", "I;16", "F") else "rgb"
-    size = (image_size, image_size) if image_size else None
-    shape = (*(size or native), 1 if mode == "grayscale" else 3)
-    log.info("reading %d images in %d classes from %s as %s", len(files), len(classes), folder, shape)
-    with DatasetWriter(output_path, shape, classes, provenance=provenance, shard_bytes=shard_bytes) as writer:
-        for start in range(0, len(files), _CHUNK):
-            chunk = files[start : start + _CHUNK]
-            x = np.empty((len(chunk),) + shape, dtype=np.uint8)
-            for i, (f, _) in enumerate(chunk):
-                img = _read_image(f, mode, size)
-                if img.shape != shape:
-                    raise SourceError(
-                        f"{f} is {img.shape[1]}x{img.shape[0]} but earlier images are {shape[1]}x{shape[0]}: "
-                        "set image_size to resize them all"
-                    )
-                x[i] = img
-            writer.write(x, np.array([c for _, c in chunk], dtype=np.int32))
+def _copy_dataset(source: Dataset, output_path, image_size: int, color_mode: str, max_examples: int, seed: int,
+                  record: Dict[str, Any], shard_bytes: int) -> DatasetSpec:
+    """A dataset a step wrote, converted as asked, with its per-image columns and provenance."""
+    n = len(source)
+    keep = np.ones(n, bool)
+    if max_examples and max_examples < n:
+        keep[:] = False
+        keep[np.random.default_rng(seed).choice(n, max_examples, replace=False)] = True
+    h, w, c = source.image_shape
+    shape = (image_size or h, image_size or w, {"grayscale": 1, "rgb": 3}.get(color_mode, c))
+    start = 0
+    with DatasetWriter(output_path, shape, source.class_names, columns=source.spec.columns,
+                       provenance=[*source.spec.provenance, record], shard_bytes=shard_bytes) as writer:
+        for batch in source.batches(4096):
+            sel = keep[start:start + len(batch["y"])]
+            start += len(batch["y"])
+            if sel.any():
+                writer.write(convert_images(batch["x"][sel], image_size, color_mode), batch["y"][sel],
+                             **{k: v[sel] for k, v in batch.items() if k not in ("x", "y")})
     return writer.spec
 
 
-def _write_arrays(
-    x: np.ndarray,
-    y: np.ndarray,
-    class_names: Sequence[str],
-    output_path: os.PathLike | str,
-    image_size: int,
-    color_mode: str,
-    max_examples: int,
-    seed: int,
-    provenance: List[Dict[str, Any]],
-    shard_bytes: int,
-) -> DatasetSpec:
-    if len(x) == 0:
-        raise SourceError(f"source {provenance[0]['source']!r} has no images for split {provenance[0]['split']!r}")
-    if max_examples and max_examples < len(x):
-        keep = np.sort(np.random.default_rng(seed).choice(len(x), max_examples, replace=False))
-        x, y = x[keep], y[keep]
-    x = convert_images(x, image_size, color_mode)
-    with DatasetWriter(output_path, x.shape[1:], class_names, provenance=provenance, shard_bytes=shard_bytes) as writer:
-        writer.write(x, y)
-    return writer.spec
+# --------------------------------------------------------------------------- remote sources
+def parse_mlflow_run(source: str) -> Tuple[str, str, str]:
+    """``mlflow-run://RUN_ID/TAR_NAME[#FOLDER]`` -> (run id, tar name, folder or '')."""
+    body = source[len(MLFLOW_RUN_PREFIX):]
+    location, _, folder = body.partition("#")
+    run_id, _, tar_name = location.partition("/")
+    tar_rule, folder_rule = params.PARAMS["output_tar_name"].rule, params.PARAMS["output_dataset_name"].rule
+    if not run_id or not tar_rule.contains(tar_name) or (folder and not folder_rule.contains(folder)):
+        raise params.ParameterError(
+            f"source must look like {MLFLOW_RUN_PREFIX}RUN_ID/TAR_NAME[#FOLDER] (TAR_NAME {tar_rule.describe()}, "
+            f"FOLDER {folder_rule.describe()}), got {source!r}")
+    return run_id, tar_name, folder
 
 
-def convert_images(x: np.ndarray, image_size: int, color_mode: str) -> np.ndarray:
-    """Resize uint8 NHWC images to ``image_size`` (0: keep) and convert channels."""
-    from PIL import Image
+def _fetch(source: str, tmp: Path) -> Path:
+    """A local copy of a remote source, under ``tmp``."""
+    if source.startswith(S3_PREFIX):
+        from advpatch import storage
 
-    if color_mode == "grayscale" and x.shape[-1] == 3:
-        x = np.rint(x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None].astype(np.uint8)
-    elif color_mode == "rgb" and x.shape[-1] == 1:
-        x = np.repeat(x, 3, axis=-1)
-    if image_size and x.shape[1:3] != (image_size, image_size):
-        out = np.empty((len(x), image_size, image_size, x.shape[-1]), dtype=np.uint8)
-        for i, img in enumerate(x):
-            pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-            arr = np.asarray(pil.resize((image_size, image_size), Image.BILINEAR))
-            out[i] = arr[..., None] if arr.ndim == 2 else arr
-        x = out
-    return x
+        return storage.download(source, tmp / "s3")
+    from advpatch.files import extract_tar
+    from advpatch.tracking import download_run_artifact
+
+    run_id, tar_name, folder = parse_mlflow_run(source)
+    archive = download_run_artifact(run_id, tar_name, tmp / "download")
+    return extract_tar(archive, tmp / "extracted", folder, where=f"{tar_name} of MLflow run {run_id}")
 

@@ -21,16 +21,14 @@ from pathlib import Path, PurePosixPath
 from typing import List, Tuple
 from urllib.parse import urlparse
 
-ENDPOINT_VARS = ("ADVPATCH_S3_ENDPOINT", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
+from advpatch import settings
+from advpatch.errors import AdvpatchError
+
 CREDENTIAL_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken"}
 
 
-class StorageError(ValueError):
+class StorageError(AdvpatchError):
     """Object storage could not be used; the message says why (never with a secret)."""
-
-
-def is_s3_uri(text: str) -> bool:
-    return text.startswith("s3://")
 
 
 def parse_uri(uri: str) -> Tuple[str, str]:
@@ -42,10 +40,10 @@ def parse_uri(uri: str) -> Tuple[str, str]:
 
 
 def endpoint() -> str:
-    for var in ENDPOINT_VARS:
+    for var in settings.S3_ENDPOINT_VARS:
         if os.environ.get(var):
             return os.environ[var]
-    raise StorageError(f"no S3 endpoint configured: set {ENDPOINT_VARS[0]} (e.g. http://minio-service.kubeflow:9000)")
+    raise StorageError(f"no S3 endpoint configured: set {settings.ENV_S3_ENDPOINT} (e.g. http://seaweedfs.kubeflow:9000)")
 
 
 def client():
@@ -56,15 +54,15 @@ def client():
     url = urlparse(endpoint())
     if url.scheme not in ("http", "https") or not url.netloc:
         raise StorageError(f"the S3 endpoint must be http(s)://host[:port], got {endpoint()!r}")
-    access, secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    access, secret = os.environ.get(settings.ENV_S3_ACCESS_KEY, ""), os.environ.get(settings.ENV_S3_SECRET_KEY, "")
     if not access or not secret:
-        raise StorageError("S3 credentials missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        raise StorageError(f"S3 credentials missing: set {settings.ENV_S3_ACCESS_KEY} and {settings.ENV_S3_SECRET_KEY}")
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=3.0, read=60.0),
         retries=urllib3.Retry(total=1, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
     )
     return Minio(url.netloc, access_key=access, secret_key=secret, secure=url.scheme == "https",
-                 region=os.environ.get("ADVPATCH_S3_REGION") or None, http_client=http)
+                 region=os.environ.get(settings.ENV_S3_REGION) or None, http_client=http)
 
 
 def _explain(e: Exception, bucket: str) -> StorageError:
@@ -75,8 +73,8 @@ def _explain(e: Exception, bucket: str) -> StorageError:
         if e.code == "NoSuchBucket":
             return StorageError(f"bucket {bucket!r} does not exist at {where}")
         if e.code in CREDENTIAL_CODES:
-            return StorageError(f"{where} rejected the S3 credentials ({e.code}): check AWS_ACCESS_KEY_ID and "
-                                "AWS_SECRET_ACCESS_KEY (the mlpipeline-minio-artifact secret on a cluster)")
+            return StorageError(f"{where} rejected the S3 credentials ({e.code}): check {settings.ENV_S3_ACCESS_KEY} "
+                                f"and {settings.ENV_S3_SECRET_KEY} (the mlpipeline-minio-artifact secret on a cluster)")
         return StorageError(f"S3 error at {where} on bucket {bucket!r}: {e.code}")
     return StorageError(f"cannot reach the S3 endpoint {where}: {type(e).__name__}")
 
@@ -97,11 +95,16 @@ def download(uri: str, dest: os.PathLike | str) -> Path:
     bucket, prefix = parse_uri(uri)
     c = client()
     dest = Path(dest)
-    objects = _call(lambda: [o for o in c.list_objects(bucket, prefix=prefix, recursive=True) if not o.is_dir],
-                    bucket)
+    listed = _call(lambda: [o for o in c.list_objects(bucket, prefix=prefix, recursive=True) if not o.is_dir],
+                   bucket)
+    # "s3://b/datasets/mnist" is that object, or the objects under "datasets/mnist/": never
+    # "datasets/mnist-e2e/..." beside it
+    single = any(o.object_name == prefix for o in listed)
+    folder = prefix.rstrip("/") + "/" if prefix else ""
+    objects = [o for o in listed if o.object_name == prefix] if single else \
+        [o for o in listed if o.object_name.startswith(folder)]
     if not objects:
         raise StorageError(f"no objects under {uri} at {endpoint()}")
-    single = len(objects) == 1 and objects[0].object_name == prefix
     base = PurePosixPath(prefix).parent if single else PurePosixPath(prefix)
     for obj in objects:
         rel = PurePosixPath(obj.object_name).relative_to(base) if str(base) not in ("", ".") else PurePosixPath(obj.object_name)

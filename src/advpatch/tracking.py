@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 from advpatch import __version__, settings
+from advpatch.errors import AdvpatchError
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +154,20 @@ class StepRun:
 
         mlflow.log_artifacts(local_dir, artifact_path)
 
-    def log_dataset(self, path: str, tar_name: str, dataset_name: str) -> None:
+    def log_dataset(self, path: str, tar_name: str, dataset_name: str) -> str:
         """Log a dataset folder as ``tar_name`` holding ``dataset_name/`` (the seed's layout, e.g.
-        ``adv_testing.tar`` with ``adversarial_patched_data/``), for :func:`fetch_dataset`."""
-        import tarfile
+        ``adv_testing.tar`` with ``adversarial_patched_data/``); returns the
+        ``mlflow-run://RUN_ID/TAR_NAME#FOLDER`` source that brings it back (see
+        :mod:`advpatch.sources`)."""
         import tempfile
 
         import mlflow
 
-        check_dataset_names(tar_name, dataset_name)
+        from advpatch.files import create_tar
+
         with tempfile.TemporaryDirectory() as tmp:
-            archive = Path(tmp) / tar_name
-            with tarfile.open(archive, "w") as tar:
-                tar.add(path, arcname=dataset_name)
-            mlflow.log_artifact(str(archive))
+            mlflow.log_artifact(str(create_tar(path, Path(tmp) / tar_name, dataset_name)))
+        return f"mlflow-run://{self.run_id}/{tar_name}#{dataset_name}"
 
     def log_model(self, model, metadata: Dict[str, Any], registered_name: str = "") -> Tuple[str, str]:
         """Log a Keras model (and register it when ``registered_name`` is given).
@@ -218,8 +219,10 @@ def step_run(step: str, ctx: RunContext, params: Mapping[str, Any]) -> Iterator[
         step_run_.log_metrics({"duration_s": time.monotonic() - started})
 
 
-def finish_pipeline_run(ctx: RunContext, status: str = "FINISHED") -> Optional[str]:
-    """Mark the pipeline's parent run as ended (the last step of a pipeline calls this)."""
+def finish_pipeline_run(ctx: RunContext, *, dicts: Optional[Mapping[str, Any]] = None,
+                        texts: Optional[Mapping[str, str]] = None, status: str = "FINISHED") -> Optional[str]:
+    """Attach ``dicts`` (as JSON) and ``texts`` to the pipeline's parent run and mark it ended (the
+    last step of a pipeline calls this). Returns the parent run's id, or ``None`` outside a pipeline."""
     if not ctx.pipeline_run_id:
         return None
     configure()
@@ -227,60 +230,55 @@ def finish_pipeline_run(ctx: RunContext, status: str = "FINISHED") -> Optional[s
 
     client = mlflow.MlflowClient()
     parent = _parent_run_id(client, _experiment_id(ctx.experiment), ctx)
+    for name, data in (dicts or {}).items():
+        client.log_dict(parent, data, name)
+    for name, text in (texts or {}).items():
+        client.log_text(parent, text, name)
     client.set_terminated(parent, status=status)
     return parent
 
 
-def load_registered_model(uri: str):
-    """(keras model, advpatch metadata dict) for a ``models:/NAME/VERSION`` URI."""
-    configure()
-    import mlflow
-
-    meta = mlflow.models.get_model_info(uri).metadata or {}
-    if MODEL_METADATA_KEY not in meta:
-        raise ValueError(f"model {uri} was not logged by advpatch (no '{MODEL_METADATA_KEY}' metadata)")
-    return mlflow.keras.load_model(uri), meta[MODEL_METADATA_KEY]
+class RegistryError(AdvpatchError):
+    """A registered model cannot be found or was not logged by advpatch as a ``.keras`` file."""
 
 
-def check_dataset_names(tar_name: str, dataset_name: str) -> None:
-    from advpatch.params import ParameterError
+def download_registered_model(uri: str, dest: os.PathLike | str) -> Tuple[Path, Dict[str, Any]]:
+    """A registered model's ``.keras`` file, downloaded into ``dest``, and its advpatch metadata.
 
-    if not tar_name.endswith(".tar") or "/" in tar_name or tar_name.startswith("."):
-        raise ParameterError(f"dataset_tar_name must be a plain file name ending in .tar, got {tar_name!r}")
-    if not dataset_name or "/" in dataset_name or dataset_name in (".", ".."):
-        raise ParameterError(f"dataset_name must be a plain folder name, got {dataset_name!r}")
-
-
-def fetch_dataset(run_id: str, tar_name: str, dataset_name: str, dest: os.PathLike | str) -> Path:
-    """Bring back a dataset an earlier run logged with :meth:`StepRun.log_dataset` (the seed's
-    ``load_dataset_from_mlruns``). The archive is checked member by member: only regular files and
-    folders under ``dataset_name/``, no links, no absolute or parent paths."""
-    import tarfile
-    import tempfile
-
-    from advpatch.params import ParameterError
-
-    check_dataset_names(tar_name, dataset_name)
-    if not run_id:
-        raise ParameterError("load_dataset_from_mlruns=True needs the run id of the run that logged the dataset")
+    Only the file is fetched: :func:`advpatch.models.resolve` loads it with ``safe_mode=True``, as
+    it loads a Model artifact (``mlflow.keras.load_model`` would follow the server's safe-mode
+    setting, and load an exported SavedModel with TensorFlow)."""
     configure()
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    dest = Path(dest)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=tar_name, dst_path=tmp)
-        except (MlflowException, OSError) as e:
-            raise ParameterError(f"cannot fetch {tar_name!r} from MLflow run {run_id!r}: {e}") from None
-        with tarfile.open(local) as tar:
-            members = tar.getmembers()
-            for m in members:
-                parts = Path(m.name).parts
-                if (not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in parts
-                        or not parts or parts[0] != dataset_name):
-                    raise ParameterError(f"{tar_name} from run {run_id} holds an unsafe or foreign entry {m.name!r}")
-            if not any(Path(m.name).parts[0] == dataset_name for m in members):
-                raise ParameterError(f"{tar_name} from run {run_id} has no folder {dataset_name!r}")
-            tar.extractall(dest, members=members, filter="data")
-    return dest / dataset_name
+    try:
+        info = mlflow.models.get_model_info(uri)
+    except (MlflowException, OSError) as e:
+        raise RegistryError(f"cannot find the model {uri} in MLflow ({tracking_uri()}): {e}") from None
+    meta = info.metadata or {}
+    flavor = info.flavors.get("keras", {})
+    if MODEL_METADATA_KEY not in meta or not flavor:
+        raise RegistryError(f"model {uri} was not logged by advpatch (no Keras flavor with '{MODEL_METADATA_KEY}' "
+                            "metadata)")
+    if flavor.get("save_exported_model"):
+        raise RegistryError(f"model {uri} is an exported TensorFlow SavedModel; advpatch loads only .keras files")
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dest)))
+    data = local / flavor.get("data", "model")  # mlflow.keras' layout: data/model.keras
+    return Path(f"{data / 'model' if data.is_dir() else data}.keras"), meta[MODEL_METADATA_KEY]
+
+
+def download_run_artifact(run_id: str, artifact_path: str, dest: os.PathLike | str) -> Path:
+    """A file an MLflow run logged, downloaded into ``dest``."""
+    configure()
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from advpatch.params import ParameterError
+
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                        dst_path=str(dest)))
+    except (MlflowException, OSError) as e:
+        raise ParameterError(f"cannot fetch {artifact_path!r} from MLflow run {run_id!r}: {e}") from None

@@ -96,8 +96,9 @@ def fit(
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
-def _pgd(model, x, y, eps: float, eps_step: float, max_iter: int, seed):
-    """Untargeted L-inf PGD (Madry et al.) with a random start, on float images in [0, 1]."""
+def _pgd(forward, x, y, eps: float, eps_step: float, max_iter: int, seed):
+    """Untargeted L-inf PGD (Madry et al.) with a random start, on float images in [0, 1];
+    ``forward`` gives class probabilities."""
     import tensorflow as tf
 
     start = tf.random.stateless_uniform(tf.shape(x), seed=seed, minval=-eps, maxval=eps)
@@ -105,23 +106,25 @@ def _pgd(model, x, y, eps: float, eps_step: float, max_iter: int, seed):
     for _ in tf.range(max_iter):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
-            loss = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(y, model(x_adv, training=False)))
+            loss = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(y, forward(x_adv)))
         x_adv = x_adv + eps_step * tf.sign(tape.gradient(loss, x_adv))
         x_adv = tf.clip_by_value(tf.clip_by_value(x_adv, x - eps, x + eps), 0.0, 1.0)
     return tf.stop_gradient(x_adv)
 
 
-def pgd_accuracy(model, x: np.ndarray, y: np.ndarray, *, eps: float, eps_step: float, max_iter: int,
+def pgd_accuracy(classifier, x: np.ndarray, y: np.ndarray, *, eps: float, eps_step: float, max_iter: int,
                  seed: int = 0, batch_size: int = 256) -> float:
-    """Accuracy on PGD adversarial examples of uint8 images ``x``."""
+    """Accuracy of a :class:`~advpatch.classifier.Classifier` on PGD adversarial examples of uint8
+    images ``x`` (the attack goes through the classifier's transforms too)."""
     import tensorflow as tf
 
     params.check(pgd_eps=eps, pgd_eps_step=eps_step, pgd_max_iter=max_iter)
 
     @tf.function(reduce_retracing=True)
     def correct(xb, yb, s):
-        adv = _pgd(model, xb, yb, eps, eps_step, max_iter, tf.stack([s, seed]))
-        return tf.reduce_sum(tf.cast(tf.argmax(model(adv, training=False), -1, output_type=tf.int32) == yb, tf.int32))
+        adv = _pgd(classifier.probabilities, xb, yb, eps, eps_step, max_iter, tf.stack([s, seed]))
+        predicted = tf.argmax(classifier.probabilities(adv), -1, output_type=tf.int32)
+        return tf.reduce_sum(tf.cast(predicted == yb, tf.int32))
 
     hits = 0
     for i in range(0, len(x), batch_size):
@@ -163,7 +166,8 @@ def fit_adversarial(
     @tf.function(reduce_retracing=True)
     def step(xb, yb, s):
         n_adv = tf.cast(tf.math.ceil(pgd_ratio * tf.cast(tf.shape(xb)[0], tf.float32)), tf.int32)
-        adv = _pgd(model, xb[:n_adv], yb[:n_adv], pgd_eps, pgd_eps_step, pgd_max_iter, tf.stack([s, seed]))
+        adv = _pgd(lambda a: model(a, training=False), xb[:n_adv], yb[:n_adv], pgd_eps, pgd_eps_step, pgd_max_iter,
+                   tf.stack([s, seed]))
         mixed = tf.concat([adv, xb[n_adv:]], axis=0)
         with tf.GradientTape() as tape:
             probs = model(mixed, training=True)

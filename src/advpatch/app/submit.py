@@ -18,6 +18,7 @@ from typing import Any, Dict, List
 import yaml
 
 from advpatch import params
+from advpatch.errors import AdvpatchError
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,13 @@ def read_package(path: str) -> Dict[str, Any]:
     return docs[0]
 
 
+SPEC_TYPES = {"NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": bool, "STRING": str}
+"""A compiled pipeline's parameter types -> Python types."""
+
+
 def typed_arguments(spec: Dict[str, Any], pairs: List[str]) -> Dict[str, Any]:
-    """NAME=VALUE strings -> values typed by the pipeline's declared parameter types."""
+    """NAME=VALUE strings -> values typed by the pipeline's declared parameter types; for an
+    advpatch pipeline also checked against the parameter table."""
     declared = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
     out: Dict[str, Any] = {}
     for pair in pairs:
@@ -44,28 +50,34 @@ def typed_arguments(spec: Dict[str, Any], pairs: List[str]) -> Dict[str, Any]:
         if not sep or name not in declared:
             raise params.ParameterError(
                 f"-p takes NAME=VALUE with NAME among {', '.join(sorted(declared))}, got {pair!r}")
-        kind = declared[name].get("parameterType", "STRING")
-        try:
-            if kind == "NUMBER_INTEGER":
-                out[name] = int(raw)
-            elif kind == "NUMBER_DOUBLE":
-                out[name] = float(raw)
-            elif kind == "BOOLEAN":
-                if raw.lower() not in ("true", "false"):
-                    raise ValueError
-                out[name] = raw.lower() == "true"
-            else:
-                out[name] = raw
-        except ValueError:
-            raise params.ParameterError(f"{name} must be of type {kind}, got {raw!r}") from None
+        out[name] = params.parse_text(name, SPEC_TYPES.get(declared[name].get("parameterType"), str), raw)
+    ours = spec["pipelineInfo"]["name"].removeprefix("advpatch-")
+    if ours in params.PIPELINE_PARAMS:
+        params.validate_pipeline(ours, out)
     return out
 
 
+class SubmitError(AdvpatchError):
+    """The KFP API could not be reached or refused a request."""
+
+
 def submit(args) -> int:
-    import kfp
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
 
     spec = read_package(args.package)
     arguments = typed_arguments(spec, args.param)
+    try:
+        return _submit(args, spec, arguments)
+    except (OSError, urllib3.exceptions.HTTPError) as e:
+        raise SubmitError(f"cannot reach the KFP API at {args.host}: {type(e).__name__}") from None
+    except ApiException as e:
+        raise SubmitError(f"the KFP API at {args.host} refused a request: {e.status} {e.reason}") from None
+
+
+def _submit(args, spec: Dict[str, Any], arguments: Dict[str, Any]) -> int:
+    import kfp
+
     name = args.pipeline_name or spec["pipelineInfo"]["name"]
     client = kfp.Client(host=args.host)
     stamp = time.strftime("%Y%m%d-%H%M%S")

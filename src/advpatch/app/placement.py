@@ -14,25 +14,22 @@ the S3 endpoint from a ConfigMap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
-GPU_STEPS_DEFAULT = frozenset({"train", "init_model", "gen_patch", "deploy_patch", "infer"})
-STEP_NAMES = frozenset({"load_dataset", "train", "init_model", "gen_patch", "deploy_patch", "spatial_smoothing",
-                        "jpeg_compression", "gaussian_augmentation", "infer", "report"})
+from advpatch import params, settings
+
+GPU_STEPS_DEFAULT = frozenset({"train", "gen_patch", "deploy_patch", "infer"})
+STEP_NAMES = frozenset(params.STEP_PARAMS)
 
 S3_SECRET_DEFAULT = "mlpipeline-minio-artifact"
-S3_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
+S3_SECRET_KEYS = {"accesskey": settings.ENV_S3_ACCESS_KEY, "secretkey": settings.ENV_S3_SECRET_KEY}
 """Keys of KFP's artifact-store secret -> the environment variables the minio and MLflow clients read."""
 
 CONFIG_MAP_DEFAULT = "advpatch-config"
-CONFIG_MAP_KEYS = {
-    "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
-    "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",
-    "ADVPATCH_S3_ENDPOINT": "ADVPATCH_S3_ENDPOINT",
-    "ADVPATCH_EXPERIMENT": "ADVPATCH_EXPERIMENT",
-}
-"""Keys of the ConfigMap (manifests/base/configmap.yaml) -> environment variables."""
+CONFIG_MAP_KEYS = {name: name for name in (settings.ENV_TRACKING_URI, settings.ENV_MLFLOW_S3_ENDPOINT,
+                                           settings.ENV_S3_ENDPOINT, settings.ENV_EXPERIMENT)}
+"""Keys of the ConfigMap (manifests/base/configmap.yaml) -> environment variables (the same names)."""
 
 
 @dataclass(frozen=True)
@@ -45,12 +42,10 @@ class Toleration:
     @classmethod
     def parse(cls, text: str) -> "Toleration":
         """``key[=value][:effect]``, e.g. ``nvidia.com/gpu:NoSchedule`` or ``pool=gpu:NoExecute``."""
-        from advpatch.params import ParameterError
-
         body, _, effect = text.partition(":")
         key, eq, value = body.partition("=")
         if not key or effect not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
-            raise ParameterError(
+            raise params.ParameterError(
                 f"toleration must look like key[=value][:NoSchedule|PreferNoSchedule|NoExecute], got {text!r}")
         return cls(key, "Equal" if eq else "Exists", value if eq else None, effect or None)
 
@@ -72,16 +67,13 @@ class Placement:
     gpu_image: str = ""
     s3_secret: str = ""
     config_map: str = ""
-    extra_env: Tuple[Tuple[str, str], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        from advpatch.params import ParameterError
-
         unknown = set(self.gpu_steps) - STEP_NAMES
         if unknown:
-            raise ParameterError(f"gpu steps must be among {', '.join(sorted(STEP_NAMES))}, got {sorted(unknown)}")
+            raise params.ParameterError(f"gpu steps must be among {', '.join(sorted(STEP_NAMES))}, got {sorted(unknown)}")
         if self.accelerator_limit < 1:
-            raise ParameterError(f"accelerator_limit must be an integer >= 1, got {self.accelerator_limit}")
+            raise params.ParameterError(f"accelerator_limit must be an integer >= 1, got {self.accelerator_limit}")
 
     def apply(self, task, step: str):
         """Apply to one task (``step`` is its component name); returns the task."""
@@ -111,13 +103,7 @@ class Placement:
         if self.config_map:
             kubernetes.use_config_map_as_env(task, config_map_name=self.config_map,
                                              config_map_key_to_env=dict(CONFIG_MAP_KEYS))
-        for name, value in self.extra_env:
-            task.set_env_variable(name, value)
         return task
-
-
-LOCAL = Placement()
-"""No placement: what the local runner (which ignores placement anyway) and tests use."""
 
 
 def cluster(
@@ -137,8 +123,8 @@ def cluster(
     s3_secret: str = S3_SECRET_DEFAULT,
     config_map: str = CONFIG_MAP_DEFAULT,
 ) -> Placement:
-    """A placement for a real cluster: the defaults put train, init_model, gen_patch,
-    deploy_patch and infer on nodes with an NVIDIA GPU (selector ``nvidia.com/gpu.present=true``,
+    """A placement for a real cluster: the defaults put train, gen_patch, deploy_patch and infer on
+    nodes with an NVIDIA GPU (selector ``nvidia.com/gpu.present=true``,
     the label NVIDIA's GPU operator sets, and a toleration for ``nvidia.com/gpu`` taints). GPU
     steps run ``gpu_image``, by default ``image`` with ``-gpu`` appended to its tag."""
     steps = frozenset(gpu_steps if gpu_steps is not None else GPU_STEPS_DEFAULT) if gpu else frozenset()

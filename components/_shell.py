@@ -1,0 +1,69 @@
+"""What every component body does: call its library step with its artifacts' paths and its
+parameters, then copy the result into KFP's outputs.
+
+A component is a typed signature (generated from ``metadata.yaml`` and the parameter table) and
+the one line ``run_step("<name>", locals())``: the step's artifacts go in as paths (an optional
+input that is not connected as ``""``; numbered slots ``summary_01``, ``summary_02``... as one list
+``summaries``), its parameters by name, and the tracking parameters as the step's
+:class:`~advpatch.tracking.RunContext`. The result's metrics go to the ``metrics`` output (KFP's
+metrics viewer), its confusion matrix to ``confusion`` (KFP's confusion-matrix viewer), the whole
+result as JSON to ``summary`` (for the report step) and its output metadata onto the output
+artifacts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Dict, List, Mapping
+
+KFP_OUTPUTS = ("metrics", "confusion", "summary")
+"""Outputs the shell fills from the step's result; every other artifact is the step's to read or write."""
+
+_NUMBERED = re.compile(r"(?P<base>[a-z_]+)_(?P<index>\d\d)")
+
+
+def run_step(name: str, args: Mapping[str, Any]):
+    """Run the library step ``name`` with a component's arguments (its ``locals()``)."""
+    from advpatch import params
+    from advpatch.steps import STEPS
+    from advpatch.tracking import RunContext
+
+    args = {k: v for k, v in args.items() if k != "run_step"}  # the body's own import of this function
+    tracking = {p.name: args[p.name] for p in params.TRACKING}
+    values = {p.name: args[p.name] for p in params.STEP_PARAMS[name]}
+    paths: Dict[str, Any] = {}
+    lists: Dict[str, List[str]] = {}
+    for key in sorted(set(args) - set(tracking) - set(values) - set(KFP_OUTPUTS)):
+        artifact = args[key]
+        numbered = _NUMBERED.fullmatch(key)
+        if numbered:
+            slots = lists.setdefault(_plural(numbered["base"]), [])
+            if artifact is not None:
+                slots.append(artifact.path)
+        else:
+            paths[key] = artifact.path if artifact is not None else ""
+    result = STEPS[name](**paths, **lists, **values, ctx=RunContext(**tracking))
+    to_kfp(result, args)
+    return result
+
+
+def _plural(word: str) -> str:
+    return word[:-1] + "ies" if word.endswith("y") else word + "s"
+
+
+def to_kfp(result, artifacts: Mapping[str, Any]) -> None:
+    """Copy a step's result into the KFP outputs a component has (see :data:`KFP_OUTPUTS`)."""
+    from advpatch.files import write_text
+
+    if artifacts.get("metrics") is not None:
+        for key, value in result.metrics.items():
+            if value is not None and math.isfinite(value):
+                artifacts["metrics"].log_metric(key, float(value))
+    if artifacts.get("confusion") is not None and result.confusion_matrix:
+        artifacts["confusion"].log_confusion_matrix(result.confusion_categories, result.confusion_matrix)
+    if artifacts.get("summary") is not None:
+        write_text(artifacts["summary"].path, result.to_json())
+    for output, metadata in result.outputs.items():
+        if artifacts.get(output) is not None:
+            artifacts[output].metadata.update(metadata)

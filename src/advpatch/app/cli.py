@@ -1,0 +1,185 @@
+"""``advpatch``: run the demo or any pipeline locally, compile for a cluster, submit to KFP.
+
+    advpatch demo [--data DIR]                the MNIST experiment on the embedded digits (or DIR)
+    advpatch run PIPELINE [-p NAME=VALUE ...] any pipeline, with parameters
+    advpatch list                             the pipelines and their parameters
+    advpatch compile [PIPELINE ...] [options] compiled YAML for a cluster (GPU placement, secrets)
+    advpatch submit --host URL --package F    upload to a KFP API, start a run, optionally wait
+
+Parameters are checked against the parameter table before anything runs: a bad value costs
+milliseconds, not a training run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+from advpatch import __version__, params, settings
+from advpatch.errors import AdvpatchError
+
+DEMO_PIPELINE = "mnist-experiment"
+
+
+def parse_arguments(pipeline: str, pairs: List[str]) -> Dict[str, Any]:
+    """``NAME=VALUE`` strings -> a pipeline's arguments, typed and checked by the parameter table."""
+    declared = {p.name: p for p in params.PIPELINE_PARAMS[pipeline]}
+    out: Dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep:
+            raise params.ParameterError(f"-p takes NAME=VALUE, got {pair!r}")
+        if name not in declared:
+            raise params.ParameterError(f"{name} is not a parameter of {pipeline}; it has {', '.join(declared)}")
+        out[name] = params.parse_text(name, declared[name].type, raw)
+    params.validate_pipeline(pipeline, out)
+    return out
+
+
+def run(pipeline_name: str, arguments: Dict[str, Any], output: Optional[Path]) -> Dict[str, Any]:
+    """Run a pipeline locally; write ``results.json`` and ``pipeline.log`` to ``output``
+    (default: ``$ADVPATCH_OUTPUT_DIR/run``, i.e. ``outputs/run``)."""
+    from advpatch.app.local import run_local
+    from advpatch.pipelines import PIPELINES
+
+    params.validate_pipeline(pipeline_name, arguments)  # fail in milliseconds, not inside a task
+    base = settings.output_dir()
+    output = (output or base / "run").resolve()
+    log_file = output / "pipeline.log"
+    log_file.unlink(missing_ok=True)
+    settings.no_telemetry()
+    settings.quiet_tensorflow()
+    started = time.monotonic()
+    print(f"running pipeline {pipeline_name} locally (task logs: {log_file}) ...", flush=True)
+    # what the task subprocesses read: the output folder, absolute, and the MLflow store in it
+    task_env = {settings.ENV_OUTPUT_DIR: str(base),
+                settings.ENV_TRACKING_URI: os.environ.get(settings.ENV_TRACKING_URI) or _local_store_uri()}
+    with _environment(task_env):
+        results = run_local(PIPELINES[pipeline_name], arguments, base / "kfp", log_file=log_file)
+    results["wall_time_s"] = round(time.monotonic() - started, 1)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+    results["output"] = str(output)
+    return results
+
+
+def _local_store_uri() -> str:
+    return f"sqlite:///{settings.output_dir() / 'mlflow' / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def _environment(values: Dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a run, then put back what was there."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _parser() -> argparse.ArgumentParser:
+    from advpatch.app.compiler import add_arguments as add_compile_arguments
+
+    parser = argparse.ArgumentParser(prog="advpatch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"advpatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the MNIST experiment locally")
+    demo.add_argument("--data", default="", help="an MNIST folder (training/ and testing/); default: embedded digits")
+    demo.add_argument("--output", type=Path, default=None,
+                      help="where results.json and pipeline.log go (default: $ADVPATCH_OUTPUT_DIR/demo)")
+    runp = sub.add_parser("run", help="run a pipeline locally")
+    runp.add_argument("pipeline", help=f"one of {', '.join(params.PIPELINE_PARAMS)} (advpatch list)")
+    runp.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                      help="a pipeline parameter (advpatch list shows them); repeat for more")
+    runp.add_argument("--output", type=Path, default=None,
+                      help="where results.json and pipeline.log go (default: $ADVPATCH_OUTPUT_DIR/run)")
+    sub.add_parser("list", help="list pipelines and their parameters")
+    add_compile_arguments(sub.add_parser("compile", help="compile pipelines to YAML with cluster placement"))
+    subm = sub.add_parser("submit", help="upload a compiled pipeline to a KFP API and start a run")
+    subm.add_argument("--host", required=True, help="KFP API, e.g. http://ml-pipeline.kubeflow:8888")
+    subm.add_argument("--package", required=True, help="a compiled pipeline YAML")
+    subm.add_argument("--pipeline-name", default="", help="default: the pipeline's own name")
+    subm.add_argument("--experiment", default="advpatch")
+    subm.add_argument("--run-name", default="")
+    subm.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    subm.add_argument("--wait", action="store_true", help="wait for the run; exit 1 unless it succeeds")
+    subm.add_argument("--timeout", type=int, default=3600, help="seconds to wait")
+    subm.add_argument("--poll", type=float, default=10.0, help="seconds between status checks")
+    return parser
+
+
+def list_pipelines() -> None:
+    from advpatch.pipelines import PIPELINES
+
+    for name, pipeline in PIPELINES.items():
+        summary = " ".join((pipeline.description or "").split("\n\n")[0].split())
+        print(f"{name}: {summary}")
+        for p in params.PIPELINE_PARAMS[name]:
+            print(f"    {p.name} ({p.type_name}, default {p.default!r}): {p.doc}")
+
+
+def _mlflow_hint() -> str:
+    uri = os.environ.get(settings.ENV_TRACKING_URI) or _local_store_uri()
+    if uri == _local_store_uri():
+        return f"make mlflow-ui  (or: mlflow ui --backend-store-uri {uri})"
+    return uri
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from advpatch.app.local import PipelineFailed
+    from advpatch.report import render_markdown
+
+    try:
+        if args.command == "list":
+            list_pipelines()
+            return 0
+        if args.command == "compile":
+            from advpatch.app.compiler import compile_pipelines
+
+            for path in compile_pipelines(args):
+                print(path)
+            return 0
+        if args.command == "submit":
+            from advpatch.app.submit import submit
+
+            return submit(args)
+        if args.command == "demo":
+            name, output = DEMO_PIPELINE, args.output or settings.output_dir() / "demo"
+            arguments = {"data_dir": str(Path(args.data).resolve())} if args.data else {}
+        else:
+            if args.pipeline not in params.PIPELINE_PARAMS:
+                raise params.ParameterError(
+                    f"pipeline must be one of {', '.join(params.PIPELINE_PARAMS)}, got {args.pipeline!r}")
+            name, output = args.pipeline, args.output
+            arguments = parse_arguments(args.pipeline, args.param)
+        results = run(name, arguments, output)
+    except AdvpatchError as e:
+        print(f"advpatch: error: {e}", file=sys.stderr)
+        return 2
+    except PipelineFailed as e:
+        print(f"advpatch: {e}", file=sys.stderr)
+        return 1
+    print()
+    print(render_markdown(results))
+    print(f"results: {Path(results['output']) / 'results.json'} ({results['wall_time_s']} s)")
+    print(f"MLflow:  {_mlflow_hint()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

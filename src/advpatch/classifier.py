@@ -1,0 +1,153 @@
+"""A classifier: a model, what it is (its :class:`~advpatch.models.ModelInfo`), and the input
+transforms in front of it, in the spirit of ART's estimators and preprocessors.
+
+Attacks, evaluation and PGD all go through a :class:`Classifier`, so a defence placed in front of a
+model is there both when an attack optimizes against it and when the result is measured. With no
+transforms a classifier computes exactly what the bare model does.
+
+A :class:`Transform` maps float images in [0, 1] to images of the same shape. What an attack gets
+back through it is its ``gradient``:
+
+``exact``
+    TensorFlow differentiates the transform (:meth:`Transform.graph`).
+``straight_through``
+    The forward pass is the reference implementation (:meth:`Transform.numpy`, run inside the graph);
+    the backward pass is the identity: BPDA (Athalye, Carlini and Wagner, 2018), as ART's
+    ``estimate_gradient`` does for non-differentiable preprocessors.
+``expectation``
+    A random transform: each call draws anew and the gradient is exact for that draw, so an attack
+    that optimizes over many steps averages it over draws (EOT).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from advpatch.models import ModelInfo
+
+GRADIENTS = ("exact", "straight_through", "expectation")
+
+
+class Transform:
+    """An input transform in front of a model; subclasses set :attr:`name` and :attr:`gradient`."""
+
+    name = "transform"
+    gradient = "exact"
+
+    def numpy(self, x: np.ndarray) -> np.ndarray:
+        """The reference forward pass on float32 images in [0, 1] (also what datasets go through)."""
+        raise NotImplementedError
+
+    def graph(self, x):
+        """The forward pass as TensorFlow ops (``exact`` and ``expectation`` transforms)."""
+        raise NotImplementedError
+
+    def settings(self) -> Dict[str, Any]:
+        """What the transform is, for provenance and reports."""
+        return {"name": self.name}
+
+    def __call__(self, x):
+        """The forward pass inside a TensorFlow graph, with the gradient :attr:`gradient` names."""
+        if self.gradient == "straight_through":
+            return straight_through(self.numpy, x)
+        return self.graph(x)
+
+
+def straight_through(fn, x):
+    """``fn`` (NumPy, float32 in and out, same shape) on tensor ``x``, with the identity as its
+    gradient."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def op(t):
+        out = tf.numpy_function(lambda a: np.asarray(fn(a), np.float32), [t], tf.float32, stateful=False)
+        out.set_shape(t.shape)
+        return out, lambda upstream: upstream
+
+    return op(x)
+
+
+class Classifier:
+    """A Keras model returning class probabilities, its metadata, and transforms applied in order
+    to its input."""
+
+    def __init__(self, model, info: ModelInfo, transforms: Sequence[Transform] = ()) -> None:
+        self.model = model
+        self.info = info
+        self.transforms: List[Transform] = list(transforms)
+        self._logits = _logits_model(model, info.logits_layer)
+
+    @property
+    def from_logits(self) -> bool:
+        """Whether :meth:`scores` gives logits (else probabilities)."""
+        return self._logits is not None
+
+    @property
+    def class_names(self) -> List[str]:
+        return self.info.class_names
+
+    def with_transforms(self, *transforms: Transform) -> "Classifier":
+        """The same model with ``transforms`` added in front of this classifier's own."""
+        return Classifier(self.model, self.info, [*transforms, *self.transforms])
+
+    def preprocess(self, x):
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+    def probabilities(self, x):
+        """Class probabilities for float images ``x`` (a tensor), through the transforms."""
+        return self.model(self.preprocess(x), training=False)
+
+    def scores(self, x):
+        """What an attack optimizes: logits where the model exposes them, else probabilities."""
+        net = self._logits if self._logits is not None else self.model
+        return net(self.preprocess(x), training=False)
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Probabilities for float32 images ``x`` [n, H, W, C] (NumPy), in batches."""
+        import tensorflow as tf
+
+        forward = self.forward
+        out = [forward(tf.constant(x[i:i + batch_size], tf.float32)).numpy() for i in range(0, len(x), batch_size)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def predict_labels(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return self.predict(x, batch_size).argmax(axis=1)
+
+    def gradient(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """d(cross-entropy of the true labels)/d(input) for float images ``x``, through the transforms."""
+        import tensorflow as tf
+
+        x = tf.constant(x, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(
+                tf.constant(y), self.scores(x), from_logits=self.from_logits))
+        return tape.gradient(loss, x).numpy()
+
+    @property
+    def forward(self):
+        """:meth:`probabilities` compiled (a ``tf.function``): images tensor -> probabilities tensor."""
+        if getattr(self, "_forward", None) is None:
+            import tensorflow as tf
+
+            self._forward = tf.function(self.probabilities, reduce_retracing=True)
+        return self._forward
+
+
+def _logits_model(model, layer: Optional[str]):
+    """A model giving the logits, when ``layer`` names the layer before a final softmax."""
+    import keras
+
+    if not layer:
+        return None
+    try:
+        logits = model.get_layer(layer)
+    except ValueError:
+        return None
+    if not isinstance(model.layers[-1], keras.layers.Softmax):
+        return None
+    return keras.Model(model.inputs, logits.output)

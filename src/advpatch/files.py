@@ -1,0 +1,142 @@
+"""Atomic writes: a file or folder appears whole, or not at all.
+
+Everything a step writes is built under a temporary name beside its destination and renamed into
+place when complete, so a failed or killed step leaves no half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tarfile
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Union
+
+from advpatch.errors import AdvpatchError
+
+PathLike = Union[str, os.PathLike]
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
+
+
+class AtomicDir:
+    """A folder built at :attr:`tmp` and moved to :attr:`path` by :meth:`commit`.
+
+    KFP creates an output artifact's folder before the step runs: an *empty* folder at ``path`` is
+    replaced; anything else there is an error, never overwritten.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        self.tmp = _temporary_name(self.path)
+        self.tmp.mkdir(parents=True)
+        self.done = False
+
+    def commit(self) -> Path:
+        if self.path.exists():
+            if self.path.is_dir() and not any(self.path.iterdir()):
+                self.path.rmdir()
+            else:
+                self.abort()
+                raise FileExistsError(f"{self.path} already exists and is not empty")
+        os.replace(self.tmp, self.path)
+        self.done = True
+        return self.path
+
+    def abort(self) -> None:
+        self.done = True
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary folder; on success it becomes ``path``, on an exception it is removed."""
+    folder = AtomicDir(path)
+    try:
+        yield folder.tmp
+    except BaseException:
+        folder.abort()
+        raise
+    folder.commit()
+
+
+@contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary file name; on success it is renamed to ``path``, on an exception removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_npz(path: PathLike, **arrays) -> None:
+    """NumPy arrays as an ``.npz`` archive (readable by ``np.load(allow_pickle=False)``), byte for
+    byte the same for the same arrays: ``np.savez`` stamps each member with the current time."""
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, value in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(member, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+class ArchiveError(AdvpatchError):
+    """An archive is unreadable, holds something unsafe, or not what was asked for."""
+
+
+def extract_tar(archive: PathLike, dest: PathLike, folder: str = "", *, where: str = "") -> Path:
+    """Extract the folder ``folder`` (or the archive's only top-level folder) into ``dest``.
+
+    Every member is checked before anything is written: only regular files and folders, all under
+    that one folder, no absolute path, no ``..``, no link or device. Returns the extracted folder.
+    """
+    where = where or str(archive)
+    try:
+        tar = tarfile.open(archive)
+    except (tarfile.TarError, OSError) as e:
+        raise ArchiveError(f"cannot read {where} as a tar archive: {e}") from None
+    with tar:
+        members = tar.getmembers()
+        tops = {PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts}
+        if not folder:
+            if len(tops) != 1:
+                raise ArchiveError(f"{where} must hold exactly one folder, it holds {sorted(tops)[:5]}")
+            folder = next(iter(tops))
+        for m in members:
+            parts = PurePosixPath(m.name).parts
+            if (not (m.isfile() or m.isdir()) or PurePosixPath(m.name).is_absolute() or ".." in parts
+                    or not parts or parts[0] != folder):
+                raise ArchiveError(f"{where} holds an unsafe or foreign entry {m.name!r}")
+        if folder not in tops:
+            raise ArchiveError(f"{where} has no folder {folder!r}")
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: a second line of defence
+            tar.extractall(dest, members=members, filter="data")
+        else:
+            tar.extractall(dest, members=members)
+    return dest / folder
+
+
+def create_tar(src: PathLike, archive: PathLike, folder: str) -> Path:
+    """A tar file holding ``src``'s contents under ``folder/``."""
+    with tarfile.open(archive, "w") as tar:
+        tar.add(str(src), arcname=folder)
+    return Path(archive)

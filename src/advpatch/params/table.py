@@ -1,0 +1,244 @@
+"""The one table of parameters: every parameter of every step and pipeline, with its type, default,
+allowed values and description.
+
+:data:`PARAMS` defines each parameter once. :data:`STEP_PARAMS` says which parameters each step takes,
+where a step's default or description differs from the common one. :data:`PIPELINE_PARAMS` does the same
+for the pipelines (``of=`` names the step parameter a pipeline parameter feeds). Validation, the
+components' signatures and docstrings, their READMEs and the pipelines' signatures come from here
+(``make generate`` writes them; ``make test`` fails while they are stale).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+from advpatch.params.rules import Choices, Interval, Param, Pattern, Relation, table
+
+ARCHITECTURES = ("le_net", "shallow_net", "alex_net", "resnet50", "vgg16")
+"""Model architectures ``train`` builds and ``infer`` and ``gen_patch`` accept."""
+OPTIMIZERS = ("rmsprop", "adam", "adagrad", "sgd")
+SPLITS = ("train", "test", "all")
+COLOR_MODES = ("auto", "grayscale", "rgb")
+PATCH_LOCATIONS = ("random", "center")
+"""Where a patch goes: anywhere its mask fits wholly inside the image, or the image centre."""
+PATCH_SHAPES = ("square", "circle")
+PATCH_LOSSES = ("auto", "combined", "cross_entropy", "success")
+DEPLOYMENT_METHODS = ("corrupt", "augment")
+DATA_ROLES = ("fit", "predict")
+"""What a dataset is used for: training (ART's apply_fit) or prediction (apply_predict)."""
+CONDITIONS = ("auto", "clean", "patched")
+"""What an evaluation's images are; ``auto``: ``patched`` when the data carries patched images."""
+
+POSITIVE_INT = Interval(1, integer=True)
+NON_NEGATIVE_INT = Interval(0, integer=True)
+UNIT = Interval(0.0, 1.0)
+POSITIVE = Interval(0.0, low_open=True)
+TAR_NAME = Pattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar", "a plain file name ending in .tar")
+FOLDER_NAME = Pattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", "a plain folder name (letters, digits, _ . -)")
+NAME = Pattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", "letters, digits, _ . - (not starting with . or -)")
+SOURCE = Pattern(r"\S.*", "'digits', a folder, an .npz file, s3://BUCKET/PREFIX or mlflow-run://RUN_ID/TAR_NAME")
+MODEL_URI = Pattern(r"(models:/[^/\s]+/[^/\s]+|runs:/[^/\s]+/\S+)", "'models:/NAME/VERSION' or 'runs:/RUN_ID/PATH'")
+
+
+def _p(name, kind, default, doc, rule=None, **kw) -> Param:
+    return Param(name, kind, default, doc, rule, **kw)
+
+
+PARAMS: Dict[str, Param] = {p.name: p for p in (
+    # ---- shared
+    _p("seed", int, 0, "Seeds every random choice of the step: same seed, same bytes.",
+       Interval(0, 2**31 - 1, integer=True)),
+    _p("batch_size", int, 32, "Images per batch.", POSITIVE_INT),
+    _p("model_architecture", str, "le_net", "The network: 'le_net', 'shallow_net', 'alex_net', 'resnet50' or 'vgg16'.",
+       Choices(ARCHITECTURES)),
+    _p("model_uri", str, "", "A registered MLflow model ('models:/NAME/VERSION') to use instead of a Model artifact.",
+       MODEL_URI, optional=True),
+    _p("output_tar_name", str, "", "Also log the output to this step's MLflow run as this tar file, for reuse by "
+       "later runs (load_dataset's mlflow-run:// source); empty: do not log.", TAR_NAME, optional=True),
+    # ---- load_dataset
+    _p("source", str, "digits", "'digits' (the embedded MNIST-framed digits), a folder (training/ and testing/, class "
+       "sub-folders of images, MNIST IDX files, or a dataset a step wrote), an .npz file, s3://BUCKET/PREFIX or "
+       "mlflow-run://RUN_ID/TAR_NAME[#FOLDER].", SOURCE),
+    _p("split", str, "train", "Which split to read where the source has several: 'train', 'test' or 'all'.",
+       Choices(SPLITS)),
+    _p("image_size", int, 0, "Resize images to image_size x image_size pixels; 0 keeps their size.",
+       Interval(0, 4096, integer=True)),
+    _p("color_mode", str, "auto", "'auto' keeps the source's channels; 'grayscale' or 'rgb' converts.",
+       Choices(COLOR_MODES)),
+    _p("max_examples", int, 0, "Keep a random subset of this many images (drawn from seed); 0 keeps all.",
+       NON_NEGATIVE_INT),
+    # ---- train
+    _p("optimizer", str, "adam", "'rmsprop', 'adam', 'adagrad' or 'sgd'.", Choices(OPTIMIZERS)),
+    _p("epochs", float, 10.0, "Passes over the training data; may be fractional.", POSITIVE),
+    _p("learning_rate", float, 0.001, "The optimizer's initial learning rate.", POSITIVE),
+    _p("validation_split", float, 0.0, "Share of the training images held out for validation.",
+       Interval(0.0, 1.0, high_open=True)),
+    _p("model_tag", str, "", "Tag in the registered name {experiment}_{model_tag}_{model_architecture} "
+       "(empty: {experiment}_{model_architecture}).", NAME, optional=True),
+    _p("register_model", bool, False, "Register the model in the MLflow model registry."),
+    _p("apply_defense", bool, False, "PGD adversarial training (Madry et al.) instead of plain training."),
+    _p("pgd_eps", float, 0.1, "PGD's L-inf radius on [0, 1] pixels; also the radius of the test accuracy under PGD.",
+       Interval(0.0, 1.0, low_open=True)),
+    _p("pgd_eps_step", float, 0.025, "PGD's step size on [0, 1] pixels.", Interval(0.0, 1.0, low_open=True)),
+    _p("pgd_max_iter", int, 10, "PGD iterations.", POSITIVE_INT),
+    _p("pgd_ratio", float, 0.5, "Share of each batch replaced by its PGD examples.", Interval(0.0, 1.0, low_open=True)),
+    # ---- infer
+    _p("row", str, "", "Row of the comparison table this evaluation belongs to (e.g. 'baseline', 'JPEG "
+       "compression'); empty: the model's architecture."),
+    _p("condition", str, "auto", "What the images are: 'clean', 'patched', or 'auto' (patched when the data "
+       "carries patched images).", Choices(CONDITIONS)),
+    # ---- gen_patch
+    _p("max_iter", int, 500, "Passes over the generation images, as ART counts iterations.", POSITIVE_INT),
+    _p("patch_target", int, -1, "Target class index; -1 draws a random target per patch.", Interval(-1, integer=True)),
+    _p("num_patch", int, 1, "Number of patches, each with its own target and generation images.",
+       Interval(1, 1000, integer=True)),
+    _p("num_patch_gen_samples", int, 40, "Generation images per patch, drawn among images not of its target.",
+       POSITIVE_INT),
+    _p("rotation_max", float, 22.5, "Random rotation in [-rotation_max, rotation_max] degrees.",
+       Interval(0.0, 180.0)),
+    _p("scale_min", float, 0.1, "Smallest patch side, as a share of the image's shorter side.",
+       Interval(0.0, 1.0, low_open=True, high_open=True)),
+    _p("scale_max", float, 1.0, "Largest patch side, as a share of the image's shorter side; above scale_min.",
+       Interval(0.0, 1.0, low_open=True)),
+    _p("patch_location", str, "random", "'random' (anywhere the patch's mask fits inside the image) or 'center'; "
+       "generation and deployment should use the same (README, 'Patch attacks').", Choices(PATCH_LOCATIONS)),
+    _p("patch_shape", str, "square", "'square' or 'circle'.", Choices(PATCH_SHAPES)),
+    _p("patch_size", int, 0, "Patch resolution in pixels; 0: the image's shorter side.",
+       Interval(0, 4096, integer=True)),
+    _p("lr_decay", float, 0.3, "Share of the steps, at the end, over which the learning rate decays (cosine) to 1%; "
+       "0 keeps it constant, as ART does.", UNIT),
+    _p("patch_loss", str, "auto", "'cross_entropy' (Brown et al., ART), 'success' (-log of the mean target "
+       "probability), 'combined' (their sum) or 'auto' ('success' at the centre, else 'combined').",
+       Choices(PATCH_LOSSES)),
+    # ---- deploy_patch
+    _p("patch_deployment_method", str, "corrupt", "'corrupt' (patched images replace their originals) or 'augment' "
+       "(patched copies are added beside every original).", Choices(DEPLOYMENT_METHODS)),
+    _p("patch_application_rate", float, 1.0, "Share of the images that get a patch (an exact count).", UNIT),
+    _p("patch_scale", float, 0.4, "Patch side as a share of the image's shorter side; 0 draws a scale per image "
+       "from [scale_min, scale_max].", UNIT),
+    _p("output_dataset_name", str, "adversarial_patched_data", "The folder inside output_tar_name.", FOLDER_NAME),
+    # ---- defences
+    _p("data_role", str, "predict", "What the input is used for: 'fit' (training) or 'predict'. The defence applies "
+       "when its apply_fit or apply_predict flag for that role is set; otherwise the data passes unchanged.",
+       Choices(DATA_ROLES)),
+    _p("spatial_smoothing_window_size", int, 3, "Side of the median filter's window.", Interval(1, 64, integer=True)),
+    _p("spatial_smoothing_apply_fit", bool, False, "Apply to training data."),
+    _p("spatial_smoothing_apply_predict", bool, True, "Apply to data used for prediction."),
+    _p("jpeg_compression_quality", int, 50, "JPEG quality, 1 (worst) to 100 (best); 95 or lower is advised.",
+       Interval(1, 100, integer=True)),
+    _p("jpeg_compression_channels_first", bool, False, "Call ART in NCHW layout (same images: advpatch data is "
+       "channels-last)."),
+    _p("jpeg_compression_apply_fit", bool, False, "Apply to training data."),
+    _p("jpeg_compression_apply_predict", bool, True, "Apply to data used for prediction."),
+    _p("gaussian_augmentation_perform_data_augmentation", bool, False, "Keep the originals and add noisy copies "
+       "(training data only: needs apply_fit and not apply_predict)."),
+    _p("gaussian_augmentation_ratio", float, 1.0, "With augmentation, noisy copies to add per image.", UNIT),
+    _p("gaussian_augmentation_sigma", float, 0.1, "Standard deviation of the noise on [0, 1] pixels.", POSITIVE),
+    _p("gaussian_augmentation_apply_fit", bool, False, "Apply to training data."),
+    _p("gaussian_augmentation_apply_predict", bool, True, "Apply to data used for prediction."),
+    # ---- report
+    _p("title", str, "advpatch results", "Heading of the results table."),
+    # ---- pipelines
+    _p("data_dir", str, "digits", "The data, as load_dataset's source: 'digits' (embedded), a folder with training/ "
+       "and testing/, an .npz file, s3://BUCKET/PREFIX or mlflow-run://RUN_ID/TAR_NAME.",
+       SOURCE, of="load_dataset.source"),
+    _p("experiment_name", str, "", "MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'."),
+)}
+
+TRACKING: Tuple[Param, ...] = (
+    PARAMS["experiment_name"],
+    _p("pipeline_run_id", str, "", "KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER): groups the steps of a run in MLflow."),
+    _p("pipeline_run_name", str, "", "KFP run name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER)."),
+    _p("task_name", str, "", "KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run."),
+)
+"""Parameters every component takes to put its MLflow run under its pipeline's run."""
+
+RELATIONS: Tuple[Relation, ...] = (
+    Relation(("scale_min", "scale_max"), lambda lo, hi: lo < hi,
+             "scale_min must be smaller than scale_max, got scale_min={scale_min} and scale_max={scale_max}"),
+    Relation(("gaussian_augmentation_perform_data_augmentation", "gaussian_augmentation_apply_fit",
+              "gaussian_augmentation_apply_predict"), lambda augment, fit, predict: not augment or (fit and not predict),
+             "gaussian_augmentation_perform_data_augmentation=True adds training images, so it needs "
+             "gaussian_augmentation_apply_fit=True and gaussian_augmentation_apply_predict=False, got "
+             "apply_fit={gaussian_augmentation_apply_fit} and apply_predict={gaussian_augmentation_apply_predict}"),
+)
+"""Rules between parameters, checked wherever all of a rule's parameters are given together."""
+
+
+def _t(*items):
+    return table(*items, base=PARAMS)
+
+
+P = PARAMS
+_DEFENCE = ("data_role", P["batch_size"].but(default=256), "output_tar_name", "seed")
+_MODEL_CHOICE = ("model_uri", P["model_architecture"].but(
+    default="", optional=True, doc="Optional check: the model's architecture must be this one."))
+_PLACEMENT = ("rotation_max", "scale_min", "scale_max", "patch_location")
+
+STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
+    "load_dataset": _t("source", "split", "image_size", "color_mode", "max_examples",
+                       P["seed"].but(doc="Seeds the max_examples subset.")),
+    "train": _t(
+        "model_architecture", "optimizer", "epochs", P["batch_size"].but(doc="Images per training step."),
+        "learning_rate", "validation_split", "model_tag", "register_model", "apply_defense", "pgd_eps", "pgd_eps_step",
+        "pgd_max_iter", "pgd_ratio",
+        P["seed"].but(doc="Seeds the weights, the shuffling and the validation split: same seed, same weights.")),
+    "infer": _t(*_MODEL_CHOICE, P["batch_size"].but(default=256, doc="Images per forward pass."), "row", "condition",
+                P["seed"].but(doc="Seeds TensorFlow (inference itself is deterministic).")),
+    "gen_patch": _t(
+        *_MODEL_CHOICE,
+        P["learning_rate"].but(default=0.1, doc="Adam step size on patch pixels in [0, 1]; the rate of the first "
+                                                 "steps."),
+        "max_iter", "patch_target", "num_patch", "num_patch_gen_samples", *_PLACEMENT, "patch_shape", "patch_size",
+        P["batch_size"].but(default=40, doc="Generation images per optimization step."), "lr_decay", "patch_loss",
+        P["seed"].but(doc="Seeds targets, generation images and placements: same seed, same patch bytes.")),
+    "deploy_patch": _t(
+        "patch_deployment_method", "patch_application_rate", "patch_scale",
+        P["batch_size"].but(default=1024), *_PLACEMENT,
+        P["output_tar_name"].but(default="adv_testing.tar"), "output_dataset_name",
+        P["seed"].but(doc="Seeds which images get which patch where: same seed, same patched bytes.")),
+    "spatial_smoothing": _t("spatial_smoothing_window_size", "spatial_smoothing_apply_fit",
+                            "spatial_smoothing_apply_predict", *_DEFENCE),
+    "jpeg_compression": _t("jpeg_compression_quality", "jpeg_compression_channels_first", "jpeg_compression_apply_fit",
+                           "jpeg_compression_apply_predict", *_DEFENCE),
+    "gaussian_augmentation": _t(
+        "gaussian_augmentation_perform_data_augmentation", "gaussian_augmentation_ratio", "gaussian_augmentation_sigma",
+        "gaussian_augmentation_apply_fit", "gaussian_augmentation_apply_predict", *_DEFENCE[:-1],
+        P["seed"].but(doc="Seeds the noise and which images get a noisy copy: same seed, same bytes.")),
+    "report": _t("title"),
+}
+"""Each step's parameters, in the order its component declares them."""
+
+_PIPE_TRAIN = ("image_size", "model_architecture", "optimizer", "epochs", "batch_size", "learning_rate")
+_PIPE_ATTACK = (
+    "patch_target", "num_patch", "num_patch_gen_samples",
+    P["learning_rate"].but(name="patch_learning_rate", of="gen_patch.learning_rate", default=0.1,
+                           doc="gen_patch's learning_rate: Adam step size on patch pixels."),
+    P["lr_decay"].but(name="patch_lr_decay", of="gen_patch.lr_decay"), "patch_loss", "max_iter", "rotation_max",
+    P["scale_min"].but(default=0.3), P["scale_max"].but(default=0.5), "patch_scale",
+    P["patch_location"].but(default="center"),
+)
+_PIPE_COMMON = dict(image_size=P["image_size"].but(default=28, doc="Images are resized to this size (LeNet: 28)."),
+                    epochs=P["epochs"].but(default=15.0), learning_rate=P["learning_rate"].but(default=0.002),
+                    patch_target=P["patch_target"].but(default=5), num_patch=P["num_patch"].but(default=3),
+                    seed=P["seed"].but(doc="Seeds every step: same seed, same results."),
+                    experiment_name=P["experiment_name"].but(default="mnist"))
+
+
+def _pipe(*items):
+    return table(*[_PIPE_COMMON.get(i, i) if isinstance(i, str) else i for i in items], base=PARAMS)
+
+
+PIPELINE_PARAMS: Dict[str, Tuple[Param, ...]] = {
+    "mnist-patch": _pipe(
+        "data_dir", *_PIPE_TRAIN, "validation_split", "model_tag", P["register_model"].but(default=True),
+        *_PIPE_ATTACK, "patch_deployment_method", "patch_application_rate", "seed", "experiment_name"),
+    "mnist-experiment": _pipe(
+        "data_dir", *_PIPE_TRAIN, *_PIPE_ATTACK,
+        P["patch_application_rate"].but(name="train_patch_application_rate", of="deploy_patch.patch_application_rate",
+                                        doc="Share of the training images that get a patched copy (the training "
+                                            "set is augmented)."),
+        "spatial_smoothing_window_size", "jpeg_compression_quality", "gaussian_augmentation_sigma", "pgd_eps",
+        "pgd_eps_step", "pgd_max_iter", "seed", "experiment_name"),
+}
+"""Each pipeline's parameters, in the order its function declares them."""

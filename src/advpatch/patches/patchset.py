@@ -1,0 +1,266 @@
+"""The patch set artifact, and putting its patches on images.
+
+A :class:`PatchSet` holds patches, their masks and targets: everything needed to apply them, with
+neither the model nor the attack. :func:`apply_patches` warps and blends only a window around each
+patch; :func:`deploy` streams a dataset through it and writes the patched dataset with each image's
+provenance (:data:`PATCH_COLUMNS`).
+
+Patch set layout (format ``advpatch-patchset``, version 1)::
+
+    <patches>/
+      patchset.json     targets, class names, image shape, settings, per-patch figures, previews
+      patches.npz       patches float32 [k, P, P, C], masks float32 [k, P, P], targets int32 [k]
+      patch-NN-target-NAME.png   a preview of each patch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from advpatch.errors import AdvpatchError
+from advpatch.files import atomic_dir, save_npz
+from advpatch.patches.geometry import Placements, sample_placements, transforms, warp
+
+FORMAT = "advpatch-patchset"
+VERSION = 1
+MANIFEST = "patchset.json"
+ARRAYS = "patches.npz"
+
+PATCH_COLUMNS = {
+    "patched": "bool",
+    "patch_index": "int16",
+    "patch_target": "int16",
+    "patch_scale": "float32",
+    "patch_angle": "float32",
+    "patch_x": "float32",
+    "patch_y": "float32",
+    "source_index": "int64",
+}
+"""Per-image provenance :func:`deploy` writes: was it patched, with which patch (and so target), at
+which scale, angle and centre, and which input image it came from."""
+
+
+class PatchSetError(AdvpatchError):
+    """A patch set is missing or malformed, or does not fit the data."""
+
+
+@dataclass
+class PatchSet:
+    """Patches, their masks and targets: everything needed to apply them (no model, no attack)."""
+
+    patches: np.ndarray  # float32 [k, P, P, C] in [0, 1]
+    masks: np.ndarray  # float32 [k, P, P] in [0, 1]
+    targets: np.ndarray  # int32 [k]
+    class_names: List[str]
+    image_shape: Tuple[int, int, int]
+    settings: Dict[str, Any] = field(default_factory=dict)
+    metrics: List[Dict[str, float]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.patches.shape[1])
+
+    def canvases(self) -> np.ndarray:
+        """[k, P, P, C + 1]: each patch with its mask as the last channel."""
+        return np.concatenate([self.patches, self.masks[..., None]], axis=-1).astype(np.float32)
+
+    def save(self, path: os.PathLike | str) -> None:
+        """Write ``patchset.json``, ``patches.npz`` and one PNG preview per patch, atomically."""
+        from PIL import Image
+
+        with atomic_dir(path) as tmp:
+            save_npz(tmp / ARRAYS, patches=self.patches.astype(np.float32), masks=self.masks.astype(np.float32),
+                     targets=self.targets.astype(np.int32))
+            previews = []
+            for i, (patch, mask) in enumerate(zip(self.patches, self.masks)):
+                rgba = np.concatenate([patch, mask[..., None]], -1) if patch.shape[-1] == 3 else \
+                    np.concatenate([np.repeat(patch, 3, -1), mask[..., None]], -1)
+                name = f"patch-{i:02d}-target-{self.class_names[self.targets[i]]}.png"
+                img = Image.fromarray(np.rint(rgba * 255).astype(np.uint8), "RGBA")
+                if img.width < 128:  # nearest-neighbour upscale so a 28-pixel patch is visible
+                    img = img.resize((img.width * (128 // img.width + 1),) * 2, Image.NEAREST)
+                img.save(tmp / _safe_name(name))
+                previews.append(_safe_name(name))
+            manifest = {
+                "format": FORMAT, "version": VERSION, "num_patches": len(self),
+                "patch_size": self.patch_size, "channels": int(self.patches.shape[-1]),
+                "image_shape": list(self.image_shape), "class_names": self.class_names,
+                "targets": [int(t) for t in self.targets], "settings": self.settings,
+                "metrics": self.metrics, "previews": previews,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+    @classmethod
+    def load(cls, path: os.PathLike | str) -> "PatchSet":
+        path = Path(path)
+        if not (path / MANIFEST).is_file():
+            raise PatchSetError(f"{path} is not a patch set: {MANIFEST} is missing")
+        try:
+            meta = json.loads((path / MANIFEST).read_text())
+        except json.JSONDecodeError as e:
+            raise PatchSetError(f"{path / MANIFEST} is not valid JSON: {e}") from None
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise PatchSetError(f"{path / MANIFEST} is not an {FORMAT} v{VERSION} manifest")
+        try:
+            with np.load(path / ARRAYS, allow_pickle=False) as npz:
+                patches, masks, targets = npz["patches"], npz["masks"], npz["targets"]
+        except (OSError, ValueError, KeyError) as e:
+            raise PatchSetError(f"cannot read {path / ARRAYS}: {e}") from None
+        return cls(patches, masks, targets, meta["class_names"], tuple(meta["image_shape"]),  # type: ignore[arg-type]
+                   meta.get("settings", {}), meta.get("metrics", []))
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def _windows(placements: Placements, image_hw: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray, int, int]:
+    """Per image, the top-left corner of a window that holds everything its patch touches (the
+    rotated patch's bounding box plus a pixel for the bilinear edge), and the window's size: the
+    largest any image of the batch needs, at most the image."""
+    h, w = image_hw
+    rad = np.deg2rad(placements.angle.astype(np.float64))
+    half = placements.scale * min(h, w) / 2 * (np.abs(np.cos(rad)) + np.abs(np.sin(rad))) + 1.0
+    size = int(np.ceil(2 * half.max())) + 1 if len(half) else 1
+    wh, ww = min(h, size), min(w, size)
+    oy = np.clip(np.floor(placements.y - (wh - 1) / 2), 0, h - wh).astype(np.int64)
+    ox = np.clip(np.floor(placements.x - (ww - 1) / 2), 0, w - ww).astype(np.int64)
+    return oy, ox, wh, ww
+
+
+def apply_patches(
+    images: np.ndarray,
+    patch_set: PatchSet,
+    patch_index: np.ndarray,
+    placements: Placements,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Apply ``patch_set.patches[patch_index[i]]`` at ``placements[i]`` to uint8 ``images[i]``.
+
+    Needs only the patch set: no model, no attack object. Returns uint8 images. The warp and blend
+    run on a window around each patch (the same transform, shifted), not the whole image: at scale
+    0.4 that is about a quarter of the pixels. Pixels outside the window are copied unchanged.
+    """
+    import tensorflow as tf
+
+    if images.shape[-1] != patch_set.patches.shape[-1]:
+        raise PatchSetError(
+            f"the patches have {patch_set.patches.shape[-1]} channels but the images have {images.shape[-1]}"
+        )
+    hw = images.shape[1:3]
+    canvases = tf.constant(patch_set.canvases())
+    rows = transforms(placements, patch_set.patch_size, hw)
+    out = images.copy()
+    for start in range(0, len(images), batch_size):
+        sl = slice(start, start + batch_size)
+        oy, ox, wh, ww = _windows(placements.take(sl), hw)
+        shifted = rows[sl].copy()  # window pixel (j, i) is image pixel (ox + j, oy + i)
+        shifted[:, 2] += shifted[:, 0] * ox + shifted[:, 1] * oy
+        shifted[:, 5] += shifted[:, 3] * ox + shifted[:, 4] * oy
+        n = len(oy)
+        ii = oy[:, None, None] + np.arange(wh)[None, :, None]
+        jj = ox[:, None, None] + np.arange(ww)[None, None, :]
+        bb = np.arange(start, start + n)[:, None, None]
+        window = images[bb, ii, jj]  # [n, wh, ww, C] uint8
+        out[bb, ii, jj] = _patch_windows(canvases, tf.constant(patch_index[sl], tf.int32), tf.constant(shifted),
+                                         tf.constant(window)).numpy()
+    return out
+
+
+def _patch_windows_impl(canvases, patch_index, rows, window):
+    """uint8 windows -> patched uint8 windows (one compiled graph per window size)."""
+    import tensorflow as tf
+
+    warped = warp(tf.gather(canvases, patch_index), rows, tf.shape(window)[1:3])
+    base = tf.cast(window, tf.float32) * (1 / 255)
+    blended = base + warped[..., -1:] * (warped[..., :-1] - base)  # the mask is the last channel
+    return tf.cast(tf.round(tf.clip_by_value(blended, 0.0, 1.0) * 255), tf.uint8)
+
+
+_compiled_patch_windows = None
+
+
+def _patch_windows(*args):
+    global _compiled_patch_windows
+    if _compiled_patch_windows is None:
+        import tensorflow as tf
+
+        _compiled_patch_windows = tf.function(_patch_windows_impl, reduce_retracing=True)
+    return _compiled_patch_windows(*args)
+
+
+def check_fits(patch_set: PatchSet, image_shape, num_classes: int) -> None:
+    """The patch set against a dataset: channels and class count."""
+    c = image_shape[-1]
+    if patch_set.patches.shape[-1] != c:
+        raise PatchSetError(f"the patches have {patch_set.patches.shape[-1]} channels but the dataset's images have {c}")
+    if len(patch_set.class_names) != num_classes:
+        raise PatchSetError(f"the patches target a {len(patch_set.class_names)}-class model but the dataset has "
+                            f"{num_classes} classes")
+
+
+def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rate: float, patch_scale: float,
+           placement: Dict[str, Any], batch_size: int, rng: np.random.Generator):
+    """Put patches on ``dataset`` into ``writer`` (a DatasetWriter with :data:`PATCH_COLUMNS`).
+
+    Exactly ``round(application_rate * n)`` images (drawn from ``rng``) get a patch, each a patch of
+    the set drawn at random, at ``patch_scale`` (0: a scale drawn from the placement's range), at a
+    placement from ``placement`` (``rotation_max``, ``scale_min``, ``scale_max``, ``location``).
+    ``corrupt`` replaces those images; ``augment`` keeps every original and adds the patched copies
+    after each batch's originals. Returns (number patched, {distance name: per-image values}).
+    """
+    from advpatch.dataset import to_float
+    from advpatch.evaluation import distance_stats
+
+    n = len(dataset)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[rng.permutation(n)[: int(round(application_rate * n))]] = True
+    which = rng.integers(0, len(patch_set), n).astype(np.int16)
+    # every patch of the set must fit where its image's placement puts it: the union of the masks
+    where = sample_placements(rng, n, dataset.image_shape[:2], patch_scale=patch_scale,
+                              mask=patch_set.masks.max(axis=0), **placement)
+    distances: Dict[str, List[np.ndarray]] = {}
+    start = 0
+    for batch in dataset.batches(batch_size):
+        x, y = batch["x"], batch["y"]
+        idx = np.arange(start, start + len(y))
+        start += len(y)
+        sel = idx[chosen[idx]]
+        patched = x[:0]
+        if len(sel):
+            patched = apply_patches(x[sel - idx[0]], patch_set, which[sel], where.take(sel), batch_size)
+            for k, v in distance_stats(to_float(x[sel - idx[0]]), to_float(patched)).items():
+                distances.setdefault(k, []).append(v)
+        if method == "corrupt":
+            out = x.copy()
+            out[sel - idx[0]] = patched
+            writer.write(out, y, **_provenance_columns(idx, chosen[idx], which, where, patch_set))
+        else:
+            writer.write(x, y, **_provenance_columns(idx, np.zeros(len(idx), bool), which, where, patch_set))
+            if len(sel):
+                writer.write(patched, y[sel - idx[0]],
+                             **_provenance_columns(sel, np.ones(len(sel), bool), which, where, patch_set))
+    return int(chosen.sum()), {k: np.concatenate(v) for k, v in distances.items()}
+
+
+def _provenance_columns(idx, patched, which, where, patch_set) -> Dict[str, np.ndarray]:
+    nan = np.float32(np.nan)
+    return {
+        "patched": patched,
+        "patch_index": np.where(patched, which[idx], -1).astype(np.int16),
+        "patch_target": np.where(patched, patch_set.targets[which[idx]], -1).astype(np.int16),
+        "patch_scale": np.where(patched, where.scale[idx], nan),
+        "patch_angle": np.where(patched, where.angle[idx], nan),
+        "patch_x": np.where(patched, where.x[idx], nan),
+        "patch_y": np.where(patched, where.y[idx], nan),
+        "source_index": idx.astype(np.int64),
+    }

@@ -1,0 +1,280 @@
+"""Readers of the data formats a source can be: the embedded digits, ``.npz`` arrays, MNIST IDX
+files and folders of class sub-folders of images (see :mod:`advpatch.sources` for how a source is
+chosen). Each writes a Dataset artifact through :class:`~advpatch.dataset.DatasetWriter`."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import struct
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from advpatch.dataset import DatasetSpec, DatasetWriter
+from advpatch.errors import AdvpatchError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+SPLIT_FOLDERS = {"train": ("training", "train"), "test": ("testing", "test")}
+IDX_FILES = {"train": "train", "test": "t10k"}
+DIGITS_TEST_FRACTION = 0.2
+_CHUNK = 512
+
+
+class SourceError(AdvpatchError):
+    """A data source is missing, empty or unreadable."""
+
+
+# --------------------------------------------------------------------------- embedded digits
+def embedded_digits(split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """scikit-learn's digits framed like MNIST: uint8 [n, 28, 28, 1]."""
+    from sklearn.datasets import load_digits
+    from PIL import Image
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32) / 16.0  # 0..16 -> 0..1
+    labels = bunch.target.astype(np.int32)
+    # Fixed stratified split: the same images are test images whatever the seed.
+    rng = np.random.RandomState(0)
+    is_test = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        is_test[idx[: int(round(len(idx) * DIGITS_TEST_FRACTION))]] = True
+    keep = {"train": ~is_test, "test": is_test, "all": np.ones_like(is_test)}[split]
+    framed = np.zeros((int(keep.sum()), 28, 28, 1), dtype=np.uint8)
+    for i, img in enumerate(images[keep]):
+        digit = Image.fromarray((img * 255).astype(np.uint8)).resize((20, 20), Image.BILINEAR)
+        framed[i, 4:24, 4:24, 0] = np.asarray(digit)
+    return framed, labels[keep], [str(i) for i in range(10)]
+
+
+# --------------------------------------------------------------------------- npz and idx
+def read_npz(path: Path, split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise SourceError(f"cannot read {path} as an .npz archive: {e}") from None
+    try:
+        return _read_npz_arrays(npz, path, split)
+    except ValueError as e:  # e.g. object arrays, which would need pickle
+        if isinstance(e, SourceError):
+            raise
+        raise SourceError(f"cannot read {path}: {e}") from None
+    finally:
+        npz.close()
+
+
+def _read_npz_arrays(npz, path: Path, split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    keys = set(npz.files)
+    if split in ("train", "test") and {f"x_{split}", f"y_{split}"} <= keys:
+        x, y = npz[f"x_{split}"], npz[f"y_{split}"]
+    elif split == "all" and {"x_train", "y_train", "x_test", "y_test"} <= keys:
+        x = np.concatenate([npz["x_train"], npz["x_test"]])
+        y = np.concatenate([npz["y_train"], npz["y_test"]])
+    elif {"x", "y"} <= keys:
+        x, y = npz["x"], npz["y"]
+    else:
+        raise SourceError(
+            f"{path} has arrays {sorted(keys)}; expected x_{split}/y_{split} or x/y"
+        )
+    names = [str(n) for n in npz["class_names"]] if "class_names" in keys else None
+    x = _as_nhwc_uint8(x, str(path))
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    if len(y) != len(x):
+        raise SourceError(f"{path}: {len(x)} images but {len(y)} labels")
+    return x, y.astype(np.int32), names or [str(i) for i in range(int(y.max()) + 1)]
+
+
+def find_idx(folder: Path, split: str) -> Optional[Tuple[Path, Path]]:
+    if split not in IDX_FILES:
+        return None
+    prefix = IDX_FILES[split]
+    for suffix in ("", ".gz"):
+        images = folder / f"{prefix}-images-idx3-ubyte{suffix}"
+        labels = folder / f"{prefix}-labels-idx1-ubyte{suffix}"
+        if images.is_file() and labels.is_file():
+            return images, labels
+    return None
+
+
+def _read_idx_file(path: Path, expected_dims: int) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise SourceError(f"cannot read {path}: {e}") from None
+    if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != 0x08 or data[3] != expected_dims:
+        raise SourceError(f"{path} is not an IDX file of unsigned bytes with {expected_dims} dimensions")
+    dims = struct.unpack(f">{expected_dims}I", data[4 : 4 + 4 * expected_dims])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * expected_dims)
+    if body.size != int(np.prod(dims)):
+        raise SourceError(f"{path} is truncated: header says {dims}, found {body.size} bytes of data")
+    return body.reshape(dims)
+
+
+def read_idx(folder: Path, split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    found = find_idx(folder, split)
+    assert found is not None
+    x = _read_idx_file(found[0], 3)[..., None]
+    y = _read_idx_file(found[1], 1).astype(np.int32)
+    if len(x) != len(y):
+        raise SourceError(f"{folder}: {len(x)} images but {len(y)} labels")
+    return x, y, [str(i) for i in range(10)]
+
+
+def _as_nhwc_uint8(x: np.ndarray, where: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise SourceError(f"{where}: images must be [n, H, W] or [n, H, W, 1|3], got {list(x.shape)}")
+    if x.dtype == np.uint8:
+        return x
+    if np.issubdtype(x.dtype, np.floating) and x.size and x.max() <= 1.0:
+        x = x * 255.0
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- folders
+def split_folder(path: Path, split: str) -> Path:
+    if split in SPLIT_FOLDERS:
+        for name in SPLIT_FOLDERS[split]:
+            if (path / name).is_dir():
+                return path / name
+    return path
+
+
+def list_image_folder(folder: Path) -> Tuple[List[Tuple[Path, int]], List[str]]:
+    """(file, class index) pairs of a class-subfolder layout, sorted, and the class names."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise SourceError(
+            f"{folder} has no class subfolders, MNIST IDX files or split folders (training/, testing/)"
+        )
+    files: List[Tuple[Path, int]] = []
+    for index, name in enumerate(classes):
+        for f in sorted((folder / name).iterdir()):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                files.append((f, index))
+    if not files:
+        raise SourceError(f"{folder} has class subfolders {classes[:5]} but no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files, classes
+
+
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+"""PIL modes that hold one grey channel."""
+
+
+def to_grayscale(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB [..., 3] -> grey [..., 1] with ITU-R 601-2 luma in PIL's own integer arithmetic,
+    so an RGB picture gives the same grey levels whether it came from a file or an array."""
+    a = rgb.astype(np.uint32)
+    grey = (a[..., 0] * 19595 + a[..., 1] * 38470 + a[..., 2] * 7471 + 0x8000) >> 16
+    return grey.astype(np.uint8)[..., None]
+
+
+def _read_image(path: Path, mode: str, size: Optional[Tuple[int, int]]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if mode == "grayscale" and img.mode in GRAY_MODES else "RGB")
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise SourceError(f"cannot read image {path}: {e}") from None
+    if arr.ndim == 2:
+        return arr[..., None]
+    return to_grayscale(arr) if mode == "grayscale" else arr
+
+
+def write_image_folder(
+    folder: Path,
+    output_path: os.PathLike | str,
+    image_size: int,
+    color_mode: str,
+    max_examples: int,
+    seed: int,
+    provenance: List[Dict[str, Any]],
+    shard_bytes: int,
+) -> DatasetSpec:
+    from PIL import Image
+
+    files, classes = list_image_folder(folder)
+    if max_examples and max_examples < len(files):
+        keep = np.sort(np.random.default_rng(seed).choice(len(files), max_examples, replace=False))
+        files = [files[i] for i in keep]
+    first = files[0][0]
+    try:
+        with Image.open(first) as img:
+            native, first_mode = (img.size[1], img.size[0]), img.mode
+    except (OSError, ValueError) as e:
+        raise SourceError(f"cannot read image {first}: {e}") from None
+    mode = color_mode
+    if mode == "auto":
+        mode = "grayscale" if first_mode in GRAY_MODES else "rgb"
+    size = (image_size, image_size) if image_size else None
+    shape = (*(size or native), 1 if mode == "grayscale" else 3)
+    log.info("reading %d images in %d classes from %s as %s", len(files), len(classes), folder, shape)
+    with DatasetWriter(output_path, shape, classes, provenance=provenance, shard_bytes=shard_bytes) as writer:
+        for start in range(0, len(files), _CHUNK):
+            chunk = files[start : start + _CHUNK]
+            x = np.empty((len(chunk),) + shape, dtype=np.uint8)
+            for i, (f, _) in enumerate(chunk):
+                img = _read_image(f, mode, size)
+                if img.shape != shape:
+                    raise SourceError(
+                        f"{f} is {img.shape[1]}x{img.shape[0]} but earlier images are {shape[1]}x{shape[0]}: "
+                        "set image_size to resize them all"
+                    )
+                x[i] = img
+            writer.write(x, np.array([c for _, c in chunk], dtype=np.int32))
+    return writer.spec
+
+
+def write_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    class_names: Sequence[str],
+    output_path: os.PathLike | str,
+    image_size: int,
+    color_mode: str,
+    max_examples: int,
+    seed: int,
+    provenance: List[Dict[str, Any]],
+    shard_bytes: int,
+) -> DatasetSpec:
+    if len(x) == 0:
+        raise SourceError(f"source {provenance[-1]['source']!r} has no images for split {provenance[-1]['split']!r}")
+    if max_examples and max_examples < len(x):
+        keep = np.sort(np.random.default_rng(seed).choice(len(x), max_examples, replace=False))
+        x, y = x[keep], y[keep]
+    x = convert_images(x, image_size, color_mode)
+    with DatasetWriter(output_path, x.shape[1:], class_names, provenance=provenance, shard_bytes=shard_bytes) as writer:
+        writer.write(x, y)
+    return writer.spec
+
+
+def convert_images(x: np.ndarray, image_size: int, color_mode: str) -> np.ndarray:
+    """Resize uint8 NHWC images to ``image_size`` (0: keep) and convert channels."""
+    from PIL import Image
+
+    if color_mode == "grayscale" and x.shape[-1] == 3:
+        x = to_grayscale(x)
+    elif color_mode == "rgb" and x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    if image_size and x.shape[1:3] != (image_size, image_size):
+        out = np.empty((len(x), image_size, image_size, x.shape[-1]), dtype=np.uint8)
+        for i, img in enumerate(x):
+            pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+            arr = np.asarray(pil.resize((image_size, image_size), Image.BILINEAR))
+            out[i] = arr[..., None] if arr.ndim == 2 else arr
+        x = out
+    return x

@@ -1,0 +1,27 @@
+"""The work behind each component, callable without KFP: one module per step.
+
+Every step is called with the paths of the artifacts it reads and writes and its parameters by
+name (the parameter table, :mod:`advpatch.params`, says which, with their defaults)::
+
+    from advpatch import steps
+    steps.train(training_data="data/train", model="out/model", epochs=5, seed=1)
+
+It validates every parameter before any heavy import or work, logs its start, end and duration,
+writes its artifacts atomically, logs to MLflow (a nested run under its pipeline's run) and returns
+a :class:`StepResult`. The KFP components in ``components/`` are thin shells over these.
+"""
+
+from advpatch.steps._base import StepResult
+from advpatch.steps.attack import deploy_patch, gen_patch
+from advpatch.steps.data import load_dataset
+from advpatch.steps.defend import gaussian_augmentation, jpeg_compression, spatial_smoothing
+from advpatch.steps.infer import infer
+from advpatch.steps.report import report
+from advpatch.steps.train import train
+
+STEPS = {f.step_name: f for f in (load_dataset, train, gen_patch, deploy_patch, spatial_smoothing, jpeg_compression,
+                                  gaussian_augmentation, infer, report)}
+"""Step name -> the step (the same names as the components and :data:`advpatch.params.STEP_PARAMS`)."""
+
+__all__ = ["STEPS", "StepResult", "deploy_patch", "gaussian_augmentation", "gen_patch", "infer", "jpeg_compression",
+           "load_dataset", "report", "spatial_smoothing", "train"]

@@ -1,0 +1,123 @@
+"""What every step shares: its result, and the wrapper that validates, logs, times and tracks it."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Iterator, List
+
+from advpatch import params, settings
+from advpatch.tracking import RunContext
+
+log = logging.getLogger("advpatch")
+
+RESULT_FORMAT = "advpatch-step-result"
+RESULT_VERSION = 1
+
+
+@dataclass
+class StepResult:
+    """What a step reports: scalar metrics, an optional confusion matrix, details for the results
+    file, the table row and condition of an evaluation, and metadata for its output artifacts."""
+
+    step: str
+    label: str
+    metrics: Dict[str, float] = field(default_factory=dict)
+    confusion_categories: List[str] = field(default_factory=list)
+    confusion_matrix: List[List[int]] = field(default_factory=list)
+    details: Dict[str, Any] = field(default_factory=dict)
+    row: str = ""
+    condition: str = ""
+    outputs: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    """Output name -> metadata to show with that artifact (KFP's UI shows it)."""
+
+    def to_json(self) -> str:
+        return json.dumps({"format": RESULT_FORMAT, "version": RESULT_VERSION, **asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StepResult":
+        data = json.loads(text)
+        if data.pop("format", None) != RESULT_FORMAT or data.pop("version", None) != RESULT_VERSION:
+            raise ValueError(f"not an {RESULT_FORMAT} v{RESULT_VERSION} document")
+        return cls(**data)
+
+
+class Params:
+    """A step's validated parameters, read as attributes (``p.epochs``)."""
+
+    def __init__(self, values: Dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+    def pick(self, *names: str) -> Dict[str, Any]:
+        return {n: self.__dict__[n] for n in names}
+
+    def all(self) -> Dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Tracker:
+    """A step's MLflow run, opened when the step has results to log (so a step that fails early
+    leaves no run behind). Parameters are logged on opening."""
+
+    def __init__(self, step: str, values: Dict[str, Any], ctx: RunContext) -> None:
+        self.step, self.values, self.ctx = step, values, ctx
+
+    @contextlib.contextmanager
+    def run(self, **extra: Any) -> Iterator[Any]:
+        from advpatch.tracking import step_run
+
+        with step_run(self.step, self.ctx, {**self.values, **extra}) as run:
+            yield run
+
+
+def setup_logging() -> None:
+    settings.quiet_tensorflow()
+    settings.no_telemetry()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def step(name: str) -> Callable:
+    """Make ``body(p, track, **paths)`` the step ``name``: called as ``step(**paths, **parameters,
+    ctx=RunContext())``, it validates the parameters against the table (``params.STEP_PARAMS[name]``)
+    before anything else, logs start and end with the duration, and returns the body's result.
+
+    ``paths`` are the body's keyword-only arguments: the artifacts it reads and writes."""
+
+    def wrap(body: Callable[..., StepResult]) -> Callable[..., StepResult]:
+        body_params = list(inspect.signature(body).parameters.values())[2:]
+        path_names = [p.name for p in body_params]
+        required = {p.name for p in body_params if p.default is inspect.Parameter.empty}
+
+        @functools.wraps(body)
+        def run(*, ctx: RunContext = RunContext(), **kwargs: Any) -> StepResult:
+            paths = {k: kwargs.pop(k) for k in path_names if k in kwargs}
+            missing = sorted(required - set(paths))
+            if missing:
+                raise TypeError(f"{name}() needs the artifact path(s) {', '.join(missing)}")
+            values = params.validate_step(name, kwargs)
+            setup_logging()
+            log.info("%s: start", name)
+            started = time.monotonic()
+            try:
+                return body(Params(values), Tracker(name, values, ctx), **paths)
+            finally:
+                log.info("%s: done in %.1f s", name, time.monotonic() - started)
+
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [*body_params, *[inspect.Parameter(p.name, keyword, default=p.default, annotation=p.type)
+                             for p in params.STEP_PARAMS[name]],
+             inspect.Parameter("ctx", keyword, default=RunContext(), annotation=RunContext)],
+            return_annotation=StepResult)
+        run.step_name = name  # type: ignore[attr-defined]
+        run.path_names = path_names  # type: ignore[attr-defined]
+        return run
+
+    return wrap

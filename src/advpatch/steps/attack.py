@@ -1,0 +1,112 @@
+"""The patch attack: gen_patch (a model and images -> a patch set) and deploy_patch (a patch set
+and a Dataset artifact -> a patched Dataset artifact)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from advpatch.steps._base import StepResult, log, step
+
+
+@step("gen_patch")
+def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResult:
+    """Generate ``num_patch`` targeted patches against a model (see :mod:`advpatch.patches`).
+
+    Each patch gets its target (``patch_target``, or a random class per patch when -1) and its own
+    ``num_patch_gen_samples`` generation images, drawn from those whose label is not the target.
+    """
+    import numpy as np
+
+    from advpatch import patches as engine
+    from advpatch.dataset import Dataset
+    from advpatch.models import precheck
+
+    dataset = Dataset(data)
+    num_classes = len(dataset.class_names)
+    precheck(model, p.model_uri, dataset.image_shape, num_classes, p.model_architecture)
+    engine.check_target(p.patch_target, num_classes)
+    loss = engine.resolve_loss(p.patch_loss, p.patch_location)
+
+    from advpatch import training
+    from advpatch.classifier import Classifier
+    from advpatch.models import resolve
+
+    training.seed_everything(p.seed)
+    net, info = resolve(model, p.model_uri, dataset.image_shape, num_classes, p.model_architecture)
+    images = dataset.load()
+    rng = np.random.default_rng(p.seed)
+    targets = engine.draw_targets(p.patch_target, p.num_patch, num_classes, rng)
+    placement = dict(rotation_max=p.rotation_max, scale_min=p.scale_min, scale_max=p.scale_max,
+                     location=p.patch_location)
+    size = p.patch_size or min(dataset.image_shape[:2])
+    settings = {**p.pick("learning_rate", "max_iter", "patch_target", "num_patch", "num_patch_gen_samples",
+                         "batch_size", "patch_shape", "lr_decay", "patch_loss", "seed"),
+                **placement, "patch_size": size, "loss": loss, "model_architecture": info.architecture,
+                "model": p.model_uri or info.provenance.get("mlflow_model_uri", model), "data": dataset.spec.provenance}
+    patch_set, seconds = engine.generate_patch_set(
+        Classifier(net, info), images["x"], images["y"], targets, num_gen_samples=p.num_patch_gen_samples,
+        patch_size=size, patch_shape=p.patch_shape, learning_rate=p.learning_rate, lr_decay=p.lr_decay, loss=loss,
+        max_iter=p.max_iter, batch_size=p.batch_size, placement=placement, rng=rng, settings=settings)
+    results = [{**r, "seconds": t} for r, t in zip(patch_set.metrics, seconds)]
+    metrics: Dict[str, float] = {}
+    for i, r in enumerate(patch_set.metrics):
+        metrics.update({f"patch_{i}_{k}": float(v) for k, v in r.items() if k not in ("target", "num_gen_samples")})
+    metrics["mean_gen_targeted_success_rate"] = float(np.mean([r["gen_targeted_success_rate"] for r in results]))
+    metrics["mean_final_loss"] = float(np.mean([r["final_loss"] for r in results]))
+    with track.run(model=p.model_uri or model) as run:
+        run.log_metrics(metrics)
+        patch_set.save(patches)
+        run.log_artifacts(patches, "patches")
+    target_names = [dataset.class_names[t] for t in targets]
+    return StepResult(
+        step="gen_patch", label=f"gen_patch x{p.num_patch} ({p.patch_location}, scale {p.scale_min}-{p.scale_max})",
+        metrics=metrics, details={"targets": target_names, "per_patch": results, **placement},
+        outputs={"patches": {"format": engine.FORMAT, "targets": target_names}},
+    )
+
+
+@step("deploy_patch")
+def deploy_patch(p, track, *, data: str, patches: str, patched_data: str) -> StepResult:
+    """Put patches from a patch set on a dataset (see :func:`advpatch.patches.deploy`): the patched
+    dataset carries each image's provenance (was it patched, with which patch, where)."""
+    import numpy as np
+
+    from advpatch import patches as engine
+    from advpatch.dataset import Dataset, DatasetWriter
+    from advpatch.evaluation import summarize
+
+    dataset = Dataset(data)
+    patch_set = engine.PatchSet.load(patches)
+    engine.check_fits(patch_set, dataset.image_shape, len(dataset.class_names))
+    if dataset.spec.columns:
+        log.warning("deploy_patch: dropping the input's per-image columns %s", sorted(dataset.spec.columns))
+    placement = dict(rotation_max=p.rotation_max, scale_min=p.scale_min, scale_max=p.scale_max,
+                     location=p.patch_location)
+    record = {"step": "deploy_patch", **p.pick("patch_deployment_method", "patch_application_rate", "batch_size",
+                                               "seed", "rotation_max", "scale_min", "scale_max", "patch_location",
+                                               "patch_scale"),
+              "patch_set": patch_set.settings.get("model", ""), "targets": [int(t) for t in patch_set.targets]}
+    with DatasetWriter(patched_data, dataset.image_shape, dataset.class_names, columns=engine.PATCH_COLUMNS,
+                       provenance=dataset.spec.provenance + [record]) as writer:
+        num_patched, distances = engine.deploy(
+            dataset, patch_set, writer, method=p.patch_deployment_method,
+            application_rate=p.patch_application_rate, patch_scale=p.patch_scale, placement=placement,
+            batch_size=p.batch_size, rng=np.random.default_rng(p.seed))
+    metrics: Dict[str, float] = {"num_patched": float(num_patched), "num_examples": float(writer.spec.num_examples)}
+    for k, values in distances.items():
+        metrics.update({f"{k}_{stat}": v for stat, v in summarize(values).items()})
+    details: Dict[str, Any] = {**p.pick("patch_deployment_method", "patch_application_rate", "batch_size", "seed",
+                                        "patch_scale"), **placement}
+    with track.run() as run:
+        run.log_metrics(metrics)
+        if p.output_tar_name:  # the seed's cross-run reuse: adv_testing.tar / adversarial_patched_data
+            details["mlflow_source"] = run.log_dataset(patched_data, p.output_tar_name, p.output_dataset_name)
+            details["mlflow_run_id"] = run.run_id
+    log.info("deploy_patch: %d of %d images patched (%s), %d written", num_patched, len(dataset),
+             p.patch_deployment_method, writer.spec.num_examples)
+    scale = f"scale {p.patch_scale}" if p.patch_scale else f"scale {p.scale_min}-{p.scale_max}"
+    return StepResult(
+        step="deploy_patch", label=f"deploy_patch {p.patch_deployment_method} ({p.patch_location}, {scale})",
+        metrics=metrics, details=details,
+        outputs={"patched_data": {"num_examples": writer.spec.num_examples, "num_patched": num_patched}},
+    )

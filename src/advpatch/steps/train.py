@@ -1,0 +1,88 @@
+"""train: a Dataset artifact -> a trained Model artifact (and an MLflow model, optionally registered)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from advpatch.steps._base import StepResult, log, step
+
+
+@step("train")
+def train(p, track, *, training_data: str, model: str, testing_data: str = "") -> StepResult:
+    """Train ``p.model_architecture`` from random weights on the dataset at ``training_data``.
+
+    With ``apply_defense``, PGD adversarial training (``pgd_*``: L-inf radius, step, iterations,
+    share of each batch made adversarial). With ``testing_data``, the metrics include test accuracy
+    and accuracy under PGD at the same ``pgd_*`` settings, whether or not the model was trained
+    against it. Writes the Model artifact to ``model``; logs (and, with ``register_model``,
+    registers) the model in MLflow as ``{experiment}_{model_tag}_{model_architecture}``.
+    """
+    from advpatch.dataset import Dataset, DatasetError
+    from advpatch.models import ModelInfo, check_buildable
+
+    train_set = Dataset(training_data)
+    test_set = Dataset(testing_data) if testing_data else None
+    check_buildable(p.model_architecture, train_set.image_shape)
+    if test_set is not None and (test_set.image_shape != train_set.image_shape
+                                 or test_set.class_names != train_set.class_names):
+        raise DatasetError(f"the test dataset ({test_set.summary()}) does not match the training dataset "
+                           f"({train_set.summary()})")
+    log.info("train: %s on %s", p.model_architecture, train_set.summary())
+
+    from advpatch import training
+    from advpatch.models import build_model, save_model
+
+    fit = p.pick("model_architecture", "optimizer", "epochs", "batch_size", "learning_rate", "validation_split", "seed")
+    pgd = p.pick("pgd_eps", "pgd_eps_step", "pgd_max_iter", "pgd_ratio")
+    training.seed_everything(p.seed)
+    data = train_set.load()
+    net = build_model(p.model_architecture, train_set.image_shape, len(train_set.class_names))
+    fit_args = {k: v for k, v in fit.items() if k != "model_architecture"}
+    if p.apply_defense:
+        history = training.fit_adversarial(net, data["x"], data["y"], **fit_args, **pgd)
+    else:
+        history = training.fit(net, data["x"], data["y"], **fit_args)
+    info = ModelInfo(architecture=p.model_architecture, input_shape=train_set.image_shape,
+                     class_names=train_set.class_names,
+                     provenance={"step": "train", "train_data": train_set.spec.provenance, **fit,
+                                 "apply_defense": p.apply_defense, **(pgd if p.apply_defense else {})})
+    metrics = {f"final_{k}": v[-1] for k, v in history.items()}
+    if test_set is not None:
+        metrics.update(_test_metrics(net, info, test_set, p))
+
+    details: Dict[str, Any] = {"history": history, "model_architecture": p.model_architecture}
+    with track.run() as run:
+        run.log_history(history)
+        run.log_metrics(metrics)
+        name = ""
+        if p.register_model:
+            from advpatch.tracking import registered_model_name
+
+            name = registered_model_name(track.ctx.experiment, p.model_tag, p.model_architecture)
+        uri, version = run.log_model(net, info.to_json(), registered_name=name)
+        info.provenance["mlflow_model_uri"] = uri
+        details.update({"mlflow_run_id": run.run_id, "model_uri": uri, "registered_model": name,
+                        "registered_version": version})
+    save_model(net, info, model)
+    log.info("train: model written to %s%s", model, f", registered as {uri}" if version else "")
+    label = (f"train {p.model_architecture}" + (f" '{p.model_tag}'" if p.model_tag else "")
+             + (" (PGD adversarial training)" if p.apply_defense else ""))
+    return StepResult(step="train", label=label, metrics=metrics, details=details,
+                      outputs={"model": {"architecture": p.model_architecture, "mlflow_model_uri": uri}})
+
+
+def _test_metrics(net, info, test_set, p) -> Dict[str, float]:
+    """Accuracy and loss on the test set, and accuracy under PGD at the step's ``pgd_*`` settings."""
+    from advpatch import training
+    from advpatch.classifier import Classifier
+    from advpatch.evaluation import classification_metrics, predict
+
+    classifier = Classifier(net, info)
+    out = predict(classifier, test_set, p.batch_size)
+    test = classification_metrics(out["y"], out["probabilities"], len(test_set.class_names))
+    data = test_set.load()
+    robust = training.pgd_accuracy(classifier, data["x"], data["y"], eps=p.pgd_eps, eps_step=p.pgd_eps_step,
+                                   max_iter=p.pgd_max_iter, seed=p.seed)
+    log.info("train: test accuracy %.4f, under PGD (eps %s) %.4f, on %d images", test["accuracy"], p.pgd_eps, robust,
+             len(test_set))
+    return {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_pgd_accuracy": robust}
