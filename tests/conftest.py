@@ -184,3 +184,11 @@ def mlflow_server(s3_server, tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+# --------------------------------------------------------------------------- order
+def pytest_collection_modifyitems(config, items):
+    """The files with end-to-end runs first, so that parallel workers (make test runs one per core,
+    a file at a time) start on the longest work and finish together; within a file, the file's order."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
