@@ -36,8 +36,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/advpatch demo $(if $(DATA),--data "$(DATA)")
 
-# Test files run in parallel, one worker per core (a file's tests stay together: they share fixtures).
-PARALLEL ?= -n auto --dist loadfile
+# Test files run in parallel (a file's tests stay together: they share fixtures), one worker per core
+# and one more: the end-to-end tests spend much of their time starting processes and writing files.
+WORKERS  ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 2) + 1 )))
+PARALLEL ?= -n $(WORKERS) --dist loadfile
 
 test: $(STAMP)
 	$(PY) -m pytest $(PARALLEL) --durations=15 $(PYTEST_ARGS)

@@ -4,8 +4,9 @@ parameters, then copy the result into KFP's outputs.
 A component is a typed signature (generated from ``metadata.yaml`` and the parameter table) and
 the one line ``run_step("<name>", locals())``: the step's artifacts go in as paths (an optional
 input that is not connected as ``""``; numbered slots ``summary_01``, ``summary_02``... as one list
-``summaries``), its parameters by name, and the tracking parameters as the step's
-:class:`~advpatch.tracking.RunContext`. The result's metrics go to the ``metrics`` output (KFP's
+``summaries``; an exit task's ``dsl.PipelineTaskFinalStatus`` as its ``state``), its parameters
+by name, and the tracking parameters, with the pipeline run from the task's environment, as the
+step's :class:`~advpatch.tracking.RunContext`. The result's metrics go to the ``metrics`` output (KFP's
 metrics viewer), its confusion matrix to ``confusion`` (KFP's confusion-matrix viewer), the whole
 result as JSON to ``summary`` (for the report step) and its output metadata onto the output
 artifacts.
@@ -13,8 +14,11 @@ artifacts.
 
 from __future__ import annotations
 
+import atexit
 import math
+import os
 import re
+import sys
 from typing import Any, Dict, List, Mapping
 
 KFP_OUTPUTS = ("metrics", "confusion", "summary")
@@ -37,15 +41,32 @@ def run_step(name: str, args: Mapping[str, Any]):
     for key in sorted(set(args) - set(tracking) - set(values) - set(KFP_OUTPUTS)):
         artifact = args[key]
         numbered = _NUMBERED.fullmatch(key)
-        if numbered:
+        if hasattr(artifact, "state") and hasattr(artifact, "pipeline_task_name"):  # a PipelineTaskFinalStatus
+            paths["state"] = artifact.state
+        elif numbered:
             slots = lists.setdefault(_plural(numbered["base"]), [])
             if artifact is not None:
                 slots.append(artifact.path)
         else:
             paths[key] = artifact.path if artifact is not None else ""
-    result = STEPS[name](**paths, **lists, **values, ctx=RunContext(**tracking))
+    result = STEPS[name](**paths, **lists, **values, ctx=RunContext.current(**tracking))
     to_kfp(result, args)
+    if os.environ.get("_KFP_RUNTIME") == "true":  # inside a task that KFP runs (not a direct call)
+        atexit.register(_exit_without_teardown)
     return result
+
+
+def _exit_without_teardown() -> None:
+    """End a task's process once KFP's executor has written its outputs: tearing down an interpreter
+    that has TensorFlow loaded takes 1-2 s per task, for nothing. Registered last, this runs before
+    the other exit handlers; it keeps the exit status (1 after an uncaught exception)."""
+    import logging
+
+    code = 1 if getattr(sys, "last_value", None) is not None else 0
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _plural(word: str) -> str:

@@ -5,15 +5,14 @@ from typing import Dict
 from kfp import dsl
 from kfp.dsl import pipeline_context
 
+from advpatch import settings
+
 
 def tracking(experiment_name) -> Dict[str, object]:
-    """Arguments that put a step's MLflow run under its pipeline run, named after its KFP task."""
-    return {
-        "experiment_name": experiment_name,
-        "pipeline_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        "pipeline_run_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-        "task_name": dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
-    }
+    """Arguments that name a step's MLflow run after its KFP task, in ``experiment_name``. Both are
+    the same in every run of the pipeline, so they never keep KFP's cache from hitting; the run
+    itself comes from the task's environment (see :func:`place_all`)."""
+    return {"experiment_name": experiment_name, "task_name": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
 
 
 def report_inputs(*tasks) -> Dict[str, object]:
@@ -27,11 +26,30 @@ def report_inputs(*tasks) -> Dict[str, object]:
     return {slot: task.outputs["summary"] for slot, task in zip(slots, tasks)}
 
 
+RUN_IDENTITY = {
+    settings.ENV_PIPELINE_RUN_ID: "metadata.labels['pipeline/runid']",
+    settings.ENV_PIPELINE_RUN_NAME: "metadata.labels['workflows.argoproj.io/workflow']",
+}
+"""Where a task on a cluster finds its pipeline run: the labels KFP (``pipeline/runid``, the run's
+id, on every pod of the run) and Argo (the workflow's name) put on its pod, as environment
+variables. The local runner ignores them; ``advpatch run`` sets the same variables itself."""
+
+PER_RUN = ("report", "close_run")
+"""Components that exist for what they do to this run's MLflow record: never served from KFP's cache."""
+
+
 def place_all(placement) -> None:
-    """Apply a placement (``placement.apply(task, component_name)``, see
-    :mod:`advpatch.app.placement`) to every task of the pipeline being built; call it last in a
-    pipeline function. ``None`` places nothing (local runs)."""
-    if placement is None:
-        return
+    """Finish every task of the pipeline being built (call it last in a pipeline function): map its
+    run identity into its environment (:data:`RUN_IDENTITY`), keep :data:`PER_RUN` components out of
+    the cache, and apply a placement (``placement.apply(task, component_name)``, see
+    :mod:`advpatch.app.placement`); ``None`` places nothing else."""
+    from kfp import kubernetes
+
     for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
-        placement.apply(task, task.component_spec.name.replace("-", "_"))
+        for env, field in RUN_IDENTITY.items():
+            kubernetes.use_field_path_as_env(task, env_name=env, field_path=field)
+        component = task.component_spec.name.replace("-", "_")
+        if component in PER_RUN:
+            task.set_caching_options(False)
+        if placement is not None:
+            placement.apply(task, component)

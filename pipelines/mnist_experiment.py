@@ -13,9 +13,8 @@ model (a transferred, non-adaptive attacker), as in the seed.
 """
 
 from kfp import dsl
-from kfp.dsl import Artifact
 
-from advpatch.components import (deploy_patch, gaussian_augmentation, gen_patch, infer, jpeg_compression,
+from advpatch.components import (close_run, deploy_patch, gaussian_augmentation, gen_patch, infer, jpeg_compression,
                                  load_dataset, report, spatial_smoothing, train)
 from advpatch.pipelines.common import place_all, report_inputs, tracking
 
@@ -53,7 +52,7 @@ def build(placement=None):
         pgd_max_iter: int = 10,
         seed: int = 0,
         experiment_name: str = "mnist",
-    ) -> Artifact:
+    ):
         """The seed's MNIST patch experiment: a baseline, three preprocessing defences, training on
         patched data and PGD adversarial training, each evaluated on clean and patched test images.
 
@@ -115,60 +114,61 @@ def build(placement=None):
             experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         """
         track = tracking(experiment_name)
-        data = dict(source=data_dir, image_size=image_size, color_mode="grayscale", seed=seed)
-        train_data = load_dataset(split="train", **data, **track).set_display_name("load training data")
-        test_data = load_dataset(split="test", **data, **track).set_display_name("load test data")
-        fit = dict(training_data=train_data.outputs["dataset"], testing_data=test_data.outputs["dataset"],
-                   model_architecture=model_architecture, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
-                   learning_rate=learning_rate, register_model=True, pgd_eps=pgd_eps, pgd_eps_step=pgd_eps_step,
-                   pgd_max_iter=pgd_max_iter, seed=seed, **track)
-        baseline = train(model_tag="baseline", **fit).set_display_name("train: baseline")
-        placements = dict(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
-                          patch_location=patch_location, seed=seed)
-        attack = gen_patch(
-            data=train_data.outputs["dataset"], model=baseline.outputs["model"], model_architecture=model_architecture,
-            learning_rate=patch_learning_rate, lr_decay=patch_lr_decay, patch_loss=patch_loss, max_iter=max_iter,
-            patch_target=patch_target, num_patch=num_patch, num_patch_gen_samples=num_patch_gen_samples,
-            **placements, **track,
-        )
-        patched_train = deploy_patch(
-            data=train_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
-            patch_application_rate=train_patch_application_rate, patch_scale=patch_scale,
-            output_tar_name="adv_training.tar", **placements, **track,
-        ).set_display_name("deploy_patch: training set (augment)")
-        patched_test = deploy_patch(
-            data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="corrupt",
-            patch_application_rate=1.0, patch_scale=patch_scale, **placements, **track,
-        ).set_display_name("deploy_patch: test set (corrupt)")
-        clean_images, patched_images = test_data.outputs["dataset"], patched_test.outputs["patched_data"]
+        # the exit task runs when the steps are done, whatever happened, and closes the pipeline's MLflow run
+        with dsl.ExitHandler(close_run(**track).set_display_name("close the MLflow run")):
+            data = dict(source=data_dir, image_size=image_size, color_mode="grayscale", seed=seed)
+            train_data = load_dataset(split="train", **data, **track).set_display_name("load training data")
+            test_data = load_dataset(split="test", **data, **track).set_display_name("load test data")
+            fit = dict(training_data=train_data.outputs["dataset"], testing_data=test_data.outputs["dataset"],
+                       model_architecture=model_architecture, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+                       learning_rate=learning_rate, register_model=True, pgd_eps=pgd_eps, pgd_eps_step=pgd_eps_step,
+                       pgd_max_iter=pgd_max_iter, seed=seed, **track)
+            baseline = train(model_tag="baseline", **fit).set_display_name("train: baseline")
+            placements = dict(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
+                              patch_location=patch_location, seed=seed)
+            attack = gen_patch(
+                data=train_data.outputs["dataset"], model=baseline.outputs["model"], model_architecture=model_architecture,
+                learning_rate=patch_learning_rate, lr_decay=patch_lr_decay, patch_loss=patch_loss, max_iter=max_iter,
+                patch_target=patch_target, num_patch=num_patch, num_patch_gen_samples=num_patch_gen_samples,
+                **placements, **track,
+            )
+            patched_train = deploy_patch(
+                data=train_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
+                patch_application_rate=train_patch_application_rate, patch_scale=patch_scale,
+                output_tar_name="adv_training.tar", **placements, **track,
+            ).set_display_name("deploy_patch: training set (augment)")
+            patched_test = deploy_patch(
+                data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="corrupt",
+                patch_application_rate=1.0, patch_scale=patch_scale, **placements, **track,
+            ).set_display_name("deploy_patch: test set (corrupt)")
+            clean_images, patched_images = test_data.outputs["dataset"], patched_test.outputs["patched_data"]
 
-        def evaluate(model_task, row, clean, patched):
-            return [infer(data=images, model=model_task.outputs["model"], row=row, condition=condition, seed=seed,
-                          **track).set_display_name(f"infer: {row} / {condition}")
-                    for condition, images in (("clean", clean), ("patched", patched))]
+            def evaluate(model_task, row, clean, patched):
+                return [infer(data=images, model=model_task.outputs["model"], row=row, condition=condition, seed=seed,
+                              **track).set_display_name(f"infer: {row} / {condition}")
+                        for condition, images in (("clean", clean), ("patched", patched))]
 
-        rows = evaluate(baseline, "baseline", clean_images, patched_images)
-        for row, defence, settings in (
-            ("spatial smoothing", spatial_smoothing, {"spatial_smoothing_window_size": spatial_smoothing_window_size}),
-            ("JPEG compression", jpeg_compression, {"jpeg_compression_quality": jpeg_compression_quality}),
-            ("Gaussian noise", gaussian_augmentation, {"gaussian_augmentation_sigma": gaussian_augmentation_sigma}),
-        ):
-            defended = [defence(data=images, data_role="predict", seed=seed, **settings, **track)
-                        .set_display_name(f"{row}: {kind} test") for kind, images in (("clean", clean_images),
-                                                                                      ("patched", patched_images))]
-            rows += evaluate(baseline, row, *[d.outputs["defended_data"] for d in defended])
-        on_patched_data = train(**{**fit, "training_data": patched_train.outputs["patched_data"]},
-                                model_tag="patched").set_display_name("train: on patched data")
-        rows += evaluate(on_patched_data, "trained on patched data", clean_images, patched_images)
-        adversarial = train(model_tag="pgd", apply_defense=True, **fit).set_display_name(
-            "train: PGD adversarial training")
-        rows += evaluate(adversarial, "PGD adversarial training", clean_images, patched_images)
-        summary = report(
-            **report_inputs(baseline, attack, patched_train, patched_test, on_patched_data, adversarial, *rows),
-            title="MNIST adversarial patch experiment: defences", **track,
-        )
+            rows = evaluate(baseline, "baseline", clean_images, patched_images)
+            for row, defence, settings in (
+                ("spatial smoothing", spatial_smoothing, {"spatial_smoothing_window_size": spatial_smoothing_window_size}),
+                ("JPEG compression", jpeg_compression, {"jpeg_compression_quality": jpeg_compression_quality}),
+                ("Gaussian noise", gaussian_augmentation, {"gaussian_augmentation_sigma": gaussian_augmentation_sigma}),
+            ):
+                defended = [defence(data=images, data_role="predict", seed=seed, **settings, **track)
+                            .set_display_name(f"{row}: {kind} test") for kind, images in (("clean", clean_images),
+                                                                                          ("patched", patched_images))]
+                rows += evaluate(baseline, row, *[d.outputs["defended_data"] for d in defended])
+            on_patched_data = train(**{**fit, "training_data": patched_train.outputs["patched_data"]},
+                                    model_tag="patched").set_display_name("train: on patched data")
+            rows += evaluate(on_patched_data, "trained on patched data", clean_images, patched_images)
+            adversarial = train(model_tag="pgd", apply_defense=True, **fit).set_display_name(
+                "train: PGD adversarial training")
+            rows += evaluate(adversarial, "PGD adversarial training", clean_images, patched_images)
+            report(
+                **report_inputs(baseline, attack, patched_train, patched_test, on_patched_data, adversarial, *rows),
+                title="MNIST adversarial patch experiment: defences", **track,
+            )
         place_all(placement)
-        return summary.outputs["results"]
 
     return mnist_experiment
 

@@ -12,9 +12,8 @@ mostly hide strokes (lower accuracy, little targeted success). See README, "Patc
 """
 
 from kfp import dsl
-from kfp.dsl import Artifact
 
-from advpatch.components import deploy_patch, gen_patch, infer, load_dataset, report, train
+from advpatch.components import close_run, deploy_patch, gen_patch, infer, load_dataset, report, train
 from advpatch.pipelines.common import place_all, report_inputs, tracking
 
 
@@ -49,7 +48,7 @@ def build(placement=None):
         patch_application_rate: float = 1.0,
         seed: int = 0,
         experiment_name: str = "mnist",
-    ) -> Artifact:
+    ):
         """Train LeNet-5 on MNIST (or the embedded digits), attack it with targeted adversarial
         patches, evaluate on clean and patched test images; one results table.
 
@@ -109,37 +108,38 @@ def build(placement=None):
             experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         """
         track = tracking(experiment_name)
-        data = dict(source=data_dir, image_size=image_size, color_mode="grayscale", seed=seed)
-        train_data = load_dataset(split="train", **data, **track).set_display_name("load training data")
-        test_data = load_dataset(split="test", **data, **track).set_display_name("load test data")
-        trained = train(
-            training_data=train_data.outputs["dataset"], testing_data=test_data.outputs["dataset"],
-            model_architecture=model_architecture, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
-            learning_rate=learning_rate, validation_split=validation_split, model_tag=model_tag,
-            register_model=register_model, seed=seed, **track,
-        )
-        placements = dict(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
-                          patch_location=patch_location, seed=seed)
-        attack = gen_patch(
-            data=train_data.outputs["dataset"], model=trained.outputs["model"], model_architecture=model_architecture,
-            learning_rate=patch_learning_rate, lr_decay=patch_lr_decay, patch_loss=patch_loss, max_iter=max_iter,
-            patch_target=patch_target, num_patch=num_patch, num_patch_gen_samples=num_patch_gen_samples,
-            **placements, **track,
-        )
-        patched = deploy_patch(
-            data=test_data.outputs["dataset"], patches=attack.outputs["patches"],
-            patch_deployment_method=patch_deployment_method, patch_application_rate=patch_application_rate,
-            patch_scale=patch_scale, **placements, **track,
-        ).set_display_name("deploy_patch: test set")
-        evaluations = [
-            infer(data=images, model=trained.outputs["model"], model_architecture=model_architecture, row="baseline",
-                  condition=condition, seed=seed, **track).set_display_name(f"infer: baseline / {condition}")
-            for condition, images in (("clean", test_data.outputs["dataset"]), ("patched", patched.outputs["patched_data"]))
-        ]
-        summary = report(**report_inputs(trained, attack, patched, *evaluations),
-                         title="MNIST adversarial patch experiment", **track)
+        # the exit task runs when the steps are done, whatever happened, and closes the pipeline's MLflow run
+        with dsl.ExitHandler(close_run(**track).set_display_name("close the MLflow run")):
+            data = dict(source=data_dir, image_size=image_size, color_mode="grayscale", seed=seed)
+            train_data = load_dataset(split="train", **data, **track).set_display_name("load training data")
+            test_data = load_dataset(split="test", **data, **track).set_display_name("load test data")
+            trained = train(
+                training_data=train_data.outputs["dataset"], testing_data=test_data.outputs["dataset"],
+                model_architecture=model_architecture, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+                learning_rate=learning_rate, validation_split=validation_split, model_tag=model_tag,
+                register_model=register_model, seed=seed, **track,
+            )
+            placements = dict(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
+                              patch_location=patch_location, seed=seed)
+            attack = gen_patch(
+                data=train_data.outputs["dataset"], model=trained.outputs["model"], model_architecture=model_architecture,
+                learning_rate=patch_learning_rate, lr_decay=patch_lr_decay, patch_loss=patch_loss, max_iter=max_iter,
+                patch_target=patch_target, num_patch=num_patch, num_patch_gen_samples=num_patch_gen_samples,
+                **placements, **track,
+            )
+            patched = deploy_patch(
+                data=test_data.outputs["dataset"], patches=attack.outputs["patches"],
+                patch_deployment_method=patch_deployment_method, patch_application_rate=patch_application_rate,
+                patch_scale=patch_scale, **placements, **track,
+            ).set_display_name("deploy_patch: test set")
+            evaluations = [
+                infer(data=images, model=trained.outputs["model"], model_architecture=model_architecture, row="baseline",
+                      condition=condition, seed=seed, **track).set_display_name(f"infer: baseline / {condition}")
+                for condition, images in (("clean", test_data.outputs["dataset"]), ("patched", patched.outputs["patched_data"]))
+            ]
+            report(**report_inputs(trained, attack, patched, *evaluations),
+                             title="MNIST adversarial patch experiment", **track)
         place_all(placement)
-        return summary.outputs["results"]
 
     return mnist_patch
 

@@ -192,3 +192,61 @@ def pytest_collection_modifyitems(config, items):
     a file at a time) start on the longest work and finish together; within a file, the file's order."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+def _postgres_bin(name: str) -> str:
+    import glob
+    import shutil
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name)]
+    if not found or not found[-1]:
+        pytest.fail(f"PostgreSQL's {name} is not installed (Debian: apt-get install postgresql; .ci/run does)")
+    return found[-1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on 127.0.0.1 (Debian's postgresql package), with a database
+    `mlflow` owned by user `mlflow`. Yields its URL for SQLAlchemy with psycopg 3. As root it runs
+    as the `postgres` system user (PostgreSQL refuses to run as root)."""
+    import pwd
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="advpatch-pg-"))
+    as_user: list = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    password = "pg-test-password-4711"
+    (root / "pw").write_text(password)
+    if as_user:
+        os.chown(root / "pw", pwd.getpwnam("postgres").pw_uid, pwd.getpwnam("postgres").pw_gid)
+    subprocess.run([*as_user, _postgres_bin("initdb"), "-D", str(root / "data"), "-U", "mlflow", "-A", "scram-sha-256",
+                    "--pwfile", str(root / "pw"), "-E", "UTF8"], check=True, capture_output=True)
+    port = free_port()
+    log = root / "postgres.log"
+    proc = subprocess.Popen([*as_user, _postgres_bin("postgres"), "-D", str(root / "data"), "-p", str(port),
+                             "-h", "127.0.0.1", "-k", str(root), "-c", "max_connections=200", "-c", "fsync=off"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        ready = subprocess.run([_postgres_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True)
+        if ready.returncode == 0:
+            break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"PostgreSQL did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.3)
+    env = {**os.environ, "PGPASSWORD": password}
+    subprocess.run([_postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
+                   check=True, env=env, capture_output=True)
+    yield {"host": "127.0.0.1", "port": port, "user": "mlflow", "password": password, "database": "mlflow"}
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    shutil.rmtree(root, ignore_errors=True)

@@ -17,6 +17,7 @@ class FakeKFP:
         self.polls_before_final = polls_before_final
         self.pipelines: Dict[str, Dict[str, Any]] = {}
         self.runs: Dict[str, Dict[str, Any]] = {}
+        self.experiments: List[Dict[str, Any]] = []
         self._polls = 0
         fake = self
 
@@ -37,7 +38,8 @@ class FakeKFP:
                 body = self.rfile.read(length) if length else b""
                 url = urlparse(self.path)
                 fake.requests.append({"method": self.command, "path": url.path, "query": parse_qs(url.query),
-                                      "body": body, "content_type": self.headers.get("Content-Type", "")})
+                                      "body": body, "content_type": self.headers.get("Content-Type", ""),
+                                      "authorization": self.headers.get("Authorization", "")})
                 return body
 
             def do_GET(self):
@@ -61,12 +63,15 @@ class FakeKFP:
             flt = json.loads(req["query"].get("filter", ["{}"])[0] or "{}")
             names = [p.get("stringValue", p.get("string_value")) for p in flt.get("predicates", [])
                      if p.get("key") in ("name", "display_name")]
-            found = [p for p in self.pipelines.values() if not names or p["display_name"] in names]
+            namespace = req["query"].get("namespace", [""])[0]
+            found = [p for p in self.pipelines.values()
+                     if (not names or p["display_name"] in names) and p.get("namespace", "") == namespace]
             return h._reply(200, {"pipelines": found, "total_size": len(found)})
         if path == "/apis/v2beta1/pipelines/upload" and method == "POST":
             name = req["query"].get("name", ["unnamed"])[0]
             pid = f"pipeline-{len(self.pipelines) + 1}"
-            self.pipelines[pid] = {"pipeline_id": pid, "display_name": name}
+            self.pipelines[pid] = {"pipeline_id": pid, "display_name": name,
+                                   "namespace": req["query"].get("namespace", [""])[0]}
             return h._reply(200, {"pipeline_id": pid, "display_name": name})
         if path == "/apis/v2beta1/pipelines/upload_version" and method == "POST":
             return h._reply(200, {"pipeline_id": req["query"]["pipelineid"][0], "pipeline_version_id": "version-2",
@@ -79,7 +84,9 @@ class FakeKFP:
             return h._reply(200, {"experiments": [], "total_size": 0})
         if path == "/apis/v2beta1/experiments" and method == "POST":
             body = json.loads(req["body"] or b"{}")
-            return h._reply(200, {"experiment_id": "experiment-1", "display_name": body.get("display_name")})
+            self.experiments.append(body)
+            return h._reply(200, {"experiment_id": "experiment-1", "display_name": body.get("display_name"),
+                                  "namespace": body.get("namespace", "")})
         if path == "/apis/v2beta1/runs" and method == "POST":
             body = json.loads(req["body"])
             rid = f"run-{len(self.runs) + 1}"

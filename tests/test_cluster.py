@@ -16,7 +16,7 @@ from advpatch.params import ParameterError
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_kfp import FakeKFP  # noqa: E402
 
-GPU_EXECUTORS = {"train", "gen-patch", "deploy-patch", "infer"}
+GPU_EXECUTORS = {"train", "gen-patch"}
 
 
 def _compile(tmp_path, *args, name="mnist-experiment"):
@@ -48,7 +48,7 @@ def test_default_cluster_placement(tmp_path, monkeypatch):
     text, spec, platform = _compile(tmp_path, "--image", "registry.example.com/ml/advpatch:9.9.9")
     _strict_parse(spec, platform)
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 27  # one per task: KFP gives tasks with their own resources their own executor
+    assert len(executors) == 28  # one per task (and the exit task): KFP gives tasks with their own resources their own executor
     for name, executor in executors.items():
         container = executor["container"]
         gpu = _kind(name) in GPU_EXECUTORS
@@ -62,12 +62,22 @@ def test_default_cluster_placement(tmp_path, monkeypatch):
             "accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
         assert k8s["configMapAsEnv"][0]["configMapName"] == "advpatch-config"
         assert "MLFLOW_TRACKING_URI" in {e["envVar"] for e in k8s["configMapAsEnv"][0]["keyToEnv"]}
+        assert k8s["secretAsEnv"][1]["secretName"] == "advpatch-mlflow-credentials"
+        assert {e["envVar"] for e in k8s["secretAsEnv"][1]["keyToEnv"]} == {"MLFLOW_TRACKING_USERNAME",
+                                                                          "MLFLOW_TRACKING_PASSWORD"}
+        # non-root, as the image's user: a namespace enforcing "restricted" admits the pod
+        assert k8s["securityContext"] == {"runAsUser": "1000", "runAsGroup": "1000", "runAsNonRoot": True}
+        # the run a task belongs to comes from its pod's labels, not from an input
+        assert {e["name"]: e["fieldPath"] for e in k8s["fieldPathAsEnv"]} == {
+            "ADVPATCH_PIPELINE_RUN_ID": "metadata.labels['pipeline/runid']",
+            "ADVPATCH_PIPELINE_RUN_NAME": "metadata.labels['workflows.argoproj.io/workflow']"}
         if _kind(name) in GPU_EXECUTORS:
             assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"]["resourceCount"] == "1"
             assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
             assert k8s["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
         else:
             assert "accelerator" not in res and "nodeSelector" not in k8s and "tolerations" not in k8s
+    # only the steps that train or optimize take a GPU; the twelve infer steps run on CPU
     assert {_kind(n) for n in executors if "accelerator" in executors[n]["container"]["resources"]} == GPU_EXECUTORS
     # no credential reaches a compiled pipeline
     assert "sentinel" not in text and "minio123" not in text and "AKIA" not in text
@@ -78,7 +88,7 @@ def test_placement_options(tmp_path):
         tmp_path, "--gpu-steps", "gen_patch", "--accelerator-type", "amd.com/gpu", "--accelerator-limit", "2",
         "--node-selector", "pool=gpu-a100", "--node-selector", "zone=b", "--toleration", "dedicated=ml:NoExecute",
         "--toleration", "nvidia.com/gpu", "--cpu-request", "500m", "--memory-limit", "16Gi", "--s3-secret", "",
-        "--config-map", "", "--image-registry", "reg.local:5000/team", "--image-tag", "dev")
+        "--mlflow-secret", "", "--config-map", "", "--image-registry", "reg.local:5000/team", "--image-tag", "dev")
     _strict_parse(spec, platform)
     executors = spec["deploymentSpec"]["executors"]
     gpu = [n for n, e in executors.items() if "accelerator" in e["container"]["resources"]]
@@ -98,10 +108,88 @@ def test_placement_options(tmp_path):
     assert not any("accelerator" in e["container"]["resources"] for e in spec["deploymentSpec"]["executors"].values())
 
 
+def test_pull_secrets_no_selector_kfp_mlflow_and_no_cache(tmp_path):
+    _, spec, platform = _compile(tmp_path, "--image-pull-secret", "regcred", "--image-pull-secret", "other",
+                                 "--node-selector", "", "--kfp-mlflow", "--no-cache", "--run-as-user", "2000",
+                                 name="mnist-patch")
+    _strict_parse(spec, platform)
+    for name, k8s in platform.items():
+        assert [s["secretName"] for s in k8s["imagePullSecret"]] == ["regcred", "other"], name
+        assert "nodeSelector" not in k8s  # --node-selector '': GPU steps go wherever a GPU is
+        assert k8s["securityContext"]["runAsUser"] == "2000"
+        # KFP's integration sets MLFLOW_TRACKING_URI and the credentials itself
+        assert "MLFLOW_TRACKING_URI" not in {e["envVar"] for e in k8s["configMapAsEnv"][0]["keyToEnv"]}
+        assert [s["secretName"] for s in k8s["secretAsEnv"]] == ["mlpipeline-minio-artifact"]
+    assert "tolerations" in platform["exec-train"]
+    tasks = spec["root"]["dag"]["tasks"]["exit-handler-1"]
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert all(not t.get("cachingOptions", {}).get("enableCache") for t in inner.values())
+
+
+def _resolve(value, run_id: str, run_name: str, task: str):
+    """What KFP's driver substitutes for the run placeholders (driver/resolve.go)."""
+    return (value.replace("{{$.pipeline_job_uuid}}", run_id).replace("{{$.pipeline_job_name}}", run_name)
+            .replace("{{$.pipeline_task_name}}", task).replace("{{$.pipeline_job_create_time_utc}}", run_name))
+
+
+def _cache_inputs(spec, run_id, run_name):
+    """Every cacheable task's resolved input parameters, as KFP's cache key sees them."""
+    out = {}
+    dags = [spec["root"]["dag"], *[c["dag"] for c in spec["components"].values() if "dag" in c]]
+    for dag in dags:
+        for name, task in dag["tasks"].items():
+            if not task.get("cachingOptions", {}).get("enableCache"):
+                continue
+            values = {k: _resolve(json.dumps(v, sort_keys=True), run_id, run_name, name)
+                      for k, v in task.get("inputs", {}).get("parameters", {}).items()}
+            out[name] = values
+    return out
+
+
+@pytest.mark.parametrize("name", ["mnist-patch", "mnist-experiment"])
+def test_no_cacheable_task_takes_a_run_unique_input(tmp_path, name):
+    """KFP's cache key hashes a task's resolved inputs: an input that names the run would make every
+    run a miss. Resolved for two runs of different ids and names, every cacheable task's inputs
+    are the same."""
+    _, spec, _ = _compile(tmp_path, name=name)
+    first = _cache_inputs(spec, "6f1c0d2e-run-one", "advpatch-mnist-run-one")
+    second = _cache_inputs(spec, "9a7b3c4d-run-two", "advpatch-mnist-run-two")
+    assert first == second
+    assert {"train", "gen-patch", "deploy-patch"} <= set(first)  # the expensive steps can be reused
+    text = json.dumps(spec)
+    assert "pipeline_job_uuid" not in text and "pipeline_job_name" not in text
+    # report and close_run exist for this run's MLflow record: never from the cache
+    assert not set(first) & {"report", "close-run"}
+
+
+def test_kubernetes_manifests_for_installs_that_store_pipelines_in_kubernetes(tmp_path):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    versions = []
+    for build in ("a", "b"):
+        out = tmp_path / f"{build}.yaml"
+        assert cli.main(["compile", "mnist-patch", "--kubernetes-manifests", "--namespace", "team-a",
+                         "--output", str(out), "--version-name", f"advpatch-mnist-patch-0.1.0-{build}"]) == 0
+        pipeline, version = yaml.safe_load_all(out.read_text())
+        assert (pipeline["kind"], version["kind"]) == ("Pipeline", "PipelineVersion")
+        assert pipeline["apiVersion"] == version["apiVersion"] == "pipelines.kubeflow.org/v2beta1"
+        assert pipeline["metadata"] == {"name": "advpatch-mnist-patch", "namespace": "team-a"}
+        assert version["spec"]["pipelineName"] == "advpatch-mnist-patch"
+        json_format.ParseDict(version["spec"]["pipelineSpec"], pipeline_spec_pb2.PipelineSpec(),
+                              ignore_unknown_fields=False)
+        assert version["spec"]["platformSpec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        versions.append(version["metadata"]["name"])
+    assert versions == ["advpatch-mnist-patch-0-1-0-a", "advpatch-mnist-patch-0-1-0-b"]  # a new version each build
+    assert cli.main(["compile", "mnist-patch", "--kubernetes-manifests", "--output", str(tmp_path / "c.yaml")]) == 0
+    assert re.fullmatch(r"advpatch-mnist-patch-[0-9-]+-\d{14}",
+                        list(yaml.safe_load_all((tmp_path / "c.yaml").read_text()))[1]["metadata"]["name"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--gpu-steps", "training"], "gpu steps must be among"),
     (["--toleration", "key:Sometimes"], "toleration must look like"),
-    (["--node-selector", "novalue"], "--node-selector takes KEY=VALUE"),
+    (["--node-selector", "novalue"], "--node-selector takes KEY=VALUE (or '' for none)"),
 ])
 def test_bad_compile_options(tmp_path, capsys, args, message):
     assert cli.main(["compile", "mnist-patch", "--output", str(tmp_path / "x.yaml"), *args]) == 2
@@ -145,3 +233,15 @@ def test_submit_fails_when_the_run_fails_or_input_is_bad(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "epochs must be a number, got 'lots'" in err and "-p takes NAME=VALUE" in err
     assert cli.main(["submit", "--host", "http://127.0.0.1:9", "--package", str(tmp_path / "nope.yaml")]) == 2
+    assert "package" in capsys.readouterr().err
+    # the table judges the values too, before any request
+    with FakeKFP() as kfp_api:
+        assert cli.main(["submit", "--host", kfp_api.url, "--package", package, "-p", "patch_scale=1.5"]) == 2
+        assert kfp_api.requests == []
+    assert "patch_scale must be in [0, 1], got 1.5" in capsys.readouterr().err
+    # an unreachable API: one clear line, exit 2, no traceback
+    from conftest import free_port
+
+    assert cli.main(["submit", "--host", f"http://127.0.0.1:{free_port()}", "--package", package]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("advpatch: error: cannot reach the KFP API at http://127.0.0.1:") and "Traceback" not in err

@@ -36,7 +36,8 @@ def test_component_interface_is_the_table_and_the_metadata(name):
     spec = getattr(components, name).component_spec
     meta = codegen.read_component(codegen.components_dir() / name)
     table = [*params.STEP_PARAMS[name], *params.TRACKING]
-    declared = [n for n, s in spec.inputs.items() if not s.type.startswith("system.")]
+    declared = [n for n, s in (spec.inputs or {}).items()
+                if not s.type.startswith("system.") and s.type != "PipelineTaskFinalStatus"]
     assert declared == [p.name for p in table]  # exact names, in order, nothing else
     for p in table:
         got = spec.inputs[p.name]
@@ -44,12 +45,17 @@ def test_component_interface_is_the_table_and_the_metadata(name):
         assert got.default == p.default, p.name
         assert _words(got.description) == _words(codegen.describe(p)), p.name
     artifacts_in = {n: s for n, s in spec.inputs.items() if s.type.startswith("system.")}
-    assert list(artifacts_in) == [io.name for io in meta.inputs if not io.optional] + \
-        [io.name for io in meta.inputs if io.optional]
-    for io in meta.inputs:
+    statuses = [io for io in meta.inputs if io.type == codegen.FINAL_STATUS]
+    for io in statuses:  # an exit task's final status: KFP fills it in
+        assert spec.inputs[io.name].type == "PipelineTaskFinalStatus"
+        assert _words(spec.inputs[io.name].description) == _words(io.description)
+    meta_artifacts = [io for io in meta.inputs if io not in statuses]
+    assert list(artifacts_in) == [io.name for io in meta_artifacts if not io.optional] + \
+        [io.name for io in meta_artifacts if io.optional]
+    for io in meta_artifacts:
         assert artifacts_in[io.name].type == f"system.{io.type}@0.0.1" and artifacts_in[io.name].optional == io.optional
         assert _words(artifacts_in[io.name].description) == _words(io.description)
-    assert list(spec.outputs) == [io.name for io in meta.outputs]
+    assert list(spec.outputs or {}) == [io.name for io in meta.outputs]
     for io in meta.outputs:  # KFP reads output descriptions from the docstring's Returns: section
         assert _words(spec.outputs[io.name].description) == _words(io.description), io.name
     assert _words(meta.summary) in _words(spec.description)
@@ -97,6 +103,7 @@ def chain(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("ADVPATCH_OUTPUT_DIR", str(root / "outputs"))
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'outputs' / 'mlflow.db'}")
+    mp.setenv("ADVPATCH_PIPELINE_RUN_ID", "run-1")  # what a task finds in its environment
     out = {"root": root}
     try:
         for split, n in (("train", 120), ("test", 40)):
@@ -108,8 +115,7 @@ def chain(tmp_path_factory):
                     model=_art(dsl.Model, root / "model"), metrics=dsl.Metrics(),
                     summary=_art(dsl.Artifact, root / "train.json"))
         components.train.python_func(**arts, epochs=2.0, learning_rate=0.003, model_tag="shell", register_model=True,
-                                     pgd_max_iter=2, experiment_name="shells", pipeline_run_id="run-1",
-                                     task_name="train")
+                                     pgd_max_iter=2, experiment_name="shells", task_name="train")
         out["train"] = arts
         arts = dict(data=out["load_train"]["dataset"], model=out["train"]["model"],
                     patches=_art(dsl.Artifact, root / "patches"), metrics=dsl.Metrics(),
@@ -135,13 +141,13 @@ def chain(tmp_path_factory):
                         confusion=dsl.ClassificationMetrics(), predictions=_art(dsl.Dataset, root / f"{condition}.csv"),
                         summary=_art(dsl.Artifact, root / f"infer-{condition}.json"))
             components.infer.python_func(**arts, row="JPEG compression", experiment_name="shells",
-                                         pipeline_run_id="run-1", task_name=f"infer-{condition}")
+                                         task_name=f"infer-{condition}")
             out[f"infer_{condition}"] = arts
         arts = dict(results=_art(dsl.Artifact, root / "results.json"), table=_art(dsl.Markdown, root / "table.md"))
         slots = [out[k]["summary"] for k in ("train", "gen_patch", "deploy_patch", "infer_clean", "infer_patched")]
         components.report.python_func(**arts, **{f"summary_{i:02d}": s for i, s in enumerate(slots, 1)},
                                       **{f"summary_{i:02d}": None for i in range(6, 25)}, title="shells",
-                                      experiment_name="shells", pipeline_run_id="run-1")
+                                      experiment_name="shells")
         out["report"] = arts
         yield out
     finally:
@@ -196,6 +202,25 @@ def test_infer_shell_fills_kfp_metrics_confusion_and_predictions(chain):
     rows = list(csv.DictReader(open(patched["predictions"].path)))
     assert len(rows) == 40 and {"patched", "patch_target", "source_index"} <= set(rows[0])
     assert "targeted_success_rate" in patched["metrics"].metadata
+
+
+def test_close_run_shell_takes_the_final_status(chain):
+    import mlflow
+    from kfp.dsl import PipelineTaskFinalStatus
+
+    status = PipelineTaskFinalStatus(state="FAILED", pipeline_job_resource_name="run-1", pipeline_task_name="p",
+                                     error_code=1, error_message="a step failed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{chain['root'] / 'outputs' / 'mlflow.db'}")
+        mp.setenv("ADVPATCH_PIPELINE_RUN_ID", "run-1")
+        components.close_run.python_func(status=status, experiment_name="shells", task_name="close-run")
+        mlflow.set_tracking_uri(f"sqlite:///{chain['root'] / 'outputs' / 'mlflow.db'}")
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name("shells")
+        (parent,) = client.search_runs([exp.experiment_id], "tags.`advpatch.kind` = 'pipeline'")
+        children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert parent.info.status == "FAILED"  # the report had marked it FINISHED; the exit task has the last word
+    assert {c.data.tags["kfp.task_name"] for c in children} >= {"train", "infer-clean", "infer-patched"}
 
 
 def test_report_shell_pairs_rows_by_field(chain):

@@ -53,7 +53,7 @@ def test_cpu_image_install_step_works_in_a_fresh_venv(tmp_path):
     assert args[:2] == ["pip", "install"]
     # --no-compile: byte-compiling 2.3 GB of packages is what an image build pays once, not this test
     subprocess.run([str(py), "-m", *args, "--quiet", "--no-compile"], check=True)
-    check = ("import advpatch, kfp, tensorflow, art, mlflow, minio, boto3;"
+    check = ("import advpatch, kfp, tensorflow, art, mlflow, minio, boto3, psycopg, flask_wtf;"
              "from advpatch.components import train; print(advpatch.__version__, tensorflow.__version__)")
     out = subprocess.run([str(py), "-c", check], check=True, capture_output=True, text=True,
                          env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"}).stdout

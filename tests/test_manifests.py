@@ -1,6 +1,7 @@
-"""Kubernetes manifests: rendered with kustomize, validated offline against the Kubernetes
-schemas (strict), checked against the "restricted" pod-security profile, and the CI Job's own
-script run against a recording fake of the KFP API."""
+"""Kubernetes manifests: both install modes (single-user, multi-user) x (cpu, gpu), rendered with
+kustomize, validated offline against the Kubernetes schemas (strict), checked against the
+"restricted" pod-security profile, and the CI Job's own script and run-smoke.sh run against
+recording fakes of the KFP API and of kubectl."""
 
 import os
 import shutil
@@ -12,11 +13,13 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-OVERLAYS = ["cpu", "gpu"]
+OVERLAYS = ["single-user/cpu", "single-user/gpu", "multi-user/cpu", "multi-user/gpu"]
+NAMESPACES = {"single-user": "kubeflow", "multi-user": "advpatch"}
 KUBECTL = shutil.which("kubectl")
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_kfp import FakeKFP  # noqa: E402
+
 
 def render(overlay: str) -> str:
     assert KUBECTL, "kubectl (with kustomize) is needed to render the manifests; it is on the machine image"
@@ -28,44 +31,66 @@ def objects(overlay: str):
     return [o for o in yaml.safe_load_all(render(overlay)) if o]
 
 
+def _one(objs, kind, name):
+    (found,) = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_validates_strictly_against_kubernetes_schemas(overlay, tmp_path):
-    path = tmp_path / f"{overlay}.yaml"
+    path = tmp_path / "rendered.yaml"
     path.write_text(render(overlay))
     validator = Path(sys.executable).parent / "kubernetes-validate"
     for version in ("1.29.0", "1.32.0"):
         result = subprocess.run([str(validator), "--strict", "-k", version, str(path)], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "passed for resource job/advpatch-smoke" in result.stdout
+        for resource in ("job/advpatch-smoke", "deployment/advpatch-mlflow", "statefulset/advpatch-postgres",
+                         "networkpolicy/advpatch-mlflow"):
+            assert f"passed for resource {resource}" in result.stdout, resource
 
 
-def test_secret_template_validates(tmp_path):
+@pytest.mark.parametrize("template", sorted((ROOT / "manifests" / "templates").glob("*-secret.yaml")),
+                         ids=lambda p: p.name)
+def test_secret_templates_validate(template):
     validator = Path(sys.executable).parent / "kubernetes-validate"
-    result = subprocess.run([str(validator), "--strict", str(ROOT / "manifests/templates/s3-credentials-secret.yaml")],
-                            capture_output=True, text=True)
+    result = subprocess.run([str(validator), "--strict", str(template)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def _pod_specs(objs):
     for o in objs:
-        if o["kind"] in ("Deployment", "Job"):
+        if o["kind"] in ("Deployment", "StatefulSet", "Job"):
             yield o["metadata"]["name"], o["spec"]["template"]["spec"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_pods_meet_the_restricted_profile_and_set_resources(overlay):
+def test_everything_lands_where_the_runs_execute_and_owns_no_namespace(overlay):
     objs = objects(overlay)
-    kinds = sorted(o["kind"] for o in objs)
-    assert kinds == ["ConfigMap", "Deployment", "Job", "Namespace", "PersistentVolumeClaim", "Role", "RoleBinding",
-                     "Service", "ServiceAccount"]
-    ns = next(o for o in objs if o["kind"] == "Namespace")
-    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    assert all(o["metadata"].get("namespace", "advpatch") == "advpatch" for o in objs)
-    specs = dict(_pod_specs(objs))
-    assert set(specs) == {"mlflow", "advpatch-smoke"}
+    namespace = NAMESPACES[overlay.split("/")[0]]
+    assert sorted(o["kind"] for o in objs) == sorted(
+        ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "NetworkPolicy", "Role", "RoleBinding", "Service",
+         "Service", "ServiceAccount", "StatefulSet"])
+    assert all(o["metadata"]["namespace"] == namespace for o in objs)  # no Namespace object: no label of ours on it
+    text = render(overlay)
+    assert ".NAMESPACE" not in text and "ARTIFACTS_PREFIX" not in text  # the base's placeholders, all replaced
+    assert not [o for o in objs if o["kind"] == "Secret"]  # credentials only by reference
+    config = _one(objs, "ConfigMap", "advpatch-config")["data"]
+    assert config["MLFLOW_TRACKING_URI"] == f"http://advpatch-mlflow.{namespace}.svc:5000"
+    hosts = config["MLFLOW_ALLOWED_HOSTS"].split(",")
+    assert f"advpatch-mlflow.{namespace}.svc:5000" in hosts and f"advpatch-mlflow.{namespace}.svc.cluster.local:5000" in hosts
+    assert config["ADVPATCH_S3_ENDPOINT"] == config["MLFLOW_S3_ENDPOINT_URL"] == "http://seaweedfs.kubeflow.svc:9000"
+    prefix = "artifacts/" if namespace == "kubeflow" else f"private/{namespace}/"
+    assert config["MLFLOW_ARTIFACTS_DESTINATION"] == f"s3://mlpipeline/{prefix}mlflow"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_meet_the_restricted_profile_and_set_resources(overlay):
+    specs = dict(_pod_specs(objects(overlay)))
+    assert set(specs) == {"advpatch-mlflow", "advpatch-postgres", "advpatch-smoke"}
     for name, spec in specs.items():
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True and pod["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert isinstance(pod["runAsUser"], int) and pod["runAsUser"] > 0, name
         assert spec.get("automountServiceAccountToken") is False, name
         assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
         assert all("hostPath" not in v for v in spec.get("volumes", []))
@@ -75,42 +100,118 @@ def test_pods_meet_the_restricted_profile_and_set_resources(overlay):
             assert not sc.get("privileged") and sc.get("readOnlyRootFilesystem") is True
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][kind]), (name, kind)
-            image = c["image"]
-            assert image.startswith("ghcr.io/advpatch/advpatch:") and not image.endswith(":latest")
-    # no credential in anything kustomize renders: S3 keys come from the KFP secret by reference
-    assert not [o for o in objs if o["kind"] == "Secret"]
-    mlflow = specs["mlflow"]["containers"][0]
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in mlflow["env"] if "valueFrom" in e}
-    assert refs["AWS_SECRET_ACCESS_KEY"] == {"name": "mlpipeline-minio-artifact", "key": "secretkey"}
+            assert ":" in c["image"] and not c["image"].endswith(":latest"), c["image"]
 
 
-def test_gpu_overlay_compiles_the_smoke_pipeline_for_gpus():
-    def compile_args(overlay):
-        job = next(o for o in objects(overlay) if o["kind"] == "Job")
-        env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-        return env["COMPILE_ARGS"]
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mlflow_server_runs_on_postgres_with_basic_auth_and_its_service_names(overlay):
+    objs = objects(overlay)
+    container = _one(objs, "Deployment", "advpatch-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    script = container["args"][0]
+    for flag in ('--allowed-hosts "$MLFLOW_ALLOWED_HOSTS"', "--app-name basic-auth",
+                 '--backend-store-uri "$MLFLOW_BACKEND_STORE_URI"', "--serve-artifacts"):
+        assert flag in script
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("postgresql+psycopg://mlflow:$(POSTGRES_PASSWORD)@")
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "advpatch-mlflow-server",
+                                                                     "key": "postgres-password"}
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "advpatch-mlflow-credentials"
+    assert list(env).index("POSTGRES_PASSWORD") < list(env).index("MLFLOW_BACKEND_STORE_URI")  # $(VAR) order
+    policies = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "NetworkPolicy"}
+    assert policies["advpatch-postgres"]["ingress"][0]["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "advpatch-mlflow"}}}]
+    egress_ports = {p["port"] for rule in policies["advpatch-mlflow"]["egress"] for p in rule["ports"]}
+    assert {5432, 8333, 9000, 53} <= egress_ports
 
-    assert compile_args("cpu") == "--no-gpu"
-    assert "--accelerator-type nvidia.com/gpu" in compile_args("gpu") and "-gpu" in compile_args("gpu")
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ci_job_compiles_for_its_own_image_and_mode(overlay):
+    job = _one(objects(overlay), "Job", "advpatch-smoke")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["ADVPATCH_IMAGE"]["value"] == container["image"] == "ghcr.io/advpatch/advpatch:0.1.0"
+    gpu = overlay.endswith("gpu")
+    assert (env["COMPILE_ARGS"]["value"] == "--no-gpu") != gpu
+    multi = overlay.startswith("multi-user")
+    assert ("KFP_NAMESPACE" in env) == multi
+    if multi:
+        assert env["KFP_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["kfp-token"] == "/var/run/secrets/kubeflow/pipelines"  # where advpatch submit looks
 
 
-@pytest.mark.parametrize("overlay, final_state, expected_rc", [("cpu", "SUCCEEDED", 0), ("gpu", "FAILED", 1)])
-def test_ci_job_script_submits_waits_and_fails_with_the_run(overlay, final_state, expected_rc, tmp_path):
-    """The Job's own command, run here against the fake KFP API: it compiles, uploads, starts a run,
-    waits, and exits non-zero (failing the Job) when the run fails."""
-    job = next(o for o in objects(overlay) if o["kind"] == "Job")
+@pytest.mark.parametrize("overlay, final_state, expected_rc", [
+    ("single-user/cpu", "SUCCEEDED", 0), ("multi-user/gpu", "FAILED", 1), ("multi-user/cpu", "SUCCEEDED", 0)])
+def test_ci_job_script_submits_with_token_and_namespace_and_fails_with_the_run(overlay, final_state, expected_rc,
+                                                                             tmp_path):
+    """The Job's own command, run here against the fake KFP API as the Job runs it (token file at
+    the projected path, namespace from the downward API): it compiles, uploads, starts a run, waits,
+    and exits non-zero (failing the Job) when the run fails."""
+    job = _one(objects(overlay), "Job", "advpatch-smoke")
     container = job["spec"]["template"]["spec"]["containers"][0]
     script = container["args"][0].replace("/tmp/", f"{tmp_path}/").replace("--poll 15", "--poll 0.05")
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    if any(e["name"] == "KFP_NAMESPACE" for e in container["env"]):
+        env["KFP_NAMESPACE"] = job["metadata"]["namespace"]  # what the downward API gives the pod
+    token = tmp_path / "token"
+    token.write_text("projected-sa-token-0123")
     with FakeKFP(final_state=final_state) as kfp_api:
         result = subprocess.run(
             container["command"] + [script], capture_output=True, text=True,
             env={**os.environ, **env, "HOME": str(tmp_path), "KFP_HOST": kfp_api.url,
-                 "KF_PIPELINES_SA_TOKEN_PATH": str(tmp_path / "no-token"),
+                 "KF_PIPELINES_SA_TOKEN_PATH": str(token),
                  "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-        runs = [r for r in kfp_api.requests if r["path"] == "/apis/v2beta1/runs"]
+        requests, experiments = list(kfp_api.requests), list(kfp_api.experiments)
     assert result.returncode == expected_rc, result.stdout + result.stderr
-    assert len(runs) == 1 and (tmp_path / "smoke.yaml").is_file()
+    assert len([r for r in requests if r["path"] == "/apis/v2beta1/runs"]) == 1
+    assert requests and all(r["authorization"] == "Bearer projected-sa-token-0123" for r in requests)
+    namespace = env.get("KFP_NAMESPACE", "")
+    if namespace:  # every call that names a namespace names this one; the pipeline is the namespace's own
+        assert [e["namespace"] for e in experiments] == [namespace]
+        listing = next(r for r in requests if r["path"] == "/apis/v2beta1/pipelines")
+        upload = next(r for r in requests if r["path"] == "/apis/v2beta1/pipelines/upload")
+        assert listing["query"]["namespace"] == [namespace] and upload["query"]["namespace"] == [namespace]
+    else:
+        assert [e.get("namespace", "") for e in experiments] in ([""], ["kubeflow"])
     spec = next(yaml.safe_load_all((tmp_path / "smoke.yaml").read_text()))
     gpu = [n for n, e in spec["deploymentSpec"]["executors"].items() if "accelerator" in e["container"]["resources"]]
-    assert bool(gpu) == (overlay == "gpu")
+    assert bool(gpu) == overlay.endswith("gpu")
+    assert all(e["container"]["image"].startswith(job["spec"]["template"]["spec"]["containers"][0]["image"])
+               for e in spec["deploymentSpec"]["executors"].values())
+
+
+FAKE_KUBECTL = r'''#!/usr/bin/env python3
+"""Records each call; answers kustomize, delete, apply, get (the Job's conditions) and logs."""
+import json, os, subprocess, sys
+from pathlib import Path
+state = Path(os.environ["FAKE_STATE"])
+calls = json.loads(state.read_text()) if state.exists() else []
+calls.append(sys.argv[1:])
+state.write_text(json.dumps(calls))
+if sys.argv[1] == "kustomize":
+    sys.stdout.write(subprocess.run([os.environ["REAL_KUBECTL"], *sys.argv[1:]], capture_output=True, text=True).stdout)
+elif "get" in sys.argv:
+    polls = sum("get" in c for c in calls)
+    print(os.environ["FAKE_FINAL"] + " " if polls >= 3 else "", end="")
+elif "logs" in sys.argv:
+    print("run run-1 " + os.environ["FAKE_FINAL"])
+'''
+
+
+@pytest.mark.parametrize("final, expected_rc", [("Complete", 0), ("Failed", 1)])
+def test_run_smoke_replaces_the_job_and_returns_on_failure_as_on_success(tmp_path, final, expected_rc):
+    fake = tmp_path / "kubectl"
+    fake.write_text(FAKE_KUBECTL)
+    fake.chmod(0o755)
+    result = subprocess.run(
+        [str(ROOT / "manifests" / "ci" / "run-smoke.sh"), str(ROOT / "manifests" / "overlays" / "multi-user" / "cpu"),
+         "60"], capture_output=True, text=True,
+        env={**os.environ, "KUBECTL": str(fake), "REAL_KUBECTL": KUBECTL, "FAKE_STATE": str(tmp_path / "calls.json"),
+             "FAKE_FINAL": final, "POLL": "0"}, timeout=60)
+    assert result.returncode == expected_rc, result.stdout + result.stderr
+    import json
+
+    calls = [c for c in json.loads((tmp_path / "calls.json").read_text()) if c[0] != "kustomize"]
+    assert calls[0][:5] == ["-n", "advpatch", "delete", "job", "advpatch-smoke"]  # the last Job goes first
+    assert calls[1][:2] == ["apply", "-k"]
+    assert sum("get" in c for c in calls) == 3 and calls[-1][2] == "logs"

@@ -20,14 +20,16 @@ def test_compiling_does_not_import_tensorflow(tmp_path, name):
         "assert 'tensorflow' not in sys.modules and 'mlflow' not in sys.modules, 'heavy import at compile time'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-    spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    spec, platform = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
     assert spec["pipelineInfo"]["name"] == f"advpatch-{name}"
+    assert platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]  # the run identity's field paths
     executors = spec["deploymentSpec"]["executors"]
     assert executors and all(e["container"]["image"] == settings.runtime_image() for e in executors.values())
     # components are lightweight and never pip-install kfp at run time
     for e in executors.values():
         assert "pip install" not in " ".join(e["container"]["command"])
-    tasks = spec["root"]["dag"]["tasks"]
+    assert set(spec["root"]["dag"]["tasks"]) == {"exit-handler-1", "close-run"}
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]  # every step runs inside the exit handler
     if name == "mnist-patch":
         assert set(tasks) == {"load-dataset", "load-dataset-2", "train", "gen-patch", "deploy-patch", "infer",
                               "infer-2", "report"}
@@ -39,8 +41,10 @@ def test_compiling_does_not_import_tensorflow(tmp_path, name):
         assert kinds.count("comp-spatial-smoothing") == kinds.count("comp-jpeg-compression") == 2
         assert kinds.count("comp-gaussian-augmentation") == 2
         assert len([k for k in tasks["report"]["inputs"]["artifacts"] if k.startswith("summary_")]) == 18
-    assert tasks["train"]["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
-    assert spec["root"]["outputDefinitions"]["artifacts"]["Output"]
+    # the run is not an input (KFP's cache would never hit): tasks read it from their environment
+    assert set(tasks["train"]["inputs"]["parameters"]) >= {"experiment_name", "task_name"}
+    assert "pipeline_run_id" not in json.dumps(spec) and "pipeline_job_uuid" not in json.dumps(spec)
+    assert spec["root"]["dag"]["tasks"]["close-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
 
 
 def test_runtime_image_follows_the_package_version(monkeypatch):
@@ -94,9 +98,10 @@ def compiled_run(mnist_folder, tmp_path_factory):
                          "--image", "registry.example.com/ml/advpatch:9.9.9"]) == 0
         pipeline = components.load_component_from_file(str(root / "mnist-patch.yaml"))
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "outputs" / "kfp"))
-        task = pipeline(data_dir=str(mnist_folder), **SHORT)
+        pipeline(data_dir=str(mnist_folder), **SHORT)
+    (run,) = (root / "outputs" / "kfp").iterdir()
     (root / "outputs" / "run").mkdir(parents=True)
-    (root / "outputs" / "run" / "results.json").write_text(Path(task.output.path).read_text())
+    (root / "outputs" / "run" / "results.json").write_text((run / "report" / "results").read_text())
     return root
 
 
@@ -156,6 +161,25 @@ def _masked(data):
     if isinstance(data, list):
         return [_masked(v) for v in data]
     return data
+
+
+@pytest.mark.slow
+def test_a_failed_local_run_leaves_its_mlflow_run_failed(tmp_path, monkeypatch, capsys):
+    """A step fails; the exit task still runs and marks the pipeline's MLflow run FAILED, not RUNNING."""
+    import mlflow
+
+    from advpatch.app import cli
+
+    monkeypatch.delenv(settings.ENV_TRACKING_URI, raising=False)
+    monkeypatch.delenv(settings.ENV_OUTPUT_DIR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "mnist-patch", "-p", f"data_dir={tmp_path / 'no-such-folder'}"]) == 1
+    assert "finished with status" in capsys.readouterr().err
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'outputs' / 'mlflow' / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("mnist")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`advpatch.kind` = 'pipeline'")
+    assert parent.info.status == "FAILED" and parent.info.end_time
 
 
 @pytest.mark.slow

@@ -26,8 +26,6 @@ def deploy_patch(
     output_dataset_name: str = "adversarial_patched_data",
     seed: int = 0,
     experiment_name: str = "",
-    pipeline_run_id: str = "",
-    pipeline_run_name: str = "",
     task_name: str = "",
 ):
     """Apply the patches of a patch set to a Dataset artifact.
@@ -64,9 +62,6 @@ def deploy_patch(
         seed: Seeds which images get which patch where: same seed, same patched bytes. Allowed: an
             integer in [0, 2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
-        pipeline_run_id: KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER): groups the steps of a run in
-            MLflow.
-        pipeline_run_name: KFP run name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER).
         task_name: KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run.
 
     Returns:

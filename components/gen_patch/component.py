@@ -32,8 +32,6 @@ def gen_patch(
     patch_loss: str = "auto",
     seed: int = 0,
     experiment_name: str = "",
-    pipeline_run_id: str = "",
-    pipeline_run_name: str = "",
     task_name: str = "",
 ):
     """Generate targeted adversarial patches against a model.
@@ -80,9 +78,6 @@ def gen_patch(
         seed: Seeds targets, generation images and placements: same seed, same patch bytes. Allowed:
             an integer in [0, 2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
-        pipeline_run_id: KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER): groups the steps of a run in
-            MLflow.
-        pipeline_run_name: KFP run name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER).
         task_name: KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run.
 
     Returns:

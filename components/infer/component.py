@@ -22,8 +22,6 @@ def infer(
     condition: str = "auto",
     seed: int = 0,
     experiment_name: str = "",
-    pipeline_run_id: str = "",
-    pipeline_run_name: str = "",
     task_name: str = "",
 ):
     """Evaluate a model on a Dataset artifact.
@@ -48,9 +46,6 @@ def infer(
         seed: Seeds TensorFlow (inference itself is deterministic). Allowed: an integer in [0,
             2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
-        pipeline_run_id: KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER): groups the steps of a run in
-            MLflow.
-        pipeline_run_name: KFP run name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER).
         task_name: KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run.
 
     Returns:

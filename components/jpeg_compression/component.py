@@ -22,8 +22,6 @@ def jpeg_compression(
     output_tar_name: str = "",
     seed: int = 0,
     experiment_name: str = "",
-    pipeline_run_id: str = "",
-    pipeline_run_name: str = "",
     task_name: str = "",
 ):
     """JPEG compression and decompression (ART JpegCompression), a preprocessing defence on a Dataset artifact.
@@ -51,9 +49,6 @@ def jpeg_compression(
         seed: Seeds every random choice of the step: same seed, same bytes. Allowed: an integer in
             [0, 2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
-        pipeline_run_id: KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER): groups the steps of a run in
-            MLflow.
-        pipeline_run_name: KFP run name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER).
         task_name: KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run.
 
     Returns:

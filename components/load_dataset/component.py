@@ -19,8 +19,6 @@ def load_dataset(
     max_examples: int = 0,
     seed: int = 0,
     experiment_name: str = "",
-    pipeline_run_id: str = "",
-    pipeline_run_name: str = "",
     task_name: str = "",
 ):
     """Import images and labels from a source into an advpatch Dataset artifact.
@@ -45,9 +43,6 @@ def load_dataset(
             Allowed: an integer >= 0.
         seed: Seeds the max_examples subset. Allowed: an integer in [0, 2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
-        pipeline_run_id: KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER): groups the steps of a run in
-            MLflow.
-        pipeline_run_name: KFP run name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER).
         task_name: KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run.
 
     Returns:

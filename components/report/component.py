@@ -37,8 +37,6 @@ def report(
     summary_24: Input[Artifact] = None,
     title: str = "advpatch results",
     experiment_name: str = "",
-    pipeline_run_id: str = "",
-    pipeline_run_name: str = "",
     task_name: str = "",
 ):
     """Gather the steps' summaries into results.json and a Markdown table; close the pipeline's MLflow run.
@@ -99,9 +97,6 @@ def report(
             order (unset slots are skipped).
         title: Heading of the results table.
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
-        pipeline_run_id: KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER): groups the steps of a run in
-            MLflow.
-        pipeline_run_name: KFP run name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER).
         task_name: KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run.
 
     Returns:

@@ -29,8 +29,6 @@ def train(
     pgd_ratio: float = 0.5,
     seed: int = 0,
     experiment_name: str = "",
-    pipeline_run_id: str = "",
-    pipeline_run_name: str = "",
     task_name: str = "",
 ):
     """Train a model architecture from random weights on a Dataset artifact.
@@ -67,9 +65,6 @@ def train(
         seed: Seeds the weights, the shuffling and the validation split: same seed, same weights.
             Allowed: an integer in [0, 2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
-        pipeline_run_id: KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER): groups the steps of a run in
-            MLflow.
-        pipeline_run_name: KFP run name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER).
         task_name: KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run.
 
     Returns:

@@ -19,6 +19,15 @@ ENV_MLFLOW_S3_ENDPOINT = "MLFLOW_S3_ENDPOINT_URL"
 ENV_AWS_ENDPOINT = "AWS_ENDPOINT_URL"
 S3_ENDPOINT_VARS = (ENV_S3_ENDPOINT, ENV_MLFLOW_S3_ENDPOINT, ENV_AWS_ENDPOINT)
 """Where the S3 endpoint is read from, first set wins (MLflow's and boto's own names as fallbacks)."""
+ENV_PIPELINE_RUN_ID = "ADVPATCH_PIPELINE_RUN_ID"
+ENV_PIPELINE_RUN_NAME = "ADVPATCH_PIPELINE_RUN_NAME"
+"""A task's pipeline run, from its environment, not from a task input (which would defeat KFP's
+cache): on a cluster from its pod's labels (the compiled pipeline maps them), locally set by
+``advpatch run``."""
+ENV_MLFLOW_RUN_ID = "MLFLOW_RUN_ID"
+"""Set by KFP 2.17's MLflow integration (``injectUserEnvVars``): the nested run KFP made for the task."""
+ENV_MLFLOW_USERNAME = "MLFLOW_TRACKING_USERNAME"
+ENV_MLFLOW_PASSWORD = "MLFLOW_TRACKING_PASSWORD"
 ENV_S3_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 ENV_S3_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_S3_REGION = "ADVPATCH_S3_REGION"

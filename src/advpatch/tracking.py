@@ -4,9 +4,19 @@ The tracking URI comes from ``MLFLOW_TRACKING_URI``. Without it, runs go to a lo
 ``outputs/mlflow/`` (SQLite for runs and the registry, a folder for artifacts) that
 ``make mlflow-ui`` opens.
 
-Steps of one pipeline run find their shared parent run by the tag ``advpatch.pipeline_run_id``
-(the KFP run id). The first step to arrive creates it; if two steps race, the older parent wins and
-the younger is deleted, so every step nests under the same one.
+Two ways a step finds its place:
+
+* **KFP's own MLflow integration** (KFP 2.17, with ``injectUserEnvVars``): KFP makes a parent run
+  per pipeline run and a nested run per task, and hands the task its run as ``MLFLOW_RUN_ID``. The
+  step logs into that run: it creates no parent, re-parents nothing, logs none of the task's input
+  parameters (KFP logs them), and leaves the runs' status to KFP.
+* **Otherwise** (local runs, clusters without the integration): steps of one pipeline run share a
+  parent run found by the tag ``advpatch.pipeline_run_id``. The first step to arrive creates it; if
+  two race, the older parent wins and the younger is deleted. The pipeline's exit task marks it
+  FINISHED or FAILED (:func:`close_pipeline_run`), so a failed pipeline does not leave it RUNNING.
+
+A task reads its pipeline run's id and name from its environment (:meth:`RunContext.current`), not
+from a task input, so KFP's cache can still reuse a task's outputs across runs.
 """
 
 from __future__ import annotations
@@ -45,6 +55,17 @@ class RunContext:
     @property
     def experiment(self) -> str:
         return settings.experiment_name(self.experiment_name)
+
+    @classmethod
+    def current(cls, experiment_name: str = "", task_name: str = "") -> "RunContext":
+        """The context a running task finds in its environment (see :mod:`advpatch.settings`)."""
+        return cls(experiment_name, os.environ.get(settings.ENV_PIPELINE_RUN_ID, ""),
+                   os.environ.get(settings.ENV_PIPELINE_RUN_NAME, ""), task_name)
+
+
+def kfp_mlflow_run() -> Optional[str]:
+    """The nested run KFP's MLflow integration made for this task, when it hands one over."""
+    return os.environ.get(settings.ENV_MLFLOW_RUN_ID) or None
 
 
 def local_store() -> Path:
@@ -194,47 +215,96 @@ class StepRun:
 
 
 @contextlib.contextmanager
-def step_run(step: str, ctx: RunContext, params: Mapping[str, Any]) -> Iterator[StepRun]:
-    """Open the MLflow run of one step, nested under its pipeline's run when there is one.
+def step_run(step: str, ctx: RunContext, params: Mapping[str, Any],
+             extra: Optional[Mapping[str, Any]] = None) -> Iterator[StepRun]:
+    """Open the MLflow run of one step: KFP's nested run for the task when KFP's MLflow integration
+    hands one over, else a run nested under the pipeline's parent run (when there is one).
 
-    Parameters are logged on entry; the run ends FINISHED, or FAILED if the body raises.
+    ``params`` (the task's input parameters) and ``extra`` (more settings) are logged on entry;
+    under KFP's integration only ``extra``, as KFP logs the inputs itself. The run ends FINISHED,
+    or FAILED if the body raises (KFP then sets its own runs' final status).
     """
     configure()
     import mlflow
 
-    experiment_id = _experiment_id(ctx.experiment)
     tags = {TAG_STEP: step, TAG_KIND: "step", "advpatch.version": __version__}
-    if ctx.task_name:
-        tags[TAG_TASK] = ctx.task_name
-    if ctx.pipeline_run_id:
-        tags[TAG_PIPELINE_RUN_ID] = ctx.pipeline_run_id
-        tags[TAG_KFP_RUN] = ctx.pipeline_run_name
-        tags[TAG_PARENT] = _parent_run_id(mlflow.MlflowClient(), experiment_id, ctx)
+    kfp_run = kfp_mlflow_run()
+    if kfp_run:
+        run_args: Dict[str, Any] = {"run_id": kfp_run}
+        logged = dict(extra or {})
+    else:
+        experiment_id = _experiment_id(ctx.experiment)
+        if ctx.task_name:
+            tags[TAG_TASK] = ctx.task_name
+        if ctx.pipeline_run_id:
+            tags[TAG_PIPELINE_RUN_ID] = ctx.pipeline_run_id
+            tags[TAG_KFP_RUN] = ctx.pipeline_run_name
+            tags[TAG_PARENT] = _parent_run_id(mlflow.MlflowClient(), experiment_id, ctx)
+        run_args = {"experiment_id": experiment_id, "run_name": ctx.task_name or step}
+        logged = {**params, **(extra or {})}
     started = time.monotonic()
-    with mlflow.start_run(experiment_id=experiment_id, run_name=ctx.task_name or step, tags=tags) as run:
-        step_run_ = StepRun(run.info.run_id)
-        step_run_.log_params(params)
-        log.info("MLflow run %s (%s) in experiment %r", run.info.run_id, step, ctx.experiment)
-        yield step_run_
-        step_run_.log_metrics({"duration_s": time.monotonic() - started})
+    try:
+        with mlflow.start_run(**run_args) as run:
+            mlflow.MlflowClient().log_batch(run.info.run_id, tags=[_tag(k, v) for k, v in tags.items()])
+            step_run_ = StepRun(run.info.run_id)
+            step_run_.log_params(logged)
+            log.info("MLflow run %s (%s)%s", run.info.run_id, step, " (KFP's)" if kfp_run else "")
+            yield step_run_
+            step_run_.log_metrics({"duration_s": time.monotonic() - started})
+    finally:
+        if kfp_run:  # mlflow.end_run() removes MLFLOW_RUN_ID from the environment: the task's, put back
+            os.environ[settings.ENV_MLFLOW_RUN_ID] = kfp_run
+
+
+def _tag(key: str, value: Any):
+    from mlflow.entities import RunTag
+
+    return RunTag(key, str(value))
+
+
+def _pipeline_parent(client, ctx: RunContext) -> Optional[str]:
+    """The pipeline's parent run: KFP's (the parent of this task's run) or advpatch's own."""
+    kfp_run = kfp_mlflow_run()
+    if kfp_run:
+        return client.get_run(kfp_run).data.tags.get(TAG_PARENT)
+    if not ctx.pipeline_run_id:
+        return None
+    return _parent_run_id(client, _experiment_id(ctx.experiment), ctx)
 
 
 def finish_pipeline_run(ctx: RunContext, *, dicts: Optional[Mapping[str, Any]] = None,
-                        texts: Optional[Mapping[str, str]] = None, status: str = "FINISHED") -> Optional[str]:
-    """Attach ``dicts`` (as JSON) and ``texts`` to the pipeline's parent run and mark it ended (the
-    last step of a pipeline calls this). Returns the parent run's id, or ``None`` outside a pipeline."""
-    if not ctx.pipeline_run_id:
+                        texts: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """Attach ``dicts`` (as JSON) and ``texts`` to the pipeline's parent run (the report step calls
+    this) and, unless KFP's integration owns the run, mark it FINISHED. Returns the parent run's
+    id, or ``None`` outside a pipeline."""
+    configure()
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = _pipeline_parent(client, ctx)
+    if parent is None:
+        return None
+    for name, data in (dicts or {}).items():
+        client.log_dict(parent, data, name)
+    for name, text in (texts or {}).items():
+        client.log_text(parent, text, name)
+    if not kfp_mlflow_run():
+        client.set_terminated(parent, status="FINISHED")
+    return parent
+
+
+def close_pipeline_run(ctx: RunContext, pipeline_state: str) -> Optional[str]:
+    """Mark the pipeline's own parent run FINISHED (the pipeline succeeded) or FAILED (anything
+    else); the pipeline's exit task calls this whatever happened. Under KFP's integration KFP closes
+    its own parent, and this does nothing."""
+    if kfp_mlflow_run() or not ctx.pipeline_run_id:
         return None
     configure()
     import mlflow
 
     client = mlflow.MlflowClient()
     parent = _parent_run_id(client, _experiment_id(ctx.experiment), ctx)
-    for name, data in (dicts or {}).items():
-        client.log_dict(parent, data, name)
-    for name, text in (texts or {}).items():
-        client.log_text(parent, text, name)
-    client.set_terminated(parent, status=status)
+    client.set_terminated(parent, status="FINISHED" if pipeline_state == "SUCCEEDED" else "FAILED")
     return parent
 
 

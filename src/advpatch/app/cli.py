@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -58,9 +59,13 @@ def run(pipeline_name: str, arguments: Dict[str, Any], output: Optional[Path]) -
     settings.quiet_tensorflow()
     started = time.monotonic()
     print(f"running pipeline {pipeline_name} locally (task logs: {log_file}) ...", flush=True)
-    # what the task subprocesses read: the output folder, absolute, and the MLflow store in it
+    # what the task subprocesses read: the output folder, absolute, the MLflow store in it, and the
+    # run they belong to (on a cluster, the pod's labels give the last two; see pipelines/common.py)
+    run_id = uuid.uuid4().hex
     task_env = {settings.ENV_OUTPUT_DIR: str(base),
-                settings.ENV_TRACKING_URI: os.environ.get(settings.ENV_TRACKING_URI) or _local_store_uri()}
+                settings.ENV_TRACKING_URI: os.environ.get(settings.ENV_TRACKING_URI) or _local_store_uri(),
+                settings.ENV_PIPELINE_RUN_ID: run_id,
+                settings.ENV_PIPELINE_RUN_NAME: f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:6]}"}
     with _environment(task_env):
         results = run_local(PIPELINES[pipeline_name], arguments, base / "kfp", log_file=log_file)
     results["wall_time_s"] = round(time.monotonic() - started, 1)
@@ -115,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     subm.add_argument("--experiment", default="advpatch")
     subm.add_argument("--run-name", default="")
     subm.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    subm.add_argument("--namespace", default="", help="multi-user KFP: the profile namespace (default: "
+                      "$KFP_NAMESPACE, else this pod's namespace; single-user: none)")
+    subm.add_argument("--token-path", default="", help="a service-account token file to authenticate with "
+                      "(default: $KF_PIPELINES_SA_TOKEN_PATH or KFP's default path, when the file exists)")
     subm.add_argument("--wait", action="store_true", help="wait for the run; exit 1 unless it succeeds")
     subm.add_argument("--timeout", type=int, default=3600, help="seconds to wait")
     subm.add_argument("--poll", type=float, default=10.0, help="seconds between status checks")

@@ -24,6 +24,8 @@ from advpatch.params import Param
 
 WIDTH = 100
 KFP_TYPES = ("Artifact", "Dataset", "Model", "Metrics", "ClassificationMetrics", "Markdown", "HTML")
+FINAL_STATUS = "PipelineTaskFinalStatus"
+"""An exit task's input KFP fills in with the pipeline's final status (not an artifact)."""
 CUSTOM_TYPES: Dict[str, str] = {}
 """Artifact types of our own -> their module. None: KFP 2.17 accepts only schema titles in the
 ``system.`` and ``google.`` namespaces, so a patch set is a plain ``Artifact``."""
@@ -84,7 +86,7 @@ def read_component(folder: Path) -> Component:
         inputs += [Io(n, spec["type"], spec["description"], spec.get("optional", False)) for n in names]
     outputs = tuple(Io(n, s["type"], s["description"]) for n, s in (meta.get("outputs") or {}).items())
     for io in (*inputs, *outputs):
-        if io.type not in KFP_TYPES and io.type not in CUSTOM_TYPES:
+        if io.type not in KFP_TYPES and io.type not in CUSTOM_TYPES and not (io.type == FINAL_STATUS and io in inputs):
             raise ValueError(f"{folder}/metadata.yaml: {io.name} has unknown type {io.type!r}")
     if meta["name"] != folder.name or meta["name"] not in params.STEP_PARAMS:
         raise ValueError(f"{folder}/metadata.yaml: name {meta['name']!r} is not a step named like its folder")
@@ -120,25 +122,29 @@ def _args_block(entries: Sequence[Tuple[str, str]], indent: str) -> List[str]:
 
 # --------------------------------------------------------------------------- components
 def render_component(c: Component) -> str:
-    used = sorted({io.type for io in (*c.inputs, *c.outputs) if io.type in KFP_TYPES}
-                  | {"Input" if c.inputs else "", "Output"} - {""})
+    artifacts_in = [io for io in c.inputs if io.type != FINAL_STATUS]
+    used = sorted({io.type for io in (*artifacts_in, *c.outputs) if io.type in KFP_TYPES}
+                  | {"Input" if artifacts_in else "", "Output" if c.outputs else ""} - {""})
     custom = sorted({io.type for io in (*c.inputs, *c.outputs) if io.type in CUSTOM_TYPES})
-    sig = [f"    {io.name}: Input[{io.type}]," for io in c.inputs if not io.optional]
+    sig = [f"    {io.name}: dsl.{FINAL_STATUS}," for io in c.inputs if io.type == FINAL_STATUS]
+    sig += [f"    {io.name}: Input[{io.type}]," for io in artifacts_in if not io.optional]
     sig += [f"    {io.name}: Output[{io.type}]," for io in c.outputs]
-    sig += [f"    {io.name}: Input[{io.type}] = None," for io in c.inputs if io.optional]
+    sig += [f"    {io.name}: Input[{io.type}] = None," for io in artifacts_in if io.optional]
     sig += [f"    {p.name}: {p.type_name} = {literal(p.default)}," for p in (*c.params, *params.TRACKING)]
     args = [(io.name, io.description) for io in c.inputs]
     args += [(p.name, describe(p)) for p in (*c.params, *params.TRACKING)]
     doc = [f'    """{c.summary}', ""]
     doc += textwrap.wrap(c.description, WIDTH, initial_indent="    ", subsequent_indent="    ") + [""] if c.description else []
-    doc += ["    Args:", *_args_block(args, "    "), "", "    Returns:",
-            *_args_block([(io.name, io.description) for io in c.outputs], "    "), '    """']
+    doc += ["    Args:", *_args_block(args, "    ")]
+    if c.outputs:
+        doc += ["", "    Returns:", *_args_block([(io.name, io.description) for io in c.outputs], "    ")]
+    doc.append('    """')
     lines = [
         GENERATED,
         f'"""{c.name}: {c.summary}"""',
         "",
         "from kfp import dsl",
-        f"from kfp.dsl import {', '.join(used)}",
+        *([f"from kfp.dsl import {', '.join(used)}"] if used else []),
         "",
         *[f"from {CUSTOM_TYPES[t]} import {t}" for t in custom],
         "from advpatch.settings import runtime_image",
@@ -173,16 +179,22 @@ def render_readme(c: Component) -> str:
         lines += [f"| `{io.name}` | {io.type} | {'optional' if io.optional else 'required'} | {_cell(io.description)} |"
                   for io in c.inputs]
         lines.append("")
-    lines += ["## Parameters", "", "| parameter | type | default | allowed | description |", "|---|---|---|---|---|"]
-    lines += [f"| `{p.name}` | {p.type_name} | `{literal(p.default)}` | {_cell(p.allowed())} | {_cell(p.doc)} |"
-              for p in c.params]
-    lines += ["", "Every component also takes the tracking parameters "
-              + ", ".join(f"`{p.name}`" for p in params.TRACKING)
-              + " (the pipelines set them: they put the step's MLflow run under its pipeline's run).", ""]
-    lines += ["## Outputs", "", "| output | type | description |", "|---|---|---|"]
-    lines += [f"| `{io.name}` | {io.type} | {_cell(io.description)} |" for io in c.outputs]
+    lines += ["## Parameters", ""]
+    if c.params:
+        lines += ["| parameter | type | default | allowed | description |", "|---|---|---|---|---|"]
+        lines += [f"| `{p.name}` | {p.type_name} | `{literal(p.default)}` | {_cell(p.allowed())} | {_cell(p.doc)} |"
+                  for p in c.params]
+        lines.append("")
+    lines += ["Every component takes the tracking parameters " + ", ".join(f"`{p.name}`" for p in params.TRACKING)
+              + " (the pipelines set them: they name the step's MLflow run; the pipeline run it belongs to"
+              " comes from the task's environment).", ""]
+    if c.outputs:
+        lines += ["## Outputs", "", "| output | type | description |", "|---|---|---|"]
+        lines += [f"| `{io.name}` | {io.type} | {_cell(io.description)} |" for io in c.outputs]
     if c.example:
         lines += ["", "## Example", "", "```python", c.example, "```"]
+    while lines and lines[-1] == "":
+        lines.pop()
     lines += ["", "_Generated by `make generate` from [`metadata.yaml`](metadata.yaml) and the parameter table "
               "([`advpatch.params`](../../src/advpatch/params/table.py))._"]
     return "\n".join(lines) + "\n"

@@ -45,6 +45,12 @@ def _output_to(log_file: Optional[Path]) -> Iterator[None]:
             os.close(saved[1])
 
 
+REPORT_RESULTS = Path("report") / "results"
+"""Where, in a local run's folder, the report task's results.json is (the local runner keeps each
+task's outputs under ``<run folder>/<task name>/<output name>``). The pipelines return nothing: KFP
+lets no output leave the exit handler that closes their MLflow run."""
+
+
 def run_local(
     pipeline, arguments: Mapping[str, Any], pipeline_root: Path, log_file: Optional[Path] = None
 ) -> Dict[str, Any]:
@@ -56,15 +62,17 @@ def run_local(
     from kfp import local
 
     pipeline_root.mkdir(parents=True, exist_ok=True)
+    before = set(pipeline_root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     try:
         with _output_to(log_file):
-            task = pipeline(**arguments)
+            pipeline(**arguments)
     except RuntimeError as e:
         if log_file is None:
             raise
         tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-60:])
         raise PipelineFailed(f"{e}\n--- end of {log_file} ---\n{tail}") from None
-    results_path = Path(task.output.path)
+    (run_folder,) = set(pipeline_root.iterdir()) - before
+    results_path = run_folder / REPORT_RESULTS
     log.info("results: %s", results_path)
     return json.loads(results_path.read_text())

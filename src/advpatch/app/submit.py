@@ -1,8 +1,10 @@
 """``advpatch submit``: upload a compiled pipeline to a KFP API, start a run, optionally wait.
 
 Uses ``kfp.Client`` (KFP API v2beta1): the pipeline is uploaded under its name (a new version
-when the name exists), the experiment is created when missing, and the run gets the ``-p``
-arguments, typed by the pipeline's own parameter declarations. With ``--wait`` the command
+when the name exists), the experiment is created when missing (in the namespace, on multi-user
+KFP), and the run gets the ``-p`` arguments, typed by the pipeline's own parameter declarations.
+On multi-user KFP every call carries a service-account token (:func:`token_path`) and the runs go
+to a profile namespace (:func:`namespace`). With ``--wait`` the command
 polls until the run ends and exits 0 only when it SUCCEEDED, so a Kubernetes Job running it fails
 with the run (manifests/ci).
 """
@@ -10,6 +12,7 @@ with the run (manifests/ci).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +26,12 @@ from advpatch.errors import AdvpatchError
 log = logging.getLogger(__name__)
 
 FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED")
+TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
+TOKEN_PATH_DEFAULT = "/var/run/secrets/kubeflow/pipelines/token"
+"""KFP's own names (kfp.client): where a projected service-account token for the audience
+``pipelines.kubeflow.org`` is mounted."""
+NAMESPACE_ENV = "KFP_NAMESPACE"
+POD_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 def read_package(path: str) -> Dict[str, Any]:
@@ -75,15 +84,46 @@ def submit(args) -> int:
         raise SubmitError(f"the KFP API at {args.host} refused a request: {e.status} {e.reason}") from None
 
 
+def token_path(args) -> str:
+    """The service-account token to present (multi-user KFP authenticates every call by it):
+    ``--token-path``, else KFP's own ``KF_PIPELINES_SA_TOKEN_PATH``, else KFP's default location;
+    ``""`` when there is no such file (single-user KFP needs none)."""
+    path = args.token_path or os.environ.get(TOKEN_PATH_ENV) or TOKEN_PATH_DEFAULT
+    return path if Path(path).is_file() else ""
+
+
+def namespace(args) -> str:
+    """The namespace (multi-user KFP's profile namespace) runs go to: ``--namespace``, else
+    ``KFP_NAMESPACE`` (the CI Job sets it to its own namespace), else the pod's own namespace when
+    running in one; ``""`` for single-user KFP."""
+    if args.namespace or os.environ.get(NAMESPACE_ENV):
+        return args.namespace or os.environ[NAMESPACE_ENV]
+    pod = Path(POD_NAMESPACE_FILE)
+    return pod.read_text().strip() if pod.is_file() else ""
+
+
+def _pipeline_id(client, name: str, ns: str):
+    """The id of the pipeline called ``name`` (in ``ns`` on multi-user KFP), or ``None``."""
+    import json
+
+    flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+    found = client.list_pipelines(filter=flt, namespace=ns or None).pipelines or []
+    return found[0].pipeline_id if found else None
+
+
 def _submit(args, spec: Dict[str, Any], arguments: Dict[str, Any]) -> int:
     import kfp
+    from kfp.client import ServiceAccountTokenVolumeCredentials
 
     name = args.pipeline_name or spec["pipelineInfo"]["name"]
-    client = kfp.Client(host=args.host)
+    token, ns = token_path(args), namespace(args)
+    client = kfp.Client(host=args.host, namespace=ns or "kubeflow",
+                        credentials=ServiceAccountTokenVolumeCredentials(token) if token else None)
+    log.info("KFP API %s, namespace %s, %s", args.host, ns or "(single-user)", "token" if token else "no token")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    pipeline_id = client.get_pipeline_id(name)
-    if pipeline_id is None:
-        pipeline = client.upload_pipeline(args.package, pipeline_name=name)
+    pipeline_id = _pipeline_id(client, name, ns)
+    if pipeline_id is None:  # on multi-user KFP the namespace's own pipeline, else a shared one
+        pipeline = client.upload_pipeline(args.package, pipeline_name=name, namespace=ns or None)
         pipeline_id = pipeline.pipeline_id
         versions = client.list_pipeline_versions(pipeline_id).pipeline_versions or []
         version_id = versions[0].pipeline_version_id
@@ -91,7 +131,7 @@ def _submit(args, spec: Dict[str, Any], arguments: Dict[str, Any]) -> int:
         version = client.upload_pipeline_version(args.package, pipeline_version_name=f"{name}-{stamp}",
                                                  pipeline_id=pipeline_id)
         version_id = version.pipeline_version_id
-    experiment = client.create_experiment(args.experiment)
+    experiment = client.create_experiment(args.experiment, namespace=ns or None)
     run = client.run_pipeline(experiment_id=experiment.experiment_id, job_name=args.run_name or f"{name}-{stamp}",
                               params=arguments, pipeline_id=pipeline_id, version_id=version_id)
     print(f"run {run.run_id} started: pipeline {name} ({pipeline_id}), version {version_id}", flush=True)

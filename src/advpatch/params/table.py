@@ -147,11 +147,11 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
 
 TRACKING: Tuple[Param, ...] = (
     PARAMS["experiment_name"],
-    _p("pipeline_run_id", str, "", "KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER): groups the steps of a run in MLflow."),
-    _p("pipeline_run_name", str, "", "KFP run name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER)."),
     _p("task_name", str, "", "KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run."),
 )
-"""Parameters every component takes to put its MLflow run under its pipeline's run."""
+"""Parameters every component takes to name its MLflow run. The pipeline run a task belongs to
+comes from its environment (:mod:`advpatch.settings`), not from a task input: an input that
+differs between runs would keep KFP's cache from ever reusing a task's outputs."""
 
 RELATIONS: Tuple[Relation, ...] = (
     Relation(("scale_min", "scale_max"), lambda lo, hi: lo < hi,
@@ -206,6 +206,7 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         "gaussian_augmentation_apply_fit", "gaussian_augmentation_apply_predict", *_DEFENCE[:-1],
         P["seed"].but(doc="Seeds the noise and which images get a noisy copy: same seed, same bytes.")),
     "report": _t("title"),
+    "close_run": (),
 }
 """Each step's parameters, in the order its component declares them."""
 

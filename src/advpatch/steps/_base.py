@@ -71,7 +71,7 @@ class Tracker:
     def run(self, **extra: Any) -> Iterator[Any]:
         from advpatch.tracking import step_run
 
-        with step_run(self.step, self.ctx, {**self.values, **extra}) as run:
+        with step_run(self.step, self.ctx, self.values, extra) as run:
             yield run
 
 

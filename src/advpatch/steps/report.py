@@ -1,4 +1,5 @@
-"""report: the steps' summaries -> results.json and a Markdown table; closes the pipeline's MLflow run."""
+"""report (the steps' summaries -> results.json and a Markdown table, attached to the pipeline's
+MLflow run) and close_run (the pipeline's exit task: its MLflow run FINISHED or FAILED)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,14 @@ def report(p, track, *, summaries: List[str], results: str, table: str) -> StepR
     write_text(table, markdown)
     finish_pipeline_run(track.ctx, dicts={"results.json": document}, texts={"results.md": markdown})
     return StepResult(step="report", label=p.title, details={"num_steps": len(summaries)})
+
+
+@step("close_run")
+def close_run(p, track, *, state: str) -> StepResult:
+    """Mark the pipeline's MLflow run FINISHED when the pipeline's final ``state`` is SUCCEEDED,
+    else FAILED. Pipelines run it as their exit task, so it runs whatever happened (under KFP's
+    own MLflow integration KFP closes its runs, and this does nothing)."""
+    from advpatch.tracking import close_pipeline_run
+
+    parent = close_pipeline_run(track.ctx, state)
+    return StepResult(step="close_run", label=f"pipeline {state.lower()}", details={"mlflow_run_id": parent or ""})

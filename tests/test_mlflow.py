@@ -1,0 +1,215 @@
+"""MLflow as the cluster runs it: the manifest's own server command (PostgreSQL, basic auth, allowed
+hosts, artifacts in S3) on real servers on 127.0.0.1; steps logging to it in parallel; and KFP
+2.17's own MLflow integration reproduced on it."""
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import S3_ACCESS_KEY, S3_SECRET_KEY, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMESPACE = "kubeflow"  # the single-user overlay's
+ADMIN = ("advpatch", "mlflow-admin-test-password-0815")
+
+
+def _manifest(overlay="single-user/cpu"):
+    import shutil
+
+    text = subprocess.run([shutil.which("kubectl"), "kustomize", str(ROOT / "manifests" / "overlays" / overlay)],
+                          check=True, capture_output=True, text=True).stdout
+    objs = [o for o in yaml.safe_load_all(text) if o]
+    deployment = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "advpatch-mlflow")
+    config = next(o for o in objs if o["kind"] == "ConfigMap")["data"]
+    return deployment["spec"]["template"]["spec"]["containers"][0], config
+
+
+def _container_env(container, config, secrets, overrides):
+    """The container's environment as the kubelet builds it: the ConfigMap (envFrom), then each
+    env entry in order, secrets by reference, $(VAR) expanded from the entries before it."""
+    env = dict(config)
+    env.update(overrides)
+    for entry in container["env"]:
+        if "valueFrom" in entry:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            env[entry["name"]] = secrets[(ref["name"], ref["key"])]
+        else:
+            env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], entry["value"])
+    return env
+
+
+@pytest.fixture(scope="module")
+def manifest_mlflow(postgres_server, s3_server, tmp_path_factory):
+    """`mlflow server` started with manifests/base/mlflow.yaml's own command and environment: the
+    database host and the S3 endpoint point at the test's real servers, it listens on 127.0.0.1."""
+    container, config = _manifest()
+    endpoint, bucket = s3_server
+    pg = postgres_server
+    secrets = {("advpatch-mlflow-server", "postgres-password"): pg["password"],
+               ("advpatch-mlflow-server", "flask-secret-key"): "test-flask-secret-key-0123456789",
+               ("advpatch-mlflow-credentials", "username"): ADMIN[0],
+               ("advpatch-mlflow-credentials", "password"): ADMIN[1],
+               ("mlpipeline-minio-artifact", "accesskey"): S3_ACCESS_KEY,
+               ("mlpipeline-minio-artifact", "secretkey"): S3_SECRET_KEY}
+    env = _container_env(container, config, secrets, {"MLFLOW_S3_ENDPOINT_URL": endpoint,
+                                                      "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{bucket}/manifest-mlflow"})
+    env["MLFLOW_BACKEND_STORE_URI"] = env["MLFLOW_BACKEND_STORE_URI"].replace(
+        "@advpatch-postgres:5432/", f"@{pg['host']}:{pg['port']}/")  # the Service name, resolved
+    root = tmp_path_factory.mktemp("manifest-mlflow")
+    port = free_port()
+    script = container["args"][0].replace("--host 0.0.0.0 --port 5000", f"--host 127.0.0.1 --port {port}")
+    script = script.replace("/tmp/basic_auth.ini", str(root / "basic_auth.ini"))
+    assert f"--port {port}" in script
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(container["command"] + [script], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **env, "HOME": str(root),
+                                 "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the manifest's mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield {"uri": uri, "port": port, "bucket": bucket, "endpoint": endpoint}
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _get(uri, path, host=None, auth=ADMIN):
+    req = urllib.request.Request(f"{uri}{path}")
+    if host:
+        req.add_header("Host", host)
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_the_manifest_server_answers_its_service_names_and_wants_credentials(manifest_mlflow):
+    uri, port = manifest_mlflow["uri"], manifest_mlflow["port"]
+    api = "/api/2.0/mlflow/experiments/search?max_results=1"
+    # what an in-cluster client sends (MLflow 3 answers 403 to Host names it was not told about)
+    for host in (f"advpatch-mlflow.{NAMESPACE}.svc:5000", f"advpatch-mlflow.{NAMESPACE}.svc.cluster.local:5000",
+                 "advpatch-mlflow:5000", f"localhost:{port}"):
+        assert _get(uri, api, host=host) == 200, host
+    assert _get(uri, api, host=f"advpatch-mlflow.{NAMESPACE}.svc:5000", auth=None) == 401
+    assert _get(uri, api, host=f"advpatch-mlflow.{NAMESPACE}.svc:5000", auth=(ADMIN[0], "wrong")) == 401
+    assert _get(uri, api, host="mlflow.evil.example:5000") == 403
+    assert _get(uri, "/health", host="mlflow.evil.example:5000", auth=None) == 200  # why probes stayed green
+
+
+def _log_one_step(i: int) -> str:
+    """One pipeline step: a step run under the pipeline's parent, 50 metrics, a 10-epoch history,
+    parameters and an artifact (each step a client of its own, as the pods of a run are)."""
+    from advpatch.tracking import RunContext, step_run
+
+    ctx = RunContext("parallel-steps", "run-parallel-1", "parallel run", f"task-{i}")
+    with step_run("infer", ctx, {"batch_size": 256, "row": f"row {i}"}) as run:
+        run.log_metrics({f"m{j}": i * 100 + j for j in range(50)})
+        run.log_history({"loss": [1.0 / (e + 1) for e in range(10)]})
+        run.log_dict({"step": i}, "summary.json")
+        return run.run_id
+
+
+def test_sixteen_steps_log_in_parallel_to_the_postgres_backed_server(manifest_mlflow, monkeypatch):
+    """No error, no lost metric, one parent: 16 concurrent steps against MLflow on PostgreSQL."""
+    import mlflow
+
+    for k, v in {"MLFLOW_TRACKING_URI": manifest_mlflow["uri"], "MLFLOW_TRACKING_USERNAME": ADMIN[0],
+                 "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}.items():
+        monkeypatch.setenv(k, v)
+    # 16 concurrent clients, all racing to create the parent run (MLflow's active run is per thread)
+    with ThreadPoolExecutor(16) as pool:
+        run_ids = list(pool.map(_log_one_step, range(16)))
+    assert len(set(run_ids)) == 16
+    mlflow.set_tracking_uri(manifest_mlflow["uri"])
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("parallel-steps")
+    parents = client.search_runs([exp.experiment_id], "tags.`advpatch.kind` = 'pipeline'")
+    assert len(parents) == 1  # sixteen racing steps, one parent
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'",
+                                  max_results=100)
+    assert sorted(c.info.run_id for c in children) == sorted(run_ids)
+    for child in children:
+        i = int(child.data.tags["kfp.task_name"].split("-")[1])
+        assert {k: v for k, v in child.data.metrics.items() if k.startswith("m")} == {
+            f"m{j}": float(i * 100 + j) for j in range(50)}
+        assert len(client.get_metric_history(child.info.run_id, "loss")) == 10
+        assert child.info.status == "FINISHED" and child.data.params["row"] == f"row {i}"
+        assert mlflow.artifacts.load_dict(f"runs:/{child.info.run_id}/summary.json") == {"step": i}
+
+
+def test_kfp_own_mlflow_integration_keeps_its_tree(manifest_mlflow, tmp_path, monkeypatch):
+    """KFP 2.17's integration, reproduced: an experiment, a parent run per KFP run, a nested run per
+    task, MLFLOW_RUN_ID (and friends) in the task's environment as KFP's driver sets them. A step logs
+    into KFP's nested run; the run keeps its parent; no second parent appears; KFP's own logging of
+    the task's inputs still succeeds; the report attaches to KFP's parent without closing it."""
+    import mlflow
+
+    from advpatch import steps
+    from advpatch.tracking import RunContext
+
+    env = {"MLFLOW_TRACKING_URI": manifest_mlflow["uri"], "MLFLOW_TRACKING_USERNAME": ADMIN[0],
+           "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    # what KFP's API server and driver make
+    experiment = client.create_experiment("KFP-Default-test")
+    parent = client.create_run(experiment, run_name="kfp-run-42").info.run_id
+    nested = client.create_run(experiment, run_name="load-dataset",
+                               tags={"mlflow.parentRunId": parent}).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", nested)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment)
+    monkeypatch.setenv("ADVPATCH_PIPELINE_RUN_ID", "kfp-run-uuid-42")
+    ctx = RunContext.current("advpatch-with-kfp", "load-dataset")
+    result = steps.load_dataset(dataset=str(tmp_path / "data"), source="digits", split="test", max_examples=20,
+                                ctx=ctx)
+    run = client.get_run(nested)
+    assert run.data.metrics["num_examples"] == 20.0
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.info.experiment_id == experiment
+    assert not run.data.params  # KFP logs the task's inputs itself: none of ours to clash with
+    # KFP's launcher at the end of the task: the inputs, JSON-encoded, and the status
+    from mlflow.entities import Param
+
+    client.log_batch(nested, params=[Param("source", json.dumps("digits")), Param("split", json.dumps("test"))])
+    client.set_terminated(nested, "FINISHED")
+    assert client.get_run(nested).data.params == {"source": '"digits"', "split": '"test"'}
+    # no parent of advpatch's own, anywhere
+    assert client.get_experiment_by_name("advpatch-with-kfp") is None
+    everywhere = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(everywhere, "tags.`advpatch.pipeline_run_id` = 'kfp-run-uuid-42'") == []
+    # the report: results on KFP's parent, which KFP (not advpatch) closes
+    summary = tmp_path / "summary.json"
+    summary.write_text(result.to_json())
+    steps.report(summaries=[str(summary)], results=str(tmp_path / "results.json"), table=str(tmp_path / "t.md"),
+                 ctx=ctx)
+    steps.close_run(state="FAILED", ctx=ctx)
+    assert mlflow.artifacts.load_dict(f"runs:/{parent}/results.json")["steps"][0]["step"] == "load_dataset"
+    assert client.get_run(parent).info.status == "RUNNING"
