@@ -59,6 +59,7 @@ clean:
 	rm -rf $(OUTPUTS)
 
 bench: $(STAMP)
+	$(PY) tests/benchmarks/bench_tasks.py $(TASK_BENCH_ARGS)
 	$(PY) tests/benchmarks/bench_patch.py $(BENCH_ARGS)
 
 # Compiled pipelines for a cluster: make compile REGISTRY=registry.example.com/ml TAG=0.1.0 [COMPILE_ARGS=--no-gpu]

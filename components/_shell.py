@@ -7,7 +7,8 @@ input that is not connected as ``""``; numbered slots ``summary_01``, ``summary_
 ``summaries``; an exit task's ``dsl.PipelineTaskFinalStatus`` as its ``state``), its parameters
 by name, and the tracking parameters, with the pipeline run from the task's environment, as the
 step's :class:`~advpatch.tracking.RunContext`. The result's metrics go to the ``metrics`` output (KFP's
-metrics viewer), its confusion matrix to ``confusion`` (KFP's confusion-matrix viewer), the whole
+metrics viewer), its evaluations' confusion matrices to ``confusion`` (and, for a second evaluation
+of patched images, ``confusion_patched``: KFP's confusion-matrix viewer), the whole
 result as JSON to ``summary`` (for the report step) and its output metadata onto the output
 artifacts.
 """
@@ -21,7 +22,7 @@ import re
 import sys
 from typing import Any, Dict, List, Mapping
 
-KFP_OUTPUTS = ("metrics", "confusion", "summary")
+KFP_OUTPUTS = ("metrics", "confusion", "confusion_patched", "summary")
 """Outputs the shell fills from the step's result; every other artifact is the step's to read or write."""
 
 _NUMBERED = re.compile(r"(?P<base>[a-z_]+)_(?P<index>\d\d)")
@@ -43,13 +44,22 @@ def run_step(name: str, args: Mapping[str, Any]):
         numbered = _NUMBERED.fullmatch(key)
         if hasattr(artifact, "state") and hasattr(artifact, "pipeline_task_name"):  # a PipelineTaskFinalStatus
             paths["state"] = artifact.state
+        elif isinstance(artifact, list):  # a dsl.Collected list of artifacts
+            paths[key] = [a.path for a in artifact]
         elif numbered:
             slots = lists.setdefault(_plural(numbered["base"]), [])
             if artifact is not None:
                 slots.append(artifact.path)
         else:
             paths[key] = artifact.path if artifact is not None else ""
-    result = STEPS[name](**paths, **lists, **values, ctx=RunContext.current(**tracking))
+    ctx = RunContext.current(**tracking)
+    result = None
+    if os.environ.get("ADVPATCH_WARM_SOCKET"):  # advpatch run: a process with the imports done forks for it
+        from advpatch.app.warm import run_in_warm_child
+
+        result = run_in_warm_child(name, {**paths, **lists, **values}, ctx)
+    if result is None:
+        result = STEPS[name](**paths, **lists, **values, ctx=ctx)
     to_kfp(result, args)
     if os.environ.get("_KFP_RUNTIME") == "true":  # inside a task that KFP runs (not a direct call)
         atexit.register(_exit_without_teardown)
@@ -81,8 +91,10 @@ def to_kfp(result, artifacts: Mapping[str, Any]) -> None:
         for key, value in result.metrics.items():
             if value is not None and math.isfinite(value):
                 artifacts["metrics"].log_metric(key, float(value))
-    if artifacts.get("confusion") is not None and result.confusion_matrix:
-        artifacts["confusion"].log_confusion_matrix(result.confusion_categories, result.confusion_matrix)
+    for i, evaluation in enumerate(result.evaluations):  # the first in 'confusion', a second in 'confusion_patched'
+        output = "confusion" if i == 0 else f"confusion_{evaluation.condition}"
+        if artifacts.get(output) is not None and evaluation.matrix:
+            artifacts[output].log_confusion_matrix(evaluation.categories, evaluation.matrix)
     if artifacts.get("summary") is not None:
         write_text(artifacts["summary"].path, result.to_json())
     for output, metadata in result.outputs.items():

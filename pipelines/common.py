@@ -17,13 +17,13 @@ def tracking(experiment_name) -> Dict[str, object]:
 
 def report_inputs(*tasks) -> Dict[str, object]:
     """The report component's ``summary_01``, ``summary_02``, ... arguments: each task's
-    ``summary`` output, in table order."""
+    ``summary`` output (a gather task's ``bundle``), in table order."""
     from advpatch.components import report
 
     slots = [name for name in report.component_spec.inputs if name.startswith("summary_")]
     if len(tasks) > len(slots):
         raise ValueError(f"a report takes at most {len(slots)} steps, got {len(tasks)}")
-    return {slot: task.outputs["summary"] for slot, task in zip(slots, tasks)}
+    return {slot: task.outputs["bundle" if "bundle" in task.outputs else "summary"] for slot, task in zip(slots, tasks)}
 
 
 RUN_IDENTITY = {

@@ -1,10 +1,11 @@
 """The full MNIST experiment of the seed's notebook, as one pipeline, with one comparison table.
 
 load (train, test) -> baseline LeNet -> gen_patch (3 patches, target 5, 40 generation images)
--> deploy_patch (training set: augment; test set: corrupt)
--> for every row, infer on clean and on patched test images:
+-> deploy_patch (training set: augment; test set: each image and a patched copy of it)
+-> for every row, one task evaluates the clean and the patched test images separately:
    baseline | spatial smoothing | JPEG compression | Gaussian noise (preprocessing defences on the
-   test images) | trained on patched data (the augmented training set) | PGD adversarial training
+   test images, then infer) | trained on patched data (the augmented training set) | PGD
+   adversarial training (the two trainings evaluate their models on the test images themselves)
 -> report: clean accuracy, accuracy on patched images and targeted success, row by row.
 
 The defences see the test images as prediction data (``data_role="predict"``), so each applies
@@ -137,35 +138,35 @@ def build(placement=None):
                 patch_application_rate=train_patch_application_rate, patch_scale=patch_scale,
                 output_tar_name="adv_training.tar", **placements, **track,
             ).set_display_name("deploy_patch: training set (augment)")
+            # the test set as clean images and a patched copy of each: every row below is one task per
+            # model (and one per defence), evaluating the clean and the patched images separately
             patched_test = deploy_patch(
-                data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="corrupt",
+                data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
                 patch_application_rate=1.0, patch_scale=patch_scale, **placements, **track,
-            ).set_display_name("deploy_patch: test set (corrupt)")
-            clean_images, patched_images = test_data.outputs["dataset"], patched_test.outputs["patched_data"]
+            ).set_display_name("deploy_patch: test set (clean + patched copies)")
+            test_pairs = patched_test.outputs["patched_data"]
 
-            def evaluate(model_task, row, clean, patched):
-                return [infer(data=images, model=model_task.outputs["model"], row=row, condition=condition, seed=seed,
-                              **track).set_display_name(f"infer: {row} / {condition}")
-                        for condition, images in (("clean", clean), ("patched", patched))]
+            def evaluate(model_task, row, images):
+                return infer(data=images, model=model_task.outputs["model"], row=row, condition="split", seed=seed,
+                             **track).set_display_name(f"infer: {row}")
 
-            rows = evaluate(baseline, "baseline", clean_images, patched_images)
+            rows = [evaluate(baseline, "baseline", test_pairs)]
             for row, defence, settings in (
                 ("spatial smoothing", spatial_smoothing, {"spatial_smoothing_window_size": spatial_smoothing_window_size}),
                 ("JPEG compression", jpeg_compression, {"jpeg_compression_quality": jpeg_compression_quality}),
                 ("Gaussian noise", gaussian_augmentation, {"gaussian_augmentation_sigma": gaussian_augmentation_sigma}),
             ):
-                defended = [defence(data=images, data_role="predict", seed=seed, **settings, **track)
-                            .set_display_name(f"{row}: {kind} test") for kind, images in (("clean", clean_images),
-                                                                                          ("patched", patched_images))]
-                rows += evaluate(baseline, row, *[d.outputs["defended_data"] for d in defended])
-            on_patched_data = train(**{**fit, "training_data": patched_train.outputs["patched_data"]},
-                                    model_tag="patched").set_display_name("train: on patched data")
-            rows += evaluate(on_patched_data, "trained on patched data", clean_images, patched_images)
-            adversarial = train(model_tag="pgd", apply_defense=True, **fit).set_display_name(
-                "train: PGD adversarial training")
-            rows += evaluate(adversarial, "PGD adversarial training", clean_images, patched_images)
+                defended = defence(data=test_pairs, data_role="predict", seed=seed, **settings, **track)
+                rows.append(evaluate(baseline, row, defended.set_display_name(f"{row}: test set").outputs["defended_data"]))
+            # the two trained rows: each training evaluates its model on the clean and patched test images itself
+            tested = {**fit, "testing_data": test_pairs}
+            on_patched_data = train(**{**tested, "training_data": patched_train.outputs["patched_data"]},
+                                    model_tag="patched", row="trained on patched data").set_display_name(
+                "train: on patched data")
+            adversarial = train(model_tag="pgd", apply_defense=True, row="PGD adversarial training",
+                                **tested).set_display_name("train: PGD adversarial training")
             report(
-                **report_inputs(baseline, attack, patched_train, patched_test, on_patched_data, adversarial, *rows),
+                **report_inputs(baseline, attack, patched_train, patched_test, *rows, on_patched_data, adversarial),
                 title="MNIST adversarial patch experiment: defences", **track,
             )
         place_all(placement)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -250,3 +251,39 @@ def postgres_server():
     except subprocess.TimeoutExpired:
         proc.kill()
     shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- a browser
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's chromium package; .ci/run installs it), driven by Playwright."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.fail("chromium is not installed (Debian: apt-get install chromium; .ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def look_at(browser, url: str, screenshot: Path, width: int = 1280):
+    """Open ``url`` as a person would; return the page, every request it made, its console errors
+    and the full-page screenshot's pixels (an RGB array)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    requests, errors = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url, wait_until="load")
+    png = page.screenshot(path=str(screenshot), full_page=True)
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    return page, requests, errors, pixels

@@ -48,7 +48,8 @@ def test_default_cluster_placement(tmp_path, monkeypatch):
     text, spec, platform = _compile(tmp_path, "--image", "registry.example.com/ml/advpatch:9.9.9")
     _strict_parse(spec, platform)
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 28  # one per task (and the exit task): KFP gives tasks with their own resources their own executor
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert len(executors) == len(tasks) + 1 == 17  # one per task (and the exit task): KFP gives tasks with their own resources their own executor
     for name, executor in executors.items():
         container = executor["container"]
         gpu = _kind(name) in GPU_EXECUTORS

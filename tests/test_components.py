@@ -5,6 +5,7 @@ import csv
 import json
 import re
 
+import numpy as np
 import pytest
 from kfp import compiler, dsl
 
@@ -53,7 +54,9 @@ def test_component_interface_is_the_table_and_the_metadata(name):
     assert list(artifacts_in) == [io.name for io in meta_artifacts if not io.optional] + \
         [io.name for io in meta_artifacts if io.optional]
     for io in meta_artifacts:
-        assert artifacts_in[io.name].type == f"system.{io.type}@0.0.1" and artifacts_in[io.name].optional == io.optional
+        assert artifacts_in[io.name].type == f"system.{codegen._inner(io.type)}@0.0.1"
+        assert artifacts_in[io.name].optional == io.optional
+        assert bool(artifacts_in[io.name].is_artifact_list) == io.type.startswith("List[")
         assert _words(artifacts_in[io.name].description) == _words(io.description)
     assert list(spec.outputs or {}) == [io.name for io in meta.outputs]
     for io in meta.outputs:  # KFP reads output descriptions from the docstring's Returns: section
@@ -79,7 +82,7 @@ def test_a_readme_lists_every_parameter_by_exact_name():
         listed = re.findall(r"^\| `([a-z_0-9]+)` \| (?:int|float|str|bool) \|", text, re.M)
         assert listed == [p.name for p in params.STEP_PARAMS[name]], name
     train = (codegen.components_dir() / "train" / "README.md").read_text()
-    assert all(f"| `{p.name}` |" in train for p in params.STEP_PARAMS["train"]) and len(params.STEP_PARAMS["train"]) == 14
+    assert all(f"| `{p.name}` |" in train for p in params.STEP_PARAMS["train"]) and len(params.STEP_PARAMS["train"]) == 15
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -138,13 +141,26 @@ def chain(tmp_path_factory):
         for condition, data in (("clean", out["load_test"]["dataset"]),
                                 ("patched", out["jpeg_compression"]["defended_data"])):
             arts = dict(data=data, model=out["train"]["model"], metrics=dsl.Metrics(),
-                        confusion=dsl.ClassificationMetrics(), predictions=_art(dsl.Dataset, root / f"{condition}.csv"),
+                        confusion=dsl.ClassificationMetrics(), confusion_patched=dsl.ClassificationMetrics(),
+                        predictions=_art(dsl.Dataset, root / f"{condition}.csv"),
                         summary=_art(dsl.Artifact, root / f"infer-{condition}.json"))
             components.infer.python_func(**arts, row="JPEG compression", experiment_name="shells",
                                          task_name=f"infer-{condition}")
             out[f"infer_{condition}"] = arts
-        arts = dict(results=_art(dsl.Artifact, root / "results.json"), table=_art(dsl.Markdown, root / "table.md"))
-        slots = [out[k]["summary"] for k in ("train", "gen_patch", "deploy_patch", "infer_clean", "infer_patched")]
+        arts = dict(data=out["deploy_patch"]["patched_data"], model=out["train"]["model"], metrics=dsl.Metrics(),
+                    confusion=dsl.ClassificationMetrics(), confusion_patched=dsl.ClassificationMetrics(),
+                    predictions=_art(dsl.Dataset, root / "split.csv"), summary=_art(dsl.Artifact, root / "split.json"))
+        components.infer.python_func(**arts, row="baseline", condition="split", experiment_name="shells",
+                                     task_name="infer-split")
+        out["infer_split"] = arts
+        arts = dict(bundle=_art(dsl.Artifact, root / "bundle.json"))
+        components.gather.python_func(summaries=[out["infer_clean"]["summary"], out["infer_patched"]["summary"]],
+                                      **arts, experiment_name="shells", task_name="gather")
+        out["gather"] = arts
+        arts = dict(results=_art(dsl.Artifact, root / "results.json"), table=_art(dsl.Markdown, root / "table.md"),
+                    html=_art(dsl.HTML, root / "report.html"))
+        slots = [out["train"]["summary"], out["gen_patch"]["summary"], out["deploy_patch"]["summary"],
+                 out["gather"]["bundle"], out["infer_split"]["summary"]]
         components.report.python_func(**arts, **{f"summary_{i:02d}": s for i, s in enumerate(slots, 1)},
                                       **{f"summary_{i:02d}": None for i in range(6, 25)}, title="shells",
                                       experiment_name="shells")
@@ -192,8 +208,10 @@ def test_defence_shells(chain, name):
 
 def test_infer_shell_fills_kfp_metrics_confusion_and_predictions(chain):
     clean, patched = chain["infer_clean"], chain["infer_patched"]
-    assert _summary(clean)["row"] == "JPEG compression" and _summary(clean)["condition"] == "clean"
-    assert _summary(patched)["condition"] == "patched"  # condition='auto': the data carries patched images
+    assert [(e["row"], e["condition"]) for e in _summary(clean)["evaluations"]] == [("JPEG compression", "clean")]
+    # condition='auto': the data carries patched images
+    assert [(e["row"], e["condition"]) for e in _summary(patched)["evaluations"]] == [("JPEG compression", "patched")]
+    assert clean["confusion_patched"].metadata == {}  # only a split fills it
     matrix = clean["confusion"].metadata["confusionMatrix"]
     assert [a["displayName"] for a in matrix["annotationSpecs"]] == [str(i) for i in range(10)]
     assert sum(map(sum, (r["row"] for r in matrix["rows"]))) == 40
@@ -202,6 +220,27 @@ def test_infer_shell_fills_kfp_metrics_confusion_and_predictions(chain):
     rows = list(csv.DictReader(open(patched["predictions"].path)))
     assert len(rows) == 40 and {"patched", "patch_target", "source_index"} <= set(rows[0])
     assert "targeted_success_rate" in patched["metrics"].metadata
+
+
+def test_infer_split_shell_fills_both_confusion_matrices(chain):
+    """condition='split' on deploy_patch's output: the clean images and the patched ones, apart."""
+    split = chain["infer_split"]
+    evaluations = _summary(split)["evaluations"]
+    assert [(e["row"], e["condition"]) for e in evaluations] == [("baseline", "clean"), ("baseline", "patched")]
+    clean, patched = (sum(map(sum, (r["row"] for r in split[k].metadata["confusionMatrix"]["rows"])))
+                      for k in ("confusion", "confusion_patched"))
+    assert clean + patched == 40 and clean == evaluations[0]["counts"]["accuracy"][1]
+    assert patched == evaluations[1]["counts"]["accuracy"][1]
+    k, n = evaluations[1]["counts"]["targeted_success_rate"]  # the images whose label is not the target
+    rows = list(csv.DictReader(open(split["predictions"].path)))
+    assert n == sum(r["patched"] == "True" and r["label"] != r["patch_target"] for r in rows)
+    assert evaluations[1]["metrics"]["targeted_success_rate"] == k / n
+
+
+def test_gather_shell_bundles_the_summaries_in_order(chain):
+    bundle = json.loads(open(chain["gather"]["bundle"].path).read())
+    assert bundle["format"] == "advpatch-step-results"
+    assert [s["evaluations"][0]["condition"] for s in bundle["results"]] == ["clean", "patched"]
 
 
 def test_close_run_shell_takes_the_final_status(chain):
@@ -220,14 +259,52 @@ def test_close_run_shell_takes_the_final_status(chain):
         (parent,) = client.search_runs([exp.experiment_id], "tags.`advpatch.kind` = 'pipeline'")
         children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert parent.info.status == "FAILED"  # the report had marked it FINISHED; the exit task has the last word
-    assert {c.data.tags["kfp.task_name"] for c in children} >= {"train", "infer-clean", "infer-patched"}
+    assert {c.data.tags["kfp.task_name"] for c in children} >= {"train", "infer-clean", "infer-patched", "infer-split"}
 
 
 def test_report_shell_pairs_rows_by_field(chain):
     results = json.loads(open(chain["report"]["results"].path).read())
-    assert [s["step"] for s in results["steps"]] == ["train", "gen_patch", "deploy_patch", "infer", "infer"]
-    (row,) = results["comparison"]
-    assert row["label"] == "JPEG compression"
-    assert row["clean_accuracy"] == chain["infer_clean"]["metrics"].metadata["accuracy"]
-    assert row["targeted_success_rate"] == chain["infer_patched"]["metrics"].metadata["targeted_success_rate"]
-    assert "| JPEG compression" in open(chain["report"]["table"].path).read()
+    # the gather bundle expands in place, in its order
+    assert [s["step"] for s in results["steps"]] == ["train", "gen_patch", "deploy_patch", "infer", "infer", "infer"]
+    jpeg, baseline = results["comparison"]
+    assert jpeg["label"] == "JPEG compression" and baseline["label"] == "baseline"
+    assert jpeg["clean_accuracy"] == chain["infer_clean"]["metrics"].metadata["accuracy"]
+    assert jpeg["targeted_success_rate"] == chain["infer_patched"]["metrics"].metadata["targeted_success_rate"]
+    table = open(chain["report"]["table"].path).read()
+    assert "| JPEG compression" in table and "| baseline" in table
+    page = open(chain["report"]["html"].path).read()
+    assert page.startswith("<!DOCTYPE html>") and "JPEG compression" in page and "<script" not in page
+
+
+def test_the_report_page_as_a_person_sees_it(chain, browser, tmp_path):
+    """The report step's HTML page in a real browser: it loads nothing from anywhere, runs no
+    script, every image decodes, it fits the window, and it shows the rates of results.json."""
+    from advpatch.report import format_rate
+    from conftest import look_at
+
+    page_file = chain["report"]["html"].path
+    results = json.loads(open(chain["report"]["results"].path).read())
+    page, requests, errors, pixels = look_at(browser, f"file://{page_file}", tmp_path / "report.png")
+    try:
+        assert requests == [f"file://{page_file}"]  # pictures are inline data: URIs; no CDN, no font
+        assert errors == []  # no CSP violation, no broken image
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.naturalWidth, e.naturalHeight])")
+        # rates chart, 2 patches, each evaluation's samples, confusion matrices, training curves
+        samples = sum(len(e["samples"]) for e in results["evaluations"])
+        assert samples >= 12 and len(images) == 1 + 2 + samples + 1 + 1
+        assert all(w > 0 and h > 0 for w, h in images)
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        csp = page.get_attribute("meta[http-equiv='Content-Security-Policy']", "content")
+        assert "default-src 'none'" in csp and "script-src" not in csp
+        assert page.inner_text("h1") == "shells"
+        text = page.inner_text("body")
+        for row in results["comparison"]:
+            for name, r in row["rates"].items():
+                assert f"{format_rate(r)} {r['successes']}/{r['count']}" in text, (row["label"], name)
+    finally:
+        page.close()
+    # not a blank page: most of it is white, but charts and pictures cover a good share
+    assert pixels.shape[0] > 1500 and pixels.shape[1] == 1280
+    inked = (pixels.min(axis=2) < 200).mean()
+    assert 0.05 < inked < 0.6, inked
+    assert len(np.unique(pixels.reshape(-1, 3)[::7], axis=0)) > 200  # colours, greys, not one flat fill

@@ -1,14 +1,18 @@
 """`make demo`: the seed notebook's whole MNIST experiment, end to end through kfp.local."""
 
 import json
+import re
 
+import numpy as np
 import pytest
+from conftest import look_at
 
 from advpatch import settings
 
 
 @pytest.mark.slow
-def test_demo_runs_the_full_experiment_on_a_mnist_layout_folder(mnist_folder, tmp_path, monkeypatch, capsys):
+def test_demo_runs_the_full_experiment_on_a_mnist_layout_folder(mnist_folder, tmp_path, monkeypatch, capsys,
+                                                                 browser):
     """What `make demo DATA=...` runs: every row of the seed notebook's experiment."""
     from advpatch.app import cli
 
@@ -33,3 +37,73 @@ def test_demo_runs_the_full_experiment_on_a_mnist_layout_folder(mnist_folder, tm
     assert [t["details"]["model_uri"] for t in trains] == [
         "models:/mnist_baseline_le_net/1", "models:/mnist_patched_le_net/1", "models:/mnist_pgd_le_net/1"]
     assert trains[2]["metrics"]["test_pgd_accuracy"] > trains[0]["metrics"]["test_pgd_accuracy"]
+    # every rate carries its count and 95% interval, in the file and in the printed table
+    for label, row in rows.items():
+        r = row["rates"]["targeted_success_rate"]
+        assert r["low"] <= r["value"] <= r["high"] and r["count"] > 0 and r["interval"] == "wilson-95", label
+    base = rows["baseline"]["rates"]["clean_accuracy"]
+    assert base["count"] == 80 and base["value"] == base["successes"] / 80  # mnist_folder: 8 test images a class
+    assert f"{base['value']:.2f} ({base['low']:.2f}-{base['high']:.2f})" in printed
+    # progress, one line per task as it ends, then where the report is
+    done = [line for line in printed.splitlines() if "] ok " in line]
+    assert len(done) == 17 and done[-1].lstrip().startswith("[17/17]"), printed
+    page_file = tmp_path / "outputs" / "demo" / "report.html"
+    assert page_file.is_file() and str(page_file) in printed
+    assert "PGD adversarial training" in page_file.read_text()
+    # the pipeline's MLflow run: the report and one metric per row and rate, comparable across runs
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("mnist")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`advpatch.kind` = 'pipeline'")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["targeted_success_rate/baseline"] == rows["baseline"]["targeted_success_rate"]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"report.html", "results.json",
+                                                                          "results.md"}
+
+    # the demo's report in a real browser: nothing leaves the page, every picture decodes
+    page, requests, errors, pixels = look_at(browser, page_file.as_uri(), tmp_path / "demo-report.png")
+    images = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+    page.close()
+    assert requests == [page_file.as_uri()] and errors == []
+    assert len(images) > 60 and all(w > 0 for w in images)  # charts, 3 patches, 12 x 8 samples
+    assert (pixels.min(axis=2) < 200).mean() > 0.05 and len(np.unique(pixels.reshape(-1, 3)[::7], axis=0)) > 200
+
+    # MLflow's own UI on the demo's store, as a person opens it: the training-runs page lists the
+    # pipeline's run; expanded, its steps by name, with the datasets they used
+    from advpatch.app.tracking_server import local_server
+
+    with local_server(tmp_path / "outputs" / "mlflow", tmp_path / "mlflow-ui.log") as uri:
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(f"{uri}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
+        page.wait_for_selector(f"text={parent.info.run_name}", timeout=60000)
+        page.locator("button[data-component-id*='runnamecellrenderer']").first.click()  # expand the parent
+        page.wait_for_selector("text=infer: baseline / patched", timeout=30000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(tmp_path / "mlflow-ui.png"))
+        text = page.inner_text("body")
+        page.close()
+    for name in ("train: baseline", "train: PGD adversarial training", "infer: JPEG compression / clean",
+                 "evaluate: trained on patched data / patched", "gen_patch: 3 patches"):
+        assert name in text, name
+    assert "Training" in text and "Generation" in text  # the Dataset column: inputs with their context
+
+    # a second run with other settings, then the two side by side
+    capsys.readouterr()
+    assert cli.main(["run", "mnist-experiment", "-p", f"data_dir={mnist_folder}", "-p", "epochs=5",
+                     "-p", "patch_scale=0.3"]) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", "--experiment", "mnist", "--html", str(tmp_path / "compare.html")]) == 0
+    printed = capsys.readouterr().out
+    differ = printed.split("### Parameters that differ")[1].split("###")[0]
+    # by KFP task name, the same in every run of the pipeline
+    assert re.search(r"^\| train: epochs +\| +15\.0 \| +5\.0 \|$", differ, re.M), differ
+    assert "patch_scale" in differ and "model_architecture" not in differ  # only what differs
+    for label in rows:
+        assert printed.count(f"| {label} ") >= 3, label  # in each rate's table
+    page, requests, errors, _ = look_at(browser, (tmp_path / "compare.html").as_uri(), tmp_path / "compare.png")
+    text = page.inner_text("body")
+    page.close()
+    assert errors == [] and len(requests) == 1 and "Parameters that differ" in text
+    first = rows["baseline"]["rates"]["targeted_success_rate"]
+    assert f"{first['successes']}/{first['count']}" in text

@@ -147,11 +147,16 @@ def test_sixteen_steps_log_in_parallel_to_the_postgres_backed_server(manifest_ml
     with ThreadPoolExecutor(16) as pool:
         run_ids = list(pool.map(_log_one_step, range(16)))
     assert len(set(run_ids)) == 16
+    from advpatch.tracking import RunContext, close_pipeline_run
+
+    # the pipeline's exit task, after every step
+    close_pipeline_run(RunContext("parallel-steps", "run-parallel-1", "parallel run", "exit"), "SUCCEEDED")
     mlflow.set_tracking_uri(manifest_mlflow["uri"])
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("parallel-steps")
     parents = client.search_runs([exp.experiment_id], "tags.`advpatch.kind` = 'pipeline'")
     assert len(parents) == 1  # sixteen racing steps, one parent
+    assert parents[0].info.status == "FINISHED"
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'",
                                   max_results=100)
     assert sorted(c.info.run_id for c in children) == sorted(run_ids)
@@ -162,6 +167,35 @@ def test_sixteen_steps_log_in_parallel_to_the_postgres_backed_server(manifest_ml
         assert len(client.get_metric_history(child.info.run_id, "loss")) == 10
         assert child.info.status == "FINISHED" and child.data.params["row"] == f"row {i}"
         assert mlflow.artifacts.load_dict(f"runs:/{child.info.run_id}/summary.json") == {"step": i}
+
+
+def test_a_parent_that_lost_the_race_hands_its_steps_to_the_winner(manifest_mlflow, monkeypatch):
+    """The race the 16-step test can hit only sometimes, made to happen: a step created its parent
+    and logged under it before an older parent became visible. The next step picks the older one;
+    the exit task moves the loser's step runs under the winner and deletes the loser."""
+    import mlflow
+
+    from advpatch.tracking import RunContext, close_pipeline_run, step_run
+
+    for k, v in {"MLFLOW_TRACKING_URI": manifest_mlflow["uri"], "MLFLOW_TRACKING_USERNAME": ADMIN[0],
+                 "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}.items():
+        monkeypatch.setenv(k, v)
+    mlflow.set_tracking_uri(manifest_mlflow["uri"])
+    client = mlflow.MlflowClient()
+    exp = client.create_experiment("race-lost")
+    tags = {"advpatch.pipeline_run_id": "run-race", "advpatch.kind": "pipeline"}
+    late = client.create_run(exp, tags=tags, start_time=2_000).info.run_id  # visible first
+    early_child = client.create_run(exp, tags={"mlflow.parentRunId": late}).info.run_id
+    early = client.create_run(exp, tags=tags, start_time=1_000).info.run_id  # older, committed later
+    ctx = RunContext("race-lost", "run-race", "race", "task-x")
+    with step_run("infer", ctx, {"row": "x"}) as run:
+        new_child = run.run_id
+    assert client.get_run(new_child).data.tags["mlflow.parentRunId"] == early
+    close_pipeline_run(ctx, "FAILED")
+    parents = client.search_runs([exp], "tags.`advpatch.kind` = 'pipeline'")
+    assert [p.info.run_id for p in parents] == [early] and parents[0].info.status == "FAILED"
+    assert client.get_run(late).info.lifecycle_stage == "deleted"
+    assert client.get_run(early_child).data.tags["mlflow.parentRunId"] == early
 
 
 def test_kfp_own_mlflow_integration_keeps_its_tree(manifest_mlflow, tmp_path, monkeypatch):
@@ -212,4 +246,5 @@ def test_kfp_own_mlflow_integration_keeps_its_tree(manifest_mlflow, tmp_path, mo
                  ctx=ctx)
     steps.close_run(state="FAILED", ctx=ctx)
     assert mlflow.artifacts.load_dict(f"runs:/{parent}/results.json")["steps"][0]["step"] == "load_dataset"
+    assert client.get_run(parent).data.tags["advpatch.kind"] == "pipeline"  # advpatch compare finds it
     assert client.get_run(parent).info.status == "RUNNING"

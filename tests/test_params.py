@@ -2,6 +2,8 @@
 
 import math
 
+import re
+
 import pytest
 
 from advpatch import params
@@ -75,7 +77,8 @@ def test_pipeline_parameters_that_feed_a_step_parameter_take_its_rule():
             if p.of:
                 step, target = p.of.split(".")
                 (fed,) = [q for q in params.STEP_PARAMS[step] if q.name == target]
-                assert (p.type, p.rule) == (fed.type, fed.rule), f"{name}.{p.name}"
+                # a list parameter (a ParallelFor's items) feeds its items, one per iteration
+                assert (float if p.type is list else p.type, p.rule) == (fed.type, fed.rule), f"{name}.{p.name}"
             else:
                 assert p.name in params.PARAMS, f"{name}.{p.name} is in no step"
 
@@ -85,7 +88,7 @@ def test_every_default_passes_its_own_rule_and_every_parameter_is_described():
         for p in table:
             assert p.check(p.default) == p.default, f"{where}.{p.name}"
             assert p.doc and p.doc.endswith((".", ")")) and "\n" not in p.doc, f"{where}.{p.name}: {p.doc!r}"
-            assert p.type in (int, float, str, bool)
+            assert p.type in (int, float, str, bool, list)
     for name in params.PIPELINE_PARAMS:
         params.validate_pipeline(name, {})
 
@@ -94,6 +97,20 @@ def test_every_default_passes_its_own_rule_and_every_parameter_is_described():
                                               (bool, "False", False), (str, "x=y", "x=y")])
 def test_command_line_text_is_typed_by_the_table(kind, raw, value):
     assert params.parse_text("p", kind, raw) == value
+
+
+def test_a_list_parameter_checks_each_item_by_the_rule_it_feeds():
+    assert params.parse_text("patch_scales", list, "0.25, 0.5") == [0.25, 0.5]
+    assert params.validate_pipeline("mnist-sweep", {"patch_scales": [0.3]})["patch_scales"] == [0.3]
+    allowed = re.escape("must be a non-empty list of distinct numbers, each in [0, 1]")
+    with pytest.raises(ParameterError, match=rf"^patch_scales {allowed}, got \[0.3, 1.5\] \(1.5 is not\)$"):
+        params.validate_pipeline("mnist-sweep", {"patch_scales": [0.3, 1.5]})
+    with pytest.raises(ParameterError, match=rf"^patch_scales {allowed}, got \[\]$"):
+        params.validate_pipeline("mnist-sweep", {"patch_scales": []})
+    with pytest.raises(ParameterError, match=r"a value repeats"):
+        params.validate_pipeline("mnist-sweep", {"patch_scales": [0.3, 0.3]})
+    with pytest.raises(ParameterError, match=r"patch_scales"):
+        params.parse_text("patch_scales", list, "0.2,big")
 
 
 @pytest.mark.parametrize("kind, raw, message", [(int, "2.5", "p must be an integer, got '2.5'"),

@@ -1,6 +1,7 @@
 """Pipelines: compiled specs, and whole runs through kfp.local."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import yaml
 from advpatch import settings
 
 
-@pytest.mark.parametrize("name", ["mnist-patch", "mnist-experiment"])
+@pytest.mark.parametrize("name", ["mnist-patch", "mnist-experiment", "mnist-sweep"])
 def test_compiling_does_not_import_tensorflow(tmp_path, name):
     code = (
         "import sys; from kfp import compiler; from advpatch.pipelines import PIPELINES;"
@@ -33,14 +34,22 @@ def test_compiling_does_not_import_tensorflow(tmp_path, name):
     if name == "mnist-patch":
         assert set(tasks) == {"load-dataset", "load-dataset-2", "train", "gen-patch", "deploy-patch", "infer",
                               "infer-2", "report"}
+    elif name == "mnist-sweep":  # a ParallelFor over the scales, its results gathered for the report
+        (loop,) = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-for-loop")]
+        assert loop["parameterIterator"]["items"]["inputParameter"].endswith("patch_scales")
+        body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+        assert sorted(re.sub(r"-\d+$", "", t["componentRef"]["name"]) for t in body.values()) == [
+            "comp-deploy-patch", "comp-infer", "comp-infer", "comp-jpeg-compression"]
+        gathers = [k for k, t in tasks.items() if t["componentRef"]["name"].startswith("comp-gather")]
+        assert len(gathers) == 2 and set(tasks["report"]["dependentTasks"]) >= set(gathers)
     else:
-        import re
-
         kinds = [re.sub(r"-\d+$", "", t["componentRef"]["name"]) for t in tasks.values()]
-        assert kinds.count("comp-infer") == 12 and kinds.count("comp-train") == 3
-        assert kinds.count("comp-spatial-smoothing") == kinds.count("comp-jpeg-compression") == 2
-        assert kinds.count("comp-gaussian-augmentation") == 2
-        assert len([k for k in tasks["report"]["inputs"]["artifacts"] if k.startswith("summary_")]) == 18
+        # one infer per comparison row (clean and patched halves of one test set), the two
+        # hardened models evaluated by their own training step
+        assert kinds.count("comp-infer") == 4 and kinds.count("comp-train") == 3
+        assert kinds.count("comp-spatial-smoothing") == kinds.count("comp-jpeg-compression") == 1
+        assert kinds.count("comp-gaussian-augmentation") == 1 and kinds.count("comp-deploy-patch") == 2
+        assert len([k for k in tasks["report"]["inputs"]["artifacts"] if k.startswith("summary_")]) == 10
     # the run is not an input (KFP's cache would never hit): tasks read it from their environment
     assert set(tasks["train"]["inputs"]["parameters"]) >= {"experiment_name", "task_name"}
     assert "pipeline_run_id" not in json.dumps(spec) and "pipeline_job_uuid" not in json.dumps(spec)
@@ -111,6 +120,9 @@ def test_mnist_patch_pipeline_end_to_end(short_run):
     root = short_run
     printed = (root / "printed.txt").read_text()
     assert "| baseline | " in printed.replace("  ", " ") and "targeted success" in printed
+    # advpatch run's warm process ran the steps of the tasks that started once it was ready (the
+    # same-seed test below checks that this changes no byte against a plain kfp.local run)
+    assert printed.count("runs in a warm child") >= 4, printed
     results = json.loads((root / "outputs" / "run" / "results.json").read_text())
     assert results["format"] == "advpatch-results"
     steps = {s["step"]: s for s in results["steps"]}
@@ -126,10 +138,11 @@ def test_mnist_patch_pipeline_end_to_end(short_run):
     assert (patched["row"], patched["condition"]) == ("baseline", "patched") and patched["num_patched"] == 80
     assert patched["accuracy"] < clean["accuracy"] - 0.3
     assert patched["targeted_success_rate"] > 0.5
-    assert results["comparison"] == [{"label": "baseline", "clean_accuracy": clean["accuracy"],
-                                      "patched_accuracy": patched["accuracy_patched"],
-                                      "targeted_success_rate": patched["targeted_success_rate"]}]
-    assert steps["infer"]["confusion_matrix"]["categories"] == [str(i) for i in range(10)]
+    (row,) = results["comparison"]
+    assert (row["label"], row["clean_accuracy"], row["patched_accuracy"], row["targeted_success_rate"]) == (
+        "baseline", clean["accuracy"], patched["accuracy_patched"], patched["targeted_success_rate"])
+    assert row["rates"]["clean_accuracy"]["count"] == 80 and row["rates"]["patched_accuracy"]["count"] == 80
+    assert clean["confusion_matrix"]["categories"] == [str(i) for i in range(10)]
 
     import mlflow
 
@@ -142,6 +155,21 @@ def test_mnist_patch_pipeline_end_to_end(short_run):
     assert sorted(c.data.tags["kfp.task_name"] for c in children) == [
         "deploy-patch", "gen-patch", "infer", "infer-2", "load-dataset", "load-dataset-2", "train"]
     assert mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/results.json")["evaluations"] == results["evaluations"]
+    # MLflow that reads well: the experiment opens on its training runs, runs are named after what
+    # they are, the parent holds each row's figures, the inputs fill MLflow's Dataset column
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    names = {c.data.tags["kfp.task_name"]: c.info.run_name for c in children}
+    assert names["infer"] == "infer: baseline / clean" and names["infer-2"] == "infer: baseline / patched"
+    assert names["gen-patch"] == "gen_patch: 3 patches" and names["train"] == "train: le_net"
+    assert names["load-dataset"] == "load_dataset: train" and names["deploy-patch"] == "deploy_patch: corrupt"
+    assert parent.data.metrics["targeted_success_rate/baseline"] == patched["targeted_success_rate"]
+    assert parent.data.metrics["clean_accuracy/baseline"] == clean["accuracy"]
+    assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    by_task = {c.data.tags["kfp.task_name"]: c for c in children}
+    (used,) = by_task["infer-2"].inputs.dataset_inputs
+    assert used.dataset.digest and used.dataset.source_type == "local" and used.dataset.name
+    assert {t.key: t.value for t in used.tags}["mlflow.data.context"] == "evaluation"
+    assert by_task["train"].inputs.dataset_inputs  # what it was trained on
 
 
 def _artifacts(root):
@@ -202,11 +230,15 @@ def test_same_seed_same_bytes_for_every_artifact_of_the_short_pipeline(short_run
         elif a.name in ("summary", "results", "executor_output.json"):
             assert _masked(json.loads(a.read_text())) == _masked(json.loads(b.read_text())), name
             kinds.add("summary")
+        elif a.name == "html":  # the report page: all but its header line (when, which run)
+            header = re.compile(r"<div class=meta>[^<]*</div>")
+            assert header.sub("", a.read_text()) == header.sub("", b.read_text()), name
+            kinds.add("html")
         else:
             assert a.read_bytes() == b.read_bytes(), name
             kinds.add(a.suffix or a.name)
     # shards, manifests, patch previews, the predictions CSV and the report's table among them
-    assert {"model", "summary", ".npz", ".json", ".png", "predictions", "table"} <= kinds, kinds
+    assert {"model", "summary", ".npz", ".json", ".png", "predictions", "table", "html"} <= kinds, kinds
 
 
 def test_bad_pipeline_parameter_fails_fast_with_a_clear_message(capsys, tmp_path, monkeypatch):
@@ -226,3 +258,31 @@ def test_bad_pipeline_parameter_fails_fast_with_a_clear_message(capsys, tmp_path
     assert "scale_min must be smaller than scale_max, got scale_min=0.6 and scale_max=0.5" in capsys.readouterr().err
     assert cli.main(["run", "mnist-patch", "-p", "model_uri=x"]) == 2
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_the_sweep_pipeline_runs_locally_and_draws_its_curve(mnist_folder, tmp_path, monkeypatch, capsys):
+    """mnist-sweep through the local runner: a ParallelFor over scales, gathered into one table and
+    one curve per row (the baseline and JPEG compression), with intervals."""
+    from advpatch.app import cli
+
+    monkeypatch.delenv(settings.ENV_TRACKING_URI, raising=False)
+    monkeypatch.delenv(settings.ENV_OUTPUT_DIR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = {"data_dir": mnist_folder, "epochs": 5, "max_iter": 100, "num_patch": 1, "patch_scales": "0.2,0.5"}
+    assert cli.main(["run", "mnist-sweep", *[a for k, v in args.items() for a in ("-p", f"{k}={v}")]]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((tmp_path / "outputs" / "run" / "results.json").read_text())
+    assert [r["label"] for r in results["comparison"]] == [
+        "baseline (scale 0.2)", "baseline (scale 0.5)", "JPEG compression (scale 0.2)", "JPEG compression (scale 0.5)"]
+    sweep = results["sweep"]
+    assert sweep["parameter"] == "patch_scale" and set(sweep["curves"]) == {"baseline", "JPEG compression"}
+    for row, points in sweep["curves"].items():
+        assert [p["x"] for p in points] == [0.2, 0.5], row
+        assert all(p["rates"]["targeted_success_rate"]["count"] > 0 for p in points)
+    small, large = sweep["curves"]["baseline"]
+    # a bigger patch: at least as much targeted success (80 test images; the gap is large)
+    assert large["rates"]["targeted_success_rate"]["value"] >= small["rates"]["targeted_success_rate"]["value"]
+    page = (tmp_path / "outputs" / "run" / "report.html").read_text()
+    assert "Sweep over patch scale" in page and page.count("data:image/png;base64,") > 10
+    assert "| baseline (scale 0.5)" in printed

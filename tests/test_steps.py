@@ -11,7 +11,8 @@ from advpatch import steps
 from advpatch.dataset import DatasetError
 from advpatch.models import ModelError
 from advpatch.params import ParameterError
-from advpatch.tracking import RegistryError, RunContext, registered_model_name
+from advpatch.registry import RegistryError, registered_model_name
+from advpatch.tracking import RunContext
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +105,21 @@ def test_infer_writes_metrics_confusion_and_predictions(tiny_data, tmp_path, out
     steps.train(training_data=str(tiny_data / "train"), model=str(tmp_path / "m"), epochs=2, seed=1)
     result = steps.infer(data=str(tiny_data / "test"), predictions=str(tmp_path / "pred.csv"),
                          model=str(tmp_path / "m"), row="mine")
-    matrix = np.array(result.confusion_matrix)
+    (evaluation,) = result.evaluations
+    matrix = np.array(evaluation.matrix)
     assert matrix.shape == (10, 10) and matrix.sum() == 60
+    assert evaluation.counts["accuracy"] == [int(np.trace(matrix)), 60]
     assert result.metrics["accuracy"] == pytest.approx(np.trace(matrix) / 60)
     rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
     assert len(rows) == 60
     assert np.mean([r["label"] == r["predicted"] for r in rows]) == pytest.approx(result.metrics["accuracy"])
-    assert (result.row, result.condition) == ("mine", "clean")  # condition 'auto': no patched images
-    assert json.loads(result.to_json())["label"] == "mine / clean"
+    assert (evaluation.row, evaluation.condition) == ("mine", "clean")  # condition 'auto': no patched images
+    assert evaluation.label == "mine / clean"
+    assert json.loads(result.to_json())["evaluations"][0]["row"] == "mine"
+    with pytest.raises(ParameterError, match="condition='split' needs data with patched images"):
+        steps.infer(data=str(tiny_data / "test"), predictions=str(tmp_path / "p2.csv"), model=str(tmp_path / "m"),
+                    condition="split")
+    assert not (tmp_path / "p2.csv").exists()
 
 
 def test_train_rejects_bad_input_before_work_and_writes_nothing(tiny_data, tmp_path, outputs):

@@ -12,6 +12,7 @@ def infer(
     data: Input[Dataset],
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
+    confusion_patched: Output[ClassificationMetrics],
     predictions: Output[Dataset],
     summary: Output[Artifact],
     model: Input[Model] = None,
@@ -28,8 +29,10 @@ def infer(
 
     The seed's infer entry point: accuracy, loss, precision, recall and F1 (macro and weighted),
     one-vs-rest AUC and a confusion matrix; on patched data also accuracy on patched and unpatched
-    images and the targeted success rate. The model is a Model artifact or a registered MLflow model
-    (model_uri). row and condition place the evaluation in the report's comparison table.
+    images and the targeted success rate, each rate with its count. The model is a Model artifact or
+    a registered MLflow model (model_uri). row and condition place the evaluation in the report's
+    comparison table; condition 'split' evaluates the clean images and their patched copies
+    (deploy_patch augment) of one dataset separately, in one task.
 
     Args:
         data: The images to classify.
@@ -41,8 +44,10 @@ def infer(
         batch_size: Images per forward pass. Allowed: an integer >= 1.
         row: Row of the comparison table this evaluation belongs to (e.g. 'baseline', 'JPEG
             compression'); empty: the model's architecture.
-        condition: What the images are: 'clean', 'patched', or 'auto' (patched when the data carries
-            patched images). Allowed: one of 'auto', 'clean', 'patched'.
+        condition: What the images are: 'clean', 'patched', 'auto' (patched when the data carries
+            patched images) or 'split' (clean images and patched copies of them, as deploy_patch's
+            'augment' writes: two evaluations, one of each). Allowed: one of 'auto', 'clean',
+            'patched', 'split'.
         seed: Seeds TensorFlow (inference itself is deterministic). Allowed: an integer in [0,
             2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
@@ -51,7 +56,10 @@ def infer(
     Returns:
         metrics: accuracy, loss, precision/recall/F1 (macro and weighted), one-vs-rest AUC; on
             patched data accuracy_patched, accuracy_unpatched and targeted_success_rate.
-        confusion: The confusion matrix (the KFP UI draws it).
+        confusion: The confusion matrix (the KFP UI draws it); with condition 'split', of the clean
+            images.
+        confusion_patched: With condition 'split', the confusion matrix of the patched images;
+            otherwise empty.
         predictions: One CSV row per image, label, prediction, confidence and the data's per-image
             provenance columns.
         summary: This step's result as JSON (advpatch-step-result), for the report step.

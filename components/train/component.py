@@ -27,6 +27,7 @@ def train(
     pgd_eps_step: float = 0.025,
     pgd_max_iter: int = 10,
     pgd_ratio: float = 0.5,
+    row: str = "",
     seed: int = 0,
     experiment_name: str = "",
     task_name: str = "",
@@ -62,6 +63,9 @@ def train(
         pgd_eps_step: PGD's step size on [0, 1] pixels. Allowed: in (0, 1].
         pgd_max_iter: PGD iterations. Allowed: an integer >= 1.
         pgd_ratio: Share of each batch replaced by its PGD examples. Allowed: in (0, 1].
+        row: Row of the comparison table for the evaluations of testing_data when it holds clean
+            images and patched copies of them (deploy_patch augment); empty: the model_tag, else the
+            architecture.
         seed: Seeds the weights, the shuffling and the validation split: same seed, same weights.
             Allowed: an integer in [0, 2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.

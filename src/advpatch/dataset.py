@@ -63,6 +63,35 @@ class DatasetSpec:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def name(self) -> str:
+        """What the data is, from its provenance: ``digits/test``, ``digits/test + deploy_patch
+        augment + jpeg_compression``."""
+        parts = []
+        for record in self.provenance:
+            step = record.get("step", "?")
+            if step == "load_dataset":
+                parts = [f"{Path(str(record.get('source', '?'))).name or record.get('source')}/{record.get('split', '')}"]
+            elif step == "deploy_patch":
+                parts.append(f"deploy_patch {record.get('patch_deployment_method', '')}".strip())
+            else:
+                parts.append(step)
+        return " + ".join(parts) or "dataset"
+
+    @property
+    def source(self) -> str:
+        """Where the data was first read from (the load step's source)."""
+        loads = [r for r in self.provenance if r.get("step") == "load_dataset"]
+        return str(loads[-1].get("source", "")) if loads else ""
+
+    @property
+    def digest(self) -> str:
+        """A short fingerprint of the content: the SHA-256 of the shards' SHA-256s."""
+        h = hashlib.sha256()
+        for shard in self.shards:
+            h.update(str(shard.get("sha256", "")).encode())
+        return h.hexdigest()[:12]
+
     def to_json(self) -> Dict[str, Any]:
         return {
             "format": FORMAT,
@@ -284,6 +313,20 @@ class Dataset:
                 buf = [rest] if n else []
         if n:
             yield _concat(buf)
+
+    def take(self, indices: Sequence[int]) -> np.ndarray:
+        """The images at ``indices`` (in that order), reading one shard at a time."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), *self.image_shape), dtype=np.uint8)
+        start = 0
+        for shard in self.shards():
+            n = len(shard["y"])
+            hit = (indices >= start) & (indices < start + n)
+            out[hit] = shard["x"][indices[hit] - start]
+            start += n
+            if start > indices.max(initial=-1):
+                break
+        return out
 
     def load(self) -> Dict[str, np.ndarray]:
         """All examples at once as ``{"x", "y", <columns>...}`` (small datasets)."""

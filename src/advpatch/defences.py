@@ -1,9 +1,10 @@
 """Preprocessing defences as classifier transforms (see :mod:`advpatch.classifier`).
 
-Each defence's reference forward pass is ART's own implementation (``SpatialSmoothing``,
-``JpegCompression``, ``GaussianAugmentation``), which are correct in ART 1.20.1 (its
-``SpatialSmoothingTensorFlowV2`` is not: it crashes with ``clip_values``). Tests check the results
-equal ART's on the same input.
+Each defence's forward pass does exactly what ART 1.20.1's numpy preprocessor does
+(``SpatialSmoothing``, ``JpegCompression``, ``GaussianAugmentation``; its
+``SpatialSmoothingTensorFlowV2`` crashes with ``clip_values``), written out here so a defence task
+does not pay for importing ART (1.7 s); tests check the results equal ART's, byte for byte, on the
+same input.
 
 A defence is used two ways: on a dataset (the ``spatial_smoothing``, ``jpeg_compression`` and
 ``gaussian_augmentation`` steps, images rounded back to uint8), or in front of a model inside a
@@ -39,14 +40,14 @@ class SpatialSmoothing(Transform):
     gradient = "straight_through"
 
     def __init__(self, window_size: int) -> None:
-        from art.defences.preprocessor import SpatialSmoothing as Art
-
         params.check(spatial_smoothing_window_size=window_size)
         self.window_size = window_size
-        self._art = Art(window_size=window_size, channels_first=False, clip_values=(0.0, 1.0))
 
     def numpy(self, x: np.ndarray) -> np.ndarray:
-        return self._art(x)[0]
+        from scipy.ndimage import median_filter
+
+        w = self.window_size
+        return np.clip(median_filter(x, size=(1, w, w, 1), mode="reflect"), 0.0, 1.0)
 
     def settings(self) -> Dict[str, Any]:
         return {"name": self.name, "spatial_smoothing_window_size": self.window_size}
@@ -62,16 +63,30 @@ class JpegCompression(Transform):
     gradient = "straight_through"
 
     def __init__(self, quality: int, channels_first: bool = False) -> None:
-        from art.defences.preprocessor import JpegCompression as Art
-
         params.check(jpeg_compression_quality=quality)
         self.quality, self.channels_first = quality, channels_first
-        self._art = Art(clip_values=(0.0, 1.0), quality=quality, channels_first=channels_first)
 
     def numpy(self, x: np.ndarray) -> np.ndarray:
-        if self.channels_first:
-            return self._art(x.transpose(0, 3, 1, 2))[0].transpose(0, 2, 3, 1)
-        return self._art(x)[0]
+        """As ART: pixels to uint8 by truncating ``x * 255``, each image compressed as RGB (3
+        channels) or each channel as grayscale, decoded, divided by 255."""
+        import io
+
+        from PIL import Image
+
+        def compress(image: np.ndarray, mode: str) -> np.ndarray:
+            buf = io.BytesIO()
+            Image.fromarray(image, mode=mode).save(buf, format="jpeg", quality=self.quality)
+            return np.array(Image.open(buf))
+
+        pixels = (x * 255).astype("uint8")
+        out = pixels.copy()
+        for i in range(len(pixels)):
+            if pixels.shape[-1] == 3:
+                out[i] = compress(pixels[i], "RGB")
+            else:
+                for c in range(pixels.shape[-1]):
+                    out[i, ..., c] = compress(pixels[i, ..., c], "L")
+        return (out / 255.0).astype(np.float32)
 
     def settings(self) -> Dict[str, Any]:
         return {"name": self.name, "jpeg_compression_quality": self.quality}
@@ -88,16 +103,14 @@ class GaussianNoise(Transform):
     gradient = "expectation"
 
     def __init__(self, sigma: float, seed: int = 0) -> None:
-        from art.defences.preprocessor import GaussianAugmentation as Art
-
         params.check(gaussian_augmentation_sigma=sigma, seed=seed)
         self.sigma, self.seed = sigma, seed
-        self._art = Art(sigma=sigma, augmentation=False, clip_values=(0.0, 1.0), apply_fit=False,
-                        apply_predict=True)
         self._generator = None
 
     def numpy(self, x: np.ndarray) -> np.ndarray:
-        return self._art(x)[0]
+        """As ART: noise from NumPy's global generator, float32, clipped to [0, 1]."""
+        noisy = np.random.normal(x, scale=self.sigma, size=x.shape).astype(np.float32)
+        return np.clip(noisy, 0.0, 1.0)
 
     def graph(self, x):
         import tensorflow as tf

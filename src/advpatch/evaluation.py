@@ -5,7 +5,8 @@ tests)."""
 from __future__ import annotations
 
 import csv
-from typing import Any, Dict, List, Optional, Sequence
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -13,6 +14,52 @@ from advpatch.dataset import Dataset, to_float
 from advpatch.files import atomic_file
 
 EPS = 1e-7
+Z_95 = 1.959963984540054
+"""The standard normal quantile of 0.975: a two-sided 95% interval."""
+
+
+def wilson_interval(successes: int, count: int, z: float = Z_95) -> Tuple[float, float]:
+    """The Wilson score interval for a proportion ``successes / count`` (Wilson 1927; Brown, Cai
+    and DasGupta 2001 advise it over the normal approximation, which fails near 0 and 1)."""
+    if count <= 0:
+        return float("nan"), float("nan")
+    p = successes / count
+    z2n = z * z / count
+    centre = (p + z2n / 2) / (1 + z2n)
+    half = z / (1 + z2n) * math.sqrt(p * (1 - p) / count + z2n / (4 * count))
+    # in exact arithmetic low <= p <= high; rounding can put a bound a hair past p at 0 or 1
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
+
+
+def rate(successes: int, count: int) -> Dict[str, Any]:
+    """A proportion with its count and 95% Wilson interval, as results.json stores every rate."""
+    low, high = wilson_interval(successes, count)
+    return {"value": successes / count if count else float("nan"), "successes": int(successes),
+            "count": int(count), "low": low, "high": high, "interval": "wilson-95"}
+
+
+def decimals(count: int) -> int:
+    """How many decimals a rate over ``count`` items supports: enough to tell ``k/count`` from
+    ``(k+1)/count`` (2 for up to 100 images, 3 up to 1,000, 4 beyond)."""
+    return min(4, max(2, math.ceil(math.log10(max(count, 1)))))
+
+
+def rate_counts(y_true: np.ndarray, y_pred: np.ndarray, patched: Optional[np.ndarray] = None,
+                targets: Optional[np.ndarray] = None) -> Dict[str, Tuple[int, int]]:
+    """(successes, count) of every rate an evaluation reports: ``accuracy``; with ``patched`` and
+    ``targets``, ``accuracy_patched`` and ``accuracy_unpatched`` (on the images with and without a
+    patch) and ``targeted_success_rate`` (patched images whose true label is not the target, now
+    assigned to the target). A rate with no images to count is left out."""
+    correct = y_pred == y_true
+    out = {"accuracy": (int(correct.sum()), len(correct))}
+    if patched is not None and targets is not None:
+        patched = patched.astype(bool)
+        eligible = patched & (y_true != targets)
+        for key, hits, where in (("accuracy_patched", correct, patched), ("accuracy_unpatched", correct, ~patched),
+                                 ("targeted_success_rate", y_pred == targets, eligible)):
+            if where.any():
+                out[key] = (int(hits[where].sum()), int(where.sum()))
+    return out
 
 
 def predict(classifier, dataset: Dataset, batch_size: int) -> Dict[str, np.ndarray]:
@@ -40,13 +87,25 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return m
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing their average rank (``scipy.stats.rankdata``'s
+    default, without importing SciPy's statistics, a second of every task's start)."""
+    values = np.asarray(values)
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    new_group = np.r_[True, ordered[1:] != ordered[:-1]]
+    starts = np.flatnonzero(new_group)
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = ((starts + ends + 1) / 2.0)[np.cumsum(new_group) - 1]
+    return ranks
+
+
 def _binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve via the Mann-Whitney U statistic (ties count one half)."""
-    from scipy.stats import rankdata
-
     n_pos = int(positive.sum())
     n_neg = len(positive) - n_pos
-    ranks = rankdata(scores)
+    ranks = average_ranks(scores)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -100,17 +159,10 @@ def classification_metrics(
 
 def patch_metrics(y_true: np.ndarray, y_pred: np.ndarray, patched: np.ndarray, targets: np.ndarray) -> Dict[str, float]:
     """What a patch did: accuracy on patched and on unpatched images, and the targeted success
-    rate: the share of patched images whose true label is not the target that the model now
-    assigns to the target."""
-    patched = patched.astype(bool)
-    eligible = patched & (y_true != targets)
-    out = {"num_patched": float(patched.sum())}
-    if patched.any():
-        out["accuracy_patched"] = float((y_pred[patched] == y_true[patched]).mean())
-    if (~patched).any():
-        out["accuracy_unpatched"] = float((y_pred[~patched] == y_true[~patched]).mean())
-    if eligible.any():
-        out["targeted_success_rate"] = float((y_pred[eligible] == targets[eligible]).mean())
+    rate (see :func:`rate_counts`), with the number of patched images."""
+    counts = rate_counts(y_true, y_pred, patched, targets)
+    out = {"num_patched": float(patched.astype(bool).sum())}
+    out.update({k: k_n[0] / k_n[1] for k, k_n in counts.items() if k != "accuracy"})
     return out
 
 

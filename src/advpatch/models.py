@@ -215,7 +215,7 @@ def resolve(model_path: str, model_uri: str, image_shape: Sequence[int], num_cla
         return load_model(model_path)
     import tempfile
 
-    from advpatch.tracking import download_registered_model
+    from advpatch.registry import download_registered_model
 
     with tempfile.TemporaryDirectory() as tmp:
         keras_file, meta = download_registered_model(model_uri, tmp)

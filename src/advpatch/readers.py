@@ -31,13 +31,22 @@ class SourceError(AdvpatchError):
 
 # --------------------------------------------------------------------------- embedded digits
 def embedded_digits(split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    """scikit-learn's digits framed like MNIST: uint8 [n, 28, 28, 1]."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's digits framed like MNIST: uint8 [n, 28, 28, 1].
+
+    Read from the data file scikit-learn ships (what ``sklearn.datasets.load_digits`` reads),
+    without importing scikit-learn: that import costs a task more than a second."""
+    import importlib.util
+
     from PIL import Image
 
-    bunch = load_digits()
-    images = bunch.images.astype(np.float32) / 16.0  # 0..16 -> 0..1
-    labels = bunch.target.astype(np.int32)
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError("the embedded digits come with scikit-learn, which is not installed")
+    data_file = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(data_file, "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    images = data[:, :-1].reshape(-1, 8, 8).astype(np.float32) / 16.0  # 0..16 -> 0..1
+    labels = data[:, -1].astype(np.int32)
     # Fixed stratified split: the same images are test images whatever the seed.
     rng = np.random.RandomState(0)
     is_test = np.zeros(len(labels), dtype=bool)
@@ -237,6 +246,23 @@ def write_image_folder(
                 x[i] = img
             writer.write(x, np.array([c for _, c in chunk], dtype=np.int32))
     return writer.spec
+
+
+def png_base64(image: np.ndarray, max_side: int = 128) -> str:
+    """A uint8 HxWxC image as a base64 PNG for reports: at its own size (a page enlarges it with
+    sharp pixels), or shrunk to ``max_side`` when larger."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    if max(img.size) > max_side:
+        scale = max_side / max(img.size)
+        img = img.resize((max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def write_arrays(

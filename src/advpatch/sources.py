@@ -150,7 +150,7 @@ def _fetch(source: str, tmp: Path) -> Path:
 
         return storage.download(source, tmp / "s3")
     from advpatch.files import extract_tar
-    from advpatch.tracking import download_run_artifact
+    from advpatch.registry import download_run_artifact
 
     run_id, tar_name, folder = parse_mlflow_run(source)
     archive = download_run_artifact(run_id, tar_name, tmp / "download")

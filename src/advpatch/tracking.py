@@ -12,7 +12,8 @@ Two ways a step finds its place:
   parameters (KFP logs them), and leaves the runs' status to KFP.
 * **Otherwise** (local runs, clusters without the integration): steps of one pipeline run share a
   parent run found by the tag ``advpatch.pipeline_run_id``. The first step to arrive creates it; if
-  two race, the older parent wins and the younger is deleted. The pipeline's exit task marks it
+  several race, the oldest wins, the others' step runs move under it and the others are deleted
+  (:func:`_settle_parents`). The pipeline's exit task marks it
   FINISHED or FAILED (:func:`close_pipeline_run`), so a failed pipeline does not leave it RUNNING.
 
 A task reads its pipeline run's id and name from its environment (:meth:`RunContext.current`), not
@@ -23,8 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
@@ -41,6 +45,7 @@ TAG_TASK = "kfp.task_name"
 TAG_KFP_RUN = "kfp.run_name"
 TAG_PARENT = "mlflow.parentRunId"
 MODEL_METADATA_KEY = "advpatch"
+EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,21 @@ def kfp_mlflow_run() -> Optional[str]:
     return os.environ.get(settings.ENV_MLFLOW_RUN_ID) or None
 
 
+KFP_MOUNTS = {"/s3/": "s3://", "/minio/": "s3://", "/gcs/": "gs://"}
+"""Where KFP's launcher puts a task's artifacts (``/<scheme>/<bucket>/<key>``) and the object
+store URI each stands for (MinIO and SeaweedFS speak S3)."""
+
+
+def artifact_uri(path: os.PathLike | str) -> str:
+    """The URI of the artifact at a task's local ``path``: its object-store URI on a cluster, a
+    ``file://`` URI locally."""
+    text = str(path)
+    for prefix, scheme in KFP_MOUNTS.items():
+        if text.startswith(prefix):
+            return scheme + text[len(prefix):]
+    return Path(text).resolve().as_uri()
+
+
 def local_store() -> Path:
     return settings.output_dir() / "mlflow"
 
@@ -82,28 +102,44 @@ def configure() -> str:
     import mlflow
 
     uri = tracking_uri()
-    if not os.environ.get(settings.ENV_TRACKING_URI):
-        local_store().mkdir(parents=True, exist_ok=True)  # its artifacts/: _local_artifact_root
+    if uri.startswith(("http://127.0.0.1:", "http://localhost:")):
+        _wait_for_local_server(uri)  # advpatch run starts one beside the pipeline: it may still be starting
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def _answers(uri: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _wait_for_local_server(uri: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not _answers(uri):
+        if time.monotonic() > deadline:
+            raise TrackingError(f"the MLflow server at {uri} did not answer in {timeout:.0f} s")
+        time.sleep(0.25)
 
 
 def _local_artifact_root() -> Optional[str]:
     """Where a new experiment keeps its artifacts when the store is a local SQLite file: an
     ``artifacts`` folder beside the database (MLflow's own default is ``./mlruns`` under whatever
     directory the step happens to run in). ``None`` (the server decides) for any other store."""
-    uri = tracking_uri()
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
     if not uri.startswith("sqlite:///"):
         return None
     root = Path(uri[len("sqlite:///"):]).parent / "artifacts"
     root.mkdir(parents=True, exist_ok=True)
     return root.resolve().as_uri()
-
-
-def registered_model_name(experiment_name: str, model_tag: str, architecture: str) -> str:
-    """The seed's naming pattern: ``{experiment}_{tag}_{architecture}`` or ``{experiment}_{architecture}``."""
-    parts = [experiment_name, model_tag, architecture] if model_tag else [experiment_name, architecture]
-    return "_".join(parts)
 
 
 def _experiment_id(name: str) -> str:
@@ -115,29 +151,52 @@ def _experiment_id(name: str) -> str:
         return found.experiment_id
     location = _local_artifact_root()
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        # MLflow's UI opens an experiment of this kind on its training runs (not the GenAI overview)
+        return mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
     except MlflowException:  # created meanwhile by a sibling step
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
-def _parent_run_id(client, experiment_id: str, ctx: RunContext) -> str:
+def _parents(client, experiment_id: str, ctx: RunContext, everyone: bool = False) -> list:
+    """The pipeline run's parent runs, oldest first (start time, then run id: one order for all)."""
+    from mlflow.entities import ViewType
+
     query = f"tags.`{TAG_PIPELINE_RUN_ID}` = '{ctx.pipeline_run_id}' and tags.`{TAG_KIND}` = 'pipeline'"
+    runs = client.search_runs([experiment_id], query, run_view_type=ViewType.ALL if everyone else ViewType.ACTIVE_ONLY,
+                              max_results=1000)
+    return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
-    def oldest() -> Optional[str]:
-        runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1)
-        return runs[0].info.run_id if runs else None
 
-    found = oldest()
+def _parent_run_id(client, experiment_id: str, ctx: RunContext) -> str:
+    found = _parents(client, experiment_id, ctx)
     if found:
-        return found
-    mine = client.create_run(
+        return found[0].info.run_id
+    client.create_run(
         experiment_id,
         run_name=ctx.pipeline_run_name or f"pipeline-{ctx.pipeline_run_id}",
         tags={TAG_PIPELINE_RUN_ID: ctx.pipeline_run_id, TAG_KIND: "pipeline", TAG_KFP_RUN: ctx.pipeline_run_name},
-    ).info.run_id
-    winner = oldest() or mine
-    if winner != mine:
-        client.delete_run(mine)
+    )
+    return _settle_parents(client, experiment_id, ctx)
+
+
+def _settle_parents(client, experiment_id: str, ctx: RunContext) -> str:
+    """One parent for the pipeline run: the oldest of all ever created wins; the others' step runs
+    move under it and the others are deleted.
+
+    Steps racing to create the parent may each see only their own (a run's start time is the
+    client's clock, its row appears when the server commits), so a step can briefly log under a
+    parent that later loses. The oldest is never deleted (it is the oldest in every view that holds
+    it), and the report and the exit task settle again once every step has run, so a finished
+    pipeline has exactly one parent holding every step run."""
+    everyone = _parents(client, experiment_id, ctx, everyone=True)
+    # the oldest active one: a parent a person deleted (then re-ran the same KFP run) stays deleted
+    winner = next(r.info.run_id for r in everyone if r.info.lifecycle_stage == "active")
+    for loser in (r for r in everyone if r.info.run_id != winner):
+        moved = client.search_runs([experiment_id], f"tags.`{TAG_PARENT}` = '{loser.info.run_id}'", max_results=1000)
+        for child in moved:
+            client.set_tag(child.info.run_id, TAG_PARENT, winner)
+        if loser.info.lifecycle_stage == "active":
+            client.delete_run(loser.info.run_id)
     return winner
 
 
@@ -153,8 +212,6 @@ class StepRun:
         mlflow.log_params({k: v for k, v in values.items()})
 
     def log_metrics(self, values: Mapping[str, float], step: Optional[int] = None) -> None:
-        import math
-
         import mlflow
 
         clean = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
@@ -175,13 +232,27 @@ class StepRun:
 
         mlflow.log_artifacts(local_dir, artifact_path)
 
+    def log_input(self, path: str, context: str) -> None:
+        """Log the Dataset artifact at ``path`` as an input of this run (MLflow's Dataset column):
+        its name and source from its provenance, its content digest, ``context`` (``training``,
+        ``evaluation``, ``generation``...) as the input's tag."""
+        import mlflow
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        from advpatch.dataset import Dataset
+
+        spec = Dataset(path, verify=False).spec
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(artifact_uri(path))
+            mlflow.log_input(MetaDataset(source, name=spec.name, digest=spec.digest), context=context)
+
     def log_dataset(self, path: str, tar_name: str, dataset_name: str) -> str:
         """Log a dataset folder as ``tar_name`` holding ``dataset_name/`` (the seed's layout, e.g.
         ``adv_testing.tar`` with ``adversarial_patched_data/``); returns the
         ``mlflow-run://RUN_ID/TAR_NAME#FOLDER`` source that brings it back (see
         :mod:`advpatch.sources`)."""
-        import tempfile
-
         import mlflow
 
         from advpatch.files import create_tar
@@ -215,10 +286,12 @@ class StepRun:
 
 
 @contextlib.contextmanager
-def step_run(step: str, ctx: RunContext, params: Mapping[str, Any],
-             extra: Optional[Mapping[str, Any]] = None) -> Iterator[StepRun]:
-    """Open the MLflow run of one step: KFP's nested run for the task when KFP's MLflow integration
-    hands one over, else a run nested under the pipeline's parent run (when there is one).
+def step_run(step: str, ctx: RunContext, params: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = None,
+             *, name: str = "", part: bool = False) -> Iterator[StepRun]:
+    """Open the MLflow run of one step, called ``name`` (default: the task's or step's name): KFP's
+    nested run for the task when KFP's MLflow integration hands one over, else a run nested under
+    the pipeline's parent run (when there is one). With ``part`` (one of several results of a task),
+    under KFP's integration a run nested under KFP's run for the task.
 
     ``params`` (the task's input parameters) and ``extra`` (more settings) are logged on entry;
     under KFP's integration only ``extra``, as KFP logs the inputs itself. The run ends FINISHED,
@@ -226,40 +299,43 @@ def step_run(step: str, ctx: RunContext, params: Mapping[str, Any],
     """
     configure()
     import mlflow
+    from mlflow.entities import RunTag
 
     tags = {TAG_STEP: step, TAG_KIND: "step", "advpatch.version": __version__}
+    if ctx.task_name:
+        tags[TAG_TASK] = ctx.task_name
     kfp_run = kfp_mlflow_run()
-    if kfp_run:
+    run_name = name or ctx.task_name or step
+    if kfp_run and not part:
         run_args: Dict[str, Any] = {"run_id": kfp_run}
+        logged = dict(extra or {})
+    elif kfp_run:
+        experiment_id = mlflow.MlflowClient().get_run(kfp_run).info.experiment_id
+        tags[TAG_PARENT] = kfp_run
+        run_args = {"experiment_id": experiment_id, "run_name": run_name}
         logged = dict(extra or {})
     else:
         experiment_id = _experiment_id(ctx.experiment)
-        if ctx.task_name:
-            tags[TAG_TASK] = ctx.task_name
         if ctx.pipeline_run_id:
             tags[TAG_PIPELINE_RUN_ID] = ctx.pipeline_run_id
             tags[TAG_KFP_RUN] = ctx.pipeline_run_name
             tags[TAG_PARENT] = _parent_run_id(mlflow.MlflowClient(), experiment_id, ctx)
-        run_args = {"experiment_id": experiment_id, "run_name": ctx.task_name or step}
+        run_args = {"experiment_id": experiment_id, "run_name": run_name}
         logged = {**params, **(extra or {})}
     started = time.monotonic()
     try:
+        if kfp_run and part:  # else start_run would resume KFP's run, named by MLFLOW_RUN_ID
+            os.environ.pop(settings.ENV_MLFLOW_RUN_ID, None)
         with mlflow.start_run(**run_args) as run:
-            mlflow.MlflowClient().log_batch(run.info.run_id, tags=[_tag(k, v) for k, v in tags.items()])
+            mlflow.MlflowClient().log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
             step_run_ = StepRun(run.info.run_id)
             step_run_.log_params(logged)
-            log.info("MLflow run %s (%s)%s", run.info.run_id, step, " (KFP's)" if kfp_run else "")
+            log.info("MLflow run %s (%s)%s", run.info.run_id, run_name, " (KFP's)" if kfp_run and not part else "")
             yield step_run_
             step_run_.log_metrics({"duration_s": time.monotonic() - started})
     finally:
         if kfp_run:  # mlflow.end_run() removes MLFLOW_RUN_ID from the environment: the task's, put back
             os.environ[settings.ENV_MLFLOW_RUN_ID] = kfp_run
-
-
-def _tag(key: str, value: Any):
-    from mlflow.entities import RunTag
-
-    return RunTag(key, str(value))
 
 
 def _pipeline_parent(client, ctx: RunContext) -> Optional[str]:
@@ -269,26 +345,35 @@ def _pipeline_parent(client, ctx: RunContext) -> Optional[str]:
         return client.get_run(kfp_run).data.tags.get(TAG_PARENT)
     if not ctx.pipeline_run_id:
         return None
-    return _parent_run_id(client, _experiment_id(ctx.experiment), ctx)
+    experiment_id = _experiment_id(ctx.experiment)
+    _parent_run_id(client, experiment_id, ctx)
+    return _settle_parents(client, experiment_id, ctx)
 
 
 def finish_pipeline_run(ctx: RunContext, *, dicts: Optional[Mapping[str, Any]] = None,
-                        texts: Optional[Mapping[str, str]] = None) -> Optional[str]:
-    """Attach ``dicts`` (as JSON) and ``texts`` to the pipeline's parent run (the report step calls
-    this) and, unless KFP's integration owns the run, mark it FINISHED. Returns the parent run's
-    id, or ``None`` outside a pipeline."""
+                        texts: Optional[Mapping[str, str]] = None,
+                        metrics: Optional[Mapping[str, float]] = None) -> Optional[str]:
+    """Attach ``dicts`` (as JSON), ``texts`` and ``metrics`` to the pipeline's parent run (the
+    report step calls this) and, unless KFP's integration owns the run, mark it FINISHED. Returns
+    the parent run's id, or ``None`` outside a pipeline."""
     configure()
     import mlflow
+    from mlflow.entities import Metric
 
     client = mlflow.MlflowClient()
     parent = _pipeline_parent(client, ctx)
     if parent is None:
         return None
+    if metrics:
+        now = int(time.time() * 1000)
+        client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())])
     for name, data in (dicts or {}).items():
         client.log_dict(parent, data, name)
     for name, text in (texts or {}).items():
         client.log_text(parent, text, name)
-    if not kfp_mlflow_run():
+    if kfp_mlflow_run():  # KFP's parent: marked as a pipeline run that has results (advpatch compare finds it)
+        client.set_tag(parent, TAG_KIND, "pipeline")
+    else:
         client.set_terminated(parent, status="FINISHED")
     return parent
 
@@ -303,52 +388,10 @@ def close_pipeline_run(ctx: RunContext, pipeline_state: str) -> Optional[str]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    parent = _parent_run_id(client, _experiment_id(ctx.experiment), ctx)
+    parent = _pipeline_parent(client, ctx)
     client.set_terminated(parent, status="FINISHED" if pipeline_state == "SUCCEEDED" else "FAILED")
     return parent
 
 
-class RegistryError(AdvpatchError):
-    """A registered model cannot be found or was not logged by advpatch as a ``.keras`` file."""
-
-
-def download_registered_model(uri: str, dest: os.PathLike | str) -> Tuple[Path, Dict[str, Any]]:
-    """A registered model's ``.keras`` file, downloaded into ``dest``, and its advpatch metadata.
-
-    Only the file is fetched: :func:`advpatch.models.resolve` loads it with ``safe_mode=True``, as
-    it loads a Model artifact (``mlflow.keras.load_model`` would follow the server's safe-mode
-    setting, and load an exported SavedModel with TensorFlow)."""
-    configure()
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        info = mlflow.models.get_model_info(uri)
-    except (MlflowException, OSError) as e:
-        raise RegistryError(f"cannot find the model {uri} in MLflow ({tracking_uri()}): {e}") from None
-    meta = info.metadata or {}
-    flavor = info.flavors.get("keras", {})
-    if MODEL_METADATA_KEY not in meta or not flavor:
-        raise RegistryError(f"model {uri} was not logged by advpatch (no Keras flavor with '{MODEL_METADATA_KEY}' "
-                            "metadata)")
-    if flavor.get("save_exported_model"):
-        raise RegistryError(f"model {uri} is an exported TensorFlow SavedModel; advpatch loads only .keras files")
-    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dest)))
-    data = local / flavor.get("data", "model")  # mlflow.keras' layout: data/model.keras
-    return Path(f"{data / 'model' if data.is_dir() else data}.keras"), meta[MODEL_METADATA_KEY]
-
-
-def download_run_artifact(run_id: str, artifact_path: str, dest: os.PathLike | str) -> Path:
-    """A file an MLflow run logged, downloaded into ``dest``."""
-    configure()
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from advpatch.params import ParameterError
-
-    Path(dest).mkdir(parents=True, exist_ok=True)
-    try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
-                                                        dst_path=str(dest)))
-    except (MlflowException, OSError) as e:
-        raise ParameterError(f"cannot fetch {artifact_path!r} from MLflow run {run_id!r}: {e}") from None
+class TrackingError(AdvpatchError):
+    """The MLflow tracking server cannot be reached."""

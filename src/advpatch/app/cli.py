@@ -3,6 +3,7 @@
     advpatch demo [--data DIR]                the MNIST experiment on the embedded digits (or DIR)
     advpatch run PIPELINE [-p NAME=VALUE ...] any pipeline, with parameters
     advpatch list                             the pipelines and their parameters
+    advpatch compare [RUN_ID ...] [--html F]  pipeline runs side by side (an experiment's latest)
     advpatch compile [PIPELINE ...] [options] compiled YAML for a cluster (GPU placement, secrets)
     advpatch submit --host URL --package F    upload to a KFP API, start a run, optionally wait
 
@@ -17,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 from advpatch import __version__, params, settings
+from advpatch.app.warm import warm_starter
 from advpatch.errors import AdvpatchError
 
 DEMO_PIPELINE = "mnist-experiment"
@@ -45,11 +48,8 @@ def parse_arguments(pipeline: str, pairs: List[str]) -> Dict[str, Any]:
 
 
 def run(pipeline_name: str, arguments: Dict[str, Any], output: Optional[Path]) -> Dict[str, Any]:
-    """Run a pipeline locally; write ``results.json`` and ``pipeline.log`` to ``output``
-    (default: ``$ADVPATCH_OUTPUT_DIR/run``, i.e. ``outputs/run``)."""
-    from advpatch.app.local import run_local
-    from advpatch.pipelines import PIPELINES
-
+    """Run a pipeline locally; write ``results.json``, ``report.html`` and ``pipeline.log`` to
+    ``output`` (default: ``$ADVPATCH_OUTPUT_DIR/run``, i.e. ``outputs/run``)."""
     params.validate_pipeline(pipeline_name, arguments)  # fail in milliseconds, not inside a task
     base = settings.output_dir()
     output = (output or base / "run").resolve()
@@ -58,21 +58,57 @@ def run(pipeline_name: str, arguments: Dict[str, Any], output: Optional[Path]) -
     settings.no_telemetry()
     settings.quiet_tensorflow()
     started = time.monotonic()
-    print(f"running pipeline {pipeline_name} locally (task logs: {log_file}) ...", flush=True)
+    print(f"running pipeline {pipeline_name} locally (task logs: {log_file})", flush=True)
     # what the task subprocesses read: the output folder, absolute, the MLflow store in it, and the
     # run they belong to (on a cluster, the pod's labels give the last two; see pipelines/common.py)
     run_id = uuid.uuid4().hex
     task_env = {settings.ENV_OUTPUT_DIR: str(base),
-                settings.ENV_TRACKING_URI: os.environ.get(settings.ENV_TRACKING_URI) or _local_store_uri(),
                 settings.ENV_PIPELINE_RUN_ID: run_id,
                 settings.ENV_PIPELINE_RUN_NAME: f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:6]}"}
-    with _environment(task_env):
-        results = run_local(PIPELINES[pipeline_name], arguments, base / "kfp", log_file=log_file)
+    with _terminal() as terminal, _tracking(output) as tracking_env, warm_starter(output / "warm.log") as warm_env, \
+            _environment({**task_env, **tracking_env, **warm_env}):
+        from advpatch.app.local import run_local  # imports KFP: while the tracking server starts
+        from advpatch.pipelines import PIPELINES
+
+        results = run_local(PIPELINES[pipeline_name], arguments, base / "kfp", log_file=log_file,
+                            progress=terminal.write)
     results["wall_time_s"] = round(time.monotonic() - started, 1)
     output.mkdir(parents=True, exist_ok=True)
+    page = Path(results.pop("run_folder")) / "report" / "html"
+    if page.is_file():
+        shutil.copyfile(page, output / "report.html")
     (output / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
     results["output"] = str(output)
     return results
+
+
+@contextlib.contextmanager
+def _terminal() -> Iterator[Any]:
+    """Where progress lines go while the tasks' output goes to the log: the terminal, through a
+    copy of stdout's file descriptor (``sys.stdout`` itself when it has none, e.g. under pytest)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        yield sys.stdout
+        return
+    with os.fdopen(os.dup(fd), "w", buffering=1) as terminal:
+        yield terminal
+
+
+@contextlib.contextmanager
+def _tracking(output: Path) -> Iterator[Dict[str, str]]:
+    """Where the tasks track: ``MLFLOW_TRACKING_URI`` when set; else an ``mlflow server`` over the
+    local store for the length of the run (see :mod:`advpatch.app.tracking_server`): one process
+    owns the SQLite file, and a task's MLflow start costs no database set-up. It starts beside the
+    first task, which waits for it only if it needs it first (never two writers migrating one
+    fresh database at once)."""
+    if os.environ.get(settings.ENV_TRACKING_URI):
+        yield {settings.ENV_TRACKING_URI: os.environ[settings.ENV_TRACKING_URI]}
+        return
+    from advpatch.app.tracking_server import local_server
+
+    with local_server(settings.output_dir() / "mlflow", output / "mlflow-server.log", wait=False) as uri:
+        yield {settings.ENV_TRACKING_URI: uri}
 
 
 def _local_store_uri() -> str:
@@ -112,6 +148,13 @@ def _parser() -> argparse.ArgumentParser:
     runp.add_argument("--output", type=Path, default=None,
                       help="where results.json and pipeline.log go (default: $ADVPATCH_OUTPUT_DIR/run)")
     sub.add_parser("list", help="list pipelines and their parameters")
+    comp = sub.add_parser("compare", help="pipeline runs side by side: parameters that differ, every row")
+    comp.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="MLflow ids of pipeline runs (default: the "
+                      "experiment's latest finished ones)")
+    comp.add_argument("--experiment", default="", help="MLflow experiment (default: $ADVPATCH_EXPERIMENT or "
+                      "'advpatch'; the demo's is 'mnist')")
+    comp.add_argument("--last", type=int, default=10, help="how many of the experiment's latest runs")
+    comp.add_argument("--html", type=Path, default=None, help="also write the comparison as an HTML page")
     add_compile_arguments(sub.add_parser("compile", help="compile pipelines to YAML with cluster placement"))
     subm = sub.add_parser("submit", help="upload a compiled pipeline to a KFP API and start a run")
     subm.add_argument("--host", required=True, help="KFP API, e.g. http://ml-pipeline.kubeflow:8888")
@@ -140,6 +183,20 @@ def list_pipelines() -> None:
             print(f"    {p.name} ({p.type_name}, default {p.default!r}): {p.doc}")
 
 
+def compare_runs(args: argparse.Namespace) -> int:
+    from advpatch.report import compare
+
+    if args.last < 2:
+        raise params.ParameterError(f"--last must be an integer >= 2, got {args.last}")
+    doc = compare.compare(compare.fetch_runs(args.experiment, args.run_ids, args.last))
+    print(compare.render_markdown(doc))
+    if args.html:
+        args.html.parent.mkdir(parents=True, exist_ok=True)
+        args.html.write_text(compare.render_html(doc))
+        print(f"report: {args.html.resolve()}")
+    return 0
+
+
 def _mlflow_hint() -> str:
     uri = os.environ.get(settings.ENV_TRACKING_URI) or _local_store_uri()
     if uri == _local_store_uri():
@@ -163,6 +220,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             for path in compile_pipelines(args):
                 print(path)
             return 0
+        if args.command == "compare":
+            return compare_runs(args)
         if args.command == "submit":
             from advpatch.app.submit import submit
 
@@ -185,7 +244,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     print()
     print(render_markdown(results))
-    print(f"results: {Path(results['output']) / 'results.json'} ({results['wall_time_s']} s)")
+    out = Path(results["output"])
+    print(f"pipeline finished in {results['wall_time_s']} s")
+    print(f"results: {out / 'results.json'}")
+    if (out / "report.html").is_file():
+        print(f"report:  {out / 'report.html'}")
+        print(f"         open it: python -m webbrowser -t {(out / 'report.html').as_uri()}")
     print(f"MLflow:  {_mlflow_hint()}")
     return 0
 

@@ -86,13 +86,18 @@ def read_component(folder: Path) -> Component:
         inputs += [Io(n, spec["type"], spec["description"], spec.get("optional", False)) for n in names]
     outputs = tuple(Io(n, s["type"], s["description"]) for n, s in (meta.get("outputs") or {}).items())
     for io in (*inputs, *outputs):
-        if io.type not in KFP_TYPES and io.type not in CUSTOM_TYPES and not (io.type == FINAL_STATUS and io in inputs):
+        if _inner(io.type) not in KFP_TYPES and io.type not in CUSTOM_TYPES and not (io.type == FINAL_STATUS and io in inputs):
             raise ValueError(f"{folder}/metadata.yaml: {io.name} has unknown type {io.type!r}")
     if meta["name"] != folder.name or meta["name"] not in params.STEP_PARAMS:
         raise ValueError(f"{folder}/metadata.yaml: name {meta['name']!r} is not a step named like its folder")
     return Component(meta["name"], meta["summary"], " ".join(meta.get("description", "").split()),
                      meta.get("notes", "").strip(), meta.get("stability", "alpha"), tuple(inputs), outputs,
                      meta.get("example", "").strip())
+
+
+def _inner(type_name: str) -> str:
+    """``List[Artifact]`` (a ``dsl.Collected`` input) -> ``Artifact``; other types unchanged."""
+    return type_name[5:-1] if type_name.startswith("List[") and type_name.endswith("]") else type_name
 
 
 def all_components() -> List[Component]:
@@ -123,7 +128,7 @@ def _args_block(entries: Sequence[Tuple[str, str]], indent: str) -> List[str]:
 # --------------------------------------------------------------------------- components
 def render_component(c: Component) -> str:
     artifacts_in = [io for io in c.inputs if io.type != FINAL_STATUS]
-    used = sorted({io.type for io in (*artifacts_in, *c.outputs) if io.type in KFP_TYPES}
+    used = sorted({_inner(io.type) for io in (*artifacts_in, *c.outputs) if _inner(io.type) in KFP_TYPES}
                   | {"Input" if artifacts_in else "", "Output" if c.outputs else ""} - {""})
     custom = sorted({io.type for io in (*c.inputs, *c.outputs) if io.type in CUSTOM_TYPES})
     sig = [f"    {io.name}: dsl.{FINAL_STATUS}," for io in c.inputs if io.type == FINAL_STATUS]
@@ -143,6 +148,7 @@ def render_component(c: Component) -> str:
         GENERATED,
         f'"""{c.name}: {c.summary}"""',
         "",
+        *(["from typing import List", ""] if any(io.type.startswith("List[") for io in c.inputs) else []),
         "from kfp import dsl",
         *([f"from kfp.dsl import {', '.join(used)}"] if used else []),
         "",

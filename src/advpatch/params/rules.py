@@ -117,6 +117,9 @@ class Param:
         """What is allowed, in words (the README's 'allowed' column)."""
         if self.type is bool:
             return "true or false"
+        if self.type is list:
+            each = self.rule.describe() if self.rule is not None else "a number"
+            return f"a non-empty list of distinct numbers, each {each}"
         text = self.rule.describe() if self.rule is not None else (
             "any text" if self.type is str else Interval(integer=self.type is int).describe())
         return f"{text}, or empty" if self.optional else text
@@ -127,6 +130,8 @@ class Param:
             if not isinstance(value, bool):
                 raise ParameterError(f"{self.name} must be true or false, got {value!r}")
             return value
+        if self.type is list:
+            return self._check_list(value)
         if self.type is str:
             if not isinstance(value, str):
                 raise ParameterError(f"{self.name} must be a string, got {value!r}")
@@ -142,6 +147,21 @@ class Param:
         if not ok or not interval.contains(value):
             raise ParameterError(f"{self.name} must be {interval.describe()}, got {value!r}")
         return int(value) if self.type is int else float(value)
+
+
+    def _check_list(self, value: Any) -> list:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ParameterError(f"{self.name} must be {self.allowed()}, got {value!r}")
+        element = replace(self, type=float, name=f"{self.name}[]")
+        out = []
+        for item in value:
+            try:
+                out.append(element.check(item))
+            except ParameterError:
+                raise ParameterError(f"{self.name} must be {self.allowed()}, got {value!r} ({item!r} is not)") from None
+        if len(set(out)) != len(out):
+            raise ParameterError(f"{self.name} must be {self.allowed()}, got {value!r} (a value repeats)")
+        return out
 
 
 @dataclass(frozen=True)
@@ -161,15 +181,20 @@ class Relation:
 
 
 def parse_text(name: str, kind: type, raw: str) -> Any:
-    """``NAME=VALUE`` text (a command line) -> a value of ``kind`` (int, float, bool or str)."""
+    """``NAME=VALUE`` text (a command line) -> a value of ``kind`` (int, float, bool, str, or a
+    list of numbers written ``0.2,0.3`` or ``[0.2, 0.3]``)."""
     try:
+        if kind is list:
+            items = [x for x in raw.strip().strip("[]").split(",") if x.strip()]
+            return [float(x) for x in items]
         if kind is bool:
             if raw.lower() not in ("true", "false"):
                 raise ValueError
             return raw.lower() == "true"
         return kind(raw) if kind in (int, float) else raw
     except ValueError:
-        words = {int: "an integer", float: "a number", bool: "true or false"}[kind]
+        words = {int: "an integer", float: "a number", bool: "true or false",
+                 list: "numbers separated by commas"}[kind]
         raise ParameterError(f"{name} must be {words}, got {raw!r}") from None
 
 

@@ -26,7 +26,7 @@ PATCH_LOSSES = ("auto", "combined", "cross_entropy", "success")
 DEPLOYMENT_METHODS = ("corrupt", "augment")
 DATA_ROLES = ("fit", "predict")
 """What a dataset is used for: training (ART's apply_fit) or prediction (apply_predict)."""
-CONDITIONS = ("auto", "clean", "patched")
+CONDITIONS = ("auto", "clean", "patched", "split")
 """What an evaluation's images are; ``auto``: ``patched`` when the data carries patched images."""
 
 POSITIVE_INT = Interval(1, integer=True)
@@ -85,8 +85,9 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     # ---- infer
     _p("row", str, "", "Row of the comparison table this evaluation belongs to (e.g. 'baseline', 'JPEG "
        "compression'); empty: the model's architecture."),
-    _p("condition", str, "auto", "What the images are: 'clean', 'patched', or 'auto' (patched when the data "
-       "carries patched images).", Choices(CONDITIONS)),
+    _p("condition", str, "auto", "What the images are: 'clean', 'patched', 'auto' (patched when the data "
+       "carries patched images) or 'split' (clean images and patched copies of them, as deploy_patch's "
+       "'augment' writes: two evaluations, one of each).", Choices(CONDITIONS)),
     # ---- gen_patch
     _p("max_iter", int, 500, "Passes over the generation images, as ART counts iterations.", POSITIVE_INT),
     _p("patch_target", int, -1, "Target class index; -1 draws a random target per patch.", Interval(-1, integer=True)),
@@ -137,7 +138,7 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("gaussian_augmentation_apply_fit", bool, False, "Apply to training data."),
     _p("gaussian_augmentation_apply_predict", bool, True, "Apply to data used for prediction."),
     # ---- report
-    _p("title", str, "advpatch results", "Heading of the results table."),
+    _p("title", str, "advpatch results", "Heading of the report and its results table."),
     # ---- pipelines
     _p("data_dir", str, "digits", "The data, as load_dataset's source: 'digits' (embedded), a folder with training/ "
        "and testing/, an .npz file, s3://BUCKET/PREFIX or mlflow-run://RUN_ID/TAR_NAME.",
@@ -180,8 +181,12 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
                        P["seed"].but(doc="Seeds the max_examples subset.")),
     "train": _t(
         "model_architecture", "optimizer", "epochs", P["batch_size"].but(doc="Images per training step."),
-        "learning_rate", "validation_split", "model_tag", "register_model", "apply_defense", "pgd_eps", "pgd_eps_step",
+        "learning_rate", "validation_split", "model_tag", "register_model", "apply_defense", "pgd_eps",
+        "pgd_eps_step",
         "pgd_max_iter", "pgd_ratio",
+        P["row"].but(doc="Row of the comparison table for the evaluations of testing_data when it holds clean "
+                         "images and patched copies of them (deploy_patch augment); empty: the model_tag, else the "
+                         "architecture."),
         P["seed"].but(doc="Seeds the weights, the shuffling and the validation split: same seed, same weights.")),
     "infer": _t(*_MODEL_CHOICE, P["batch_size"].but(default=256, doc="Images per forward pass."), "row", "condition",
                 P["seed"].but(doc="Seeds TensorFlow (inference itself is deterministic).")),
@@ -207,6 +212,7 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         P["seed"].but(doc="Seeds the noise and which images get a noisy copy: same seed, same bytes.")),
     "report": _t("title"),
     "close_run": (),
+    "gather": (),
 }
 """Each step's parameters, in the order its component declares them."""
 
@@ -241,5 +247,12 @@ PIPELINE_PARAMS: Dict[str, Tuple[Param, ...]] = {
                                             "set is augmented)."),
         "spatial_smoothing_window_size", "jpeg_compression_quality", "gaussian_augmentation_sigma", "pgd_eps",
         "pgd_eps_step", "pgd_max_iter", "seed", "experiment_name"),
+    "mnist-sweep": _pipe(
+        "data_dir", *_PIPE_TRAIN, *[i for i in _PIPE_ATTACK if i != "patch_scale"],
+        P["patch_scale"].but(name="patch_scales", type=list, default=[0.2, 0.3, 0.4, 0.5, 0.6],
+                             doc="Patch scales to deploy the patches at, one ParallelFor iteration each (a share "
+                                 "of the image's shorter side; 0 draws a scale per image).",
+                             of="deploy_patch.patch_scale"),
+        "jpeg_compression_quality", "seed", "experiment_name"),
 }
 """Each pipeline's parameters, in the order its function declares them."""

@@ -73,6 +73,12 @@ class PatchSet:
         """[k, P, P, C + 1]: each patch with its mask as the last channel."""
         return np.concatenate([self.patches, self.masks[..., None]], axis=-1).astype(np.float32)
 
+    def rgba(self, i: int) -> np.ndarray:
+        """Patch ``i`` as a uint8 RGBA image, its mask as alpha."""
+        patch, mask = self.patches[i], self.masks[i]
+        rgb = patch if patch.shape[-1] == 3 else np.repeat(patch, 3, -1)
+        return np.rint(np.concatenate([rgb, mask[..., None]], -1) * 255).astype(np.uint8)
+
     def save(self, path: os.PathLike | str) -> None:
         """Write ``patchset.json``, ``patches.npz`` and one PNG preview per patch, atomically."""
         from PIL import Image
@@ -81,11 +87,9 @@ class PatchSet:
             save_npz(tmp / ARRAYS, patches=self.patches.astype(np.float32), masks=self.masks.astype(np.float32),
                      targets=self.targets.astype(np.int32))
             previews = []
-            for i, (patch, mask) in enumerate(zip(self.patches, self.masks)):
-                rgba = np.concatenate([patch, mask[..., None]], -1) if patch.shape[-1] == 3 else \
-                    np.concatenate([np.repeat(patch, 3, -1), mask[..., None]], -1)
+            for i in range(len(self)):
                 name = f"patch-{i:02d}-target-{self.class_names[self.targets[i]]}.png"
-                img = Image.fromarray(np.rint(rgba * 255).astype(np.uint8), "RGBA")
+                img = Image.fromarray(self.rgba(i), "RGBA")
                 if img.width < 128:  # nearest-neighbour upscale so a 28-pixel patch is visible
                     img = img.resize((img.width * (128 // img.width + 1),) * 2, Image.NEAREST)
                 img.save(tmp / _safe_name(name))

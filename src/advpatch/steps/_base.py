@@ -17,24 +17,44 @@ from advpatch.tracking import RunContext
 log = logging.getLogger("advpatch")
 
 RESULT_FORMAT = "advpatch-step-result"
-RESULT_VERSION = 1
+RESULT_VERSION = 2
+
+
+@dataclass
+class Evaluation:
+    """One evaluation of a model on one set of images: its place in the comparison table (``row``
+    and ``condition``: clean or patched), its metrics, the (successes, count) behind each rate
+    among them, and its confusion matrix."""
+
+    row: str
+    condition: str
+    metrics: Dict[str, float]
+    counts: Dict[str, List[int]] = field(default_factory=dict)
+    categories: List[str] = field(default_factory=list)
+    matrix: List[List[int]] = field(default_factory=list)
+    samples: List[Dict[str, Any]] = field(default_factory=list)  # a few images, for the report
+
+    @property
+    def label(self) -> str:
+        return f"{self.row} / {self.condition}"
 
 
 @dataclass
 class StepResult:
-    """What a step reports: scalar metrics, an optional confusion matrix, details for the results
-    file, the table row and condition of an evaluation, and metadata for its output artifacts."""
+    """What a step reports: scalar metrics and the (successes, count) behind each rate among them,
+    details for the results file, the evaluations it made (infer), and metadata for its output
+    artifacts."""
 
     step: str
     label: str
     metrics: Dict[str, float] = field(default_factory=dict)
-    confusion_categories: List[str] = field(default_factory=list)
-    confusion_matrix: List[List[int]] = field(default_factory=list)
+    counts: Dict[str, List[int]] = field(default_factory=dict)
     details: Dict[str, Any] = field(default_factory=dict)
-    row: str = ""
-    condition: str = ""
+    evaluations: List[Evaluation] = field(default_factory=list)
     outputs: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     """Output name -> metadata to show with that artifact (KFP's UI shows it)."""
+    params: Dict[str, Any] = field(default_factory=dict)  # validated: the step wrapper fills them in
+    task: str = ""  # the KFP task's name, when it ran in one (the step wrapper fills it in)
 
     def to_json(self) -> str:
         return json.dumps({"format": RESULT_FORMAT, "version": RESULT_VERSION, **asdict(self)}, sort_keys=True)
@@ -44,6 +64,7 @@ class StepResult:
         data = json.loads(text)
         if data.pop("format", None) != RESULT_FORMAT or data.pop("version", None) != RESULT_VERSION:
             raise ValueError(f"not an {RESULT_FORMAT} v{RESULT_VERSION} document")
+        data["evaluations"] = [Evaluation(**e) for e in data.get("evaluations", [])]
         return cls(**data)
 
 
@@ -68,15 +89,19 @@ class Tracker:
         self.step, self.values, self.ctx = step, values, ctx
 
     @contextlib.contextmanager
-    def run(self, **extra: Any) -> Iterator[Any]:
+    def run(self, name: str = "", *, part: bool = False, **extra: Any) -> Iterator[Any]:
+        """Open the step's MLflow run, called ``name`` (default: the step's name); ``extra``: more
+        settings to log as parameters. A step that records several results (infer on clean and
+        patched images) opens one run per result with ``part=True``."""
         from advpatch.tracking import step_run
 
-        with step_run(self.step, self.ctx, self.values, extra) as run:
+        with step_run(self.step, self.ctx, self.values, extra, name=name, part=part) as run:
             yield run
 
 
 def setup_logging() -> None:
     settings.quiet_tensorflow()
+    settings.skip_keras_extras()
     settings.no_telemetry()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "absl"):
@@ -106,9 +131,11 @@ def step(name: str) -> Callable:
             log.info("%s: start", name)
             started = time.monotonic()
             try:
-                return body(Params(values), Tracker(name, values, ctx), **paths)
+                result = body(Params(values), Tracker(name, values, ctx), **paths)
             finally:
                 log.info("%s: done in %.1f s", name, time.monotonic() - started)
+            result.params, result.task = values, ctx.task_name
+            return result
 
         keyword = inspect.Parameter.KEYWORD_ONLY
         run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

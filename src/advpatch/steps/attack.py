@@ -52,15 +52,25 @@ def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResu
     for i, r in enumerate(patch_set.metrics):
         metrics.update({f"patch_{i}_{k}": float(v) for k, v in r.items() if k not in ("target", "num_gen_samples")})
     metrics["mean_gen_targeted_success_rate"] = float(np.mean([r["gen_targeted_success_rate"] for r in results]))
+    counts = {f"patch_{i}_{k}": [int(round(r[k] * r["num_gen_samples"])), int(r["num_gen_samples"])]
+              for i, r in enumerate(results) for k in ("gen_targeted_success_rate", "gen_patched_accuracy")}
+    # every patch has its own generation images, all outside its target class: pooled counts
+    successes = [counts[f"patch_{i}_gen_targeted_success_rate"] for i in range(len(results))]
+    counts["mean_gen_targeted_success_rate"] = [sum(k for k, _ in successes), sum(n for _, n in successes)]
     metrics["mean_final_loss"] = float(np.mean([r["final_loss"] for r in results]))
-    with track.run(model=p.model_uri or model) as run:
+    with track.run(f"gen_patch: {p.num_patch} patches", model=p.model_uri or model) as run:
+        run.log_input(data, "generation")
         run.log_metrics(metrics)
         patch_set.save(patches)
         run.log_artifacts(patches, "patches")
+    from advpatch.readers import png_base64
+
     target_names = [dataset.class_names[t] for t in targets]
+    previews = [png_base64(patch_set.rgba(i)) for i in range(len(patch_set))]
     return StepResult(
         step="gen_patch", label=f"gen_patch x{p.num_patch} ({p.patch_location}, scale {p.scale_min}-{p.scale_max})",
-        metrics=metrics, details={"targets": target_names, "per_patch": results, **placement},
+        metrics=metrics, counts=counts, details={"targets": target_names, "per_patch": results, "previews": previews,
+                                                  **placement},
         outputs={"patches": {"format": engine.FORMAT, "targets": target_names}},
     )
 
@@ -97,7 +107,8 @@ def deploy_patch(p, track, *, data: str, patches: str, patched_data: str) -> Ste
         metrics.update({f"{k}_{stat}": v for stat, v in summarize(values).items()})
     details: Dict[str, Any] = {**p.pick("patch_deployment_method", "patch_application_rate", "batch_size", "seed",
                                         "patch_scale"), **placement}
-    with track.run() as run:
+    with track.run(f"deploy_patch: {p.patch_deployment_method}") as run:
+        run.log_input(data, "deployment")
         run.log_metrics(metrics)
         if p.output_tar_name:  # the seed's cross-run reuse: adv_testing.tar / adversarial_patched_data
             details["mlflow_source"] = run.log_dataset(patched_data, p.output_tar_name, p.output_dataset_name)

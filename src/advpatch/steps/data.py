@@ -15,7 +15,7 @@ def load_dataset(p, track, *, dataset: str) -> StepResult:
     log.info("load_dataset: wrote %d images %dx%dx%d in %d classes to %s", spec.num_examples, h, w, c,
              spec.num_classes, dataset)
     metrics = {"num_examples": float(spec.num_examples), "num_classes": float(spec.num_classes)}
-    with track.run() as run:
+    with track.run(f"load_dataset: {p.split}") as run:
         run.log_metrics(metrics)
     return StepResult(
         step="load_dataset", label=f"{p.source} ({p.split})", metrics=metrics,

@@ -51,7 +51,8 @@ def _defend(name: str, p, track, data: str, defended_data: str, *, apply_fit: bo
             start += n
     metrics = {"applied": float(active), "num_examples": float(writer.spec.num_examples), "num_changed": float(changed)}
     details: Dict[str, Any] = dict(record)
-    with track.run() as run:
+    with track.run(f"{name}: {p.data_role} data") as run:
+        run.log_input(data, "defence")
         run.log_metrics(metrics)
         if p.output_tar_name:
             details["mlflow_source"] = run.log_dataset(defended_data, p.output_tar_name, name)

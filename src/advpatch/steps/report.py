@@ -1,30 +1,53 @@
-"""report (the steps' summaries -> results.json and a Markdown table, attached to the pipeline's
-MLflow run) and close_run (the pipeline's exit task: its MLflow run FINISHED or FAILED)."""
+"""report (the steps' summaries -> results.json, a Markdown table and an HTML report, attached to
+the pipeline's MLflow run), gather (a ``dsl.Collected`` list of summaries -> one summary file the
+report takes like any other) and close_run (the pipeline's exit task: its MLflow run FINISHED or
+FAILED)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import List
 
-from advpatch.steps._base import StepResult, step
+from advpatch.steps._base import StepResult, log, step
 
 
 @step("report")
-def report(p, track, *, summaries: List[str], results: str, table: str) -> StepResult:
-    """Collect the steps' results (their ``summary`` outputs, in table order) into ``results.json``
-    (at ``results``) and a Markdown table (at ``table``); attach both to the pipeline's MLflow run
-    and mark it finished."""
+def report(p, track, *, summaries: List[str], results: str, table: str, html: str = "") -> StepResult:
+    """Collect the steps' results (their ``summary`` outputs, or :func:`gather` bundles of them, in
+    table order) into ``results.json`` (at ``results``), a Markdown table (at ``table``) and an HTML
+    report (at ``html``); attach the three to the pipeline's MLflow run with each row's headline
+    rates as its metrics, and mark it finished."""
     from advpatch.files import write_text
-    from advpatch.report import build_results, render_markdown
+    from advpatch.report import build_results, headline_metrics, read_step_results, render_html, render_markdown
     from advpatch.tracking import finish_pipeline_run
 
-    document = build_results([StepResult.from_json(Path(s).read_text()) for s in summaries], title=p.title)
+    steps = read_step_results(summaries)
+    document = build_results(steps, title=p.title)
     markdown = render_markdown(document)
+    page = render_html(document, run_name=track.ctx.pipeline_run_name)
     write_text(results, json.dumps(document, indent=1, sort_keys=True))
     write_text(table, markdown)
-    finish_pipeline_run(track.ctx, dicts={"results.json": document}, texts={"results.md": markdown})
-    return StepResult(step="report", label=p.title, details={"num_steps": len(summaries)})
+    if html:
+        write_text(html, page)
+    parent = finish_pipeline_run(track.ctx, dicts={"results.json": document},
+                                 texts={"results.md": markdown, "report.html": page},
+                                 metrics=headline_metrics(document["comparison"]))
+    log.info("report: %d steps, %d evaluations%s", len(steps), len(document["evaluations"]),
+             f", attached to MLflow run {parent}" if parent else "")
+    return StepResult(step="report", label=p.title, details={"num_steps": len(steps), "mlflow_run_id": parent or ""})
+
+
+@step("gather")
+def gather(p, track, *, summaries: List[str], bundle: str) -> StepResult:
+    """Put the step results of a ``dsl.Collected`` list (the summaries of a ParallelFor's tasks)
+    into one file at ``bundle`` that the report takes in one of its slots. KFP lets a list of
+    artifacts out of a loop only whole, and not into a component beside single artifacts."""
+    from advpatch.files import write_text
+    from advpatch.report import bundle as to_bundle, read_step_results
+
+    steps = read_step_results(summaries)
+    write_text(bundle, to_bundle(steps))
+    return StepResult(step="gather", label=f"{len(steps)} step results", details={"num_steps": len(steps)})
 
 
 @step("close_run")

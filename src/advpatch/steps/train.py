@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 from advpatch.steps._base import StepResult, log, step
 
@@ -14,8 +14,11 @@ def train(p, track, *, training_data: str, model: str, testing_data: str = "") -
     With ``apply_defense``, PGD adversarial training (``pgd_*``: L-inf radius, step, iterations,
     share of each batch made adversarial). With ``testing_data``, the metrics include test accuracy
     and accuracy under PGD at the same ``pgd_*`` settings, whether or not the model was trained
-    against it. Writes the Model artifact to ``model``; logs (and, with ``register_model``,
-    registers) the model in MLflow as ``{experiment}_{model_tag}_{model_architecture}``.
+    against it; when the test data holds clean images and patched copies of them (deploy_patch
+    ``augment``), those two figures are of the clean images, and the step also makes the clean and
+    patched evaluations of the comparison table (``row``), as infer's ``condition='split'`` does.
+    Writes the Model artifact to ``model``; logs (and, with ``register_model``, registers) the
+    model in MLflow as ``{experiment}_{model_tag}_{model_architecture}``.
     """
     from advpatch.dataset import Dataset, DatasetError
     from advpatch.models import ModelInfo, check_buildable
@@ -47,42 +50,64 @@ def train(p, track, *, training_data: str, model: str, testing_data: str = "") -
                      provenance={"step": "train", "train_data": train_set.spec.provenance, **fit,
                                  "apply_defense": p.apply_defense, **(pgd if p.apply_defense else {})})
     metrics = {f"final_{k}": v[-1] for k, v in history.items()}
+    counts: Dict[str, List[int]] = {}
+    evaluations: List[Any] = []
     if test_set is not None:
-        metrics.update(_test_metrics(net, info, test_set, p))
+        test_metrics, counts, evaluations = _test(net, info, test_set, p)
+        metrics.update(test_metrics)
 
     details: Dict[str, Any] = {"history": history, "model_architecture": p.model_architecture}
-    with track.run() as run:
+    with track.run(f"train: {p.row or p.model_tag or p.model_architecture}") as run:
+        run.log_input(training_data, "training")
         run.log_history(history)
         run.log_metrics(metrics)
         name = ""
         if p.register_model:
-            from advpatch.tracking import registered_model_name
+            from advpatch.registry import registered_model_name
 
             name = registered_model_name(track.ctx.experiment, p.model_tag, p.model_architecture)
         uri, version = run.log_model(net, info.to_json(), registered_name=name)
         info.provenance["mlflow_model_uri"] = uri
         details.update({"mlflow_run_id": run.run_id, "model_uri": uri, "registered_model": name,
                         "registered_version": version})
+    if evaluations:
+        from advpatch.steps._evaluations import log_evaluations, patch_setting
+
+        details["setting"] = patch_setting(test_set.spec.provenance)
+        log_evaluations(track, evaluations, "evaluate", testing_data, part=True, **details["setting"])
     save_model(net, info, model)
     log.info("train: model written to %s%s", model, f", registered as {uri}" if version else "")
     label = (f"train {p.model_architecture}" + (f" '{p.model_tag}'" if p.model_tag else "")
              + (" (PGD adversarial training)" if p.apply_defense else ""))
-    return StepResult(step="train", label=label, metrics=metrics, details=details,
+    return StepResult(step="train", label=label, metrics=metrics, counts=counts, details=details, evaluations=evaluations,
                       outputs={"model": {"architecture": p.model_architecture, "mlflow_model_uri": uri}})
 
 
-def _test_metrics(net, info, test_set, p) -> Dict[str, float]:
-    """Accuracy and loss on the test set, and accuracy under PGD at the step's ``pgd_*`` settings."""
+def _test(net, info, test_set, p) -> Tuple[Dict[str, float], Dict[str, List[int]], List[Any]]:
+    """Accuracy and loss on the test set's clean images and accuracy under PGD at the step's
+    ``pgd_*`` settings, with the (correct, count) behind each accuracy; and, when the test set holds
+    patched copies too, the clean and patched evaluations."""
+    import numpy as np
+
     from advpatch import training
     from advpatch.classifier import Classifier
     from advpatch.evaluation import classification_metrics, predict
+    from advpatch.steps._evaluations import evaluate, has_patches
 
     classifier = Classifier(net, info)
     out = predict(classifier, test_set, p.batch_size)
-    test = classification_metrics(out["y"], out["probabilities"], len(test_set.class_names))
+    split = has_patches(test_set)
+    clean = ~out["patched"].astype(bool) if split else np.ones(len(out["y"]), bool)
+    test = classification_metrics(out["y"][clean], out["probabilities"][clean], len(test_set.class_names))
     data = test_set.load()
-    robust = training.pgd_accuracy(classifier, data["x"], data["y"], eps=p.pgd_eps, eps_step=p.pgd_eps_step,
+    x, y = data["x"][clean], data["y"][clean]
+    robust = training.pgd_accuracy(classifier, x, y, eps=p.pgd_eps, eps_step=p.pgd_eps_step,
                                    max_iter=p.pgd_max_iter, seed=p.seed)
     log.info("train: test accuracy %.4f, under PGD (eps %s) %.4f, on %d images", test["accuracy"], p.pgd_eps, robust,
-             len(test_set))
-    return {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_pgd_accuracy": robust}
+             len(y))
+    n = len(y)
+    counts = {"test_accuracy": [int(round(test["accuracy"] * n)), n], "test_pgd_accuracy": [int(round(robust * n)), n]}
+    evaluations = evaluate(p.row or p.model_tag or info.architecture, "split", out, info.class_names, test_set) \
+        if split else []
+    return ({"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_pgd_accuracy": robust}, counts,
+            evaluations)

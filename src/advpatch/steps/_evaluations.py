@@ -1,0 +1,94 @@
+"""Evaluations as the comparison table wants them, shared by infer and by train (which evaluates
+its model on its test data): on data that holds clean images and patched copies of them, one
+evaluation of each."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+from advpatch.steps._base import Evaluation, log
+
+NUM_SAMPLES = 8
+"""Images of each evaluation kept (as small PNGs) for the report."""
+
+
+def has_patches(dataset) -> bool:
+    return "patched" in dataset.spec.columns and "patch_target" in dataset.spec.columns
+
+
+def evaluate(row: str, condition: str, out: Dict[str, np.ndarray], class_names: Sequence[str],
+             dataset) -> List[Evaluation]:
+    """The evaluations of a model's predictions ``out`` (see :func:`advpatch.evaluation.predict`)
+    on ``dataset``: ``condition`` 'split' makes one of the clean and one of the patched images;
+    'auto' one, patched when the data has patches; 'clean' or 'patched' one, so named."""
+    predicted = out["probabilities"].argmax(axis=1)
+    if condition == "split":
+        parts = [("clean", ~out["patched"].astype(bool)), ("patched", out["patched"].astype(bool))]
+    else:
+        named = condition if condition != "auto" else ("patched" if "patched" in out else "clean")
+        parts = [(named, np.ones(len(predicted), bool))]
+    return [_evaluation(row, name, where, out, predicted, class_names, dataset) for name, where in parts]
+
+
+def log_evaluations(track, evaluations: Sequence[Evaluation], verb: str, data: str, *, part: bool = False,
+                    **extra: Any) -> None:
+    """One MLflow run per evaluation, ``'<verb>: <row> / <condition>'``, with its metrics, rate
+    counts and confusion matrix, and ``data`` (a Dataset artifact's path) as the run's input
+    dataset. ``part``: the runs are records beside the task's own (see
+    :meth:`~advpatch.steps._base.Tracker.run`); so are they when there are several."""
+    for e in evaluations:
+        with track.run(f"{verb}: {e.label}", part=part or len(evaluations) > 1, row=e.row, condition=e.condition,
+                       **extra) as run:
+            run.log_metrics(e.metrics)
+            run.log_metrics({f"{k}_count": n for k, (_, n) in e.counts.items()})
+            run.log_dict({"categories": e.categories, "matrix": e.matrix}, "confusion_matrix.json")
+            run.log_input(data, "evaluation")
+        log.info("%s: accuracy %.4f on %d images (%s)", verb, e.metrics["accuracy"], e.counts["accuracy"][1], e.label)
+
+
+def patch_setting(provenance: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Where and how the data's patches were put (the last deploy_patch on its way), for sweeps."""
+    for record in reversed(provenance):
+        if record.get("step") == "deploy_patch":
+            return {k: record[k] for k in ("patch_scale", "patch_location", "rotation_max") if k in record}
+    return {}
+
+
+def _evaluation(row, condition, where, out, predicted, class_names, dataset) -> Evaluation:
+    from advpatch.evaluation import classification_metrics, confusion_matrix, patch_metrics, rate_counts
+
+    y, pred = out["y"][where], predicted[where]
+    metrics = classification_metrics(y, out["probabilities"][where], len(class_names))
+    if "patched" in out and "patch_target" in out and condition != "clean":
+        metrics.update(patch_metrics(y, pred, out["patched"][where], out["patch_target"][where]))
+        counts = rate_counts(y, pred, out["patched"][where], out["patch_target"][where])
+    else:
+        counts = rate_counts(y, pred)
+    return Evaluation(row=row, condition=condition, metrics=metrics, counts={k: list(v) for k, v in counts.items()},
+                      categories=list(class_names), matrix=confusion_matrix(y, pred, len(class_names)).tolist(),
+                      samples=_samples(np.flatnonzero(where), out, predicted, class_names, dataset))
+
+
+def _samples(index, out, predicted, class_names, dataset) -> List[Dict[str, Any]]:
+    """Up to :data:`NUM_SAMPLES` images spread evenly over the evaluation's source images (by
+    ``source_index`` when the data has it, so clean and patched evaluations of the same test set
+    show the same images), each a small PNG with its label and prediction."""
+    from advpatch.readers import png_base64
+
+    if not len(index):
+        return []
+    source = out["source_index"][index] if "source_index" in out else index
+    order = np.argsort(source, kind="stable")
+    chosen = index[order[np.unique(np.linspace(0, len(order) - 1, min(NUM_SAMPLES, len(order))).round().astype(int))]]
+    samples = []
+    for i, image in zip(chosen, dataset.take(chosen)):
+        p = int(predicted[i])
+        samples.append({
+            "index": int(i), "source_index": int(out["source_index"][i]) if "source_index" in out else int(i),
+            "label": class_names[int(out["y"][i])], "predicted": class_names[p],
+            "confidence": round(float(out["probabilities"][i, p]), 4),
+            "patched": bool(out["patched"][i]) if "patched" in out else False, "png": png_base64(image),
+        })
+    return samples
