@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from advpatch import settings
+from advpatch import params, settings
 
 
 @pytest.mark.parametrize("name", ["mnist-patch", "mnist-experiment", "mnist-sweep"])
@@ -286,3 +286,32 @@ def test_the_sweep_pipeline_runs_locally_and_draws_its_curve(mnist_folder, tmp_p
     page = (tmp_path / "outputs" / "run" / "report.html").read_text()
     assert "Sweep over patch scale" in page and page.count("data:image/png;base64,") > 10
     assert "| baseline (scale 0.5)" in printed
+
+
+def test_a_patch_target_the_data_lacks_fails_before_any_task(tmp_path, monkeypatch, capsys):
+    """A class folder with 3 classes and the default target 5: refused in milliseconds, naming the
+    folder's classes (it used to train for minutes, then fail in gen_patch); the demo picks the
+    folder's last class instead, unless the user chose a target."""
+    from advpatch.app import cli
+    from advpatch.sources import class_names
+    from conftest import digits, small_split, write_png_folder
+
+    x, y, _ = digits("train")
+    keep = y < 3
+    for split in ("training", "testing"):
+        write_png_folder(tmp_path / "three" / split, *small_split(x[keep], y[keep], 4))
+    folder = str(tmp_path / "three")
+    assert class_names(folder, "train") == ["0", "1", "2"] and class_names("digits") == [str(i) for i in range(10)]
+    assert class_names("s3://bucket/data") is None and class_names(str(tmp_path / "missing")) is None
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "mnist-patch", "-p", f"data_dir={folder}"]) == 2
+    err = capsys.readouterr().err
+    assert "patch_target must be -1 (random) or a class index in [0, 2], got 5" in err and "3 classes: 0, 1, 2" in err
+    assert not (tmp_path / "outputs").exists()  # nothing ran, nothing written
+    assert cli.fit_to_data("mnist-experiment", {"data_dir": folder}, choose_target=True) == {
+        "data_dir": folder, "patch_target": 2}
+    assert "the patch target is its last, 2" in capsys.readouterr().out
+    with pytest.raises(params.ParameterError, match=r"class index in \[0, 2\], got 4"):
+        cli.fit_to_data("mnist-experiment", {"data_dir": folder, "patch_target": 4}, choose_target=True)
+    assert cli.fit_to_data("mnist-patch", {"data_dir": folder, "patch_target": -1}) == {
+        "data_dir": folder, "patch_target": -1}

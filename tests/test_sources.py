@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from PIL import Image
 
 from advpatch.dataset import Dataset
 from advpatch.params import ParameterError
@@ -62,6 +63,25 @@ def test_rgb_jpeg_folder_resized(tmp_path):
     assert spec.image_shape == (16, 16, 3) and spec.num_examples == 6
     spec = import_dataset(str(tmp_path / "fruits"), tmp_path / "g", split="all", color_mode="grayscale")
     assert spec.image_shape == (40, 30, 1)
+
+
+def test_fruits360_layout_training_and_test_folders_with_class_names_with_spaces(tmp_path):
+    """Kaggle's Fruits360: Training/ and Test/ (capitalised), class folders such as 'Apple Braeburn'."""
+    rng = np.random.default_rng(1)
+    for split, n in (("Training", 4), ("Test", 2)):
+        for c, name in enumerate(("Apple Braeburn", "Banana", "Cherry Rainier")):
+            folder = tmp_path / "fruits-360" / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(folder / f"{i}_100.jpg")
+    (tmp_path / "fruits-360" / "readme.txt").write_text("not a class")
+    from advpatch.sources import class_names
+
+    assert class_names(str(tmp_path / "fruits-360"), "train") == ["Apple Braeburn", "Banana", "Cherry Rainier"]
+    train = import_dataset(str(tmp_path / "fruits-360"), tmp_path / "train", split="train")
+    test = import_dataset(str(tmp_path / "fruits-360"), tmp_path / "test", split="test")
+    assert (train.num_examples, test.num_examples) == (12, 6) and train.image_shape == (100, 100, 3)
+    assert train.class_names == test.class_names == ["Apple Braeburn", "Banana", "Cherry Rainier"]
 
 
 def test_mixed_sizes_need_image_size(tmp_path):

@@ -152,16 +152,24 @@ def _as_nhwc_uint8(x: np.ndarray, where: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- folders
 def split_folder(path: Path, split: str) -> Path:
-    if split in SPLIT_FOLDERS:
+    """The folder of ``split`` under ``path`` (``training/``, ``Training/`` as Fruits360 has it,
+    ``train/``..., in any case), or ``path`` itself when it has none."""
+    if split in SPLIT_FOLDERS and path.is_dir():
+        found = {p.name.lower(): p for p in sorted(path.iterdir()) if p.is_dir()}
         for name in SPLIT_FOLDERS[split]:
-            if (path / name).is_dir():
-                return path / name
+            if name in found:
+                return found[name]
     return path
+
+
+def class_folders(folder: Path) -> List[str]:
+    """The class names of a class-subfolder layout: its subfolders (hidden ones left out), sorted."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def list_image_folder(folder: Path) -> Tuple[List[Tuple[Path, int]], List[str]]:
     """(file, class index) pairs of a class-subfolder layout, sorted, and the class names."""
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = class_folders(folder)
     if not classes:
         raise SourceError(
             f"{folder} has no class subfolders, MNIST IDX files or split folders (training/, testing/)"

@@ -37,14 +37,14 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from advpatch import params
 from advpatch.dataset import DEFAULT_SHARD_BYTES, MANIFEST, Dataset, DatasetSpec, DatasetWriter
-from advpatch.readers import (SourceError, convert_images, embedded_digits, find_idx, read_idx, read_npz,
-                              split_folder, write_arrays, write_image_folder)
+from advpatch.readers import (SourceError, class_folders, convert_images, embedded_digits, find_idx, read_idx,
+                              read_npz, split_folder, write_arrays, write_image_folder)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,24 @@ def import_dataset(
         return write_arrays(x, y, names, output_path, image_size, color_mode, max_examples, seed, [record],
                             shard_bytes)
     return write_image_folder(folder, output_path, image_size, color_mode, max_examples, seed, [record], shard_bytes)
+
+
+def class_names(source: str, split: str = "test") -> Optional[List[str]]:
+    """The class names ``source`` holds, found without reading its images (a folder listing, a
+    manifest, the embedded digits): for checks that must come before any training. ``None`` where
+    that would mean fetching or reading it all (``s3://``, ``mlflow-run://``, ``.npz``), or for a
+    source that does not exist (loading it says why)."""
+    if source == EMBEDDED_DIGITS:
+        return [str(i) for i in range(10)]  # embedded_digits' class names, without reading its images
+    path = Path(source)
+    if source.startswith((S3_PREFIX, MLFLOW_RUN_PREFIX)) or not path.is_dir():
+        return None
+    if (path / MANIFEST).is_file():
+        return list(Dataset(path, verify=False).spec.class_names)
+    folder = split_folder(path, split)
+    if find_idx(folder, split) is not None:
+        return [str(i) for i in range(10)]
+    return class_folders(folder) or None
 
 
 def _copy_dataset(source: Dataset, output_path, image_size: int, color_mode: str, max_examples: int, seed: int,

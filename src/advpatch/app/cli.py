@@ -47,6 +47,31 @@ def parse_arguments(pipeline: str, pairs: List[str]) -> Dict[str, Any]:
     return out
 
 
+def fit_to_data(pipeline: str, arguments: Dict[str, Any], *, choose_target: bool = False) -> Dict[str, Any]:
+    """The checks that need the data, before any task runs: a patch target the data's classes have.
+    With ``choose_target`` (the demo, on a user's folder) a default target the data lacks becomes
+    its last class; a target the user gave is never changed, only refused."""
+    from advpatch.patches.optimizer import check_target
+    from advpatch.sources import class_names
+
+    if "patch_target" not in {p.name for p in params.PIPELINE_PARAMS[pipeline]}:
+        return arguments
+    values = params.validate_pipeline(pipeline, arguments)
+    names = class_names(values["data_dir"], "train")
+    if names is None or values["patch_target"] < len(names):
+        return arguments
+    if choose_target and "patch_target" not in arguments:
+        print(f"note: {values['data_dir']} has {len(names)} classes: the patch target is its last, "
+              f"{len(names) - 1} ({names[-1]}), not the default {values['patch_target']}")
+        return {**arguments, "patch_target": len(names) - 1}
+    try:
+        check_target(values["patch_target"], len(names))
+    except params.ParameterError as e:
+        raise params.ParameterError(f"{e} ({values['data_dir']} has {len(names)} classes: "
+                                    f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''})") from None
+    return arguments
+
+
 def run(pipeline_name: str, arguments: Dict[str, Any], output: Optional[Path]) -> Dict[str, Any]:
     """Run a pipeline locally; write ``results.json``, ``report.html`` and ``pipeline.log`` to
     ``output`` (default: ``$ADVPATCH_OUTPUT_DIR/run``, i.e. ``outputs/run``)."""
@@ -229,12 +254,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "demo":
             name, output = DEMO_PIPELINE, args.output or settings.output_dir() / "demo"
             arguments = {"data_dir": str(Path(args.data).resolve())} if args.data else {}
+            arguments = fit_to_data(name, arguments, choose_target=True)
         else:
             if args.pipeline not in params.PIPELINE_PARAMS:
                 raise params.ParameterError(
                     f"pipeline must be one of {', '.join(params.PIPELINE_PARAMS)}, got {args.pipeline!r}")
             name, output = args.pipeline, args.output
-            arguments = parse_arguments(args.pipeline, args.param)
+            arguments = fit_to_data(name, parse_arguments(args.pipeline, args.param))
         results = run(name, arguments, output)
     except AdvpatchError as e:
         print(f"advpatch: error: {e}", file=sys.stderr)
