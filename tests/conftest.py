@@ -75,7 +75,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 S3_ACCESS_KEY = "advpatch-test-access"
 S3_SECRET_KEY = "advpatch-test-secret-0123456789"
@@ -153,38 +152,24 @@ def s3_env(s3_server, monkeypatch):
 @pytest.fixture(scope="session")
 def mlflow_server(s3_server, tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 serving artifacts, stored in the S3 bucket. Yields its URI."""
+    from advpatch.app.tracking_server import ServerError, server_command, server_env, stop, wait_healthy
+
     endpoint, bucket = s3_server
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
-           "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
-         "--artifacts-destination", f"s3://{bucket}/mlflow"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
+    env = server_env({"MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+                      "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY})
+    with open(root / "server.log", "w") as log:
+        proc = subprocess.Popen(server_command(f"sqlite:///{root / 'mlflow.db'}", port,
+                                               ["--serve-artifacts", "--artifacts-destination", f"s3://{bucket}/mlflow"]),
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield uri
-    proc.terminate()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        wait_healthy(uri, proc, root / "server.log")
+    except ServerError as e:
+        pytest.fail(str(e))
+    yield uri
+    stop(proc)
 
 
 # --------------------------------------------------------------------------- order

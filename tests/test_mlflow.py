@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -71,30 +70,19 @@ def manifest_mlflow(postgres_server, s3_server, tmp_path_factory):
     script = container["args"][0].replace("--host 0.0.0.0 --port 5000", f"--host 127.0.0.1 --port {port}")
     script = script.replace("/tmp/basic_auth.ini", str(root / "basic_auth.ini"))
     assert f"--port {port}" in script
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(container["command"] + [script], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **env, "HOME": str(root),
-                                 "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    from advpatch.app.tracking_server import ServerError, stop, wait_healthy
+
+    with open(root / "server.log", "w") as log:
+        proc = subprocess.Popen(container["command"] + [script], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **env, "HOME": str(root),
+                                     "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the manifest's mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield {"uri": uri, "port": port, "bucket": bucket, "endpoint": endpoint}
-    proc.terminate()
     try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        wait_healthy(uri, proc, root / "server.log", timeout=120)
+    except ServerError as e:
+        pytest.fail(f"the manifest's mlflow server did not start: {e}")
+    yield {"uri": uri, "port": port, "bucket": bucket, "endpoint": endpoint}
+    stop(proc)
 
 
 def _get(uri, path, host=None, auth=ADMIN):

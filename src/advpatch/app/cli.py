@@ -229,9 +229,18 @@ def _mlflow_hint() -> str:
     return uri
 
 
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # so that a run's clean-up (its MLflow server, warm process) still happens
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if argv is None:  # the command itself (not a caller's main([...])): SIGTERM and SIGHUP end it cleanly
+        import signal
+
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _exit_on_signal)
     from advpatch.app.local import PipelineFailed
     from advpatch.report import render_markdown
 
