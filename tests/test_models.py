@@ -81,3 +81,87 @@ def test_model_artifact_round_trip(tmp_path):
     np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
     with pytest.raises(ModelError, match="model.json is missing"):
         models.read_model_info(tmp_path)
+
+
+# --------------------------------------------------------------------------- pretrained ImageNet models
+@pytest.fixture(scope="module")
+def resnet50_weights(tmp_path_factory):
+    """A weights file in the format and under the name Keras publishes, from a randomly initialised
+    ResNet50 (nothing is downloaded), and that model, for reference."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    keras.utils.set_random_seed(0)
+    reference = keras.applications.ResNet50(weights=None)
+    path = tmp_path_factory.mktemp("weights") / models.IMAGENET_WEIGHTS["resnet50"]
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, reference)
+    return path, reference
+
+
+def test_a_pretrained_model_takes_pixels_in_0_1_and_matches_keras_own_preprocessing(resnet50_weights, tmp_path):
+    """Preprocessing lives in the model: [0, 1] pixels in, the same probabilities as Keras' own
+    preprocess_input path; saved and loaded back with safe_mode; its logits layer serves attacks."""
+    import keras
+    from keras.applications.resnet50 import preprocess_input
+
+    from advpatch.classifier import Classifier
+
+    path, reference = resnet50_weights
+    names = [f"class {i}" for i in range(1000)]
+    model, info = models.pretrained_model("resnet50", path, names)
+    x = np.random.default_rng(0).random((2, 224, 224, 3)).astype("float32")
+    expected = reference.predict(preprocess_input(x * 255.0), verbose=0)
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5)
+    assert info.logits_layer == "predictions" and info.provenance == {"weights": path.name}
+    save_model(model, info, tmp_path / "m")
+    loaded, info2 = load_model(tmp_path / "m")  # safe_mode=True: the preprocessing is a registered layer
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-5)
+    assert info2.preprocessing == models.IMAGENET_PREPROCESSING and info2.input_shape == (224, 224, 3)
+    classifier = Classifier(loaded, info2)  # attacks and PGD optimize on the logits
+    assert classifier.from_logits
+    scores = keras.ops.convert_to_numpy(classifier.scores(x))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.softmax(scores)), expected, atol=1e-5)
+
+
+def test_a_weights_file_is_checked_before_anything_is_built(resnet50_weights, tmp_path):
+    import h5py
+
+    path, _ = resnet50_weights
+    names = [str(i) for i in range(1000)]
+    with pytest.raises(ModelError, match=r"weights file .*nope\.h5 does not exist \(expected Keras' "
+                                         r"vgg16_weights_tf_dim_ordering_tf_kernels\.h5\)"):
+        models.check_weights("vgg16", tmp_path / "nope.h5")
+    (tmp_path / "corrupt.h5").write_bytes(b"not hdf5 at all" * 10)
+    with pytest.raises(ModelError, match=r"corrupt\.h5 is not an HDF5 file"):
+        models.pretrained_model("resnet50", tmp_path / "corrupt.h5", names)
+    with pytest.raises(ModelError, match=r"holds resnet50 weights, not vgg16's"):
+        models.pretrained_model("vgg16", path, names)
+    with h5py.File(tmp_path / "notop.h5", "w") as f:  # what a '_notop' file's layer list looks like
+        f.attrs["layer_names"] = [b"input_layer", b"conv1_pad", b"conv1_conv", b"avg_pool"]
+    with pytest.raises(ModelError, match=r"no classification top"):
+        models.pretrained_model("resnet50", tmp_path / "notop.h5", names)
+    with pytest.raises(ModelError, match=r"class_names must be ImageNet's 1,000 classes .* got 10"):
+        models.pretrained_model("resnet50", path, names[:10])
+    with pytest.raises(ModelError, match=r"model_architecture must be one of resnet50, vgg16"):
+        models.check_weights("le_net", path)
+
+
+def test_imagenet_class_index_file(tmp_path):
+    import json
+
+    from advpatch.readers import SourceError, read_imagenet_class_index
+
+    index = {str(i): [f"n{i:08d}", f"class {i}"] for i in range(1000)}
+    (tmp_path / "imagenet_class_index.json").write_text(json.dumps(index))
+    wnids, names = read_imagenet_class_index(tmp_path / "imagenet_class_index.json")
+    assert (wnids[0], names[0], wnids[999], len(names)) == ("n00000000", "class 0", "n00000999", 1000)
+    (tmp_path / "short.json").write_text(json.dumps({k: v for k, v in index.items() if int(k) < 10}))
+    with pytest.raises(SourceError, match="must list 1,000 distinct classes, got 10"):
+        read_imagenet_class_index(tmp_path / "short.json")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(SourceError, match="not in imagenet_class_index.json's format"):
+        read_imagenet_class_index(tmp_path / "bad.json")
+    with pytest.raises(SourceError, match="does not exist"):
+        read_imagenet_class_index(tmp_path / "missing.json")

@@ -164,6 +164,7 @@ def load_keras(path: os.PathLike | str):
     """A ``.keras`` file, loaded with ``safe_mode=True`` (no Python lambdas, no pickle)."""
     import keras
 
+    _imagenet_preprocessing()  # advpatch's own layers, registered before Keras looks them up
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except (ValueError, OSError) as e:
@@ -174,6 +175,84 @@ def load_model(path: os.PathLike | str):
     """(keras model, ModelInfo) from a Model artifact folder."""
     info = read_model_info(path)
     return load_keras(Path(path) / KERAS_FILE), info
+
+
+# --------------------------------------------------------------------------- pretrained ImageNet models
+IMAGENET_SHAPE = (224, 224, 3)
+IMAGENET_WEIGHTS = {"resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+                    "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels.h5"}
+"""The weights files Keras publishes for each architecture (with the 1,000-class top), by name."""
+_FIRST_CONV = {"resnet50": "conv1_conv", "vgg16": "block1_conv1"}
+IMAGENET_PREPROCESSING = "imagenet caffe: x * 255, RGB to BGR, minus the ImageNet mean (inside the model)"
+
+
+def check_weights(architecture: str, path: os.PathLike | str) -> None:
+    """A Keras ImageNet weights file for ``architecture``, with its classification top: checked from
+    the file's layer names alone (milliseconds, before TensorFlow is imported)."""
+    import h5py
+
+    if architecture not in IMAGENET_WEIGHTS:
+        raise ModelError(f"model_architecture must be one of {', '.join(IMAGENET_WEIGHTS)} for pretrained "
+                         f"weights, got {architecture!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist (expected Keras' {IMAGENET_WEIGHTS[architecture]})")
+    if not h5py.is_hdf5(path):
+        raise ModelError(f"weights file {path} is not an HDF5 file (corrupt, or not Keras weights)")
+    try:
+        with h5py.File(path, "r") as f:
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs.get("layer_names", [])]
+    except OSError as e:
+        raise ModelError(f"cannot read weights file {path}: {e}") from None
+    if _FIRST_CONV[architecture] not in names:
+        other = [a for a, layer in _FIRST_CONV.items() if layer in names]
+        what = f"{other[0]} weights" if other else "not Keras application weights"
+        raise ModelError(f"weights file {path} holds {what}, not {architecture}'s")
+    if "predictions" not in names:
+        raise ModelError(f"weights file {path} has no classification top (a '_notop' file?); "
+                         f"use {IMAGENET_WEIGHTS[architecture]}")
+
+
+def pretrained_model(architecture: str, weights: os.PathLike | str, class_names: Sequence[str]):
+    """(keras model, ModelInfo): a Keras application with ImageNet weights from a local file, its
+    preprocessing inside (it takes float32 images in [0, 1], 224x224 RGB, as every advpatch model
+    does) and its last Dense layer, ``predictions``, giving the logits before a softmax."""
+    check_weights(architecture, weights)
+    if len(class_names) != 1000:
+        raise ModelError(f"class_names must be ImageNet's 1,000 classes for {architecture}'s ImageNet weights, "
+                         f"got {len(class_names)}")
+    import keras
+
+    inputs = keras.Input(shape=IMAGENET_SHAPE, name="image")
+    x = _imagenet_preprocessing()(name="imagenet_preprocessing")(inputs)
+    app = {"resnet50": keras.applications.ResNet50, "vgg16": keras.applications.VGG16}[architecture]
+    try:
+        backbone = app(weights=str(weights), input_tensor=x, classifier_activation=None)
+    except ValueError as e:  # e.g. a file whose layers do not match the architecture's shapes
+        raise ModelError(f"cannot load weights file {weights} into {architecture}: {e}") from None
+    outputs = keras.layers.Softmax(name="probabilities")(backbone.output)
+    info = ModelInfo(architecture, IMAGENET_SHAPE, list(class_names), IMAGENET_PREPROCESSING,
+                     provenance={"weights": Path(weights).name}, logits_layer="predictions")
+    return keras.Model(inputs, outputs, name=architecture), info
+
+
+def _imagenet_preprocessing():
+    """The layer class that does ResNet50's and VGG16's ImageNet preprocessing ('caffe' mode:
+    scale to [0, 255], RGB to BGR, subtract the mean) inside the model, differentiably; a registered
+    Keras class, so a model file that has it loads with ``safe_mode=True``."""
+    import keras
+
+    registered = keras.saving.get_registered_object("advpatch>ImagenetCaffe")
+    if registered is not None:
+        return registered
+
+    @keras.saving.register_keras_serializable(package="advpatch")
+    class ImagenetCaffe(keras.layers.Layer):
+        def call(self, x):
+            x = keras.ops.flip(x * 255.0, axis=-1)
+            return x - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
+
+    return ImagenetCaffe
 
 
 # --------------------------------------------------------------------------- which model a step uses

@@ -312,3 +312,22 @@ def convert_images(x: np.ndarray, image_size: int, color_mode: str) -> np.ndarra
             out[i] = arr[..., None] if arr.ndim == 2 else arr
         x = out
     return x
+
+
+def read_imagenet_class_index(path: Path) -> Tuple[List[str], List[str]]:
+    """(WordNet ids, class names) of ImageNet's 1,000 classes, in index order, from a file in
+    Keras' ``imagenet_class_index.json`` format (``{"0": ["n01440764", "tench"], ...}``)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+        entries = [data[str(i)] for i in range(len(data))]
+        wnids, names = zip(*[(str(w), str(n)) for w, n in entries])
+    except FileNotFoundError:
+        raise SourceError(f"class index file {path} does not exist") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise SourceError(f"class index file {path} is not in imagenet_class_index.json's format "
+                          f'({{"0": ["n01440764", "tench"], ...}}): {e}') from None
+    if len(wnids) != 1000 or len(set(wnids)) != 1000:
+        raise SourceError(f"class index file {path} must list 1,000 distinct classes, got {len(set(wnids))}")
+    return list(wnids), list(names)
