@@ -15,6 +15,16 @@ def tracking(experiment_name) -> Dict[str, object]:
     return {"experiment_name": experiment_name, "task_name": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
 
 
+def load_splits(data_dir, image_size, seed, track):
+    """The training and the test split of ``data_dir`` as Dataset artifacts (grayscale, at
+    ``image_size``): the two ``load_dataset`` tasks every MNIST pipeline starts with."""
+    from advpatch.components import load_dataset
+
+    data = dict(source=data_dir, image_size=image_size, color_mode="grayscale", seed=seed)
+    return (load_dataset(split="train", **data, **track).set_display_name("load training data"),
+            load_dataset(split="test", **data, **track).set_display_name("load test data"))
+
+
 def report_inputs(*tasks) -> Dict[str, object]:
     """The report component's ``summary_01``, ``summary_02``, ... arguments: each task's
     ``summary`` output (a gather task's ``bundle``), in table order."""

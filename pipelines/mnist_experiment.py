@@ -16,8 +16,8 @@ model (a transferred, non-adaptive attacker), as in the seed.
 from kfp import dsl
 
 from advpatch.components import (close_run, deploy_patch, gaussian_augmentation, gen_patch, infer, jpeg_compression,
-                                 load_dataset, report, spatial_smoothing, train)
-from advpatch.pipelines.common import place_all, report_inputs, tracking
+                                 report, spatial_smoothing, train)
+from advpatch.pipelines.common import load_splits, place_all, report_inputs, tracking
 
 
 def build(placement=None):
@@ -117,9 +117,7 @@ def build(placement=None):
         track = tracking(experiment_name)
         # the exit task runs when the steps are done, whatever happened, and closes the pipeline's MLflow run
         with dsl.ExitHandler(close_run(**track).set_display_name("close the MLflow run")):
-            data = dict(source=data_dir, image_size=image_size, color_mode="grayscale", seed=seed)
-            train_data = load_dataset(split="train", **data, **track).set_display_name("load training data")
-            test_data = load_dataset(split="test", **data, **track).set_display_name("load test data")
+            train_data, test_data = load_splits(data_dir, image_size, seed, track)
             fit = dict(training_data=train_data.outputs["dataset"], testing_data=test_data.outputs["dataset"],
                        model_architecture=model_architecture, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                        learning_rate=learning_rate, register_model=True, pgd_eps=pgd_eps, pgd_eps_step=pgd_eps_step,

@@ -13,8 +13,8 @@ mostly hide strokes (lower accuracy, little targeted success). See README, "Patc
 
 from kfp import dsl
 
-from advpatch.components import close_run, deploy_patch, gen_patch, infer, load_dataset, report, train
-from advpatch.pipelines.common import place_all, report_inputs, tracking
+from advpatch.components import close_run, deploy_patch, gen_patch, infer, report, train
+from advpatch.pipelines.common import load_splits, place_all, report_inputs, tracking
 
 
 def build(placement=None):
@@ -110,9 +110,7 @@ def build(placement=None):
         track = tracking(experiment_name)
         # the exit task runs when the steps are done, whatever happened, and closes the pipeline's MLflow run
         with dsl.ExitHandler(close_run(**track).set_display_name("close the MLflow run")):
-            data = dict(source=data_dir, image_size=image_size, color_mode="grayscale", seed=seed)
-            train_data = load_dataset(split="train", **data, **track).set_display_name("load training data")
-            test_data = load_dataset(split="test", **data, **track).set_display_name("load test data")
+            train_data, test_data = load_splits(data_dir, image_size, seed, track)
             trained = train(
                 training_data=train_data.outputs["dataset"], testing_data=test_data.outputs["dataset"],
                 model_architecture=model_architecture, optimizer=optimizer, epochs=epochs, batch_size=batch_size,

@@ -132,11 +132,9 @@ def s3_server(tmp_path_factory):
                 pytest.fail(f"SeaweedFS did not create the test bucket: {e}")
             time.sleep(0.2)
     yield endpoint, S3_BUCKET
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    from advpatch.app.tracking_server import stop
+
+    stop(proc)
     log.close()
 
 
