@@ -11,7 +11,7 @@ without defining any component.
 
 import importlib
 
-__all__ = ["load_dataset", "train", "gen_patch", "deploy_patch", "spatial_smoothing", "jpeg_compression",
+__all__ = ["load_dataset", "train", "init_model", "import_model", "gen_patch", "deploy_patch", "spatial_smoothing", "jpeg_compression",
            "gaussian_augmentation", "infer", "report", "gather", "close_run"]
 
 

@@ -4,18 +4,28 @@ Each pipeline's parameters (names, types, defaults, descriptions) come from the 
 :data:`advpatch.params.PIPELINE_PARAMS`; ``make generate`` writes them into the function signatures.
 """
 
+from advpatch.pipelines import custom_model_patch as _custom
+from advpatch.pipelines import fruits360_experiment as _fruits
+from advpatch.pipelines import imagenet_patch as _imagenet
 from advpatch.pipelines import mnist_experiment as _experiment
 from advpatch.pipelines import mnist_patch as _patch
 from advpatch.pipelines import mnist_sweep as _sweep
 
+_MODULES = {"mnist-experiment": _experiment, "mnist-patch": _patch, "mnist-sweep": _sweep,
+            "fruits360-experiment": _fruits, "imagenet-patch": _imagenet, "custom-model-patch": _custom}
+
 mnist_experiment = _experiment.mnist_experiment
 mnist_patch = _patch.mnist_patch
 mnist_sweep = _sweep.mnist_sweep
+fruits360_experiment = _fruits.fruits360_experiment
+imagenet_patch = _imagenet.imagenet_patch
+custom_model_patch = _custom.custom_model_patch
 
-PIPELINES = {"mnist-experiment": mnist_experiment, "mnist-patch": mnist_patch, "mnist-sweep": mnist_sweep}
+PIPELINES = {name: getattr(module, name.replace("-", "_")) for name, module in _MODULES.items()}
 """CLI name -> pipeline built with no placement. `advpatch demo` runs mnist-experiment."""
 
-BUILDERS = {"mnist-experiment": _experiment.build, "mnist-patch": _patch.build, "mnist-sweep": _sweep.build}
+BUILDERS = {name: module.build for name, module in _MODULES.items()}
 """CLI name -> ``build(placement)``, for compiling with a placement."""
 
-__all__ = ["BUILDERS", "PIPELINES", "mnist_experiment", "mnist_patch", "mnist_sweep"]
+__all__ = ["BUILDERS", "PIPELINES", "custom_model_patch", "fruits360_experiment", "imagenet_patch", "mnist_experiment",
+           "mnist_patch", "mnist_sweep"]

@@ -15,14 +15,54 @@ def tracking(experiment_name) -> Dict[str, object]:
     return {"experiment_name": experiment_name, "task_name": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
 
 
-def load_splits(data_dir, image_size, seed, track):
-    """The training and the test split of ``data_dir`` as Dataset artifacts (grayscale, at
-    ``image_size``): the two ``load_dataset`` tasks every MNIST pipeline starts with."""
+def load_splits(data_dir, image_size, seed, track, color_mode="grayscale", **options):
+    """The training and the test split of ``data_dir`` as Dataset artifacts (in ``color_mode``, at
+    ``image_size``; ``options``: more of load_dataset's parameters, e.g. ``class_index``): the two
+    ``load_dataset`` tasks every pipeline starts with."""
     from advpatch.components import load_dataset
 
-    data = dict(source=data_dir, image_size=image_size, color_mode="grayscale", seed=seed)
+    data = dict(source=data_dir, image_size=image_size, color_mode=color_mode, seed=seed, **options)
     return (load_dataset(split="train", **data, **track).set_display_name("load training data"),
             load_dataset(split="test", **data, **track).set_display_name("load test data"))
+
+
+DEFENCE_ROWS = (("spatial smoothing", "spatial_smoothing", "spatial_smoothing_window_size"),
+                ("JPEG compression", "jpeg_compression", "jpeg_compression_quality"),
+                ("Gaussian noise", "gaussian_augmentation", "gaussian_augmentation_sigma"))
+"""The preprocessing defences' rows: (row, component, the pipeline parameter it takes)."""
+
+
+def attack_and_defend(v, model_task, gen_data, test_data, track):
+    """What every pipeline does once it has a model: gen_patch on ``gen_data`` -> deploy_patch on
+    ``test_data`` (each image and a patched copy of it) -> the baseline and each preprocessing
+    defence (:data:`DEFENCE_ROWS`), one infer task each, evaluating the clean and the patched images
+    separately. ``v``: the pipeline's parameters (its ``locals()``). Returns (gen_patch task, the
+    test set's deploy_patch task, the infer tasks)."""
+    from advpatch import components
+
+    placements = dict(rotation_max=v["rotation_max"], scale_min=v["scale_min"], scale_max=v["scale_max"],
+                      patch_location=v["patch_location"], seed=v["seed"])
+    target = {k: v[k] for k in ("patch_target", "patch_target_name") if k in v}
+    attack = components.gen_patch(
+        data=gen_data.outputs["dataset"], model=model_task.outputs["model"], learning_rate=v["patch_learning_rate"],
+        lr_decay=v["patch_lr_decay"], patch_loss=v["patch_loss"], max_iter=v["max_iter"], num_patch=v["num_patch"],
+        num_patch_gen_samples=v["num_patch_gen_samples"], **target, **placements, **track)
+    patched_test = components.deploy_patch(
+        data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
+        patch_application_rate=1.0, patch_scale=v["patch_scale"], **placements, **track,
+    ).set_display_name("deploy_patch: test set (clean + patched copies)")
+    pairs = patched_test.outputs["patched_data"]
+
+    def evaluate(row, images):
+        return components.infer(data=images, model=model_task.outputs["model"], row=row, condition="split",
+                                seed=v["seed"], **track).set_display_name(f"infer: {row}")
+
+    rows = [evaluate("baseline", pairs)]
+    for row, name, setting in DEFENCE_ROWS:
+        defended = getattr(components, name)(data=pairs, data_role="predict", seed=v["seed"], **{setting: v[setting]},
+                                             **track).set_display_name(f"{row}: test set")
+        rows.append(evaluate(row, defended.outputs["defended_data"]))
+    return attack, patched_test, rows
 
 
 def report_inputs(*tasks) -> Dict[str, object]:
@@ -63,3 +103,54 @@ def place_all(placement) -> None:
             task.set_caching_options(False)
         if placement is not None:
             placement.apply(task, component)
+
+
+def defence_experiment(v, title, color_mode="grayscale"):
+    """The seed's patch experiment with a model trained here (``mnist-experiment``,
+    ``fruits360-experiment``): load -> train a baseline -> :func:`attack_and_defend` -> training on
+    patched data (the training set augmented with patched copies) and PGD adversarial training,
+    each evaluating its model on the clean and patched test images itself -> report. ``v``: the
+    pipeline's parameters (its ``locals()``)."""
+    from advpatch.components import close_run, deploy_patch, report, train
+
+    track = tracking(v["experiment_name"])
+    # the exit task runs when the steps are done, whatever happened, and closes the pipeline's MLflow run
+    with dsl.ExitHandler(close_run(**track).set_display_name("close the MLflow run")):
+        train_data, test_data = load_splits(v["data_dir"], v["image_size"], v["seed"], track, color_mode)
+        fit = dict(training_data=train_data.outputs["dataset"], testing_data=test_data.outputs["dataset"],
+                   register_model=True, **{k: v[k] for k in (
+                       "model_architecture", "optimizer", "epochs", "batch_size", "learning_rate", "pgd_eps",
+                       "pgd_eps_step", "pgd_max_iter", "seed")}, **track)
+        baseline = train(model_tag="baseline", **fit).set_display_name("train: baseline")
+        attack, patched_test, rows = attack_and_defend(v, baseline, train_data, test_data, track)
+        patched_train = deploy_patch(
+            data=train_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
+            patch_application_rate=v["train_patch_application_rate"], patch_scale=v["patch_scale"],
+            output_tar_name="adv_training.tar", rotation_max=v["rotation_max"], scale_min=v["scale_min"],
+            scale_max=v["scale_max"], patch_location=v["patch_location"], seed=v["seed"], **track,
+        ).set_display_name("deploy_patch: training set (augment)")
+        # the two trained rows: each training evaluates its model on the clean and patched test images itself
+        tested = {**fit, "testing_data": patched_test.outputs["patched_data"]}
+        on_patched_data = train(**{**tested, "training_data": patched_train.outputs["patched_data"]},
+                                model_tag="patched", row="trained on patched data").set_display_name(
+            "train: on patched data")
+        adversarial = train(model_tag="pgd", apply_defense=True, row="PGD adversarial training",
+                            **tested).set_display_name("train: PGD adversarial training")
+        report(**report_inputs(baseline, attack, patched_train, patched_test, *rows, on_patched_data, adversarial),
+               title=title, **track)
+
+
+def model_experiment(v, make_model, title, color_mode, class_index=""):
+    """The patch experiment on a model made by ``make_model(test_data, track)`` (init_model's
+    pretrained weights, import_model's user file): load -> the model, evaluated on the test split ->
+    :func:`attack_and_defend`, the patches drawn from the training split -> report."""
+    from advpatch.components import close_run, report
+
+    track = tracking(v["experiment_name"])
+    with dsl.ExitHandler(close_run(**track).set_display_name("close the MLflow run")):
+        gen_data, test_data = load_splits(v["data_dir"], v["image_size"], v["seed"], track, color_mode,
+                                          class_index=class_index, max_examples=v["max_examples"])
+        gen_data.set_display_name("load patch generation data")
+        model = make_model(test_data, track)
+        attack, patched_test, rows = attack_and_defend(v, model, gen_data, test_data, track)
+        report(**report_inputs(model, attack, patched_test, *rows), title=title, **track)

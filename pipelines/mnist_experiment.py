@@ -15,9 +15,7 @@ model (a transferred, non-adaptive attacker), as in the seed.
 
 from kfp import dsl
 
-from advpatch.components import (close_run, deploy_patch, gaussian_augmentation, gen_patch, infer, jpeg_compression,
-                                 report, spatial_smoothing, train)
-from advpatch.pipelines.common import load_splits, place_all, report_inputs, tracking
+from advpatch.pipelines.common import defence_experiment, place_all
 
 
 def build(placement=None):
@@ -33,6 +31,7 @@ def build(placement=None):
         batch_size: int = 32,
         learning_rate: float = 0.002,
         patch_target: int = 5,
+        patch_target_name: str = "",
         num_patch: int = 3,
         num_patch_gen_samples: int = 40,
         patch_learning_rate: float = 0.1,
@@ -73,6 +72,8 @@ def build(placement=None):
             learning_rate: The optimizer's initial learning rate. Allowed: a number > 0.
             patch_target: Target class index; -1 draws a random target per patch. Allowed: an
                 integer >= -1.
+            patch_target_name: Target class by name (a class of the data, e.g. 'toaster'); when
+                given, it is used instead of patch_target.
             num_patch: Number of patches, each with its own target and generation images. Allowed:
                 an integer in [1, 1000].
             num_patch_gen_samples: Generation images per patch, drawn among images not of its
@@ -114,59 +115,7 @@ def build(placement=None):
             seed: Seeds every step: same seed, same results. Allowed: an integer in [0, 2147483647].
             experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         """
-        track = tracking(experiment_name)
-        # the exit task runs when the steps are done, whatever happened, and closes the pipeline's MLflow run
-        with dsl.ExitHandler(close_run(**track).set_display_name("close the MLflow run")):
-            train_data, test_data = load_splits(data_dir, image_size, seed, track)
-            fit = dict(training_data=train_data.outputs["dataset"], testing_data=test_data.outputs["dataset"],
-                       model_architecture=model_architecture, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
-                       learning_rate=learning_rate, register_model=True, pgd_eps=pgd_eps, pgd_eps_step=pgd_eps_step,
-                       pgd_max_iter=pgd_max_iter, seed=seed, **track)
-            baseline = train(model_tag="baseline", **fit).set_display_name("train: baseline")
-            placements = dict(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
-                              patch_location=patch_location, seed=seed)
-            attack = gen_patch(
-                data=train_data.outputs["dataset"], model=baseline.outputs["model"], model_architecture=model_architecture,
-                learning_rate=patch_learning_rate, lr_decay=patch_lr_decay, patch_loss=patch_loss, max_iter=max_iter,
-                patch_target=patch_target, num_patch=num_patch, num_patch_gen_samples=num_patch_gen_samples,
-                **placements, **track,
-            )
-            patched_train = deploy_patch(
-                data=train_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
-                patch_application_rate=train_patch_application_rate, patch_scale=patch_scale,
-                output_tar_name="adv_training.tar", **placements, **track,
-            ).set_display_name("deploy_patch: training set (augment)")
-            # the test set as clean images and a patched copy of each: every row below is one task per
-            # model (and one per defence), evaluating the clean and the patched images separately
-            patched_test = deploy_patch(
-                data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
-                patch_application_rate=1.0, patch_scale=patch_scale, **placements, **track,
-            ).set_display_name("deploy_patch: test set (clean + patched copies)")
-            test_pairs = patched_test.outputs["patched_data"]
-
-            def evaluate(model_task, row, images):
-                return infer(data=images, model=model_task.outputs["model"], row=row, condition="split", seed=seed,
-                             **track).set_display_name(f"infer: {row}")
-
-            rows = [evaluate(baseline, "baseline", test_pairs)]
-            for row, defence, settings in (
-                ("spatial smoothing", spatial_smoothing, {"spatial_smoothing_window_size": spatial_smoothing_window_size}),
-                ("JPEG compression", jpeg_compression, {"jpeg_compression_quality": jpeg_compression_quality}),
-                ("Gaussian noise", gaussian_augmentation, {"gaussian_augmentation_sigma": gaussian_augmentation_sigma}),
-            ):
-                defended = defence(data=test_pairs, data_role="predict", seed=seed, **settings, **track)
-                rows.append(evaluate(baseline, row, defended.set_display_name(f"{row}: test set").outputs["defended_data"]))
-            # the two trained rows: each training evaluates its model on the clean and patched test images itself
-            tested = {**fit, "testing_data": test_pairs}
-            on_patched_data = train(**{**tested, "training_data": patched_train.outputs["patched_data"]},
-                                    model_tag="patched", row="trained on patched data").set_display_name(
-                "train: on patched data")
-            adversarial = train(model_tag="pgd", apply_defense=True, row="PGD adversarial training",
-                                **tested).set_display_name("train: PGD adversarial training")
-            report(
-                **report_inputs(baseline, attack, patched_train, patched_test, *rows, on_patched_data, adversarial),
-                title="MNIST adversarial patch experiment: defences", **track,
-            )
+        defence_experiment(locals(), "MNIST adversarial patch experiment: defences")
         place_all(placement)
 
     return mnist_experiment

@@ -33,6 +33,7 @@ def build(placement=None):
         model_tag: str = "",
         register_model: bool = True,
         patch_target: int = 5,
+        patch_target_name: str = "",
         num_patch: int = 3,
         num_patch_gen_samples: int = 40,
         patch_learning_rate: float = 0.1,
@@ -74,6 +75,8 @@ def build(placement=None):
             register_model: Register the model in the MLflow model registry.
             patch_target: Target class index; -1 draws a random target per patch. Allowed: an
                 integer >= -1.
+            patch_target_name: Target class by name (a class of the data, e.g. 'toaster'); when
+                given, it is used instead of patch_target.
             num_patch: Number of patches, each with its own target and generation images. Allowed:
                 an integer in [1, 1000].
             num_patch_gen_samples: Generation images per patch, drawn among images not of its
@@ -122,7 +125,8 @@ def build(placement=None):
             attack = gen_patch(
                 data=train_data.outputs["dataset"], model=trained.outputs["model"], model_architecture=model_architecture,
                 learning_rate=patch_learning_rate, lr_decay=patch_lr_decay, patch_loss=patch_loss, max_iter=max_iter,
-                patch_target=patch_target, num_patch=num_patch, num_patch_gen_samples=num_patch_gen_samples,
+                patch_target=patch_target, patch_target_name=patch_target_name,
+                num_patch=num_patch, num_patch_gen_samples=num_patch_gen_samples,
                 **placements, **track,
             )
             patched = deploy_patch(

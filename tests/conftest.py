@@ -270,3 +270,21 @@ def look_at(browser, url: str, screenshot: Path, width: int = 1280):
     png = page.screenshot(path=str(screenshot), full_page=True)
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     return page, requests, errors, pixels
+
+
+@pytest.fixture(scope="session")
+def resnet50_weights(tmp_path_factory):
+    """A weights file in the format and under the name Keras publishes, from a randomly initialised
+    ResNet50 (nothing is downloaded), and that model, for reference."""
+    import h5py
+    import keras
+
+    from advpatch.models import IMAGENET_WEIGHTS
+    from keras.src.legacy.saving import legacy_h5_format
+
+    keras.utils.set_random_seed(0)
+    reference = keras.applications.ResNet50(weights=None)
+    path = tmp_path_factory.mktemp("weights") / IMAGENET_WEIGHTS["resnet50"]
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, reference)
+    return path, reference

@@ -107,3 +107,37 @@ def test_demo_runs_the_full_experiment_on_a_mnist_layout_folder(mnist_folder, tm
     assert errors == [] and len(requests) == 1 and "Parameters that differ" in text
     first = rows["baseline"]["rates"]["targeted_success_rate"]
     assert f"{first['successes']}/{first['count']}" in text
+
+
+@pytest.mark.slow
+def test_make_demo_on_a_users_three_class_folder(tmp_path):
+    """`make demo DATA=<folder>` as a new user types it, on a plain folder of three class
+    sub-folders of RGB JPEGs (no split folders): the demo picks a patch target the data has,
+    trains on a fixed 80% of each class and tests on the other 20%, and every row comes out."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from PIL import Image
+
+    from advpatch.sources import embedded_digits
+
+    folder = tmp_path / "my digits"
+    x, y, _ = embedded_digits("train")
+    for label, name in enumerate(["zero", "one", "two"]):
+        (folder / name).mkdir(parents=True)
+        for k, i in enumerate(np.flatnonzero(y == label)[:40]):
+            Image.fromarray(np.repeat(x[i], 3, axis=-1)).save(folder / name / f"{k:03d}.jpg", quality=95)
+    env = {k: v for k, v in os.environ.items() if k not in (settings.ENV_TRACKING_URI, "MAKEFLAGS", "MFLAGS")}
+    env[settings.ENV_OUTPUT_DIR] = str(tmp_path / "outputs")
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["make", "-C", str(repo), "demo", f"DATA={folder}"], env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "has 3 classes: the patch target is its last, 2 (two), not the default 5" in done.stdout
+    results = json.loads((tmp_path / "outputs" / "demo" / "results.json").read_text())
+    rows = {r["label"]: r for r in results["comparison"]}
+    assert len(rows) == 6 and rows["baseline"]["rates"]["clean_accuracy"]["count"] == 24  # 8 of each class's 40
+    assert rows["baseline"]["clean_accuracy"] > 0.8
+    gen = next(s for s in results["steps"] if s["step"] == "gen_patch")
+    assert gen["details"]["targets"] == ["two"] * 3

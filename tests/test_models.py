@@ -84,22 +84,6 @@ def test_model_artifact_round_trip(tmp_path):
 
 
 # --------------------------------------------------------------------------- pretrained ImageNet models
-@pytest.fixture(scope="module")
-def resnet50_weights(tmp_path_factory):
-    """A weights file in the format and under the name Keras publishes, from a randomly initialised
-    ResNet50 (nothing is downloaded), and that model, for reference."""
-    import h5py
-    import keras
-    from keras.src.legacy.saving import legacy_h5_format
-
-    keras.utils.set_random_seed(0)
-    reference = keras.applications.ResNet50(weights=None)
-    path = tmp_path_factory.mktemp("weights") / models.IMAGENET_WEIGHTS["resnet50"]
-    with h5py.File(path, "w") as f:
-        legacy_h5_format.save_weights_to_hdf5_group(f, reference)
-    return path, reference
-
-
 def test_a_pretrained_model_takes_pixels_in_0_1_and_matches_keras_own_preprocessing(resnet50_weights, tmp_path):
     """Preprocessing lives in the model: [0, 1] pixels in, the same probabilities as Keras' own
     preprocess_input path; saved and loaded back with safe_mode; its logits layer serves attacks."""
@@ -114,11 +98,11 @@ def test_a_pretrained_model_takes_pixels_in_0_1_and_matches_keras_own_preprocess
     x = np.random.default_rng(0).random((2, 224, 224, 3)).astype("float32")
     expected = reference.predict(preprocess_input(x * 255.0), verbose=0)
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5)
-    assert info.logits_layer == "predictions" and info.provenance == {"weights": path.name}
+    assert info.logits_layer == "predictions" and info.provenance == {"weights": path.name, "preprocessing": "caffe"}
     save_model(model, info, tmp_path / "m")
     loaded, info2 = load_model(tmp_path / "m")  # safe_mode=True: the preprocessing is a registered layer
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-5)
-    assert info2.preprocessing == models.IMAGENET_PREPROCESSING and info2.input_shape == (224, 224, 3)
+    assert info2.preprocessing == models.PREPROCESSING_TEXT["caffe"] and info2.input_shape == (224, 224, 3)
     classifier = Classifier(loaded, info2)  # attacks and PGD optimize on the logits
     assert classifier.from_logits
     scores = keras.ops.convert_to_numpy(classifier.scores(x))
@@ -142,26 +126,38 @@ def test_a_weights_file_is_checked_before_anything_is_built(resnet50_weights, tm
         f.attrs["layer_names"] = [b"input_layer", b"conv1_pad", b"conv1_conv", b"avg_pool"]
     with pytest.raises(ModelError, match=r"no classification top"):
         models.pretrained_model("resnet50", tmp_path / "notop.h5", names)
-    with pytest.raises(ModelError, match=r"class_names must be ImageNet's 1,000 classes .* got 10"):
+    with pytest.raises(ModelError, match=r"ImageNet weights have 1,000 classes but the data has 10: load it with "
+                                         r"class_index=imagenet_class_index.json"):
         models.pretrained_model("resnet50", path, names[:10])
     with pytest.raises(ModelError, match=r"model_architecture must be one of resnet50, vgg16"):
         models.check_weights("le_net", path)
 
 
-def test_imagenet_class_index_file(tmp_path):
+def test_class_index_files(tmp_path):
+    """Keras' imagenet_class_index.json (repeated names made unique by their WordNet id) and a text
+    file with one name per line; sub-folders match by WordNet id, name or index."""
     import json
 
-    from advpatch.readers import SourceError, read_imagenet_class_index
+    from advpatch.readers import SourceError, read_class_index
 
     index = {str(i): [f"n{i:08d}", f"class {i}"] for i in range(1000)}
+    index["7"] = ["n00000007", "crane"]
+    index["9"] = ["n00000009", "crane"]
     (tmp_path / "imagenet_class_index.json").write_text(json.dumps(index))
-    wnids, names = read_imagenet_class_index(tmp_path / "imagenet_class_index.json")
-    assert (wnids[0], names[0], wnids[999], len(names)) == ("n00000000", "class 0", "n00000999", 1000)
-    (tmp_path / "short.json").write_text(json.dumps({k: v for k, v in index.items() if int(k) < 10}))
-    with pytest.raises(SourceError, match="must list 1,000 distinct classes, got 10"):
-        read_imagenet_class_index(tmp_path / "short.json")
+    classes = read_class_index(tmp_path / "imagenet_class_index.json")
+    assert (classes.names[0], classes.names[7], classes.names[9], len(classes.names)) == (
+        "class 0", "crane (n00000007)", "crane (n00000009)", 1000)
+    assert classes.match(["n00000003", "class 5", "999", "crane (n00000009)"], tmp_path) == [3, 5, 999, 9]
+    with pytest.raises(SourceError, match=r"sub-folder\(s\) 'n99999999' of .* match no class in the class index"):
+        classes.match(["n00000001", "n99999999"], tmp_path)
+    (tmp_path / "names.txt").write_text("Apple Braeburn\nBanana\n\nCherry\n")
+    text = read_class_index(tmp_path / "names.txt")
+    assert text.names == ["Apple Braeburn", "Banana", "Cherry"] and text.match(["Banana", "0"], tmp_path) == [1, 0]
+    (tmp_path / "twice.txt").write_text("a\nb\na\n")
+    with pytest.raises(SourceError, match="names a class twice"):
+        read_class_index(tmp_path / "twice.txt")
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(SourceError, match="not in imagenet_class_index.json's format"):
-        read_imagenet_class_index(tmp_path / "bad.json")
+        read_class_index(tmp_path / "bad.json")
     with pytest.raises(SourceError, match="does not exist"):
-        read_imagenet_class_index(tmp_path / "missing.json")
+        read_class_index(tmp_path / "missing.json")

@@ -19,6 +19,7 @@ def gen_patch(
     learning_rate: float = 0.1,
     max_iter: int = 500,
     patch_target: int = -1,
+    patch_target_name: str = "",
     num_patch: int = 1,
     num_patch_gen_samples: int = 40,
     rotation_max: float = 22.5,
@@ -54,6 +55,8 @@ def gen_patch(
             >= 1.
         patch_target: Target class index; -1 draws a random target per patch. Allowed: an integer >=
             -1.
+        patch_target_name: Target class by name (a class of the data, e.g. 'toaster'); when given,
+            it is used instead of patch_target.
         num_patch: Number of patches, each with its own target and generation images. Allowed: an
             integer in [1, 1000].
         num_patch_gen_samples: Generation images per patch, drawn among images not of its target.

@@ -17,6 +17,7 @@ def load_dataset(
     image_size: int = 0,
     color_mode: str = "auto",
     max_examples: int = 0,
+    class_index: str = "",
     seed: int = 0,
     experiment_name: str = "",
     task_name: str = "",
@@ -41,6 +42,10 @@ def load_dataset(
             of 'auto', 'grayscale', 'rgb'.
         max_examples: Keep a random subset of this many images (drawn from seed); 0 keeps all.
             Allowed: an integer >= 0.
+        class_index: A class-folder source's classes, in a model's output order: a file in Keras'
+            imagenet_class_index.json format or one class name per line (a local path or
+            s3://BUCKET/KEY); each sub-folder names one class by WordNet id, name or index. Empty:
+            the sub-folders are the classes. Allowed: a local path or s3://BUCKET/KEY, or empty.
         seed: Seeds the max_examples subset. Allowed: an integer in [0, 2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         task_name: KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run.

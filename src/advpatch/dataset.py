@@ -16,7 +16,8 @@ Why this shape:
 
 * Shards keep memory bounded where a step streams: writers flush every ``shard_bytes`` and
   :meth:`Dataset.batches` reads one shard at a time (``load_dataset``, ``deploy_patch``, the
-  defences and ``infer`` stream; ``train`` and ``gen_patch`` still load the set).
+  defences and ``infer`` stream; ``gen_patch`` reads the labels and then only the images it draws;
+  ``train`` streams through ``tf.data`` when the set is larger than its memory budget).
 * ``.npz`` read with ``allow_pickle=False`` and a JSON manifest: nothing is ever unpickled.
 * Pixels are stored as ``uint8`` in ``[0, 255]``, the way images live on disk; models take float
   ``[0, 1]`` (see :func:`to_float`).
@@ -286,17 +287,22 @@ class Dataset:
 
     def shards(self) -> Iterator[Dict[str, np.ndarray]]:
         """Yield each shard as ``{"x", "y", <columns>...}``."""
-        for shard in self.spec.shards:
-            file = self.path / shard["file"]
-            if Path(shard["file"]).name != shard["file"]:
-                raise DatasetError(f"shard name {shard['file']!r} in {self.path} is not a plain file name")
-            if self._verify and _sha256(file) != shard["sha256"]:
-                raise DatasetError(f"{file} does not match its sha256 in {MANIFEST}: the dataset is corrupt")
-            with np.load(file, allow_pickle=False) as npz:
-                out = {"x": npz["x"], "y": npz["y"]}
-                for name in self.spec.columns:
-                    out[name] = npz[f"col_{name}"]
-            yield out
+        for i in range(len(self.spec.shards)):
+            yield self.read_shard(i)
+
+    def read_shard(self, i: int) -> Dict[str, np.ndarray]:
+        """Shard ``i`` as ``{"x", "y", <columns>...}`` (checked against its sha256)."""
+        shard = self.spec.shards[i]
+        file = self.path / shard["file"]
+        if Path(shard["file"]).name != shard["file"]:
+            raise DatasetError(f"shard name {shard['file']!r} in {self.path} is not a plain file name")
+        if self._verify and _sha256(file) != shard["sha256"]:
+            raise DatasetError(f"{file} does not match its sha256 in {MANIFEST}: the dataset is corrupt")
+        with np.load(file, allow_pickle=False) as npz:
+            out = {"x": npz["x"], "y": npz["y"]}
+            for name in self.spec.columns:
+                out[name] = npz[f"col_{name}"]
+        return out
 
     def batches(self, batch_size: int) -> Iterator[Dict[str, np.ndarray]]:
         """Yield batches of ``batch_size`` examples (the last may be smaller), in order."""
@@ -327,6 +333,14 @@ class Dataset:
             if start > indices.max(initial=-1):
                 break
         return out
+
+    def labels(self) -> np.ndarray:
+        """Every example's label, reading no image."""
+        parts = []
+        for shard in self.spec.shards:
+            with np.load(self.path / Path(shard["file"]).name, allow_pickle=False) as npz:
+                parts.append(npz["y"])
+        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
     def load(self) -> Dict[str, np.ndarray]:
         """All examples at once as ``{"x", "y", <columns>...}`` (small datasets)."""

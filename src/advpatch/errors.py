@@ -9,3 +9,7 @@ traceback.
 
 class AdvpatchError(ValueError):
     """Bad input or an unusable resource; the message says what and how to fix it."""
+
+
+class SourceError(AdvpatchError):
+    """A data source (or a file a step reads: weights, a class index) is missing, empty or unreadable."""

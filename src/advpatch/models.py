@@ -164,7 +164,7 @@ def load_keras(path: os.PathLike | str):
     """A ``.keras`` file, loaded with ``safe_mode=True`` (no Python lambdas, no pickle)."""
     import keras
 
-    _imagenet_preprocessing()  # advpatch's own layers, registered before Keras looks them up
+    preprocessing_layer()  # advpatch's own layers, registered before Keras looks them up
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except (ValueError, OSError) as e:
@@ -177,13 +177,24 @@ def load_model(path: os.PathLike | str):
     return load_keras(Path(path) / KERAS_FILE), info
 
 
-# --------------------------------------------------------------------------- pretrained ImageNet models
+# --------------------------------------------------------------------------- pretrained and users' models
 IMAGENET_SHAPE = (224, 224, 3)
 IMAGENET_WEIGHTS = {"resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
                     "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels.h5"}
 """The weights files Keras publishes for each architecture (with the 1,000-class top), by name."""
+IMAGENET_MODE = {"resnet50": "caffe", "vgg16": "caffe"}
+"""Each architecture's ImageNet preprocessing (``keras.applications.<arch>.preprocess_input``)."""
 _FIRST_CONV = {"resnet50": "conv1_conv", "vgg16": "block1_conv1"}
-IMAGENET_PREPROCESSING = "imagenet caffe: x * 255, RGB to BGR, minus the ImageNet mean (inside the model)"
+PREPROCESSING_TEXT = {
+    "none": PREPROCESSING,
+    "scale_255": "x * 255 (inside the model)",
+    "caffe": "imagenet caffe: x * 255, RGB to BGR, minus the ImageNet mean (inside the model)",
+    "tf": "imagenet tf: x * 2 - 1 (inside the model)",
+    "torch": "imagenet torch: minus the ImageNet mean, over its std (inside the model)",
+}
+"""What each preprocessing mode does, as ``model.json`` records it: every model still takes [0, 1]."""
+CUSTOM = "custom"
+"""The architecture a user's own model is recorded as."""
 
 
 def check_weights(architecture: str, path: os.PathLike | str) -> None:
@@ -214,45 +225,114 @@ def check_weights(architecture: str, path: os.PathLike | str) -> None:
 
 
 def pretrained_model(architecture: str, weights: os.PathLike | str, class_names: Sequence[str]):
-    """(keras model, ModelInfo): a Keras application with ImageNet weights from a local file, its
-    preprocessing inside (it takes float32 images in [0, 1], 224x224 RGB, as every advpatch model
-    does) and its last Dense layer, ``predictions``, giving the logits before a softmax."""
-    check_weights(architecture, weights)
+    """(keras model, ModelInfo): a Keras application with ImageNet weights from a local file (or,
+    with ``weights=""``, Keras' own download), its preprocessing inside (it takes float32 images in
+    [0, 1], 224x224 RGB, as every advpatch model does) and its last Dense layer, ``predictions``,
+    giving the logits before a softmax."""
+    if weights:
+        check_weights(architecture, weights)
     if len(class_names) != 1000:
-        raise ModelError(f"class_names must be ImageNet's 1,000 classes for {architecture}'s ImageNet weights, "
-                         f"got {len(class_names)}")
+        raise ModelError(f"{architecture}'s ImageNet weights have 1,000 classes but the data has {len(class_names)}: "
+                         "load it with class_index=imagenet_class_index.json")
     import keras
 
     inputs = keras.Input(shape=IMAGENET_SHAPE, name="image")
-    x = _imagenet_preprocessing()(name="imagenet_preprocessing")(inputs)
+    mode = IMAGENET_MODE[architecture]
+    x = preprocessing_layer()(mode, name="imagenet_preprocessing")(inputs)
     app = {"resnet50": keras.applications.ResNet50, "vgg16": keras.applications.VGG16}[architecture]
     try:
-        backbone = app(weights=str(weights), input_tensor=x, classifier_activation=None)
+        backbone = app(weights=str(weights) if weights else "imagenet", input_tensor=x, classifier_activation=None)
     except ValueError as e:  # e.g. a file whose layers do not match the architecture's shapes
         raise ModelError(f"cannot load weights file {weights} into {architecture}: {e}") from None
+    except Exception as e:  # Keras' download: no network here
+        raise ModelError(f"cannot download {architecture}'s ImageNet weights ({type(e).__name__}: {e}); give weights="
+                         f"a local path or s3:// URI of {IMAGENET_WEIGHTS[architecture]}") from None
     outputs = keras.layers.Softmax(name="probabilities")(backbone.output)
-    info = ModelInfo(architecture, IMAGENET_SHAPE, list(class_names), IMAGENET_PREPROCESSING,
-                     provenance={"weights": Path(weights).name}, logits_layer="predictions")
+    info = ModelInfo(architecture, IMAGENET_SHAPE, list(class_names), PREPROCESSING_TEXT[mode],
+                     provenance={"weights": Path(weights).name if weights else "imagenet (Keras download)",
+                                 "preprocessing": mode}, logits_layer="predictions")
     return keras.Model(inputs, outputs, name=architecture), info
 
 
-def _imagenet_preprocessing():
-    """The layer class that does ResNet50's and VGG16's ImageNet preprocessing ('caffe' mode:
-    scale to [0, 255], RGB to BGR, subtract the mean) inside the model, differentiably; a registered
-    Keras class, so a model file that has it loads with ``safe_mode=True``."""
+def user_model(path: os.PathLike | str, preprocessing: str, image_shape: Sequence[int], class_names: Sequence[str]):
+    """(keras model, ModelInfo): a user's ``.keras`` file, checked against the data (loads with
+    ``safe_mode=True``; takes images of the data's size and channels; one output per class), wrapped
+    so that it takes [0, 1] pixels (``preprocessing`` inside) and returns probabilities, with a
+    ``logits`` layer when the user's model returns logits (its last layer is not a softmax)."""
+    params.check(preprocessing=preprocessing)
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"model file {path} is not a Keras 3 .keras archive (a zip; for a SavedModel or .h5 model, "
+                         "load it in Keras and save it with model.save('model.keras'))")
     import keras
 
-    registered = keras.saving.get_registered_object("advpatch>ImagenetCaffe")
+    net = load_keras(path)
+    shape = tuple(int(d) for d in image_shape)
+    got_in = tuple(net.input_shape[1:]) if not isinstance(net.input_shape, list) else None
+    if got_in is None or len(got_in) != 3 or any(g not in (None, s) for g, s in zip(got_in, shape)):
+        raise ModelError(f"model file {path} takes inputs {net.input_shape}, but the data's images are "
+                         f"{'x'.join(map(str, shape))}: load the data with the model's image_size and color_mode")
+    out = net.output_shape
+    if isinstance(out, list) or len(out) != 2 or out[-1] != len(class_names):
+        raise ModelError(f"model file {path} outputs {out}, but the data has {len(class_names)} classes: a model "
+                         "here outputs one probability or logit per class (batch, classes)")
+    last = net.layers[-1]
+    probabilities = isinstance(last, keras.layers.Softmax) or \
+        getattr(getattr(last, "activation", None), "__name__", "") == "softmax"
+    inputs = keras.Input(shape=shape, name="image")
+    x = preprocessing_layer()(preprocessing, name="preprocessing")(inputs) if preprocessing != "none" else inputs
+    x = net(x)
+    if not probabilities:
+        x = keras.layers.Identity(name=LOGITS_LAYER)(x)
+        x = keras.layers.Softmax(name="probabilities")(x)
+    info = ModelInfo(CUSTOM, shape, list(class_names), PREPROCESSING_TEXT[preprocessing],  # type: ignore[arg-type]
+                     provenance={"model_file": path.name, "preprocessing": preprocessing, "keras_name": net.name,
+                                 "outputs": "probabilities" if probabilities else "logits"},
+                     logits_layer=None if probabilities else LOGITS_LAYER)
+    return keras.Model(inputs, x, name=f"{CUSTOM}_{net.name}"), info
+
+
+def preprocessing_layer():
+    """The layer class that does a model's input preprocessing inside it, differentiably, in one of
+    :data:`~advpatch.params.PREPROCESSING_MODES` (Keras' ``imagenet_utils.preprocess_input``
+    modes, on [0, 1] input); a registered Keras class, so a model file that has it loads with
+    ``safe_mode=True``."""
+    import keras
+
+    registered = keras.saving.get_registered_object("advpatch>Preprocessing")
     if registered is not None:
         return registered
 
     @keras.saving.register_keras_serializable(package="advpatch")
-    class ImagenetCaffe(keras.layers.Layer):
-        def call(self, x):
-            x = keras.ops.flip(x * 255.0, axis=-1)
-            return x - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
+    class Preprocessing(keras.layers.Layer):
+        def __init__(self, mode: str = "caffe", **kwargs):
+            super().__init__(**kwargs)
+            params.check(preprocessing=mode)
+            self.mode = mode
 
-    return ImagenetCaffe
+        def call(self, x):
+            ops = keras.ops
+            if self.mode == "scale_255":
+                return x * 255.0
+            if self.mode == "tf":
+                return x * 2.0 - 1.0
+            if self.mode == "torch":
+                mean = ops.convert_to_tensor([0.485, 0.456, 0.406], dtype=x.dtype)
+                std = ops.convert_to_tensor([0.229, 0.224, 0.225], dtype=x.dtype)
+                return (x - mean) / std
+            if self.mode == "caffe":
+                x = ops.flip(x * 255.0, axis=-1)
+                return x - ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
+            return x
+
+        def get_config(self):
+            return {**super().get_config(), "mode": self.mode}
+
+    return Preprocessing
 
 
 # --------------------------------------------------------------------------- which model a step uses

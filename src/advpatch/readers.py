@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from advpatch.classes import ClassIndex, read_class_index  # noqa: F401  (re-exported)
 from advpatch.dataset import DatasetSpec, DatasetWriter
-from advpatch.errors import AdvpatchError
+from advpatch.errors import SourceError
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +24,6 @@ SPLIT_FOLDERS = {"train": ("training", "train"), "test": ("testing", "test")}
 IDX_FILES = {"train": "train", "test": "t10k"}
 DIGITS_TEST_FRACTION = 0.2
 _CHUNK = 512
-
-
-class SourceError(AdvpatchError):
-    """A data source is missing, empty or unreadable."""
 
 
 # --------------------------------------------------------------------------- embedded digits
@@ -167,21 +164,47 @@ def class_folders(folder: Path) -> List[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def list_image_folder(folder: Path) -> Tuple[List[Tuple[Path, int]], List[str]]:
-    """(file, class index) pairs of a class-subfolder layout, sorted, and the class names."""
-    classes = class_folders(folder)
-    if not classes:
+def list_image_folder(folder: Path, holdout: str = "", index: Optional[ClassIndex] = None
+                      ) -> Tuple[List[Tuple[Path, int]], List[str]]:
+    """(file, class index) pairs of a class-subfolder layout, sorted, and the class names.
+
+    ``holdout`` ``"train"`` or ``"test"`` keeps that part of a fixed, stratified split of every
+    class (:func:`holdout_part`); ``""`` keeps every file. With ``index`` (a class index file), the
+    classes are the index's, in its order, and each sub-folder is matched to one of them."""
+    folders = class_folders(folder)
+    if not folders:
         raise SourceError(
             f"{folder} has no class subfolders, MNIST IDX files or split folders (training/, testing/)"
         )
+    labels = index.match(folders, folder) if index is not None else list(range(len(folders)))
     files: List[Tuple[Path, int]] = []
-    for index, name in enumerate(classes):
-        for f in sorted((folder / name).iterdir()):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                files.append((f, index))
+    for label, name in zip(labels, folders):
+        images = sorted(f for f in (folder / name).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if holdout:
+            images = holdout_part(images, name, holdout)
+        files.extend((f, label) for f in images)
     if not files:
-        raise SourceError(f"{folder} has class subfolders {classes[:5]} but no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files, classes
+        raise SourceError(f"{folder} has class subfolders {folders[:5]} but no images ({', '.join(IMAGE_SUFFIXES)})")
+    if index is not None:
+        files.sort(key=lambda pair: pair[1])  # in the index's class order, as a folder's own classes are
+    return files, (index.names if index is not None else folders)
+
+
+FOLDER_TEST_FRACTION = 0.2
+"""Share of each class a folder without split folders holds out as its ``test`` split."""
+
+
+def holdout_part(files: Sequence[Path], class_name: str, part: str) -> List[Path]:
+    """The ``part`` (``"train"`` or ``"test"``) of one class's files in a folder that has no split
+    folders: :data:`FOLDER_TEST_FRACTION` of them (at least one where the class has two or more)
+    are ``test``, chosen by a hash of each file's name, so the split is the same on every machine and
+    for every seed, and a file keeps its side when others are added."""
+    import hashlib
+
+    ranked = sorted(files, key=lambda f: hashlib.sha256(f"{class_name}/{f.name}".encode()).hexdigest())
+    n_test = max(1, round(len(ranked) * FOLDER_TEST_FRACTION)) if len(ranked) >= 2 else 0
+    test = set(ranked[:n_test])
+    return [f for f in files if (f in test) == (part == "test")]
 
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -221,10 +244,14 @@ def write_image_folder(
     seed: int,
     provenance: List[Dict[str, Any]],
     shard_bytes: int,
+    holdout: str = "",
+    index: Optional[ClassIndex] = None,
 ) -> DatasetSpec:
+    """A class-subfolder layout as a dataset (see :func:`list_image_folder` for ``holdout`` and
+    ``index``), read in chunks of :data:`_CHUNK` images."""
     from PIL import Image
 
-    files, classes = list_image_folder(folder)
+    files, classes = list_image_folder(folder, holdout, index)
     if max_examples and max_examples < len(files):
         keep = np.sort(np.random.default_rng(seed).choice(len(files), max_examples, replace=False))
         files = [files[i] for i in keep]
@@ -312,22 +339,3 @@ def convert_images(x: np.ndarray, image_size: int, color_mode: str) -> np.ndarra
             out[i] = arr[..., None] if arr.ndim == 2 else arr
         x = out
     return x
-
-
-def read_imagenet_class_index(path: Path) -> Tuple[List[str], List[str]]:
-    """(WordNet ids, class names) of ImageNet's 1,000 classes, in index order, from a file in
-    Keras' ``imagenet_class_index.json`` format (``{"0": ["n01440764", "tench"], ...}``)."""
-    import json
-
-    try:
-        data = json.loads(Path(path).read_text())
-        entries = [data[str(i)] for i in range(len(data))]
-        wnids, names = zip(*[(str(w), str(n)) for w, n in entries])
-    except FileNotFoundError:
-        raise SourceError(f"class index file {path} does not exist") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise SourceError(f"class index file {path} is not in imagenet_class_index.json's format "
-                          f'({{"0": ["n01440764", "tench"], ...}}): {e}') from None
-    if len(wnids) != 1000 or len(set(wnids)) != 1000:
-        raise SourceError(f"class index file {path} must list 1,000 distinct classes, got {len(set(wnids))}")
-    return list(wnids), list(names)

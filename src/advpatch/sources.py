@@ -9,7 +9,12 @@ Sources, by what ``source`` names:
 a folder with ``training/`` and ``testing/`` (or ``train/`` and ``test/``)
     ``split`` picks the subfolder, which is read as below. This is the seed demo's MNIST layout.
 a folder of class subfolders
-    Each subfolder is a class (sorted by name); PNG/JPEG/BMP/GIF images, grayscale or RGB.
+    Each subfolder is a class (sorted by name); PNG/JPEG/BMP/GIF images, grayscale or RGB. Without
+    split folders, ``train`` and ``test`` are a fixed, stratified 80/20 split of every class (by a
+    hash of each file's name: the same for every seed and machine) and ``all`` is every image.
+    With ``class_index`` (a file in Keras' ``imagenet_class_index.json`` format or one class name
+    per line, local or ``s3://``), the classes are the index's, in its order (a model's output
+    order), and each subfolder names one of them: by WordNet id (``n01440764``), by name or by index.
 a folder with MNIST IDX files
     ``train-images-idx3-ubyte`` / ``train-labels-idx1-ubyte`` and ``t10k-...`` (gzipped or not).
 a dataset a step wrote (a folder with ``dataset.json``)
@@ -43,8 +48,8 @@ import numpy as np
 
 from advpatch import params
 from advpatch.dataset import DEFAULT_SHARD_BYTES, MANIFEST, Dataset, DatasetSpec, DatasetWriter
-from advpatch.readers import (SourceError, class_folders, convert_images, embedded_digits, find_idx, read_idx,
-                              read_npz, split_folder, write_arrays, write_image_folder)
+from advpatch.readers import (ClassIndex, SourceError, class_folders, convert_images, embedded_digits, find_idx,
+                              read_class_index, read_idx, read_npz, split_folder, write_arrays, write_image_folder)
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +72,55 @@ def import_dataset(
     seed: int = 0,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     recorded_source: str = "",
+    class_index: str = "",
 ) -> DatasetSpec:
     """Read ``source`` (see the module docstring) and write it as a dataset at ``output_path``.
 
     ``recorded_source`` is what the provenance names as the source (a remote source, not the
     temporary local copy it was read from)."""
     params.check(source=source, split=split, image_size=image_size, color_mode=color_mode,
-                 max_examples=max_examples, seed=seed)
-    options = dict(split=split, image_size=image_size, color_mode=color_mode, max_examples=max_examples, seed=seed,
-                   shard_bytes=shard_bytes)
+                 max_examples=max_examples, seed=seed, class_index=class_index)
+    index = None
+    if class_index:
+        if not _is_class_folder(source, split):
+            raise params.ParameterError(f"class_index applies to a folder of class sub-folders, but source {source!r} "
+                                        "is not one (leave class_index empty)")
+        with tempfile.TemporaryDirectory() as tmp:
+            index = read_class_index(fetch_file(class_index, Path(tmp), "class_index"))
+        index.where = class_index
+    return _import(source, output_path, index, recorded_source or source,
+                   dict(split=split, image_size=image_size, color_mode=color_mode, max_examples=max_examples, seed=seed,
+                        shard_bytes=shard_bytes))
+
+
+def _is_class_folder(source: str, split: str) -> bool:
+    """Whether ``source`` can be a folder of class sub-folders (a remote one is taken to be: what
+    it holds is known once it is fetched, and reading it then says if it is not)."""
+    if source == EMBEDDED_DIGITS:
+        return False
+    if source.startswith((S3_PREFIX, MLFLOW_RUN_PREFIX)):
+        return True
+    path = Path(source)
+    if not path.exists():
+        return True  # loading it says it does not exist
+    return (path.is_dir() and not (path / MANIFEST).is_file()
+            and find_idx(split_folder(path, split), split) is None)
+
+
+def _import(source: str, output_path, index: Optional[ClassIndex], recorded: str, options: Dict[str, Any]
+            ) -> DatasetSpec:
+    split, image_size, color_mode, max_examples, seed, shard_bytes = (options[k] for k in (
+        "split", "image_size", "color_mode", "max_examples", "seed", "shard_bytes"))
     if source.startswith((S3_PREFIX, MLFLOW_RUN_PREFIX)):
         with tempfile.TemporaryDirectory() as tmp:
             local = _fetch(source, Path(tmp))
-            return import_dataset(str(local), output_path, **options, recorded_source=recorded_source or source)
-    record = {"step": "load_dataset", "source": recorded_source or source, "split": split, "image_size": image_size,
-              "color_mode": color_mode, "max_examples": max_examples, "seed": seed}
+            if index is not None and not _is_class_folder(str(local), split):
+                raise params.ParameterError(f"class_index applies to a folder of class sub-folders, but source "
+                                            f"{source!r} is not one (leave class_index empty)")
+            return _import(str(local), output_path, index, recorded, options)
+    record = {"step": "load_dataset", "source": recorded, "split": split, "image_size": image_size,
+              "color_mode": color_mode, "max_examples": max_examples, "seed": seed,
+              **({"class_index": index.where} if index is not None else {})}
     if source == EMBEDDED_DIGITS:
         x, y, names = embedded_digits(split)
         return write_arrays(x, y, names, output_path, image_size, color_mode, max_examples, seed, [record],
@@ -104,14 +143,18 @@ def import_dataset(
         x, y, names = read_idx(folder, split)
         return write_arrays(x, y, names, output_path, image_size, color_mode, max_examples, seed, [record],
                             shard_bytes)
-    return write_image_folder(folder, output_path, image_size, color_mode, max_examples, seed, [record], shard_bytes)
+    holdout = split if folder == path and split != "all" else ""  # no split folders: a fixed 80/20 split
+    return write_image_folder(folder, output_path, image_size, color_mode, max_examples, seed, [record], shard_bytes,
+                              holdout=holdout, index=index)
 
 
-def class_names(source: str, split: str = "test") -> Optional[List[str]]:
+def class_names(source: str, split: str = "test", class_index: str = "") -> Optional[List[str]]:
     """The class names ``source`` holds, found without reading its images (a folder listing, a
-    manifest, the embedded digits): for checks that must come before any training. ``None`` where
-    that would mean fetching or reading it all (``s3://``, ``mlflow-run://``, ``.npz``), or for a
-    source that does not exist (loading it says why)."""
+    manifest, the embedded digits, a local class index file): for checks that must come before any
+    training. ``None`` where that would mean fetching or reading it all (``s3://``,
+    ``mlflow-run://``, ``.npz``), or for a source that does not exist (loading it says why)."""
+    if class_index:
+        return read_class_index(class_index).names if not class_index.startswith(S3_PREFIX) else None
     if source == EMBEDDED_DIGITS:
         return [str(i) for i in range(10)]  # embedded_digits' class names, without reading its images
     path = Path(source)
@@ -159,6 +202,21 @@ def parse_mlflow_run(source: str) -> Tuple[str, str, str]:
             f"source must look like {MLFLOW_RUN_PREFIX}RUN_ID/TAR_NAME[#FOLDER] (TAR_NAME {tar_rule.describe()}, "
             f"FOLDER {folder_rule.describe()}), got {source!r}")
     return run_id, tar_name, folder
+
+
+def fetch_file(location: str, tmp: Path, parameter: str) -> Path:
+    """A single file named by a local path or an ``s3://`` URI (copied under ``tmp``): weights, a
+    model, a class index. A missing one is an error naming ``parameter`` and the location."""
+    if location.startswith(S3_PREFIX):
+        from advpatch import storage
+
+        local = storage.download(location, tmp / "s3")
+        if not local.is_file():
+            raise SourceError(f"{parameter} {location!r} names a folder of objects, not one file")
+        return local
+    if not Path(location).is_file():
+        raise SourceError(f"{parameter} file {location} does not exist")
+    return Path(location)
 
 
 def _fetch(source: str, tmp: Path) -> Path:

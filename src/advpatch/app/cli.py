@@ -48,24 +48,27 @@ def parse_arguments(pipeline: str, pairs: List[str]) -> Dict[str, Any]:
 
 
 def fit_to_data(pipeline: str, arguments: Dict[str, Any], *, choose_target: bool = False) -> Dict[str, Any]:
-    """The checks that need the data, before any task runs: a patch target the data's classes have.
-    With ``choose_target`` (the demo, on a user's folder) a default target the data lacks becomes
-    its last class; a target the user gave is never changed, only refused."""
-    from advpatch.patches.optimizer import check_target
+    """The checks that need the data, before any task runs: a patch target the data's classes have
+    (by index or by name). With ``choose_target`` (the demo, on a user's folder) a default target
+    the data lacks becomes its last class; a target the user gave is never changed, only refused."""
+    from advpatch.patches.optimizer import target_index
     from advpatch.sources import class_names
 
     if "patch_target" not in {p.name for p in params.PIPELINE_PARAMS[pipeline]}:
         return arguments
     values = params.validate_pipeline(pipeline, arguments)
-    names = class_names(values["data_dir"], "train")
-    if names is None or values["patch_target"] < len(names):
+    names = class_names(values["data_dir"], "train", values.get("class_index", ""))
+    by_name = values.get("patch_target_name", "")
+    if names is None or (not by_name and values["patch_target"] < len(names)):
+        if names is not None:
+            target_index(values["patch_target"], by_name, names)
         return arguments
-    if choose_target and "patch_target" not in arguments:
+    if choose_target and not by_name and "patch_target" not in arguments:
         print(f"note: {values['data_dir']} has {len(names)} classes: the patch target is its last, "
               f"{len(names) - 1} ({names[-1]}), not the default {values['patch_target']}")
         return {**arguments, "patch_target": len(names) - 1}
     try:
-        check_target(values["patch_target"], len(names))
+        target_index(values["patch_target"], by_name, names)
     except params.ParameterError as e:
         raise params.ParameterError(f"{e} ({values['data_dir']} has {len(names)} classes: "
                                     f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''})") from None

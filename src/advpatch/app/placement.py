@@ -16,8 +16,9 @@ endpoint from a ConfigMap.
 Every task runs as the images' non-root user (UID/GID 1000) with ``runAsNonRoot``: KFP 2.16+
 hardens its own containers but leaves ``runAsNonRoot`` off the user container, so a namespace that
 enforces the "restricted" pod-security profile rejects the pod without it. By default only the
-steps that train or optimize get a GPU (``train``, ``gen_patch``): ``infer``, ``deploy_patch`` and
-the defences are light on the small images of the demos.
+steps that train, optimize or run a large pretrained model over the test set get a GPU (``train``,
+``init_model``, ``import_model``, ``gen_patch``): ``infer``, ``deploy_patch`` and the defences are
+light on the small images of the demos (``--gpu-steps`` adds ``infer`` for ImageNet-sized work).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from advpatch import params, settings
 
-GPU_STEPS_DEFAULT = frozenset({"train", "gen_patch"})
+GPU_STEPS_DEFAULT = frozenset({"train", "init_model", "import_model", "gen_patch"})
 STEP_NAMES = frozenset(params.STEP_PARAMS)
 RUN_AS = 1000
 """The images' non-root user and group (images/Dockerfile.*)."""

@@ -16,6 +16,11 @@ from advpatch.params.rules import Choices, Interval, Param, Pattern, Relation, t
 
 ARCHITECTURES = ("le_net", "shallow_net", "alex_net", "resnet50", "vgg16")
 """Model architectures ``train`` builds and ``infer`` and ``gen_patch`` accept."""
+PRETRAINED = ("resnet50", "vgg16")
+"""Architectures ``init_model`` makes from Keras' published ImageNet weights."""
+PREPROCESSING_MODES = ("none", "scale_255", "caffe", "tf", "torch")
+"""What a model does to its [0, 1] input first: nothing, x 255, or one of Keras' ImageNet modes ('caffe':
+BGR minus the ImageNet mean on [0, 255]; 'tf': [-1, 1]; 'torch': ImageNet mean and std on [0, 1])."""
 OPTIMIZERS = ("rmsprop", "adam", "adagrad", "sgd")
 SPLITS = ("train", "test", "all")
 COLOR_MODES = ("auto", "grayscale", "rgb")
@@ -37,6 +42,7 @@ TAR_NAME = Pattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar", "a plain file name endin
 FOLDER_NAME = Pattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", "a plain folder name (letters, digits, _ . -)")
 NAME = Pattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", "letters, digits, _ . - (not starting with . or -)")
 SOURCE = Pattern(r"\S.*", "'digits', a folder, an .npz file, s3://BUCKET/PREFIX or mlflow-run://RUN_ID/TAR_NAME")
+FILE = Pattern(r"\S+", "a local path or s3://BUCKET/KEY")
 MODEL_URI = Pattern(r"(models:/[^/\s]+/[^/\s]+|runs:/[^/\s]+/\S+)", "'models:/NAME/VERSION' or 'runs:/RUN_ID/PATH'")
 
 
@@ -67,6 +73,20 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
        Choices(COLOR_MODES)),
     _p("max_examples", int, 0, "Keep a random subset of this many images (drawn from seed); 0 keeps all.",
        NON_NEGATIVE_INT),
+    _p("class_index", str, "", "A class-folder source's classes, in a model's output order: a file in Keras' "
+       "imagenet_class_index.json format or one class name per line (a local path or s3://BUCKET/KEY); each "
+       "sub-folder names one class by WordNet id, name or index. Empty: the sub-folders are the classes.",
+       FILE, optional=True),
+    # ---- init_model, import_model
+    _p("weights", str, "", "Keras' ImageNet weights file for the architecture, with its top (e.g. "
+       "resnet50_weights_tf_dim_ordering_tf_kernels.h5), as a local path or s3://BUCKET/KEY; empty: Keras' own "
+       "download (where a network allows it).", FILE, optional=True),
+    _p("model_file", str, "", "A Keras model file (.keras), a local path or s3://BUCKET/KEY: its output is one "
+       "probability or logit per class of the data (required).", FILE, optional=True),
+    _p("preprocessing", str, "none", "What the model does to its input before its own layers, in pixel space "
+       "[0, 1]: 'none' (the model takes [0, 1]), 'scale_255' (it takes [0, 255], e.g. EfficientNet or a model with "
+       "its own Rescaling layer), or Keras' ImageNet modes 'caffe' (ResNet50, VGG16), 'tf' (MobileNet, Inception: "
+       "[-1, 1]) or 'torch' (DenseNet: mean and std).", Choices(PREPROCESSING_MODES)),
     # ---- train
     _p("optimizer", str, "adam", "'rmsprop', 'adam', 'adagrad' or 'sgd'.", Choices(OPTIMIZERS)),
     _p("epochs", float, 10.0, "Passes over the training data; may be fractional.", POSITIVE),
@@ -91,6 +111,8 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     # ---- gen_patch
     _p("max_iter", int, 500, "Passes over the generation images, as ART counts iterations.", POSITIVE_INT),
     _p("patch_target", int, -1, "Target class index; -1 draws a random target per patch.", Interval(-1, integer=True)),
+    _p("patch_target_name", str, "", "Target class by name (a class of the data, e.g. 'toaster'); when given, "
+       "it is used instead of patch_target."),
     _p("num_patch", int, 1, "Number of patches, each with its own target and generation images.",
        Interval(1, 1000, integer=True)),
     _p("num_patch_gen_samples", int, 40, "Generation images per patch, drawn among images not of its target.",
@@ -177,7 +199,7 @@ _MODEL_CHOICE = ("model_uri", P["model_architecture"].but(
 _PLACEMENT = ("rotation_max", "scale_min", "scale_max", "patch_location")
 
 STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
-    "load_dataset": _t("source", "split", "image_size", "color_mode", "max_examples",
+    "load_dataset": _t("source", "split", "image_size", "color_mode", "max_examples", "class_index",
                        P["seed"].but(doc="Seeds the max_examples subset.")),
     "train": _t(
         "model_architecture", "optimizer", "epochs", P["batch_size"].but(doc="Images per training step."),
@@ -188,13 +210,28 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
                          "images and patched copies of them (deploy_patch augment); empty: the model_tag, else the "
                          "architecture."),
         P["seed"].but(doc="Seeds the weights, the shuffling and the validation split: same seed, same weights.")),
+    "init_model": _t(
+        P["model_architecture"].but(default="resnet50", doc="'resnet50' or 'vgg16': the Keras application.",
+                                    rule=Choices(PRETRAINED)),
+        "weights", "model_tag", P["register_model"].but(default=True),
+        P["batch_size"].but(default=64, doc="Images per forward pass of the evaluation."),
+        P["row"].but(doc="Row of the comparison table for the evaluation on the test data; empty: the model_tag, "
+                         "else the architecture."),
+        P["seed"].but(doc="Seeds TensorFlow (the weights are given, the evaluation is deterministic).")),
+    "import_model": _t(
+        "model_file", "preprocessing", "model_tag", P["register_model"].but(default=True),
+        P["batch_size"].but(default=64, doc="Images per forward pass of the evaluation."),
+        P["row"].but(doc="Row of the comparison table for the evaluation on the test data; empty: the model_tag, "
+                         "else 'custom'."),
+        P["seed"].but(doc="Seeds TensorFlow (the evaluation is deterministic).")),
     "infer": _t(*_MODEL_CHOICE, P["batch_size"].but(default=256, doc="Images per forward pass."), "row", "condition",
                 P["seed"].but(doc="Seeds TensorFlow (inference itself is deterministic).")),
     "gen_patch": _t(
         *_MODEL_CHOICE,
         P["learning_rate"].but(default=0.1, doc="Adam step size on patch pixels in [0, 1]; the rate of the first "
                                                  "steps."),
-        "max_iter", "patch_target", "num_patch", "num_patch_gen_samples", *_PLACEMENT, "patch_shape", "patch_size",
+        "max_iter", "patch_target", "patch_target_name", "num_patch", "num_patch_gen_samples", *_PLACEMENT,
+        "patch_shape", "patch_size",
         P["batch_size"].but(default=40, doc="Generation images per optimization step."), "lr_decay", "patch_loss",
         P["seed"].but(doc="Seeds targets, generation images and placements: same seed, same patch bytes.")),
     "deploy_patch": _t(
@@ -218,7 +255,7 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
 
 _PIPE_TRAIN = ("image_size", "model_architecture", "optimizer", "epochs", "batch_size", "learning_rate")
 _PIPE_ATTACK = (
-    "patch_target", "num_patch", "num_patch_gen_samples",
+    "patch_target", "patch_target_name", "num_patch", "num_patch_gen_samples",
     P["learning_rate"].but(name="patch_learning_rate", of="gen_patch.learning_rate", default=0.1,
                            doc="gen_patch's learning_rate: Adam step size on patch pixels."),
     P["lr_decay"].but(name="patch_lr_decay", of="gen_patch.lr_decay"), "patch_loss", "max_iter", "rotation_max",
@@ -232,6 +269,12 @@ _PIPE_COMMON = dict(image_size=P["image_size"].but(default=28, doc="Images are r
                     experiment_name=P["experiment_name"].but(default="mnist"))
 
 
+_TRAIN_PATCHED = P["patch_application_rate"].but(
+    name="train_patch_application_rate", of="deploy_patch.patch_application_rate",
+    doc="Share of the training images that get a patched copy (the training set is augmented).")
+_PIPE_DEFENCES = ("spatial_smoothing_window_size", "jpeg_compression_quality", "gaussian_augmentation_sigma")
+
+
 def _pipe(*items):
     return table(*[_PIPE_COMMON.get(i, i) if isinstance(i, str) else i for i in items], base=PARAMS)
 
@@ -241,12 +284,49 @@ PIPELINE_PARAMS: Dict[str, Tuple[Param, ...]] = {
         "data_dir", *_PIPE_TRAIN, "validation_split", "model_tag", P["register_model"].but(default=True),
         *_PIPE_ATTACK, "patch_deployment_method", "patch_application_rate", "seed", "experiment_name"),
     "mnist-experiment": _pipe(
-        "data_dir", *_PIPE_TRAIN, *_PIPE_ATTACK,
-        P["patch_application_rate"].but(name="train_patch_application_rate", of="deploy_patch.patch_application_rate",
-                                        doc="Share of the training images that get a patched copy (the training "
-                                            "set is augmented)."),
-        "spatial_smoothing_window_size", "jpeg_compression_quality", "gaussian_augmentation_sigma", "pgd_eps",
-        "pgd_eps_step", "pgd_max_iter", "seed", "experiment_name"),
+        "data_dir", *_PIPE_TRAIN, *_PIPE_ATTACK, _TRAIN_PATCHED, *_PIPE_DEFENCES, "pgd_eps", "pgd_eps_step",
+        "pgd_max_iter", "seed", "experiment_name"),
+    "fruits360-experiment": _pipe(
+        P["data_dir"].but(default="s3://datasets/fruits-360", doc="Fruits360 as Kaggle lays it out (Training/ and "
+                          "Test/ folders of class sub-folders of 100x100 JPEGs): a folder or s3://BUCKET/PREFIX."),
+        P["image_size"].but(default=224, doc="Images are resized to this size (the seed notebook: VGG16 at 224; "
+                                             "100 keeps Fruits360's own size)."),
+        P["model_architecture"].but(default="vgg16"), "optimizer", P["epochs"].but(default=10.0), "batch_size",
+        P["learning_rate"].but(default=0.0001), *_PIPE_ATTACK[:-1], P["patch_location"].but(default="random"),
+        _TRAIN_PATCHED, *_PIPE_DEFENCES, P["pgd_eps"].but(default=0.03), P["pgd_eps_step"].but(default=0.01),
+        P["pgd_max_iter"].but(default=7), "seed", P["experiment_name"].but(default="fruits360")),
+    "imagenet-patch": _pipe(
+        P["data_dir"].but(default="s3://datasets/imagenet/val", doc="ImageNet's validation images: a folder (or "
+                          "s3://BUCKET/PREFIX) of class sub-folders named by WordNet id (n01440764) or index."),
+        P["class_index"].but(default="s3://models/keras/imagenet_class_index.json", optional=False,
+                             doc="Keras' imagenet_class_index.json (a local path or s3://BUCKET/KEY): the 1,000 "
+                                 "classes in the weights' order. Never downloaded."),
+        P["weights"].but(default="s3://models/keras/" + "resnet50_weights_tf_dim_ordering_tf_kernels.h5"),
+        P["model_architecture"].but(default="resnet50", doc="'resnet50' or 'vgg16' (give its weights file).",
+                                    rule=Choices(PRETRAINED)),
+        P["image_size"].but(default=224, doc="Images are resized to this size: 224, what the weights take."),
+        P["max_examples"].but(doc="Keep a random subset of this many images of each split (drawn from seed); "
+                                  "0 keeps all."),
+        P["batch_size"].but(default=64, doc="Images per forward pass of init_model's evaluation."),
+        P["patch_target"].but(default=859, doc="Target class index (859: 'toaster', as in Brown et al.); -1 draws a "
+                                               "random target per patch."),
+        *[i for i in _PIPE_ATTACK if i != "patch_target"][:-1],
+        P["patch_location"].but(default="random"), *_PIPE_DEFENCES, "seed",
+        P["experiment_name"].but(default="imagenet")),
+    "custom-model-patch": _pipe(
+        P["data_dir"].but(default="s3://datasets/mydata", doc="The data: a folder (or s3://BUCKET/PREFIX) of class "
+                          "sub-folders, or with training/ and testing/ folders of them; as load_dataset's source."),
+        P["class_index"].but(doc="The classes in the model's output order: one name per line, or Keras' "
+                                 "imagenet_class_index.json (a local path or s3://BUCKET/KEY); empty: the sorted "
+                                 "sub-folder names."),
+        P["model_file"].but(default="s3://models/model.keras", optional=False), "preprocessing",
+        P["image_size"].but(default=0, doc="Images are resized to this size, the model's input size; 0 keeps theirs."),
+        P["color_mode"].but(default="rgb"), "max_examples",
+        "model_tag",
+        P["batch_size"].but(default=64, doc="Images per forward pass of import_model's evaluation."),
+        P["patch_target"].but(default=0),
+        *[i for i in _PIPE_ATTACK if i != "patch_target"][:-1], P["patch_location"].but(default="random"),
+        *_PIPE_DEFENCES, "seed", P["experiment_name"].but(default="custom")),
     "mnist-sweep": _pipe(
         "data_dir", *_PIPE_TRAIN, *[i for i in _PIPE_ATTACK if i != "patch_scale"],
         P["patch_scale"].but(name="patch_scales", type=list, default=[0.2, 0.3, 0.4, 0.5, 0.6],

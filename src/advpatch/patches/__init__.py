@@ -22,7 +22,8 @@ patch covering most of the image (scale 0.8 and up) is read as the target wherev
 from advpatch.patches.geometry import (Placements, inverse_transforms, make_mask, mask_outline, sample_placements,
                                        transforms, warp)
 from advpatch.patches.optimizer import (LOSSES, PatchOptimizer, check_target, draw_targets, generate_patch, generate_patch_set,
-                                        learning_rates, overlay, overlay_for_training, resolve_loss)
+                                        learning_rates, overlay, overlay_for_training, resolve_loss,
+                                        target_index)
 from advpatch.patches.patchset import (FORMAT, PATCH_COLUMNS, PatchSet, PatchSetError, apply_patches, check_fits,
                                        deploy)
 
@@ -30,5 +31,5 @@ __all__ = [
     "FORMAT", "LOSSES", "PATCH_COLUMNS", "PatchOptimizer", "PatchSet", "PatchSetError", "Placements", "apply_patches",
     "check_fits", "check_target", "deploy", "draw_targets", "generate_patch", "generate_patch_set", "inverse_transforms",
     "learning_rates", "make_mask", "mask_outline", "overlay", "overlay_for_training", "resolve_loss",
-    "sample_placements", "transforms", "warp",
+    "sample_placements", "target_index", "transforms", "warp",
 ]

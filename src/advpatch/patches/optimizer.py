@@ -252,6 +252,24 @@ def check_target(patch_target: int, num_classes: int) -> None:
                    f"patch_target must be -1 (random) or a class index in [0, {num_classes - 1}], got {patch_target}")
 
 
+def target_index(patch_target: int, patch_target_name: str, class_names: Sequence[str]) -> int:
+    """The target class: ``patch_target_name`` when given (a class name of the data, exact or, when
+    that is unique, in any case), else ``patch_target``; checked against the classes."""
+    if not patch_target_name:
+        check_target(patch_target, len(class_names))
+        return patch_target
+    if patch_target_name in class_names:
+        return list(class_names).index(patch_target_name)
+    folded = [i for i, c in enumerate(class_names) if c.casefold() == patch_target_name.casefold()]
+    if len(folded) == 1:
+        return folded[0]
+    close = [c for c in class_names if patch_target_name.casefold() in c.casefold()][:5]
+    raise params.ParameterError(
+        f"patch_target_name {patch_target_name!r} is not a class of the data ({len(class_names)} classes"
+        + (f"; similar: {', '.join(repr(c) for c in close)}" if close else f", e.g. {', '.join(map(repr, class_names[:5]))}")
+        + ")")
+
+
 def draw_targets(patch_target: int, num_patch: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
     """Each patch's target class: ``patch_target``, or a random class per patch when it is -1."""
     check_target(patch_target, num_classes)
@@ -261,7 +279,7 @@ def draw_targets(patch_target: int, num_patch: int, num_classes: int, rng: np.ra
 
 def generate_patch_set(
     classifier,
-    images: np.ndarray,
+    images: Any,
     labels: np.ndarray,
     targets: np.ndarray,
     *,
@@ -278,7 +296,8 @@ def generate_patch_set(
     settings: Dict[str, Any],
 ) -> Tuple[PatchSet, List[float]]:
     """One patch per target against ``classifier``, each on its own ``num_gen_samples`` images
-    (uint8 ``images``, drawn among those whose label is not the target), then scored on them at
+    (uint8 ``images``, an array or a :class:`~advpatch.dataset.Dataset` of which only the drawn
+    images are read; drawn among those whose ``labels`` are not the target), then scored on them at
     fresh placements from the same distribution. ``placement``: ``rotation_max``, ``scale_min``,
     ``scale_max``, ``location``. The patch set records ``settings`` and each patch's figures (the
     same bytes for the same seed); the seconds each patch took come back beside it."""
@@ -298,12 +317,13 @@ def generate_patch_set(
         params.require(len(candidates) > 0, f"no generation images outside target class {target}")
         chosen = rng.choice(candidates, min(num_gen_samples, len(candidates)), replace=False)
         t0 = time.monotonic()
-        patch, history = generate_patch(optimizer, to_float(images[chosen]), int(target), max_iter=max_iter,
+        drawn = images[chosen] if isinstance(images, np.ndarray) else images.take(chosen)
+        patch, history = generate_patch(optimizer, to_float(drawn), int(target), max_iter=max_iter,
                                         batch_size=batch_size, rng=rng, **placement)
         seconds = time.monotonic() - t0
         one = PatchSet(patch[None], mask[None], np.array([target]), info.class_names, info.input_shape)
         where = sample_placements(rng, len(chosen), (h, w), mask=mask, **placement)
-        patched = apply_patches(images[chosen], one, np.zeros(len(chosen), np.int32), where)
+        patched = apply_patches(drawn, one, np.zeros(len(chosen), np.int32), where)
         predicted = classifier.predict_labels(to_float(patched))
         score = patch_metrics(labels[chosen], predicted, np.ones(len(chosen), bool), np.full(len(chosen), target))
         results.append({"target": int(target), "final_loss": history[-1], "first_loss": history[0],

@@ -12,6 +12,9 @@ from advpatch.steps._base import Evaluation, log
 
 NUM_SAMPLES = 8
 """Images of each evaluation kept (as small PNGs) for the report."""
+MAX_MATRIX_CLASSES = 100
+"""Above this many classes, a confusion matrix keeps only the classes that occur in the labels or
+the predictions (every image is still counted)."""
 
 
 def has_patches(dataset) -> bool:
@@ -66,8 +69,13 @@ def _evaluation(row, condition, where, out, predicted, class_names, dataset) -> 
         counts = rate_counts(y, pred, out["patched"][where], out["patch_target"][where])
     else:
         counts = rate_counts(y, pred)
+    matrix = confusion_matrix(y, pred, len(class_names))
+    shown = np.arange(len(class_names))
+    if len(class_names) > MAX_MATRIX_CLASSES:  # ImageNet: the classes that occur, not a 1000 x 1000 matrix
+        shown = np.union1d(np.unique(y), np.unique(pred))
+        matrix = matrix[np.ix_(shown, shown)]
     return Evaluation(row=row, condition=condition, metrics=metrics, counts={k: list(v) for k, v in counts.items()},
-                      categories=list(class_names), matrix=confusion_matrix(y, pred, len(class_names)).tolist(),
+                      categories=[class_names[i] for i in shown], matrix=matrix.tolist(),
                       samples=_samples(np.flatnonzero(where), out, predicted, class_names, dataset))
 
 

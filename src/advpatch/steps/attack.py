@@ -24,7 +24,7 @@ def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResu
     dataset = Dataset(data)
     num_classes = len(dataset.class_names)
     precheck(model, p.model_uri, dataset.image_shape, num_classes, p.model_architecture)
-    engine.check_target(p.patch_target, num_classes)
+    target = engine.target_index(p.patch_target, p.patch_target_name, dataset.class_names)
     loss = engine.resolve_loss(p.patch_loss, p.patch_location)
 
     from advpatch import training
@@ -33,18 +33,18 @@ def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResu
 
     training.seed_everything(p.seed)
     net, info = resolve(model, p.model_uri, dataset.image_shape, num_classes, p.model_architecture)
-    images = dataset.load()
+    labels = dataset.labels()  # the images themselves are read only where a patch draws them
     rng = np.random.default_rng(p.seed)
-    targets = engine.draw_targets(p.patch_target, p.num_patch, num_classes, rng)
+    targets = engine.draw_targets(target, p.num_patch, num_classes, rng)
     placement = dict(rotation_max=p.rotation_max, scale_min=p.scale_min, scale_max=p.scale_max,
                      location=p.patch_location)
     size = p.patch_size or min(dataset.image_shape[:2])
-    settings = {**p.pick("learning_rate", "max_iter", "patch_target", "num_patch", "num_patch_gen_samples",
+    settings = {**p.pick("learning_rate", "max_iter", "patch_target", "patch_target_name", "num_patch", "num_patch_gen_samples",
                          "batch_size", "patch_shape", "lr_decay", "patch_loss", "seed"),
                 **placement, "patch_size": size, "loss": loss, "model_architecture": info.architecture,
                 "model": p.model_uri or info.provenance.get("mlflow_model_uri", model), "data": dataset.spec.provenance}
     patch_set, seconds = engine.generate_patch_set(
-        Classifier(net, info), images["x"], images["y"], targets, num_gen_samples=p.num_patch_gen_samples,
+        Classifier(net, info), dataset, labels, targets, num_gen_samples=p.num_patch_gen_samples,
         patch_size=size, patch_shape=p.patch_shape, learning_rate=p.learning_rate, lr_decay=p.lr_decay, loss=loss,
         max_iter=p.max_iter, batch_size=p.batch_size, placement=placement, rng=rng, settings=settings)
     results = [{**r, "seconds": t} for r, t in zip(patch_set.metrics, seconds)]

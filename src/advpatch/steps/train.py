@@ -38,13 +38,17 @@ def train(p, track, *, training_data: str, model: str, testing_data: str = "") -
     fit = p.pick("model_architecture", "optimizer", "epochs", "batch_size", "learning_rate", "validation_split", "seed")
     pgd = p.pick("pgd_eps", "pgd_eps_step", "pgd_max_iter", "pgd_ratio")
     training.seed_everything(p.seed)
-    data = train_set.load()
+    if training.in_memory(train_set):
+        data = train_set.load()
+        x, y = data["x"], data["y"]
+    else:  # larger than the memory budget: the shards stream through tf.data
+        x, y = train_set, None
     net = build_model(p.model_architecture, train_set.image_shape, len(train_set.class_names))
     fit_args = {k: v for k, v in fit.items() if k != "model_architecture"}
     if p.apply_defense:
-        history = training.fit_adversarial(net, data["x"], data["y"], **fit_args, **pgd)
+        history = training.fit_adversarial(net, x, y, **fit_args, **pgd)
     else:
-        history = training.fit(net, data["x"], data["y"], **fit_args)
+        history = training.fit(net, x, y, **fit_args)
     info = ModelInfo(architecture=p.model_architecture, input_shape=train_set.image_shape,
                      class_names=train_set.class_names,
                      provenance={"step": "train", "train_data": train_set.spec.provenance, **fit,
@@ -99,14 +103,20 @@ def _test(net, info, test_set, p) -> Tuple[Dict[str, float], Dict[str, List[int]
     split = has_patches(test_set)
     clean = ~out["patched"].astype(bool) if split else np.ones(len(out["y"]), bool)
     test = classification_metrics(out["y"][clean], out["probabilities"][clean], len(test_set.class_names))
-    data = test_set.load()
-    x, y = data["x"][clean], data["y"][clean]
-    robust = training.pgd_accuracy(classifier, x, y, eps=p.pgd_eps, eps_step=p.pgd_eps_step,
-                                   max_iter=p.pgd_max_iter, seed=p.seed)
+    robust_hits, n, start = 0, 0, 0
+    for batch in test_set.batches(4096):  # streamed: a test set larger than memory works too
+        keep = clean[start:start + len(batch["y"])]
+        start += len(batch["y"])
+        if keep.any():
+            k = int(keep.sum())
+            robust_hits += round(k * training.pgd_accuracy(
+                classifier, batch["x"][keep], batch["y"][keep], eps=p.pgd_eps, eps_step=p.pgd_eps_step,
+                max_iter=p.pgd_max_iter, seed=p.seed, offset=n))
+            n += k
+    robust = robust_hits / n
     log.info("train: test accuracy %.4f, under PGD (eps %s) %.4f, on %d images", test["accuracy"], p.pgd_eps, robust,
-             len(y))
-    n = len(y)
-    counts = {"test_accuracy": [int(round(test["accuracy"] * n)), n], "test_pgd_accuracy": [int(round(robust * n)), n]}
+             n)
+    counts = {"test_accuracy": [int(round(test["accuracy"] * n)), n], "test_pgd_accuracy": [robust_hits, n]}
     evaluations = evaluate(p.row or p.model_tag or info.architecture, "split", out, info.class_names, test_set) \
         if split else []
     return ({"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_pgd_accuracy": robust}, counts,
