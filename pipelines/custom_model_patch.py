@@ -18,9 +18,9 @@ def build(placement=None):
 
     @dsl.pipeline(name="advpatch-custom-model-patch")
     def custom_model_patch(
-        data_dir: str = "s3://datasets/mydata",
+        data_dir: str = "s3://mlpipeline/shared/datasets/mydata",
         class_index: str = "",
-        model_file: str = "s3://models/model.keras",
+        model_file: str = "s3://mlpipeline/shared/models/model.keras",
         preprocessing: str = "none",
         image_size: int = 0,
         color_mode: str = "rgb",

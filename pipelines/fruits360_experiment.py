@@ -21,7 +21,7 @@ def build(placement=None):
 
     @dsl.pipeline(name="advpatch-fruits360-experiment")
     def fruits360_experiment(
-        data_dir: str = "s3://datasets/fruits-360",
+        data_dir: str = "s3://mlpipeline/shared/datasets/fruits-360",
         image_size: int = 224,
         model_architecture: str = "vgg16",
         optimizer: str = "adam",

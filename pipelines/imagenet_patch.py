@@ -22,9 +22,9 @@ def build(placement=None):
 
     @dsl.pipeline(name="advpatch-imagenet-patch")
     def imagenet_patch(
-        data_dir: str = "s3://datasets/imagenet/val",
-        class_index: str = "s3://models/keras/imagenet_class_index.json",
-        weights: str = "s3://models/keras/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+        data_dir: str = "s3://mlpipeline/shared/datasets/imagenet/val",
+        class_index: str = "s3://mlpipeline/shared/models/keras/imagenet_class_index.json",
+        weights: str = "s3://mlpipeline/shared/models/keras/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
         model_architecture: str = "resnet50",
         image_size: int = 224,
         max_examples: int = 0,
@@ -59,10 +59,9 @@ def build(placement=None):
             class_index: Keras' imagenet_class_index.json (a local path or s3://BUCKET/KEY): the
                 1,000 classes in the weights' order. Never downloaded. Allowed: a local path or
                 s3://BUCKET/KEY.
-            weights: Keras' ImageNet weights file for the architecture, with its top (e.g.
-                resnet50_weights_tf_dim_ordering_tf_kernels.h5), as a local path or s3://BUCKET/KEY;
-                empty: Keras' own download (where a network allows it). Allowed: a local path or
-                s3://BUCKET/KEY, or empty.
+            weights: Keras' ImageNet weights file for model_architecture, with its top (a local path
+                or s3://BUCKET/KEY). Never downloaded. Allowed: a local path or s3://BUCKET/KEY, or
+                empty.
             model_architecture: 'resnet50' or 'vgg16' (give its weights file). Allowed: one of
                 'resnet50', 'vgg16'.
             image_size: Images are resized to this size: 224, what the weights take. Allowed: an

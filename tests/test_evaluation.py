@@ -131,3 +131,20 @@ def test_average_ranks_equal_scipy():
         np.testing.assert_array_equal(average_ranks(values), rankdata(values))
         values = rng.random(n)
         np.testing.assert_array_equal(average_ranks(values), rankdata(values))
+
+
+def test_uint8_distances_are_the_float_ones_from_the_changed_pixels_alone():
+    """deploy_patch measures uint8 images from the pixels a patch changed: the same l_inf, l1, l2,
+    cosine and Wasserstein figures as the float computation over every pixel (sorting included)."""
+    from advpatch.evaluation import distance_stats
+
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (70, 20, 20, 3), dtype=np.uint8)
+    patched = clean.copy()
+    patched[:60, 5:12, 5:12] = rng.integers(0, 256, (60, 7, 7, 3))
+    patched[65] = 0  # an all-black image: cosine falls back to 1 where a norm is zero
+    exact = distance_stats(clean, patched)
+    floats = distance_stats(clean.astype(np.float64) / 255, patched.astype(np.float64) / 255)
+    for name, values in floats.items():
+        np.testing.assert_allclose(exact[name], values, rtol=1e-9, atol=1e-12, err_msg=name)
+    assert exact["l1"][62] == exact["wasserstein"][62] == 0 and exact["cosine_similarity"][62] == 1

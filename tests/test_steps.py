@@ -151,3 +151,48 @@ def test_infer_rejects_mismatched_model_and_data(tiny_data, tmp_path, outputs):
     with pytest.raises(ParameterError, match="model_uri must be 'models:/NAME/VERSION' or 'runs:/RUN_ID/PATH'"):
         steps.infer(data=str(tiny_data / "test"), model_uri="mnist_le_net", **infer)
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_training_set_larger_than_memory_streams_from_its_shards(tmp_path, outputs, monkeypatch):
+    """With a memory budget below the set's size, train never loads the set: it streams shard groups
+    through tf.data (plain and PGD training, with a validation split), learns as well, and the same
+    seed gives the same weights."""
+    from advpatch import training
+    from advpatch.dataset import Dataset
+    from advpatch.models import load_model
+
+    steps.load_dataset(dataset=str(tmp_path / "train"), source="digits", split="train", max_examples=600, seed=0)
+    steps.load_dataset(dataset=str(tmp_path / "test"), source="digits", split="test", max_examples=200, seed=0)
+    from advpatch.sources import import_dataset
+
+    import_dataset(str(tmp_path / "train"), tmp_path / "sharded", shard_bytes=28 * 28 * 50)  # 12 shards of 50
+    assert len(Dataset(tmp_path / "sharded").spec.shards) == 12
+    monkeypatch.setattr(training, "MEMORY_BUDGET", 28 * 28 * 200)  # a third of the set; 2 shards a group
+
+    def refuse(self):
+        raise AssertionError("the training set was loaded whole")
+
+    monkeypatch.setattr(Dataset, "load", refuse)
+    fit = dict(training_data=str(tmp_path / "sharded"), model_architecture="le_net", epochs=6, learning_rate=0.003,
+               validation_split=0.1, seed=3)
+    streamed = steps.train(model=str(tmp_path / "m1"), **fit)
+    again = steps.train(model=str(tmp_path / "m2"), **fit)
+    assert streamed.metrics == again.metrics and streamed.metrics["final_val_accuracy"] > 0.8
+    for a, b in zip(load_model(tmp_path / "m1")[0].get_weights(), load_model(tmp_path / "m2")[0].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    pgd = steps.train(model=str(tmp_path / "m3"), apply_defense=True, pgd_max_iter=2,
+                      **{**fit, "epochs": 2, "validation_split": 0.0}, testing_data=str(tmp_path / "test"))
+    assert pgd.metrics["final_accuracy"] > 0.5 and pgd.counts["test_pgd_accuracy"][1] == 200
+
+
+def test_gen_patch_reads_only_the_images_it_draws(tiny_data, tmp_path, outputs, monkeypatch):
+    from advpatch.dataset import Dataset
+
+    steps.train(training_data=str(tiny_data / "train"), model=str(tmp_path / "model"), epochs=1)
+    read = []
+    take = Dataset.take
+    monkeypatch.setattr(Dataset, "load", lambda self: (_ for _ in ()).throw(AssertionError("loaded whole")))
+    monkeypatch.setattr(Dataset, "take", lambda self, idx: read.append(len(idx)) or take(self, idx))
+    result = steps.gen_patch(data=str(tiny_data / "train"), model=str(tmp_path / "model"), patches=str(tmp_path / "p"),
+                             max_iter=2, num_patch=2, num_patch_gen_samples=12, patch_target_name="7")
+    assert read == [12, 12] and result.details["targets"] == ["7", "7"]

@@ -287,8 +287,9 @@ PIPELINE_PARAMS: Dict[str, Tuple[Param, ...]] = {
         "data_dir", *_PIPE_TRAIN, *_PIPE_ATTACK, _TRAIN_PATCHED, *_PIPE_DEFENCES, "pgd_eps", "pgd_eps_step",
         "pgd_max_iter", "seed", "experiment_name"),
     "fruits360-experiment": _pipe(
-        P["data_dir"].but(default="s3://datasets/fruits-360", doc="Fruits360 as Kaggle lays it out (Training/ and "
-                          "Test/ folders of class sub-folders of 100x100 JPEGs): a folder or s3://BUCKET/PREFIX."),
+        P["data_dir"].but(default="s3://mlpipeline/shared/datasets/fruits-360",
+                          doc="Fruits360 as Kaggle lays it out (Training/ and Test/ folders of class sub-folders of "
+                              "100x100 JPEGs): a folder or s3://BUCKET/PREFIX."),
         P["image_size"].but(default=224, doc="Images are resized to this size (the seed notebook: VGG16 at 224; "
                                              "100 keeps Fruits360's own size)."),
         P["model_architecture"].but(default="vgg16"), "optimizer", P["epochs"].but(default=10.0), "batch_size",
@@ -296,12 +297,15 @@ PIPELINE_PARAMS: Dict[str, Tuple[Param, ...]] = {
         _TRAIN_PATCHED, *_PIPE_DEFENCES, P["pgd_eps"].but(default=0.03), P["pgd_eps_step"].but(default=0.01),
         P["pgd_max_iter"].but(default=7), "seed", P["experiment_name"].but(default="fruits360")),
     "imagenet-patch": _pipe(
-        P["data_dir"].but(default="s3://datasets/imagenet/val", doc="ImageNet's validation images: a folder (or "
-                          "s3://BUCKET/PREFIX) of class sub-folders named by WordNet id (n01440764) or index."),
-        P["class_index"].but(default="s3://models/keras/imagenet_class_index.json", optional=False,
+        P["data_dir"].but(default="s3://mlpipeline/shared/datasets/imagenet/val",
+                          doc="ImageNet's validation images: a folder (or s3://BUCKET/PREFIX) of class sub-folders "
+                              "named by WordNet id (n01440764) or index."),
+        P["class_index"].but(default="s3://mlpipeline/shared/models/keras/imagenet_class_index.json", optional=False,
                              doc="Keras' imagenet_class_index.json (a local path or s3://BUCKET/KEY): the 1,000 "
                                  "classes in the weights' order. Never downloaded."),
-        P["weights"].but(default="s3://models/keras/" + "resnet50_weights_tf_dim_ordering_tf_kernels.h5"),
+        P["weights"].but(default="s3://mlpipeline/shared/models/keras/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+                         doc="Keras' ImageNet weights file for model_architecture, with its top (a local path or "
+                             "s3://BUCKET/KEY). Never downloaded."),
         P["model_architecture"].but(default="resnet50", doc="'resnet50' or 'vgg16' (give its weights file).",
                                     rule=Choices(PRETRAINED)),
         P["image_size"].but(default=224, doc="Images are resized to this size: 224, what the weights take."),
@@ -314,16 +318,17 @@ PIPELINE_PARAMS: Dict[str, Tuple[Param, ...]] = {
         P["patch_location"].but(default="random"), *_PIPE_DEFENCES, "seed",
         P["experiment_name"].but(default="imagenet")),
     "custom-model-patch": _pipe(
-        P["data_dir"].but(default="s3://datasets/mydata", doc="The data: a folder (or s3://BUCKET/PREFIX) of class "
-                          "sub-folders, or with training/ and testing/ folders of them; as load_dataset's source."),
+        P["data_dir"].but(default="s3://mlpipeline/shared/datasets/mydata",
+                          doc="The data: a folder (or s3://BUCKET/PREFIX) of class sub-folders, or with training/ "
+                              "and testing/ folders of them; as load_dataset's source."),
         P["class_index"].but(doc="The classes in the model's output order: one name per line, or Keras' "
                                  "imagenet_class_index.json (a local path or s3://BUCKET/KEY); empty: the sorted "
                                  "sub-folder names."),
-        P["model_file"].but(default="s3://models/model.keras", optional=False), "preprocessing",
-        P["image_size"].but(default=0, doc="Images are resized to this size, the model's input size; 0 keeps theirs."),
+        P["model_file"].but(default="s3://mlpipeline/shared/models/model.keras", optional=False), "preprocessing",
+        P["image_size"].but(default=0,
+                            doc="Images are resized to this size, the model's input size; 0 keeps theirs."),
         P["color_mode"].but(default="rgb"), "max_examples",
-        "model_tag",
-        P["batch_size"].but(default=64, doc="Images per forward pass of import_model's evaluation."),
+        "model_tag", P["batch_size"].but(default=64, doc="Images per forward pass of import_model's evaluation."),
         P["patch_target"].but(default=0),
         *[i for i in _PIPE_ATTACK if i != "patch_target"][:-1], P["patch_location"].but(default="random"),
         *_PIPE_DEFENCES, "seed", P["experiment_name"].but(default="custom")),

@@ -127,18 +127,24 @@ def _safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-def _windows(placements: Placements, image_hw: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray, int, int]:
+def _windows(placements: Placements, image_hw: Tuple[int, int], size: int = 0
+             ) -> Tuple[np.ndarray, np.ndarray, int, int]:
     """Per image, the top-left corner of a window that holds everything its patch touches (the
     rotated patch's bounding box plus a pixel for the bilinear edge), and the window's size: the
-    largest any image of the batch needs, at most the image."""
+    largest any image of the batch needs (or ``size``, when that is larger), at most the image."""
     h, w = image_hw
     rad = np.deg2rad(placements.angle.astype(np.float64))
     half = placements.scale * min(h, w) / 2 * (np.abs(np.cos(rad)) + np.abs(np.sin(rad))) + 1.0
-    size = int(np.ceil(2 * half.max())) + 1 if len(half) else 1
+    size = max(size, int(np.ceil(2 * half.max())) + 1 if len(half) else 1)
     wh, ww = min(h, size), min(w, size)
     oy = np.clip(np.floor(placements.y - (wh - 1) / 2), 0, h - wh).astype(np.int64)
     ox = np.clip(np.floor(placements.x - (ww - 1) / 2), 0, w - ww).astype(np.int64)
     return oy, ox, wh, ww
+
+
+PATCH_CHUNK = 64
+"""Images whose patch windows are warped in one TensorFlow call: bounds the call's memory whatever
+the batch size (at 224x224 a chunk's float windows take tens of MB)."""
 
 
 def apply_patches(
@@ -164,9 +170,11 @@ def apply_patches(
     canvases = tf.constant(patch_set.canvases())
     rows = transforms(placements, patch_set.patch_size, hw)
     out = images.copy()
-    for start in range(0, len(images), batch_size):
-        sl = slice(start, start + batch_size)
-        oy, ox, wh, ww = _windows(placements.take(sl), hw)
+    size = _windows(placements, hw)[2] if len(images) else 0  # one window size per call: one compiled graph
+    chunk = min(batch_size, PATCH_CHUNK)
+    for start in range(0, len(images), chunk):
+        sl = slice(start, start + chunk)
+        oy, ox, wh, ww = _windows(placements.take(sl), hw, size)
         shifted = rows[sl].copy()  # window pixel (j, i) is image pixel (ox + j, oy + i)
         shifted[:, 2] += shifted[:, 0] * ox + shifted[:, 1] * oy
         shifted[:, 5] += shifted[:, 3] * ox + shifted[:, 4] * oy
@@ -222,7 +230,6 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
     ``corrupt`` replaces those images; ``augment`` keeps every original and adds the patched copies
     after each batch's originals. Returns (number patched, {distance name: per-image values}).
     """
-    from advpatch.dataset import to_float
     from advpatch.evaluation import distance_stats
 
     n = len(dataset)
@@ -242,7 +249,7 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
         patched = x[:0]
         if len(sel):
             patched = apply_patches(x[sel - idx[0]], patch_set, which[sel], where.take(sel), batch_size)
-            for k, v in distance_stats(to_float(x[sel - idx[0]]), to_float(patched)).items():
+            for k, v in distance_stats(x[sel - idx[0]], patched).items():
                 distances.setdefault(k, []).append(v)
         if method == "corrupt":
             out = x.copy()

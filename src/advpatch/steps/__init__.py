@@ -20,9 +20,11 @@ from advpatch.steps.model import import_model, init_model
 from advpatch.steps.report import close_run, gather, report
 from advpatch.steps.train import train
 
-STEPS = {f.step_name: f for f in (load_dataset, train, init_model, import_model, gen_patch, deploy_patch, spatial_smoothing, jpeg_compression,
-                                  gaussian_augmentation, infer, report, gather, close_run)}
+STEPS = {f.step_name: f for f in (load_dataset, train, init_model, import_model, gen_patch, deploy_patch,
+                                  spatial_smoothing, jpeg_compression, gaussian_augmentation, infer, report, gather,
+                                  close_run)}
 """Step name -> the step (the same names as the components and :data:`advpatch.params.STEP_PARAMS`)."""
 
 __all__ = ["STEPS", "StepResult", "close_run", "deploy_patch", "gather", "gaussian_augmentation", "gen_patch",
-           "import_model", "infer", "init_model", "jpeg_compression", "load_dataset", "report", "spatial_smoothing", "train"]
+           "import_model", "infer", "init_model", "jpeg_compression", "load_dataset", "report", "spatial_smoothing",
+           "train"]

@@ -39,8 +39,8 @@ def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResu
     placement = dict(rotation_max=p.rotation_max, scale_min=p.scale_min, scale_max=p.scale_max,
                      location=p.patch_location)
     size = p.patch_size or min(dataset.image_shape[:2])
-    settings = {**p.pick("learning_rate", "max_iter", "patch_target", "patch_target_name", "num_patch", "num_patch_gen_samples",
-                         "batch_size", "patch_shape", "lr_decay", "patch_loss", "seed"),
+    settings = {**p.pick("learning_rate", "max_iter", "patch_target", "patch_target_name", "num_patch",
+                         "num_patch_gen_samples", "batch_size", "patch_shape", "lr_decay", "patch_loss", "seed"),
                 **placement, "patch_size": size, "loss": loss, "model_architecture": info.architecture,
                 "model": p.model_uri or info.provenance.get("mlflow_model_uri", model), "data": dataset.spec.provenance}
     patch_set, seconds = engine.generate_patch_set(

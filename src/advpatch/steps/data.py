@@ -10,7 +10,8 @@ def load_dataset(p, track, *, dataset: str) -> StepResult:
     """Import ``p.source`` (see :mod:`advpatch.sources`) as a Dataset artifact at ``dataset``."""
     from advpatch.sources import import_dataset
 
-    spec = import_dataset(p.source, dataset, **p.pick("split", "image_size", "color_mode", "max_examples", "seed", "class_index"))
+    spec = import_dataset(p.source, dataset, **p.pick("split", "image_size", "color_mode", "max_examples", "seed",
+                                                      "class_index"))
     h, w, c = spec.image_shape
     log.info("load_dataset: wrote %d images %dx%dx%d in %d classes to %s", spec.num_examples, h, w, c,
              spec.num_classes, dataset)

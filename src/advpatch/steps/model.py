@@ -106,7 +106,8 @@ def _finish(p, track, net, info, test_set, testing_data: str, model: str, step_n
     save_model(net, info, model)
     log.info("%s: model written to %s%s", step_name, model, f", registered as {name} v{version}" if version else "")
     e = evaluations[0]
-    return StepResult(step=step_name, label=f"{step_name} {architecture}" + (f" '{p.model_tag}'" if p.model_tag else ""),
+    label = f"{step_name} {architecture}" + (f" '{p.model_tag}'" if p.model_tag else "")
+    return StepResult(step=step_name, label=label,
                       metrics={f"test_{k}": v for k, v in e.metrics.items()},
                       counts={f"test_{k}": v for k, v in e.counts.items()}, details=details, evaluations=evaluations,
                       outputs={"model": {"architecture": architecture, "mlflow_model_uri": uri,
