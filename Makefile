@@ -13,10 +13,11 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 OUTPUTS := $(or $(ADVPATCH_OUTPUT_DIR),outputs)
 
-.PHONY: help venv demo test test-fast generate bench compile images mlflow-ui clean
+.PHONY: help venv demo demo-defences test test-fast generate bench compile images mlflow-ui clean
 
 help:
 	@echo "make demo [DATA=/path/to/Mnist]  run the MNIST experiment locally (kfp.local), print the results table"
+	@echo "make demo-defences [DATA=...]    the same with an adaptive attacker against every defence"
 	@echo "make test                        the whole test suite (what CI runs)"
 	@echo "make test-fast                   the tests without the end-to-end pipeline runs (day-to-day)"
 	@echo "make generate                    rewrite the components and pipeline signatures from the parameter table"
@@ -35,6 +36,9 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/advpatch demo $(if $(DATA),--data "$(DATA)")
+
+demo-defences: $(STAMP)
+	$(VENV)/bin/advpatch run mnist-defences --output $(OUTPUTS)/demo-defences $(if $(DATA),-p data_dir="$(DATA)")
 
 # Test files run in parallel (a file's tests stay together: they share fixtures), one worker per core
 # and one more: the end-to-end tests spend much of their time starting processes and writing files.
@@ -61,6 +65,7 @@ clean:
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_tasks.py $(TASK_BENCH_ARGS)
 	$(PY) tests/benchmarks/bench_patch.py $(BENCH_ARGS)
+	$(PY) tests/benchmarks/bench_scale.py $(SCALE_BENCH_ARGS)
 
 # Compiled pipelines for a cluster: make compile REGISTRY=registry.example.com/ml TAG=0.1.0 [COMPILE_ARGS=--no-gpu]
 REGISTRY ?= ghcr.io/advpatch

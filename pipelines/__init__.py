@@ -6,17 +6,19 @@ Each pipeline's parameters (names, types, defaults, descriptions) come from the 
 
 from advpatch.pipelines import custom_model_patch as _custom
 from advpatch.pipelines import fruits360_experiment as _fruits
+from advpatch.pipelines import mnist_defences as _defences
 from advpatch.pipelines import imagenet_patch as _imagenet
 from advpatch.pipelines import mnist_experiment as _experiment
 from advpatch.pipelines import mnist_patch as _patch
 from advpatch.pipelines import mnist_sweep as _sweep
 
 _MODULES = {"mnist-experiment": _experiment, "mnist-patch": _patch, "mnist-sweep": _sweep,
-            "fruits360-experiment": _fruits, "imagenet-patch": _imagenet, "custom-model-patch": _custom}
+            "mnist-defences": _defences, "fruits360-experiment": _fruits, "imagenet-patch": _imagenet, "custom-model-patch": _custom}
 
 mnist_experiment = _experiment.mnist_experiment
 mnist_patch = _patch.mnist_patch
 mnist_sweep = _sweep.mnist_sweep
+mnist_defences = _defences.mnist_defences
 fruits360_experiment = _fruits.fruits360_experiment
 imagenet_patch = _imagenet.imagenet_patch
 custom_model_patch = _custom.custom_model_patch
@@ -27,5 +29,5 @@ PIPELINES = {name: getattr(module, name.replace("-", "_")) for name, module in _
 BUILDERS = {name: module.build for name, module in _MODULES.items()}
 """CLI name -> ``build(placement)``, for compiling with a placement."""
 
-__all__ = ["BUILDERS", "PIPELINES", "custom_model_patch", "fruits360_experiment", "imagenet_patch", "mnist_experiment",
-           "mnist_patch", "mnist_sweep"]
+__all__ = ["BUILDERS", "PIPELINES", "custom_model_patch", "fruits360_experiment", "imagenet_patch", "mnist_defences",
+           "mnist_experiment", "mnist_patch", "mnist_sweep"]

@@ -105,12 +105,14 @@ def place_all(placement) -> None:
             placement.apply(task, component)
 
 
-def defence_experiment(v, title, color_mode="grayscale"):
+def defence_experiment(v, title, color_mode="grayscale", adaptive=False):
     """The seed's patch experiment with a model trained here (``mnist-experiment``,
     ``fruits360-experiment``): load -> train a baseline -> :func:`attack_and_defend` -> training on
     patched data (the training set augmented with patched copies) and PGD adversarial training,
     each evaluating its model on the clean and patched test images itself -> report. ``v``: the
-    pipeline's parameters (its ``locals()``)."""
+    pipeline's parameters (its ``locals()``). With ``adaptive`` (``mnist-defences``), every defence
+    row also faces an adaptive attacker (:func:`adaptive_rows`), its row right after the
+    transferred one."""
     from advpatch.components import close_run, deploy_patch, report, train
 
     track = tracking(v["experiment_name"])
@@ -136,8 +138,51 @@ def defence_experiment(v, title, color_mode="grayscale"):
             "train: on patched data")
         adversarial = train(model_tag="pgd", apply_defense=True, row="PGD adversarial training",
                             **tested).set_display_name("train: PGD adversarial training")
-        report(**report_inputs(baseline, attack, patched_train, patched_test, *rows, on_patched_data, adversarial),
+        trained_rows = [on_patched_data, adversarial]
+        if adaptive:
+            (rows, trained_rows), attacks = adaptive_rows(v, baseline, rows, trained_rows, train_data, test_data, track)
+        else:
+            attacks = []
+        report(**report_inputs(baseline, attack, *attacks, patched_train, patched_test, *rows, *trained_rows),
                title=title, **track)
+
+
+def adaptive_rows(v, baseline, rows, trained_rows, gen_data, test_data, track):
+    """For each defence row, a row under an adaptive attacker with the baseline attack's budget:
+    patches optimized through the preprocessing defence in front of the baseline model (gen_patch
+    ``defence``), or against the hardened model itself (trained on patched data, PGD). Returns the
+    rows interleaved (each adaptive row after its transferred one) and the new gen_patch tasks."""
+    from advpatch import components
+
+    placements = dict(rotation_max=v["rotation_max"], scale_min=v["scale_min"], scale_max=v["scale_max"],
+                      patch_location=v["patch_location"], seed=v["seed"])
+    budget = dict(learning_rate=v["patch_learning_rate"], lr_decay=v["patch_lr_decay"], patch_loss=v["patch_loss"],
+                  max_iter=v["max_iter"], num_patch=v["num_patch"], num_patch_gen_samples=v["num_patch_gen_samples"],
+                  patch_target=v["patch_target"], patch_target_name=v["patch_target_name"], **placements, **track)
+    attacks, new_rows, new_trained = [], [rows[0]], []
+
+    def attacked(model_task, row, **defence):
+        attack = components.gen_patch(data=gen_data.outputs["dataset"], model=model_task.outputs["model"], **budget,
+                                      **defence).set_display_name(f"gen_patch: adaptive, {row}")
+        attacks.append(attack)
+        return components.deploy_patch(
+            data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
+            patch_application_rate=1.0, patch_scale=v["patch_scale"], **placements, **track,
+        ).set_display_name(f"deploy_patch: adaptive, {row}").outputs["patched_data"]
+
+    for (row, name, setting), transferred in zip(DEFENCE_ROWS, rows[1:]):
+        pairs = attacked(baseline, row, defence=name, **{setting: v[setting]})
+        defended = getattr(components, name)(data=pairs, data_role="predict", seed=v["seed"], **{setting: v[setting]},
+                                             **track).set_display_name(f"{row}: adaptive test set")
+        new_rows += [transferred, components.infer(
+            data=defended.outputs["defended_data"], model=baseline.outputs["model"], row=f"{row} (adaptive)",
+            condition="split", seed=v["seed"], **track).set_display_name(f"infer: {row} (adaptive)")]
+    for task, row in zip(trained_rows, ("trained on patched data", "PGD adversarial training")):
+        pairs = attacked(task, row)
+        new_trained += [task, components.infer(data=pairs, model=task.outputs["model"], row=f"{row} (adaptive)",
+                                               condition="split", seed=v["seed"], **track
+                                               ).set_display_name(f"infer: {row} (adaptive)")]
+    return (new_rows, new_trained), attacks
 
 
 def model_experiment(v, make_model, title, color_mode, class_index=""):

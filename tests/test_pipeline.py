@@ -13,7 +13,8 @@ import yaml
 from advpatch import params, settings
 
 
-@pytest.mark.parametrize("name", ["mnist-patch", "mnist-experiment", "mnist-sweep"])
+@pytest.mark.parametrize("name", ["mnist-patch", "mnist-experiment", "mnist-sweep", "mnist-defences",
+                                  "fruits360-experiment", "imagenet-patch", "custom-model-patch"])
 def test_compiling_does_not_import_tensorflow(tmp_path, name):
     code = (
         "import sys; from kfp import compiler; from advpatch.pipelines import PIPELINES;"
@@ -42,6 +43,21 @@ def test_compiling_does_not_import_tensorflow(tmp_path, name):
             "comp-deploy-patch", "comp-infer", "comp-infer", "comp-jpeg-compression"]
         gathers = [k for k, t in tasks.items() if t["componentRef"]["name"].startswith("comp-gather")]
         assert len(gathers) == 2 and set(tasks["report"]["dependentTasks"]) >= set(gathers)
+    elif name == "mnist-defences":  # the experiment's rows, and an adaptive attack on each defence
+        kinds = [re.sub(r"-\d+$", "", t["componentRef"]["name"]) for t in tasks.values()]
+        assert kinds.count("comp-gen-patch") == 6 and kinds.count("comp-infer") == 9 and kinds.count("comp-train") == 3
+        assert kinds.count("comp-deploy-patch") == 7
+        slots = [k for k in tasks["report"]["inputs"]["artifacts"] if k.startswith("summary_")]
+        assert len(slots) == 20  # the baseline, 6 attacks, 2 deployments, 11 rows
+        defended = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-gen-patch")
+                    and "defence" in t["inputs"].get("parameters", {})]
+        assert sorted(t["inputs"]["parameters"]["defence"]["runtimeValue"]["constant"] for t in defended) == [
+            "gaussian_augmentation", "jpeg_compression", "spatial_smoothing"]
+    elif name in ("imagenet-patch", "custom-model-patch"):  # a model made elsewhere, evaluated, attacked
+        kinds = sorted(re.sub(r"-\d+$", "", t["componentRef"]["name"]) for t in tasks.values())
+        model = "comp-init-model" if name == "imagenet-patch" else "comp-import-model"
+        assert kinds.count(model) == 1 and "comp-train" not in kinds and kinds.count("comp-infer") == 4
+        assert tasks["load-dataset"]["inputs"]["parameters"]["class_index"]
     else:
         kinds = [re.sub(r"-\d+$", "", t["componentRef"]["name"]) for t in tasks.values()]
         # one infer per comparison row (clean and patched halves of one test set), the two
@@ -51,7 +67,7 @@ def test_compiling_does_not_import_tensorflow(tmp_path, name):
         assert kinds.count("comp-gaussian-augmentation") == 1 and kinds.count("comp-deploy-patch") == 2
         assert len([k for k in tasks["report"]["inputs"]["artifacts"] if k.startswith("summary_")]) == 10
     # the run is not an input (KFP's cache would never hit): tasks read it from their environment
-    assert set(tasks["train"]["inputs"]["parameters"]) >= {"experiment_name", "task_name"}
+    assert set(tasks["gen-patch"]["inputs"]["parameters"]) >= {"experiment_name", "task_name"}
     assert "pipeline_run_id" not in json.dumps(spec) and "pipeline_job_uuid" not in json.dumps(spec)
     assert spec["root"]["dag"]["tasks"]["close-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
 

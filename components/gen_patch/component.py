@@ -31,6 +31,10 @@ def gen_patch(
     batch_size: int = 40,
     lr_decay: float = 0.3,
     patch_loss: str = "auto",
+    defence: str = "none",
+    spatial_smoothing_window_size: int = 3,
+    jpeg_compression_quality: int = 50,
+    gaussian_augmentation_sigma: float = 0.1,
     seed: int = 0,
     experiment_name: str = "",
     task_name: str = "",
@@ -78,6 +82,17 @@ def gen_patch(
         patch_loss: 'cross_entropy' (Brown et al., ART), 'success' (-log of the mean target
             probability), 'combined' (their sum) or 'auto' ('success' at the centre, else
             'combined'). Allowed: one of 'auto', 'combined', 'cross_entropy', 'success'.
+        defence: A preprocessing defence in front of the model while the patch is optimized (an
+            adaptive attacker): 'spatial_smoothing' and 'jpeg_compression' with straight-through
+            gradients, 'gaussian_augmentation' with a fresh noise draw per step (expectation over
+            transformation); 'none'. Allowed: one of 'none', 'spatial_smoothing',
+            'jpeg_compression', 'gaussian_augmentation'.
+        spatial_smoothing_window_size: Side of the median filter's window. Allowed: an integer in
+            [1, 64].
+        jpeg_compression_quality: JPEG quality, 1 (worst) to 100 (best); 95 or lower is advised.
+            Allowed: an integer in [1, 100].
+        gaussian_augmentation_sigma: Standard deviation of the noise on [0, 1] pixels. Allowed: a
+            number > 0.
         seed: Seeds targets, generation images and placements: same seed, same patch bytes. Allowed:
             an integer in [0, 2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.

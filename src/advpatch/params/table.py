@@ -111,6 +111,10 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     # ---- gen_patch
     _p("max_iter", int, 500, "Passes over the generation images, as ART counts iterations.", POSITIVE_INT),
     _p("patch_target", int, -1, "Target class index; -1 draws a random target per patch.", Interval(-1, integer=True)),
+    _p("defence", str, "none", "A preprocessing defence in front of the model while the patch is optimized (an "
+       "adaptive attacker): 'spatial_smoothing' and 'jpeg_compression' with straight-through gradients, "
+       "'gaussian_augmentation' with a fresh noise draw per step (expectation over transformation); 'none'.",
+       Choices(("none", "spatial_smoothing", "jpeg_compression", "gaussian_augmentation"))),
     _p("patch_target_name", str, "", "Target class by name (a class of the data, e.g. 'toaster'); when given, "
        "it is used instead of patch_target."),
     _p("num_patch", int, 1, "Number of patches, each with its own target and generation images.",
@@ -233,6 +237,7 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         "max_iter", "patch_target", "patch_target_name", "num_patch", "num_patch_gen_samples", *_PLACEMENT,
         "patch_shape", "patch_size",
         P["batch_size"].but(default=40, doc="Generation images per optimization step."), "lr_decay", "patch_loss",
+        "defence", "spatial_smoothing_window_size", "jpeg_compression_quality", "gaussian_augmentation_sigma",
         P["seed"].but(doc="Seeds targets, generation images and placements: same seed, same patch bytes.")),
     "deploy_patch": _t(
         "patch_deployment_method", "patch_application_rate", "patch_scale",
@@ -284,6 +289,9 @@ PIPELINE_PARAMS: Dict[str, Tuple[Param, ...]] = {
         "data_dir", *_PIPE_TRAIN, "validation_split", "model_tag", P["register_model"].but(default=True),
         *_PIPE_ATTACK, "patch_deployment_method", "patch_application_rate", "seed", "experiment_name"),
     "mnist-experiment": _pipe(
+        "data_dir", *_PIPE_TRAIN, *_PIPE_ATTACK, _TRAIN_PATCHED, *_PIPE_DEFENCES, "pgd_eps", "pgd_eps_step",
+        "pgd_max_iter", "seed", "experiment_name"),
+    "mnist-defences": _pipe(
         "data_dir", *_PIPE_TRAIN, *_PIPE_ATTACK, _TRAIN_PATCHED, *_PIPE_DEFENCES, "pgd_eps", "pgd_eps_step",
         "pgd_max_iter", "seed", "experiment_name"),
     "fruits360-experiment": _pipe(

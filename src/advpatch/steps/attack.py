@@ -14,6 +14,8 @@ def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResu
 
     Each patch gets its target (``patch_target``, or a random class per patch when -1) and its own
     ``num_patch_gen_samples`` generation images, drawn from those whose label is not the target.
+    With ``defence``, the attacker is adaptive: the patch is optimized, and its success on the
+    generation images measured, through that preprocessing defence in front of the model.
     """
     import numpy as np
 
@@ -33,6 +35,11 @@ def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResu
 
     training.seed_everything(p.seed)
     net, info = resolve(model, p.model_uri, dataset.image_shape, num_classes, p.model_architecture)
+    classifier = Classifier(net, info)
+    if p.defence != "none":
+        from advpatch.defences import from_params
+
+        classifier = classifier.with_transforms(from_params(p.defence, p.all()))
     labels = dataset.labels()  # the images themselves are read only where a patch draws them
     rng = np.random.default_rng(p.seed)
     targets = engine.draw_targets(target, p.num_patch, num_classes, rng)
@@ -41,10 +48,11 @@ def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResu
     size = p.patch_size or min(dataset.image_shape[:2])
     settings = {**p.pick("learning_rate", "max_iter", "patch_target", "patch_target_name", "num_patch",
                          "num_patch_gen_samples", "batch_size", "patch_shape", "lr_decay", "patch_loss", "seed"),
+                "defence": [t.settings() for t in classifier.transforms],
                 **placement, "patch_size": size, "loss": loss, "model_architecture": info.architecture,
                 "model": p.model_uri or info.provenance.get("mlflow_model_uri", model), "data": dataset.spec.provenance}
     patch_set, seconds = engine.generate_patch_set(
-        Classifier(net, info), dataset, labels, targets, num_gen_samples=p.num_patch_gen_samples,
+        classifier, dataset, labels, targets, num_gen_samples=p.num_patch_gen_samples,
         patch_size=size, patch_shape=p.patch_shape, learning_rate=p.learning_rate, lr_decay=p.lr_decay, loss=loss,
         max_iter=p.max_iter, batch_size=p.batch_size, placement=placement, rng=rng, settings=settings)
     results = [{**r, "seconds": t} for r, t in zip(patch_set.metrics, seconds)]
@@ -58,7 +66,8 @@ def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResu
     successes = [counts[f"patch_{i}_gen_targeted_success_rate"] for i in range(len(results))]
     counts["mean_gen_targeted_success_rate"] = [sum(k for k, _ in successes), sum(n for _, n in successes)]
     metrics["mean_final_loss"] = float(np.mean([r["final_loss"] for r in results]))
-    with track.run(f"gen_patch: {p.num_patch} patches", model=p.model_uri or model) as run:
+    against = f" against {p.defence}" if p.defence != "none" else ""
+    with track.run(f"gen_patch: {p.num_patch} patches{against}", model=p.model_uri or model) as run:
         run.log_input(data, "generation")
         run.log_metrics(metrics)
         patch_set.save(patches)
@@ -68,7 +77,8 @@ def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResu
     target_names = [dataset.class_names[t] for t in targets]
     previews = [png_base64(patch_set.rgba(i)) for i in range(len(patch_set))]
     return StepResult(
-        step="gen_patch", label=f"gen_patch x{p.num_patch} ({p.patch_location}, scale {p.scale_min}-{p.scale_max})",
+        step="gen_patch",
+        label=f"gen_patch x{p.num_patch}{against} ({p.patch_location}, scale {p.scale_min}-{p.scale_max})",
         metrics=metrics, counts=counts, details={"targets": target_names, "per_patch": results, "previews": previews,
                                                   **placement},
         outputs={"patches": {"format": engine.FORMAT, "targets": target_names}},

@@ -1,0 +1,57 @@
+"""Adaptive attacks: gen_patch with a defence in the loop, and the mnist-defences pipeline, where
+every defence row faces the transferred patches and an attacker who knows the defence."""
+
+import json
+
+import numpy as np
+import pytest
+
+from advpatch import settings
+
+
+def test_gen_patch_optimizes_through_the_defence_it_is_given(tmp_path, outputs):
+    """The defence sits in front of the model during optimization (its settings recorded with the
+    patches, its name in the step's label); with the same seed, budget, images and placements, the
+    patch that knows the defence differs from the one that does not."""
+    from advpatch import steps
+    from advpatch.patches import PatchSet
+
+    steps.load_dataset(dataset=str(tmp_path / "train"), source="digits", split="train", max_examples=400)
+    steps.train(training_data=str(tmp_path / "train"), model=str(tmp_path / "model"), epochs=8, learning_rate=0.003)
+    budget = dict(max_iter=40, num_patch=1, patch_target=5, num_patch_gen_samples=40, patch_location="random",
+                  scale_min=0.3, scale_max=0.4)
+    adaptive = steps.gen_patch(data=str(tmp_path / "train"), model=str(tmp_path / "model"),
+                               patches=str(tmp_path / "adaptive"), defence="spatial_smoothing",
+                               spatial_smoothing_window_size=5, **budget)
+    settings_ = PatchSet.load(tmp_path / "adaptive").settings
+    assert settings_["defence"] == [{"name": "spatial_smoothing", "spatial_smoothing_window_size": 5}]
+    assert "against spatial_smoothing" in adaptive.label
+    plain = steps.gen_patch(data=str(tmp_path / "train"), model=str(tmp_path / "model"),
+                            patches=str(tmp_path / "plain"), **budget)
+    assert PatchSet.load(tmp_path / "plain").settings["defence"] == []
+    # same seed, same generation images and placements: only the defence in the loop differs
+    assert not np.array_equal(PatchSet.load(tmp_path / "plain").patches, PatchSet.load(tmp_path / "adaptive").patches)
+
+
+@pytest.mark.slow
+def test_the_defences_pipeline_measures_every_defence_against_an_adaptive_attacker(mnist_folder, tmp_path):
+    """`make demo-defences`' pipeline on a small MNIST folder: each adaptive row right after its
+    transferred one, and the model trained on the baseline's patches, which resists those, falls to
+    patches made against it."""
+    from advpatch.app import cli
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(settings.ENV_TRACKING_URI, raising=False)
+        mp.delenv(settings.ENV_OUTPUT_DIR, raising=False)
+        mp.chdir(tmp_path)
+        assert cli.main(["run", "mnist-defences", "-p", f"data_dir={mnist_folder}", "-p", "max_iter=200"]) == 0
+    results = json.loads((tmp_path / "outputs" / "run" / "results.json").read_text())
+    rows = {r["label"]: r for r in results["comparison"]}
+    defences = ["spatial smoothing", "JPEG compression", "Gaussian noise", "trained on patched data",
+                "PGD adversarial training"]
+    assert list(rows) == ["baseline", *[name for d in defences for name in (d, f"{d} (adaptive)")]]
+    transferred, adaptive = rows["trained on patched data"], rows["trained on patched data (adaptive)"]
+    assert adaptive["targeted_success_rate"] > transferred["targeted_success_rate"] + 0.2
+    assert adaptive["patched_accuracy"] < transferred["patched_accuracy"] - 0.2
+    attacks = [s for s in results["steps"] if s["step"] == "gen_patch"]
+    assert len(attacks) == 6 and sum("against" in a["label"] for a in attacks) == 3
