@@ -1,0 +1,59 @@
+"""Derandomized smoothing's certificates (advpatch.certified): the views, the bound, and the
+independent check that a certificate is a lower bound."""
+
+import numpy as np
+import pytest
+
+from advpatch import certified
+
+
+def test_views_keep_a_band_or_a_block_wrapping_around_and_mark_what_was_removed():
+    column = certified.kept_mask("column", 3, 26, (4, 28))
+    assert column.all(axis=0).tolist() == [c in (26, 27, 0) for c in range(28)] and column.sum() == 12
+    block = certified.kept_mask("block", 2, 3 * 5 + 4, (5, 5))  # top-left corner (3, 4): wraps to column 0
+    assert sorted(zip(*np.nonzero(block))) == [(3, 0), (3, 4), (4, 0), (4, 4)]
+    x = np.array([[[[0.0], [0.25]]]], np.float32)  # one 1x2 grey image
+    view = certified.ablate(x, np.array([[True, False]]))
+    assert view.tolist() == [[[[0.0, 1.0], [0.0, 0.0]]]]  # black kept is (0, 1); removed is (0, 0)
+    assert certified.positions("column", (28, 28)) == 28 and certified.positions("block", (28, 28)) == 784
+    assert certified.delta("column", 4, 5) == 8 and certified.delta("block", 4, 5) == 64
+    with pytest.raises(certified.CertifiedError, match=r"ablation_size must be in \[1, 28\] .* got 29"):
+        certified.kept_mask("column", 29, 0, (28, 28))
+
+
+def test_the_bound_and_its_tie_rule():
+    """delta 6 (column, b 2, p 5): the winner must lead every other class by more than 2 x 6 votes,
+    or by exactly 12 when it has the smaller index (a tie goes to it)."""
+    counts = np.array([[20, 8, 0], [8, 20, 0], [21, 8, 0], [19, 8, 1]])
+    assert certified.predict(counts).tolist() == [0, 1, 0, 0]
+    assert certified.certify(counts, "column", 2, 5).tolist() == [True, False, True, False]
+    assert certified.certify(counts, "column", 2, 5, margin=-1).tolist() == [True, True, True, True]
+
+
+@pytest.mark.parametrize("kind,size,patch,hw", [("column", 4, 5, (28, 28)), ("column", 2, 3, (12, 12)),
+                                                ("block", 3, 2, (12, 12))])
+def test_certificates_survive_the_worst_case_and_a_broken_one_does_not(kind, size, patch, hw):
+    """View predictions with every margin around the bound: no patch position, with every view it
+    touches voting for the best rival, changes a certified prediction; with the bound off by one,
+    the check flips some of the images it wrongly certifies, and no other (the check uses the real
+    views, so an image whose touched views already vote for the rival is not flipped: the bound is
+    the worst case over where the votes fall)."""
+    n_views = certified.positions(kind, hw)
+    rng = np.random.default_rng(0)
+    d = certified.delta(kind, size, patch)
+    views = []
+    for lead in range(max(0, 2 * d - 6), min(n_views, 2 * d + 6)):
+        for winner, rival in ((0, 1), (1, 0)):
+            winner_votes = (n_views + lead) // 2
+            votes = np.full(n_views, rival)
+            votes[:winner_votes] = winner  # together, so a patch can touch winner votes only
+            votes[rng.permutation(n_views)[:2]] = 2  # and two stray votes for a third class
+            views.append(votes)
+    views = np.array(views, np.int32)
+    counts = certified.counts(views, 3)
+    proof = certified.certify(counts, kind, size, patch)
+    assert proof.any() and not proof.all()
+    assert certified.worst_case_flips(views, 3, kind, size, patch, hw, proof).size == 0
+    broken = certified.certify(counts, kind, size, patch, margin=-1)
+    flipped = certified.worst_case_flips(views, 3, kind, size, patch, hw, broken)
+    assert flipped.size and set(flipped) <= set(np.flatnonzero(broken & ~proof))
