@@ -32,21 +32,23 @@ DEFENCE_ROWS = (("spatial smoothing", "spatial_smoothing", "spatial_smoothing_wi
 """The preprocessing defences' rows: (row, component, the pipeline parameter it takes)."""
 
 
-def attack_and_defend(v, model_task, gen_data, test_data, track):
+def attack_and_defend(v, model_task, gen_data, test_data, track, batch_size=None):
     """What every pipeline does once it has a model: gen_patch on ``gen_data`` -> deploy_patch on
     ``test_data`` (each image and a patched copy of it) -> the baseline and each preprocessing
     defence (:data:`DEFENCE_ROWS`), one infer task each, evaluating the clean and the patched images
-    separately. ``v``: the pipeline's parameters (its ``locals()``). Returns (gen_patch task, the
-    test set's deploy_patch task, the infer tasks)."""
+    separately. ``v``: the pipeline's parameters (its ``locals()``); ``batch_size``, when given,
+    is gen_patch's and infer's (a large model at 224x224 needs a small one). Returns (gen_patch
+    task, the test set's deploy_patch task, the infer tasks)."""
     from advpatch import components
 
     placements = dict(rotation_max=v["rotation_max"], scale_min=v["scale_min"], scale_max=v["scale_max"],
                       patch_location=v["patch_location"], seed=v["seed"])
     target = {k: v[k] for k in ("patch_target", "patch_target_name") if k in v}
+    batch = {} if batch_size is None else {"batch_size": batch_size}
     attack = components.gen_patch(
         data=gen_data.outputs["dataset"], model=model_task.outputs["model"], learning_rate=v["patch_learning_rate"],
         lr_decay=v["patch_lr_decay"], patch_loss=v["patch_loss"], max_iter=v["max_iter"], num_patch=v["num_patch"],
-        num_patch_gen_samples=v["num_patch_gen_samples"], **target, **placements, **track)
+        num_patch_gen_samples=v["num_patch_gen_samples"], **target, **batch, **placements, **track)
     patched_test = components.deploy_patch(
         data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
         patch_application_rate=1.0, patch_scale=v["patch_scale"], **placements, **track,
@@ -55,7 +57,7 @@ def attack_and_defend(v, model_task, gen_data, test_data, track):
 
     def evaluate(row, images):
         return components.infer(data=images, model=model_task.outputs["model"], row=row, condition="split",
-                                seed=v["seed"], **track).set_display_name(f"infer: {row}")
+                                seed=v["seed"], **batch, **track).set_display_name(f"infer: {row}")
 
     rows = [evaluate("baseline", pairs)]
     for row, name, setting in DEFENCE_ROWS:
@@ -197,5 +199,5 @@ def model_experiment(v, make_model, title, color_mode, class_index=""):
                                           class_index=class_index, max_examples=v["max_examples"])
         gen_data.set_display_name("load patch generation data")
         model = make_model(test_data, track)
-        attack, patched_test, rows = attack_and_defend(v, model, gen_data, test_data, track)
+        attack, patched_test, rows = attack_and_defend(v, model, gen_data, test_data, track, v["batch_size"])
         report(**report_inputs(model, attack, patched_test, *rows), title=title, **track)

@@ -26,7 +26,7 @@ def build(placement=None):
         color_mode: str = "rgb",
         max_examples: int = 0,
         model_tag: str = "",
-        batch_size: int = 64,
+        batch_size: int = 32,
         patch_target: int = 0,
         patch_target_name: str = "",
         num_patch: int = 3,
@@ -75,8 +75,8 @@ def build(placement=None):
             model_tag: Tag in the registered name {experiment}_{model_tag}_{model_architecture}
                 (empty: {experiment}_{model_architecture}). Allowed: letters, digits, _ . - (not
                 starting with . or -), or empty.
-            batch_size: Images per forward pass of import_model's evaluation. Allowed: an integer >=
-                1.
+            batch_size: Images per forward pass (import_model, infer) and per patch optimization
+                step (gen_patch); lower it for a large model. Allowed: an integer >= 1.
             patch_target: Target class index; -1 draws a random target per patch. Allowed: an
                 integer >= -1.
             patch_target_name: Target class by name (a class of the data, e.g. 'toaster'); when

@@ -28,7 +28,7 @@ def build(placement=None):
         model_architecture: str = "resnet50",
         image_size: int = 224,
         max_examples: int = 0,
-        batch_size: int = 64,
+        batch_size: int = 16,
         patch_target: int = 859,
         patch_target_name: str = "",
         num_patch: int = 3,
@@ -68,8 +68,9 @@ def build(placement=None):
                 integer in [0, 4096].
             max_examples: Keep a random subset of this many images of each split (drawn from seed);
                 0 keeps all. Allowed: an integer >= 0.
-            batch_size: Images per forward pass of init_model's evaluation. Allowed: an integer >=
-                1.
+            batch_size: Images per forward pass (init_model, infer) and per patch optimization step
+                (gen_patch): 16, as ART's ImageNet notebook (a batch's activations, not the data,
+                set the memory a step needs). Allowed: an integer >= 1.
             patch_target: Target class index (859: 'toaster', as in Brown et al.); -1 draws a random
                 target per patch. Allowed: an integer >= -1.
             patch_target_name: Target class by name (a class of the data, e.g. 'toaster'); when

@@ -52,7 +52,7 @@ def test_unknown_parameter_is_a_programming_error():
 
 def test_a_step_takes_only_its_parameters_and_gets_defaults_for_the_rest():
     values = params.validate_step("deploy_patch", {"patch_scale": 0.5, "seed": 3})
-    assert values["patch_scale"] == 0.5 and values["seed"] == 3 and values["batch_size"] == 1024
+    assert values["patch_scale"] == 0.5 and values["seed"] == 3 and values["batch_size"] == 256
     assert [p.name for p in params.STEP_PARAMS["deploy_patch"]] == list(values)
     with pytest.raises(ParameterError, match=r"^epochs is not a parameter of deploy_patch; it takes batch_size, "):
         params.validate_step("deploy_patch", {"epochs": 1.0})

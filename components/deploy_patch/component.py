@@ -17,7 +17,7 @@ def deploy_patch(
     patch_deployment_method: str = "corrupt",
     patch_application_rate: float = 1.0,
     patch_scale: float = 0.4,
-    batch_size: int = 1024,
+    batch_size: int = 256,
     rotation_max: float = 22.5,
     scale_min: float = 0.1,
     scale_max: float = 1.0,

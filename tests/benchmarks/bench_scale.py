@@ -12,9 +12,9 @@ What is measured, and against what:
   ``deploy_patch`` (a saved PatchSet of one fixed random 224-pixel circular patch, every image
   patched at scale 0.4) -> ``jpeg_compression`` (quality 50) -> ``infer`` (a LeNet-5, the
   smallest convolutional architecture advpatch builds, at 224x224, random weights, saved with
-  ``advpatch.models.save_model``). Each step is called
-  directly (``advpatch.steps.STEPS[name](...)``, MLflow on a private SQLite store) in a process
-  of its own, so its peak RSS is its own: the parent reads it with ``os.wait4``. For each step:
+  ``advpatch.models.save_model``). Each step is called directly (``advpatch.steps.STEPS[name](...)``,
+  MLflow on a private SQLite store) in a process of its own, so its peak RSS is its own: the
+  parent reads it with ``os.wait4``. For each step:
   images/s over the step's own duration (the call, after the child imported what the step imports:
   advpatch, NumPy, PIL, MLflow and, for deploy_patch and infer, TensorFlow), images/s over the
   whole process (interpreter start and imports included), and peak RSS against the 2 GiB limit.
@@ -32,7 +32,10 @@ What is measured, and against what:
   ``--gen-repeats`` interleaved runs. Ratios: ART / ours (speed-up) and ours / floor (overhead).
 
 Prints a markdown table and merges its figures into outputs/bench/results.json under the
-top-level key "scale" (what the other benchmarks wrote there is kept). Intermediate datasets go to
+top-level key "scale" (what the other benchmarks wrote there is kept; with ``--skip-steps`` or
+``--skip-gen`` the skipped part's figures of the previous run are kept, marked ``carried_over``). The
+run records the commit it measured and the 1-minute load average around each process (the figures
+are only as quiet as the machine was). Intermediate datasets go to
 ``--work`` and are deleted as soon as the chain no longer needs them, unless ``--keep``.
 """
 
@@ -530,6 +533,7 @@ def main(argv=None) -> int:
         "settings": {"images": n, "image_shape": [SIZE, SIZE, 3], "classes": CLASSES, "quick": args.quick,
                      "gen_steps": gen_steps, "gen_repeats": gen_repeats, "gen_batch": args.gen_batch,
                      "deploy_batch_sizes": args.deploy_batch_sizes, "rss_limit_mib": RSS_LIMIT_MIB},
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "data": data, "disk": disk, "run_seconds": total, "figures": figures, "raw": raw,
     }
     out_dir = Path(args.output)
@@ -541,6 +545,18 @@ def main(argv=None) -> int:
             merged = json.loads(path.read_text())
         except json.JSONDecodeError:
             merged = {}
+    previous = merged.get("scale") or {}
+    if args.skip_steps or args.skip_gen:  # keep the part not measured now, from the previous run
+        def is_gen(name):
+            return name.startswith("gen_patch")
+
+        for name, f in (previous.get("figures") or {}).items():
+            if name not in figures and is_gen(name) == args.skip_gen:
+                figures[name] = {**f, "carried_over": {"timestamp": previous.get("timestamp"),
+                                                       "images": (previous.get("settings") or {}).get("images")}}
+        for name, r in (previous.get("raw") or {}).items():
+            if name not in raw and is_gen(name) == args.skip_gen:
+                raw[name] = r
     merged["scale"] = results
     path.write_text(json.dumps(merged, indent=1))
 
@@ -556,7 +572,8 @@ def main(argv=None) -> int:
         ratio = "" if f["ratio"] is None else f"{f['ratio']:.3g} ({f['ratio_means']})"
         rss = "" if f["peak_rss_mib"] is None else f"{f['peak_rss_mib']:.0f}"
         met = "n/a" if f["met"] is None else ("yes" if f["met"] else "NO")
-        print(f"| {name} | {f['value']:.1f} {f['unit']} | {ref} | {ratio} | {rss} | {met} |")
+        shown = name + (" (previous run)" if f.get("carried_over") else "")
+        print(f"| {shown} | {f['value']:.1f} {f['unit']} | {ref} | {ratio} | {rss} | {met} |")
     rows = [(k, f) for k, f in figures.items() if "images_per_second_whole_process" in f]
     if rows:
         print("\nper step: step seconds (imports excluded) / whole process seconds, images/s over the process, "

@@ -241,7 +241,7 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         P["seed"].but(doc="Seeds targets, generation images and placements: same seed, same patch bytes.")),
     "deploy_patch": _t(
         "patch_deployment_method", "patch_application_rate", "patch_scale",
-        P["batch_size"].but(default=1024), *_PLACEMENT,
+        P["batch_size"].but(default=256), *_PLACEMENT,
         P["output_tar_name"].but(default="adv_testing.tar"), "output_dataset_name",
         P["seed"].but(doc="Seeds which images get which patch where: same seed, same patched bytes.")),
     "spatial_smoothing": _t("spatial_smoothing_window_size", "spatial_smoothing_apply_fit",
@@ -319,7 +319,9 @@ PIPELINE_PARAMS: Dict[str, Tuple[Param, ...]] = {
         P["image_size"].but(default=224, doc="Images are resized to this size: 224, what the weights take."),
         P["max_examples"].but(doc="Keep a random subset of this many images of each split (drawn from seed); "
                                   "0 keeps all."),
-        P["batch_size"].but(default=64, doc="Images per forward pass of init_model's evaluation."),
+        P["batch_size"].but(default=16, doc="Images per forward pass (init_model, infer) and per patch optimization "
+                                            "step (gen_patch): 16, as ART's ImageNet notebook (a batch's "
+                                            "activations, not the data, set the memory a step needs)."),
         P["patch_target"].but(default=859, doc="Target class index (859: 'toaster', as in Brown et al.); -1 draws a "
                                                "random target per patch."),
         *[i for i in _PIPE_ATTACK if i != "patch_target"][:-1],
@@ -336,7 +338,8 @@ PIPELINE_PARAMS: Dict[str, Tuple[Param, ...]] = {
         P["image_size"].but(default=0,
                             doc="Images are resized to this size, the model's input size; 0 keeps theirs."),
         P["color_mode"].but(default="rgb"), "max_examples",
-        "model_tag", P["batch_size"].but(default=64, doc="Images per forward pass of import_model's evaluation."),
+        "model_tag", P["batch_size"].but(default=32, doc="Images per forward pass (import_model, infer) and per patch "
+                                                        "optimization step (gen_patch); lower it for a large model."),
         P["patch_target"].but(default=0),
         *[i for i in _PIPE_ATTACK if i != "patch_target"][:-1], P["patch_location"].but(default="random"),
         *_PIPE_DEFENCES, "seed", P["experiment_name"].but(default="custom")),
