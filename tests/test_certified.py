@@ -49,11 +49,20 @@ def test_certificates_survive_the_worst_case_and_a_broken_one_does_not(kind, siz
             votes[:winner_votes] = winner  # together, so a patch can touch winner votes only
             votes[rng.permutation(n_views)[:2]] = 2  # and two stray votes for a third class
             views.append(votes)
-    views = np.array(views, np.int32)
-    counts = certified.counts(views, 3)
+    views = certified.one_hot(np.array(views, np.int32), 3)
+    counts = certified.counts(views)
     proof = certified.certify(counts, kind, size, patch)
     assert proof.any() and not proof.all()
-    assert certified.worst_case_flips(views, 3, kind, size, patch, hw, proof).size == 0
+    assert certified.worst_case_flips(views, kind, size, patch, hw, proof).size == 0
     broken = certified.certify(counts, kind, size, patch, margin=-1)
-    flipped = certified.worst_case_flips(views, 3, kind, size, patch, hw, broken)
+    flipped = certified.worst_case_flips(views, kind, size, patch, hw, broken)
     assert flipped.size and set(flipped) <= set(np.flatnonzero(broken & ~proof))
+
+
+def test_thresholded_votes_let_a_view_vote_for_several_classes_or_none():
+    probs = np.array([[[0.5, 0.45, 0.05], [0.1, 0.1, 0.8], [0.34, 0.33, 0.33]]], np.float32)
+    assert certified.votes_from(probs).astype(int).tolist() == [[[1, 0, 0], [0, 0, 1], [1, 0, 0]]]
+    assert certified.votes_from(probs, 0.4).astype(int).tolist() == [[[1, 1, 0], [0, 0, 1], [0, 0, 0]]]
+    assert certified.counts(certified.votes_from(probs, 0.4)).tolist() == [[1, 1, 1]]
+    with pytest.raises(certified.CertifiedError, match=r"threshold must be in \[0, 1\), got 1.0"):
+        certified.votes_from(probs, 1.0)

@@ -65,16 +65,31 @@ def delta(kind: str, ablation_size: int, patch_size: int) -> int:
     return band if kind == "column" else band * band
 
 
-def votes(model, x: np.ndarray, kind: str, size: int, batch_size: int = 512) -> np.ndarray:
-    """Each image's view predictions [n, positions] (the base model's class at every position)."""
+def view_probabilities(model, x: np.ndarray, kind: str, size: int, batch_size: int = 512) -> np.ndarray:
+    """The base model's class probabilities for every view of every image: [n, positions, classes]."""
     n, h, w, _ = x.shape
-    out = np.empty((n, positions(kind, (h, w))), np.int32)
-    for position in range(out.shape[1]):
+    out = None
+    for position in range(positions(kind, (h, w))):
         mask = kept_mask(kind, size, position, (h, w))
         for start in range(0, n, batch_size):
-            view = ablate(x[start:start + batch_size], mask)
-            out[start:start + batch_size, position] = np.argmax(model.predict_on_batch(view), axis=1)
+            probs = np.asarray(model.predict_on_batch(ablate(x[start:start + batch_size], mask)), np.float32)
+            if out is None:
+                out = np.empty((n, positions(kind, (h, w)), probs.shape[1]), np.float32)
+            out[start:start + batch_size, position] = probs
     return out
+
+
+def votes_from(probabilities: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+    """Each view's votes [n, positions, classes]: with ``threshold`` 0, one vote for its most
+    probable class (the smaller index on a tie); above 0, a vote for every class whose probability
+    reaches it (Levine and Feizi's thresholded counting: a view that sees nothing, e.g. a blank
+    band, votes for no class)."""
+    if not 0.0 <= threshold < 1.0:
+        raise CertifiedError(f"threshold must be in [0, 1), got {threshold}")
+    if threshold > 0:
+        return probabilities >= threshold
+    top = probabilities.argmax(axis=-1)
+    return np.arange(probabilities.shape[-1]) == top[..., None]
 
 
 def fit_ablated(model, x: np.ndarray, y: np.ndarray, *, kind: str, size: int, epochs: int, batch_size: int,
@@ -107,12 +122,14 @@ def fit_ablated(model, x: np.ndarray, y: np.ndarray, *, kind: str, size: int, ep
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
-def counts(view_predictions: np.ndarray, num_classes: int) -> np.ndarray:
-    """Votes per class [n, classes] from the view predictions [n, positions]."""
-    n = len(view_predictions)
-    out = np.zeros((n, num_classes), np.int64)
-    np.add.at(out, (np.repeat(np.arange(n), view_predictions.shape[1]), view_predictions.ravel()), 1)
-    return out
+def counts(votes: np.ndarray) -> np.ndarray:
+    """Votes per class [n, classes] from the views' votes [n, positions, classes]."""
+    return votes.sum(axis=1, dtype=np.int64)
+
+
+def one_hot(view_predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Votes [n, positions, classes] from each view's predicted class [n, positions]."""
+    return np.arange(num_classes) == view_predictions[..., None]
 
 
 def predict(vote_counts: np.ndarray) -> np.ndarray:
@@ -136,37 +153,39 @@ def certify(vote_counts: np.ndarray, kind: str, ablation_size: int, patch_size: 
     return np.all(top[:, None] >= needed, axis=1)
 
 
-def worst_case_flips(view_predictions: np.ndarray, num_classes: int, kind: str, ablation_size: int,
-                     patch_size: int, image_hw: Tuple[int, int], certified: np.ndarray) -> np.ndarray:
+def worst_case_flips(votes: np.ndarray, kind: str, ablation_size: int, patch_size: int,
+                     image_hw: Tuple[int, int], certified: np.ndarray) -> np.ndarray:
     """The certified images whose smoothed prediction some ``patch_size`` patch *could* change:
     for every position of the square patch (every top-left corner that keeps it inside the image),
-    every view whose kept pixels it touches (found from the masks, not from :func:`delta`) votes
-    for the class that would win against the prediction. A sound certificate leaves this empty."""
+    every view whose kept pixels it touches (found from the masks, not from :func:`delta`) stops
+    voting for the prediction and votes for the rival instead. A sound certificate leaves this
+    empty. ``votes``: [n, positions, classes], as :func:`votes_from` makes them."""
     h, w = image_hw
     p = patch_size
-    masks = np.stack([kept_mask(kind, ablation_size, q, image_hw) for q in range(view_predictions.shape[1])])
-    touched = []
-    for top in range(h - p + 1):
-        for left in range(w - p + 1):
-            touched.append(np.flatnonzero(masks[:, top:top + p, left:left + p].any(axis=(1, 2))))
+    n_views = votes.shape[1]
+    masks = np.stack([kept_mask(kind, ablation_size, q, image_hw) for q in range(n_views)])
+    touched = {tuple(np.flatnonzero(masks[:, top:top + p, left:left + p].any(axis=(1, 2))))
+               for top in range(h - p + 1) for left in range(w - p + 1)}
+    base = counts(votes)
     flips = []
-    base = counts(view_predictions, num_classes)
     for i in np.flatnonzero(certified):
         c = int(predict(base[i:i + 1])[0])
-        for views in {tuple(t) for t in touched}:
-            lost = np.bincount(view_predictions[i, list(views)], minlength=num_classes)
-            for rival in range(num_classes):
-                if rival == c:
-                    continue
-                after = base[i] - lost
-                after[rival] += len(views)
-                if int(np.argmax(after)) != c:
-                    flips.append(int(i))
-                    break
-            else:
-                continue
-            break
+        if any(_flipped(base[i], votes[i, list(views)], c) for views in touched):
+            flips.append(int(i))
     return np.array(flips, dtype=np.int64)
+
+
+def _flipped(count: np.ndarray, touched_votes: np.ndarray, c: int) -> bool:
+    """Whether handing the touched views to some rival changes the winner ``c``."""
+    for rival in range(len(count)):
+        if rival == c:
+            continue
+        after = count.copy()
+        after[c] -= int(touched_votes[:, c].sum())
+        after[rival] += len(touched_votes) - int(touched_votes[:, rival].sum())
+        if int(np.argmax(after)) != c:
+            return True
+    return False
 
 
 def _check(kind: str, size: int, image_hw: Tuple[int, int]) -> None:
