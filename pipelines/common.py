@@ -143,6 +143,12 @@ def defence_experiment(v, title, color_mode="grayscale", adaptive=False):
         trained_rows = [on_patched_data, adversarial]
         if adaptive:
             (rows, trained_rows), attacks = adaptive_rows(v, baseline, rows, trained_rows, train_data, test_data, track)
+            from advpatch.components import derandomized_smoothing
+
+            trained_rows.append(derandomized_smoothing(
+                training_data=train_data.outputs["dataset"], testing_data=patched_test.outputs["patched_data"],
+                row="derandomized smoothing (certified)", seed=v["seed"], **track,
+            ).set_display_name("derandomized smoothing: train, certify"))
         else:
             attacks = []
         report(**report_inputs(baseline, attack, *attacks, patched_train, patched_test, *rows, *trained_rows),

@@ -49,7 +49,10 @@ def test_the_defences_pipeline_measures_every_defence_against_an_adaptive_attack
     rows = {r["label"]: r for r in results["comparison"]}
     defences = ["spatial smoothing", "JPEG compression", "Gaussian noise", "trained on patched data",
                 "PGD adversarial training"]
-    assert list(rows) == ["baseline", *[name for d in defences for name in (d, f"{d} (adaptive)")]]
+    assert list(rows) == ["baseline", *[name for d in defences for name in (d, f"{d} (adaptive)")],
+                          "derandomized smoothing (certified)"]
+    certified = rows["derandomized smoothing (certified)"]
+    assert certified["clean_accuracy"] > 0.7 and "patched_accuracy" in certified
     transferred, adaptive = rows["trained on patched data"], rows["trained on patched data (adaptive)"]
     assert adaptive["targeted_success_rate"] > transferred["targeted_success_rate"] + 0.2
     assert adaptive["patched_accuracy"] < transferred["patched_accuracy"] - 0.2

@@ -163,6 +163,16 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("gaussian_augmentation_sigma", float, 0.1, "Standard deviation of the noise on [0, 1] pixels.", POSITIVE),
     _p("gaussian_augmentation_apply_fit", bool, False, "Apply to training data."),
     _p("gaussian_augmentation_apply_predict", bool, True, "Apply to data used for prediction."),
+    # ---- derandomized_smoothing
+    _p("ablation", str, "column", "What each view keeps: a band of columns ('column') or a square block ('block').",
+       Choices(("column", "block"))),
+    _p("ablation_size", int, 2, "Width of the kept band (or side of the kept block), in pixels.",
+       Interval(1, 4096, integer=True)),
+    _p("vote_threshold", float, 0.3, "A view votes for every class whose probability reaches this (0: one vote, "
+       "for its most probable class); a view that sees nothing then votes for none.", Interval(0.0, 1.0,
+                                                                                             high_open=True)),
+    _p("certify_patch_sizes", list, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "Sides of the square patches to certify "
+       "against, in pixels.", Interval(1, 4096, integer=True)),
     # ---- report
     _p("title", str, "advpatch results", "Heading of the report and its results table."),
     # ---- pipelines
@@ -252,6 +262,13 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         "gaussian_augmentation_perform_data_augmentation", "gaussian_augmentation_ratio", "gaussian_augmentation_sigma",
         "gaussian_augmentation_apply_fit", "gaussian_augmentation_apply_predict", *_DEFENCE[:-1],
         P["seed"].but(doc="Seeds the noise and which images get a noisy copy: same seed, same bytes.")),
+    "derandomized_smoothing": _t(
+        "ablation", "ablation_size", "vote_threshold", "certify_patch_sizes", "model_architecture",
+        P["epochs"].but(type=int, default=300, rule=POSITIVE_INT,
+                        doc="Passes over the training images, each image at a fresh view each pass."),
+        P["batch_size"].but(default=64), P["learning_rate"].but(default=0.002),
+        P["row"].but(doc="Row of the comparison table; empty: 'derandomized smoothing (<ablation> <size>)'."),
+        P["seed"].but(doc="Seeds the weights and the views: same seed, same certificates.")),
     "report": _t("title"),
     "close_run": (),
     "gather": (),
