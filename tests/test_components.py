@@ -42,7 +42,7 @@ def test_component_interface_is_the_table_and_the_metadata(name):
     assert declared == [p.name for p in table]  # exact names, in order, nothing else
     for p in table:
         got = spec.inputs[p.name]
-        assert got.type == {int: "Integer", float: "Float", str: "String", bool: "Boolean"}[p.type], p.name
+        assert got.type == {int: "Integer", float: "Float", str: "String", bool: "Boolean", list: "List"}[p.type], p.name
         assert got.default == p.default, p.name
         assert _words(got.description) == _words(codegen.describe(p)), p.name
     artifacts_in = {n: s for n, s in spec.inputs.items() if s.type.startswith("system.")}
@@ -79,7 +79,7 @@ def test_pipeline_interface_is_the_table(name):
 def test_a_readme_lists_every_parameter_by_exact_name():
     for name in NAMES:
         text = (codegen.components_dir() / name / "README.md").read_text()
-        listed = re.findall(r"^\| `([a-z_0-9]+)` \| (?:int|float|str|bool) \|", text, re.M)
+        listed = re.findall(r"^\| `([a-z_0-9]+)` \| (?:int|float|str|bool|list) \|", text, re.M)
         assert listed == [p.name for p in params.STEP_PARAMS[name]], name
     train = (codegen.components_dir() / "train" / "README.md").read_text()
     assert all(f"| `{p.name}` |" in train for p in params.STEP_PARAMS["train"]) and len(params.STEP_PARAMS["train"]) == 15
