@@ -32,6 +32,21 @@ DEFENCE_ROWS = (("spatial smoothing", "spatial_smoothing", "spatial_smoothing_wi
 """The preprocessing defences' rows: (row, component, the pipeline parameter it takes)."""
 
 
+def placements(v):
+    """deploy_patch's and gen_patch's placement arguments from a pipeline's parameters ``v``."""
+    return dict(rotation_max=v["rotation_max"], scale_min=v["scale_min"], scale_max=v["scale_max"],
+                patch_location=v["patch_location"], seed=v["seed"])
+
+
+def attack_budget(v):
+    """gen_patch's arguments from a pipeline's parameters ``v``: its budget, target and placements
+    (every attack of a pipeline, transferred or adaptive, gets the same)."""
+    target = {k: v[k] for k in ("patch_target", "patch_target_name") if k in v}
+    return dict(learning_rate=v["patch_learning_rate"], lr_decay=v["patch_lr_decay"], patch_loss=v["patch_loss"],
+                max_iter=v["max_iter"], num_patch=v["num_patch"], num_patch_gen_samples=v["num_patch_gen_samples"],
+                **target, **placements(v))
+
+
 def attack_and_defend(v, model_task, gen_data, test_data, track, batch_size=None):
     """What every pipeline does once it has a model: gen_patch on ``gen_data`` -> deploy_patch on
     ``test_data`` (each image and a patched copy of it) -> the baseline and each preprocessing
@@ -41,17 +56,12 @@ def attack_and_defend(v, model_task, gen_data, test_data, track, batch_size=None
     task, the test set's deploy_patch task, the infer tasks)."""
     from advpatch import components
 
-    placements = dict(rotation_max=v["rotation_max"], scale_min=v["scale_min"], scale_max=v["scale_max"],
-                      patch_location=v["patch_location"], seed=v["seed"])
-    target = {k: v[k] for k in ("patch_target", "patch_target_name") if k in v}
     batch = {} if batch_size is None else {"batch_size": batch_size}
-    attack = components.gen_patch(
-        data=gen_data.outputs["dataset"], model=model_task.outputs["model"], learning_rate=v["patch_learning_rate"],
-        lr_decay=v["patch_lr_decay"], patch_loss=v["patch_loss"], max_iter=v["max_iter"], num_patch=v["num_patch"],
-        num_patch_gen_samples=v["num_patch_gen_samples"], **target, **batch, **placements, **track)
+    attack = components.gen_patch(data=gen_data.outputs["dataset"], model=model_task.outputs["model"],
+                                  **attack_budget(v), **batch, **track)
     patched_test = components.deploy_patch(
         data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
-        patch_application_rate=1.0, patch_scale=v["patch_scale"], **placements, **track,
+        patch_application_rate=1.0, patch_scale=v["patch_scale"], **placements(v), **track,
     ).set_display_name("deploy_patch: test set (clean + patched copies)")
     pairs = patched_test.outputs["patched_data"]
 
@@ -130,8 +140,7 @@ def defence_experiment(v, title, color_mode="grayscale", adaptive=False):
         patched_train = deploy_patch(
             data=train_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
             patch_application_rate=v["train_patch_application_rate"], patch_scale=v["patch_scale"],
-            output_tar_name="adv_training.tar", rotation_max=v["rotation_max"], scale_min=v["scale_min"],
-            scale_max=v["scale_max"], patch_location=v["patch_location"], seed=v["seed"], **track,
+            output_tar_name="adv_training.tar", **placements(v), **track,
         ).set_display_name("deploy_patch: training set (augment)")
         # the two trained rows: each training evaluates its model on the clean and patched test images itself
         tested = {**fit, "testing_data": patched_test.outputs["patched_data"]}
@@ -162,11 +171,7 @@ def adaptive_rows(v, baseline, rows, trained_rows, gen_data, test_data, track):
     rows interleaved (each adaptive row after its transferred one) and the new gen_patch tasks."""
     from advpatch import components
 
-    placements = dict(rotation_max=v["rotation_max"], scale_min=v["scale_min"], scale_max=v["scale_max"],
-                      patch_location=v["patch_location"], seed=v["seed"])
-    budget = dict(learning_rate=v["patch_learning_rate"], lr_decay=v["patch_lr_decay"], patch_loss=v["patch_loss"],
-                  max_iter=v["max_iter"], num_patch=v["num_patch"], num_patch_gen_samples=v["num_patch_gen_samples"],
-                  patch_target=v["patch_target"], patch_target_name=v["patch_target_name"], **placements, **track)
+    budget = {**attack_budget(v), **track}
     attacks, new_rows, new_trained = [], [rows[0]], []
 
     def attacked(model_task, row, **defence):
@@ -175,7 +180,7 @@ def adaptive_rows(v, baseline, rows, trained_rows, gen_data, test_data, track):
         attacks.append(attack)
         return components.deploy_patch(
             data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
-            patch_application_rate=1.0, patch_scale=v["patch_scale"], **placements, **track,
+            patch_application_rate=1.0, patch_scale=v["patch_scale"], **placements(v), **track,
         ).set_display_name(f"deploy_patch: adaptive, {row}").outputs["patched_data"]
 
     for (row, name, setting), transferred in zip(DEFENCE_ROWS, rows[1:]):
