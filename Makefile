@@ -21,7 +21,7 @@ help:
 	@echo "make test                        the whole test suite (what CI runs)"
 	@echo "make test-fast                   the tests without the end-to-end pipeline runs (day-to-day)"
 	@echo "make generate                    rewrite the components and pipeline signatures from the parameter table"
-	@echo "make bench                       patch engine vs ART: speed and strength (outputs/bench/results.json)"
+	@echo "make bench                       patch engine vs ART, certified defences, 50k images (outputs/bench/results.json)"
 	@echo "make mlflow-ui                   open the local MLflow store at http://127.0.0.1:5000"
 	@echo "make clean                       remove outputs/ (keeps .venv)"
 
@@ -65,6 +65,7 @@ clean:
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_tasks.py $(TASK_BENCH_ARGS)
 	$(PY) tests/benchmarks/bench_patch.py $(BENCH_ARGS)
+	$(PY) tests/benchmarks/bench_certified.py $(CERTIFIED_BENCH_ARGS)
 	$(PY) tests/benchmarks/bench_scale.py $(SCALE_BENCH_ARGS)
 
 # Compiled pipelines for a cluster: make compile REGISTRY=registry.example.com/ml TAG=0.1.0 [COMPILE_ARGS=--no-gpu]

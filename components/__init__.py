@@ -12,7 +12,7 @@ without defining any component.
 import importlib
 
 __all__ = ["load_dataset", "train", "init_model", "import_model", "gen_patch", "deploy_patch", "spatial_smoothing", "jpeg_compression",
-           "gaussian_augmentation", "derandomized_smoothing", "infer", "report", "gather", "close_run"]
+           "gaussian_augmentation", "derandomized_smoothing", "patch_cleanser", "infer", "report", "gather", "close_run"]
 
 
 def __getattr__(name: str):

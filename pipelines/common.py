@@ -152,12 +152,18 @@ def defence_experiment(v, title, color_mode="grayscale", adaptive=False):
         trained_rows = [on_patched_data, adversarial]
         if adaptive:
             (rows, trained_rows), attacks = adaptive_rows(v, baseline, rows, trained_rows, train_data, test_data, track)
-            from advpatch.components import derandomized_smoothing
+            from advpatch.components import derandomized_smoothing, patch_cleanser
 
             trained_rows.append(derandomized_smoothing(
                 training_data=train_data.outputs["dataset"], testing_data=patched_test.outputs["patched_data"],
                 row="derandomized smoothing (certified)", seed=v["seed"], **track,
             ).set_display_name("derandomized smoothing: train, certify"))
+            for epochs, trained in ((0, "no masked training"), (v["masked_training_epochs"], "masked training")):
+                trained_rows.append(patch_cleanser(
+                    model=baseline.outputs["model"], training_data=train_data.outputs["dataset"],
+                    testing_data=patched_test.outputs["patched_data"], masked_training_epochs=epochs,
+                    row=f"PatchCleanser, {trained} (certified)", seed=v["seed"], **track,
+                ).set_display_name(f"PatchCleanser: {trained}, certify"))
         else:
             attacks = []
         report(**report_inputs(baseline, attack, *attacks, patched_train, patched_test, *rows, *trained_rows),

@@ -7,7 +7,9 @@ patches optimized through it in front of the baseline model (straight-through gr
 median filter and JPEG, a fresh noise draw per step for Gaussian noise) -> deploy_patch (test set)
 -> the defence -> infer, row "<defence> (adaptive)"; and fresh patches against the model trained on
 patched data and against the PGD model -> deploy_patch -> infer with that model. Each adaptive row
-sits right after its transferred one. ``make demo-defences`` runs it.
+sits right after its transferred one. Then the certified defences, each with its certified-accuracy
+curve (patch sides 1 to 10) in the report: derandomized smoothing, and PatchCleanser around the
+baseline without and with masked training. ``make demo-defences`` runs it.
 """
 
 from kfp import dsl
@@ -47,12 +49,15 @@ def build(placement=None):
         pgd_eps: float = 0.1,
         pgd_eps_step: float = 0.025,
         pgd_max_iter: int = 10,
+        masked_training_epochs: int = 40,
         seed: int = 0,
         experiment_name: str = "mnist",
     ):
         """The MNIST patch experiment with adaptive attacks: every defence row (three preprocessing
         defences, training on patched data, PGD adversarial training) against transferred and
-        adaptive patches, each evaluated on clean and patched test images.
+        adaptive patches, each evaluated on clean and patched test images; then two certified
+        defences (derandomized smoothing, PatchCleanser with and without masked training) with
+        their certified accuracy against patches of side 1 to 10.
 
         Args:
             data_dir: The data, as load_dataset's source: 'digits' (embedded), a folder with
@@ -110,6 +115,8 @@ def build(placement=None):
                 PGD. Allowed: in (0, 1].
             pgd_eps_step: PGD's step size on [0, 1] pixels. Allowed: in (0, 1].
             pgd_max_iter: PGD iterations. Allowed: an integer >= 1.
+            masked_training_epochs: PatchCleanser's masked training of the baseline (its second row;
+                the first has none). Allowed: an integer >= 0.
             seed: Seeds every step: same seed, same results. Allowed: an integer in [0, 2147483647].
             experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         """

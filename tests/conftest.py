@@ -253,6 +253,23 @@ def browser():
             b.close()
 
 
+def error_before_tensorflow(step: str, args: dict) -> str:
+    """Call ``steps.<step>(**args)`` in a fresh Python and return the error it raised as
+    '<type> <message>', asserting that TensorFlow was never imported (bad input must fail first)."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from advpatch import steps\n"
+            "try:\n"
+            f"    steps.{step}(**json.loads({json.dumps(json.dumps(args))}))\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__, e); assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n"
+            "else:\n"
+            "    raise SystemExit('no error')\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
 def look_at(browser, url: str, screenshot: Path, width: int = 1280):
     """Open ``url`` as a person would; return the page, every request it made, its console errors
     and the full-page screenshot's pixels (an RGB array)."""

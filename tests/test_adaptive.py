@@ -50,9 +50,14 @@ def test_the_defences_pipeline_measures_every_defence_against_an_adaptive_attack
     defences = ["spatial smoothing", "JPEG compression", "Gaussian noise", "trained on patched data",
                 "PGD adversarial training"]
     assert list(rows) == ["baseline", *[name for d in defences for name in (d, f"{d} (adaptive)")],
-                          "derandomized smoothing (certified)"]
-    certified = rows["derandomized smoothing (certified)"]
-    assert certified["clean_accuracy"] > 0.7 and "patched_accuracy" in certified
+                          "derandomized smoothing (certified)", "PatchCleanser, no masked training (certified)",
+                          "PatchCleanser, masked training (certified)"]
+    for name in list(rows)[-3:]:
+        assert rows[name]["clean_accuracy"] > 0.7 and "patched_accuracy" in rows[name], name
+    curves = {s["label"]: s["details"]["certified_curve"] for s in results["steps"] if "certified_curve" in s["details"]}
+    assert len(curves) == 3 and all(sorted(map(int, c)) == list(range(1, 11)) for c in curves.values())
+    page = (tmp_path / "outputs" / "run" / "report.html").read_text()
+    assert "<h2>Certified accuracy</h2>" in page and page.count("<th>10x10</th>") == 1
     transferred, adaptive = rows["trained on patched data"], rows["trained on patched data (adaptive)"]
     assert adaptive["targeted_success_rate"] > transferred["targeted_success_rate"] + 0.2
     assert adaptive["patched_accuracy"] < transferred["patched_accuracy"] - 0.2

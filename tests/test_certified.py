@@ -94,10 +94,35 @@ def test_the_step_trains_certifies_and_every_certificate_holds(tmp_path, outputs
     net, info = load_model(tmp_path / "base")
     assert info.input_shape == (28, 28, 2) and info.provenance["ablation"] == "column"
     x = to_float(Dataset(tmp_path / "test").take(range(120)))
-    votes = certified.votes_from(certified.view_probabilities(net, x, "column", 2), 0.3)
+    votes = certified.votes_from(certified.view_probabilities(net, x, "column", 2), result.details["vote_threshold"])
     counts = certified.counts(votes)
     for size in (1, 3, 5):
         proof = certified.certify(counts, "column", 2, size)
         assert certified.worst_case_flips(votes, "column", 2, size, (28, 28), proof).size == 0
     broken = certified.certify(counts, "column", 2, 3, margin=-1)
     assert certified.worst_case_flips(votes, "column", 2, 3, (28, 28), broken).size > 0
+
+
+def test_arts_derandomized_smoothing_agrees_image_by_image(tmp_path, outputs):
+    """ART's TensorFlowV2DeRandomizedSmoothing on the same base model and images: the same views,
+    votes, predictions and certificates (tests/benchmarks/art_derandomized.py; `make bench` runs
+    it on the whole test set)."""
+    import sys
+    from pathlib import Path
+
+    from advpatch import steps
+
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+    from art_derandomized import compare_with_art
+
+    steps.load_dataset(dataset=str(tmp_path / "train"), source="digits", split="train", max_examples=400)
+    steps.load_dataset(dataset=str(tmp_path / "test"), source="digits", split="test", max_examples=80)
+    steps.derandomized_smoothing(training_data=str(tmp_path / "train"), testing_data=str(tmp_path / "test"),
+                                 model=str(tmp_path / "base"), certificates=str(tmp_path / "c.csv"), epochs=10,
+                                 certify_patch_sizes=[1, 3])
+    found = compare_with_art(str(tmp_path / "base"), str(tmp_path / "test"), patch_sizes=(1, 3, 5), threshold=0.2)
+    assert "art_failure" not in found, found.get("art_failure")
+    assert found["vote_counts_identical_per_image"] and found["prediction_disagreements"] == 0
+    assert found["views_identical_to_advpatch"] and found["art_wraps_around"]
+    assert all(s["certified_disagree"] == 0 for s in found["per_size"].values())
+    assert any(s["advpatch_certified"] for s in found["per_size"].values())

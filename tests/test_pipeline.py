@@ -46,10 +46,13 @@ def test_compiling_does_not_import_tensorflow(tmp_path, name):
     elif name == "mnist-defences":  # the experiment's rows, and an adaptive attack on each defence
         kinds = [re.sub(r"-\d+$", "", t["componentRef"]["name"]) for t in tasks.values()]
         assert kinds.count("comp-gen-patch") == 6 and kinds.count("comp-infer") == 9 and kinds.count("comp-train") == 3
-        assert kinds.count("comp-derandomized-smoothing") == 1
+        assert kinds.count("comp-derandomized-smoothing") == 1 and kinds.count("comp-patch-cleanser") == 2
         assert kinds.count("comp-deploy-patch") == 7
         slots = [k for k in tasks["report"]["inputs"]["artifacts"] if k.startswith("summary_")]
-        assert len(slots) == 21  # the baseline, 6 attacks, 2 deployments, 12 rows
+        assert len(slots) == 23  # the baseline, 6 attacks, 2 deployments, 14 rows
+        cleansers = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-patch-cleanser")]
+        assert sorted("componentInputParameter" in t["inputs"]["parameters"]["masked_training_epochs"]
+                      for t in cleansers) == [False, True]  # one without masked training, one with the pipeline's
         defended = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-gen-patch")
                     and "defence" in t["inputs"].get("parameters", {})]
         assert sorted(t["inputs"]["parameters"]["defence"]["runtimeValue"]["constant"] for t in defended) == [

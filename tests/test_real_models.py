@@ -176,8 +176,7 @@ def test_init_model_from_s3(imagenet_val, class_index, resnet50_weights, s3_env,
 def test_init_model_refuses_bad_weights_before_any_heavy_work(imagenet_test, imagenet_val, resnet50_weights, tmp_path,
                                                               outputs):
     """Each a clear error naming the file, before TensorFlow builds anything, no artifact left."""
-    import subprocess
-    import sys
+    from conftest import error_before_tensorflow
 
     weights, _ = resnet50_weights
     (tmp_path / "corrupt.h5").write_bytes(b"\x89HDF\r\n" + b"junk" * 100)
@@ -193,12 +192,7 @@ def test_init_model_refuses_bad_weights_before_any_heavy_work(imagenet_test, ima
     ]
     for case, message in cases:
         args = {"testing_data": str(imagenet_test), "model": str(tmp_path / "model"), **case}
-        code = ("import json, sys; from advpatch import steps\n"
-                "try:\n"
-                f"    steps.init_model(**json.loads({json.dumps(json.dumps(args))}))\n"
-                "except Exception as e:\n"
-                "    print(type(e).__name__, e); assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        out = error_before_tensorflow("init_model", args)
         import re
 
         assert re.search(message, out), (case, out)

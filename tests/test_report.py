@@ -41,3 +41,24 @@ def test_compare_numbers_the_tasks_a_loop_repeats():
                    {"run_id": "b" * 32, "run_name": "two", "start_time": 0, "results": sweep([0.3, 0.4])}])
     assert doc["differing"] == [{"label": "deploy-patch: patch_scale", "values": [0.2, 0.3]}]
     assert doc["columns"] == ["run 1", "run 2"]
+
+
+def _certified(label, hits, n=50, task="patch-cleanser"):
+    """A certified defence's step result: clean accuracy and a curve that falls with the patch side."""
+    counts = {"clean_accuracy": [45, n], **{f"certified_accuracy_{size}": [k, n] for size, k in hits.items()}}
+    return StepResult("patch_cleanser", label, metrics={k: a / b for k, (a, b) in counts.items()}, counts=counts,
+                      details={"certified_curve": {str(size): k / n for size, k in hits.items()}}, task=task)
+
+
+def test_certified_defences_get_a_curve_and_a_table_in_size_order():
+    results = build_results([_infer("baseline", 39, 4), _certified("PatchCleanser", {1: 40, 2: 30, 10: 0}),
+                             _certified("derandomized smoothing", {1: 44, 2: 41, 10: 3}, task="ds")])
+    page = render_html(results)
+    start = page.index("<h2>Certified accuracy</h2>")
+    section = page[start:page.index("<h2>", start + 1)]
+    assert section.count("data:image/png;base64,") == 1  # the curves
+    assert section.index("<th>1x1</th>") < section.index("<th>2x2</th>") < section.index("<th>10x10</th>")
+    assert '0.80 <span class="ci">(0.67-0.89) 40/50</span>' in section and "0.06 <span" in section
+    lines = render_markdown(results)
+    assert "certified accuracy by patch side: 1x1 0.80 (0.67-0.89), 2x2 0.60 (0.46-0.72), 10x10 0.00" in lines
+    assert "<h2>Certified accuracy</h2>" not in render_html(build_results([_infer("baseline", 39, 4)]))

@@ -18,7 +18,7 @@ runner-up class and recomputes the vote.
 
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from typing import Callable, Tuple
 
 import numpy as np
 
@@ -98,27 +98,51 @@ def fit_ablated(model, x: np.ndarray, y: np.ndarray, *, kind: str, size: int, ep
     from ``seed`` (the same seed, the same views, the same weights). ``x``: uint8 images."""
     import tensorflow as tf
 
-    from advpatch.dataset import to_float
-    from advpatch.models import make_optimizer
-
     n, h, w, c = x.shape
     _check(kind, size, (h, w))
-    rng = np.random.default_rng(seed)
     masks = np.stack([kept_mask(kind, size, q, (h, w)) for q in range(positions(kind, (h, w)))])
+
+    def view(images, keep):  # ablate(), in TensorFlow
+        keep = tf.cast(keep, images.dtype)[..., None]
+        return tf.concat([images * keep, (1 - images) * keep], axis=-1)
+
+    return fit_views(model, x, y, masks, 1, view, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                     seed=seed)
+
+
+def fit_views(model, x: np.ndarray, y: np.ndarray, masks: np.ndarray, draws: int, view: Callable, *, epochs: int,
+              batch_size: int, learning_rate: float, seed: int) -> dict:
+    """Train ``model`` (compiled here afresh: Adam, cross-entropy) on views of the images: every
+    image, every epoch, in an order drawn from ``seed``, each batch's images under the union of
+    ``draws`` masks drawn from ``masks`` [K, H, W] per image, ``view(float images, union)`` making
+    the view (TensorFlow ops). Every draw is made up front from one generator (the same seed, the
+    same views, the same weights); TensorFlow builds the batches. ``x``: uint8 images."""
+    import tensorflow as tf
+
+    from advpatch.models import make_optimizer
+
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    orders, picks = [], []
+    for _ in range(epochs):
+        orders.append(rng.permutation(n))
+        picks.append(np.concatenate([np.stack([rng.integers(0, len(masks), len(orders[-1][s:s + batch_size]))
+                                               for _ in range(draws)], axis=1)
+                                     for s in range(0, n, batch_size)]))
+    images, labels, mask_table = tf.constant(x), tf.constant(y, tf.int32), tf.constant(masks)
+
+    def batch(order, pick):
+        union = tf.reduce_any(tf.gather(mask_table, pick), axis=1)
+        return view(tf.cast(tf.gather(images, order), tf.float32) * (1.0 / 255.0), union), tf.gather(labels, order)
+
+    data = (tf.data.Dataset.from_tensor_slices((np.stack(orders), np.stack(picks)))
+            .flat_map(lambda order, pick: tf.data.Dataset.from_tensor_slices((order, pick)).batch(batch_size))
+            .map(batch, deterministic=True).prefetch(2))
     steps = int(np.ceil(n / batch_size))
-
-    def batches() -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-        for _ in range(epochs):
-            order = rng.permutation(n)
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                yield ablate(to_float(x[idx]), masks[rng.integers(0, len(masks), len(idx))]), y[idx]
-
-    data = tf.data.Dataset.from_generator(batches, output_signature=(
-        tf.TensorSpec((None, h, w, 2 * c), tf.float32), tf.TensorSpec((None,), tf.int32)))
+    # an epoch per call into TensorFlow: a small model's step is mostly Python's time otherwise
     model.compile(optimizer=make_optimizer("adam", learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    history = model.fit(data.prefetch(2), epochs=epochs, steps_per_epoch=steps, verbose=0)
+                  metrics=["accuracy"], steps_per_execution=steps)
+    history = model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0)
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 

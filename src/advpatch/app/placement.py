@@ -28,7 +28,8 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from advpatch import params, settings
 
-GPU_STEPS_DEFAULT = frozenset({"train", "init_model", "import_model", "gen_patch", "derandomized_smoothing"})
+GPU_STEPS_DEFAULT = frozenset({"train", "init_model", "import_model", "gen_patch", "derandomized_smoothing",
+                               "patch_cleanser"})
 STEP_NAMES = frozenset(params.STEP_PARAMS)
 RUN_AS = 1000
 """The images' non-root user and group (images/Dockerfile.*)."""

@@ -168,11 +168,19 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
        Choices(("column", "block"))),
     _p("ablation_size", int, 2, "Width of the kept band (or side of the kept block), in pixels.",
        Interval(1, 4096, integer=True)),
-    _p("vote_threshold", float, 0.3, "A view votes for every class whose probability reaches this (0: one vote, "
+    _p("vote_threshold", float, 0.2, "A view votes for every class whose probability reaches this (0: one vote, "
        "for its most probable class); a view that sees nothing then votes for none.", Interval(0.0, 1.0,
                                                                                              high_open=True)),
     _p("certify_patch_sizes", list, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "Sides of the square patches to certify "
        "against, in pixels.", Interval(1, 4096, integer=True)),
+    # ---- patch_cleanser
+    _p("mask_patch_size", int, 5, "Side of the largest square patch the defended classifier's mask set is made for, "
+       "in pixels (its predictions; each of certify_patch_sizes gets its own mask set).",
+       Interval(1, 4096, integer=True)),
+    _p("masks_per_side", int, 6, "Masks along each side of the image: masks_per_side^2 masks (the paper's 6: 36).",
+       Interval(1, 4096, integer=True)),
+    _p("masked_training_epochs", int, 0, "Passes of masked training over the training images before masking (two "
+       "masks of the set on each image); 0: the model as given.", NON_NEGATIVE_INT),
     # ---- report
     _p("title", str, "advpatch results", "Heading of the report and its results table."),
     # ---- pipelines
@@ -266,9 +274,16 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         "ablation", "ablation_size", "vote_threshold", "certify_patch_sizes", "model_architecture",
         P["epochs"].but(type=int, default=300, rule=POSITIVE_INT,
                         doc="Passes over the training images, each image at a fresh view each pass."),
-        P["batch_size"].but(default=64), P["learning_rate"].but(default=0.002),
+        P["batch_size"].but(default=128), P["learning_rate"].but(default=0.004),
         P["row"].but(doc="Row of the comparison table; empty: 'derandomized smoothing (<ablation> <size>)'."),
         P["seed"].but(doc="Seeds the weights and the views: same seed, same certificates.")),
+    "patch_cleanser": _t(
+        "mask_patch_size", "masks_per_side", "certify_patch_sizes", "masked_training_epochs",
+        P["batch_size"].but(default=64, doc="Images per masked-training step."),
+        P["learning_rate"].but(default=0.001, doc="Adam's learning rate for masked training."),
+        P["row"].but(doc="Row of the comparison table; empty: 'PatchCleanser (masked training)' or "
+                         "'PatchCleanser (no masked training)'."),
+        P["seed"].but(doc="Seeds masked training's masks and order: same seed, same certificates.")),
     "report": _t("title"),
     "close_run": (),
     "gather": (),
@@ -310,7 +325,9 @@ PIPELINE_PARAMS: Dict[str, Tuple[Param, ...]] = {
         "pgd_max_iter", "seed", "experiment_name"),
     "mnist-defences": _pipe(
         "data_dir", *_PIPE_TRAIN, *_PIPE_ATTACK, _TRAIN_PATCHED, *_PIPE_DEFENCES, "pgd_eps", "pgd_eps_step",
-        "pgd_max_iter", "seed", "experiment_name"),
+        "pgd_max_iter", P["masked_training_epochs"].but(
+            default=40, doc="PatchCleanser's masked training of the baseline (its second row; the first has none)."),
+        "seed", "experiment_name"),
     "fruits360-experiment": _pipe(
         P["data_dir"].but(default="s3://mlpipeline/shared/datasets/fruits-360",
                           doc="Fruits360 as Kaggle lays it out (Training/ and Test/ folders of class sub-folders of "

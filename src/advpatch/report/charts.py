@@ -114,6 +114,40 @@ def sweep_chart(sweep: Dict[str, Any]) -> Optional[str]:
     return _png(fig)
 
 
+def certified_steps(steps: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The steps of certified defences (those with a certified-accuracy curve), in report order."""
+    return [s for s in steps if s["details"].get("certified_curve")]
+
+
+@_styled
+def certified_chart(steps: Sequence[Dict[str, Any]]) -> Optional[str]:
+    """Certified accuracy against the side of the square patch, one line per certified defence,
+    with 95% interval bands and the defence's clean accuracy as a dotted line of the same color."""
+    found = certified_steps(steps)
+    if not found:
+        return None
+    fig = _figure(7.2, 3.2)
+    ax = fig.add_subplot()
+    for k, s in enumerate(found):
+        color = f"C{k}"
+        sizes = sorted(int(size) for size in s["details"]["certified_curve"])
+        rates = [s["rates"].get(f"certified_accuracy_{size}") for size in sizes]
+        values = [r["value"] if r else s["details"]["certified_curve"][str(size)] for r, size in zip(rates, sizes)]
+        ax.plot(sizes, values, "o-", color=color, ms=4, label=s["label"])
+        if all(rates):
+            ax.fill_between(sizes, [r["low"] for r in rates], [r["high"] for r in rates], color=color, alpha=0.15,
+                            linewidth=0)
+        clean = s["rates"].get("clean_accuracy") or s["rates"].get("accuracy")
+        if clean:
+            ax.axhline(clean["value"], color=color, lw=1, ls=":")
+    ax.set_xlabel("side of the square patch (pixels)")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xticks(sorted({int(size) for s in found for size in s["details"]["certified_curve"]}))
+    ax.legend(fontsize=7, loc="upper right")
+    return _png(fig)
+
+
 @_styled
 def confusion_chart(evaluations: Sequence[Dict[str, Any]]) -> Optional[str]:
     """Every evaluation's confusion matrix, each row normalized to the share of its true class."""

@@ -162,6 +162,18 @@ def _parameters(steps: Iterable[Dict[str, Any]]) -> str:
     return "".join(out)
 
 
+def _certified_table(steps: Iterable[Dict[str, Any]]) -> str:
+    """One row per certified defence, one column per patch side, each cell a rate with its interval."""
+    found = charts.certified_steps(list(steps))
+    if not found:
+        return ""
+    sizes = sorted({int(size) for s in found for size in s["details"]["certified_curve"]})
+    head = "".join(f"<th>{size}x{size}</th>" for size in sizes)
+    rows = "".join(f"<tr><td>{_e(s['label'])}</td>" + "".join(
+        _rate_cell(s["rates"].get(f"certified_accuracy_{size}")) for size in sizes) + "</tr>" for s in found)
+    return f"<div class=wide><table><tr><th>defence</th>{head}</tr>{rows}</table></div>"
+
+
 def _section(title: str, body: str, note: str = "") -> str:
     if not body:
         return ""
@@ -181,6 +193,7 @@ def render(results: Dict[str, Any], *, run_name: str = "", mlflow_run_id: str = 
     sweep = charts.sweep_chart(results.get("sweep") or {})
     confusion = charts.confusion_chart(evaluations)
     training = charts.training_chart(steps)
+    certified = charts.certified_chart(steps)
     mixed = any("accuracy_unpatched" in e for e in evaluations)
     eval_columns = [c for c in EVAL_COLUMNS if mixed or c[0] != "accuracy_patched"]
     parts = [
@@ -191,6 +204,11 @@ def render(results: Dict[str, Any], *, run_name: str = "", mlflow_run_id: str = 
                  _e(counts_note(comparison)) if comparison else ""),
         _section(f"Sweep over {(results.get('sweep') or {}).get('parameter', '').replace('_', ' ')}",
                  _img(sweep, "sweep", "chart") if sweep else ""),
+        _section("Certified accuracy", (_img(certified, "certified accuracy by patch size", "chart") if certified
+                                         else "") + _certified_table(steps),
+                 "Share of the clean test images whose prediction is right and provably unchanged by any square "
+                 "patch of that side, anywhere (dotted: the defence's clean accuracy). Each certificate is per "
+                 "image, in the step's certificates artifact."),
         _section("Patches", _patches(steps)),
         _section("Test images, clean and patched", _samples(evaluations),
                  "Evenly spaced test images of each evaluation, as the model saw them (a defence's rows: after "

@@ -95,6 +95,9 @@ def _step_line(s: Dict[str, Any]) -> str:
         return (f"{m['num_patched']:.0f} images patched, {m['num_examples']:.0f} written; "
                 f"l2 distance to the clean image {m.get('l2_mean', float('nan')):.3f} (mean), "
                 f"l_inf {m.get('l_inf_mean', float('nan')):.3f}")
+    if d.get("certified_curve"):
+        return "certified accuracy by patch side: " + ", ".join(
+            f"{size}x{size} {show(f'certified_accuracy_{size}')}" for size in sorted(d["certified_curve"], key=int))
     return ", ".join(f"{k} {v:.4g}" for k, v in list(m.items())[:6])
 
 

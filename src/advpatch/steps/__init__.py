@@ -14,6 +14,7 @@ a :class:`StepResult`. The KFP components in ``components/`` are thin shells ove
 from advpatch.steps._base import StepResult
 from advpatch.steps.attack import deploy_patch, gen_patch
 from advpatch.steps.certify import derandomized_smoothing
+from advpatch.steps.cleanse import patch_cleanser
 from advpatch.steps.data import load_dataset
 from advpatch.steps.defend import gaussian_augmentation, jpeg_compression, spatial_smoothing
 from advpatch.steps.infer import infer
@@ -23,9 +24,9 @@ from advpatch.steps.train import train
 
 STEPS = {f.step_name: f for f in (load_dataset, train, init_model, import_model, gen_patch, deploy_patch,
                                   spatial_smoothing, jpeg_compression, gaussian_augmentation, derandomized_smoothing,
-                                  infer, report, gather, close_run)}
+                                  patch_cleanser, infer, report, gather, close_run)}
 """Step name -> the step (the same names as the components and :data:`advpatch.params.STEP_PARAMS`)."""
 
 __all__ = ["STEPS", "StepResult", "close_run", "deploy_patch", "derandomized_smoothing", "gather", "gaussian_augmentation", "gen_patch",
-           "import_model", "infer", "init_model", "jpeg_compression", "load_dataset", "report", "spatial_smoothing",
+           "import_model", "infer", "init_model", "jpeg_compression", "load_dataset", "patch_cleanser", "report", "spatial_smoothing",
            "train"]

@@ -1,0 +1,86 @@
+"""patch_cleanser: a classifier, a training set and a test set -> PatchCleanser's double-masking
+classifier around it (optionally after masked training), its predictions and a certificate for
+every test image."""
+
+from __future__ import annotations
+
+from advpatch.steps._base import StepResult, log, step
+
+
+@step("patch_cleanser")
+def patch_cleanser(p, track, *, model: str, training_data: str, testing_data: str, defended_model: str,
+                   certificates: str) -> StepResult:
+    """Wrap ``model`` (any Keras classifier advpatch can load) in PatchCleanser's double masking
+    (see :mod:`advpatch.patchcleanser`) with a mask set for ``mask_patch_size`` patches
+    (``masks_per_side`` squared masks), after ``masked_training_epochs`` of masked training on the
+    training images (0: the model as it is). Classifies every test image and certifies each
+    prediction against a square patch of each of ``certify_patch_sizes`` (each size its own mask
+    set). Test data with patched copies (deploy_patch ``augment``) gives the clean and the patched
+    evaluations of the comparison table (``row``); certified accuracy is over the clean images. The
+    tests and ``make bench`` check every certificate against the worst case
+    (:func:`advpatch.patchcleanser.worst_case_flips`)."""
+    import numpy as np
+
+    from advpatch import patchcleanser
+    from advpatch.models import precheck
+    from advpatch.steps import _certificates
+
+    train_set, test_set = _certificates.check_data(training_data, testing_data,
+                                                   [*p.certify_patch_sizes, p.mask_patch_size])
+    h, w, _ = test_set.image_shape
+    for size in {*p.certify_patch_sizes, p.mask_patch_size}:  # every mask set can be made
+        patchcleanser.mask_set((h, w), int(size), p.masks_per_side)
+    num_classes = len(test_set.class_names)
+    precheck(model, "", test_set.image_shape, num_classes)
+
+    from advpatch import training
+    from advpatch.dataset import to_float
+    from advpatch.models import load_model, save_model
+
+    training.seed_everything(p.seed)
+    net, info = load_model(model)
+    masks = patchcleanser.mask_set((h, w), p.mask_patch_size, p.masks_per_side)
+    history = {}
+    if p.masked_training_epochs:
+        data = train_set.load()
+        history = patchcleanser.fit_masked(net, data["x"], data["y"], masks, epochs=p.masked_training_epochs,
+                                           batch_size=p.batch_size, learning_rate=p.learning_rate, seed=p.seed)
+    test = test_set.load()
+    x = to_float(test["x"])
+    defended = patchcleanser.MaskedClassifier(net, x, masks)
+    predicted = patchcleanser.predict(defended, num_classes)
+    clean = ~test["patched"].astype(bool) if "patched" in test else np.ones(len(x), bool)
+
+    def certify(size):  # certificates are for clean images: a patched copy is never certified
+        at = patchcleanser.MaskedClassifier(net, x[clean], patchcleanser.mask_set((h, w), size, p.masks_per_side))
+        ok = np.zeros(len(x), bool)
+        ok[clean] = patchcleanser.certify(at, predicted[clean])
+        return ok
+
+    metrics, rates, radius, seconds = _certificates.curve("patch_cleanser", p.certify_patch_sizes, certify,
+                                                          predicted, test)
+    metrics.update({f"final_{k}": v[-1] for k, v in history.items()})
+    _certificates.write_certificates(certificates, test, predicted, radius)
+    trained = "masked training" if p.masked_training_epochs else "no masked training"
+    row = p.row or f"PatchCleanser ({trained})"
+    evaluations = _certificates.evaluations(row, test, np.eye(num_classes)[predicted], test_set,
+                                            {k: v for k, v in metrics.items() if k.startswith("certified_")}, rates)
+    settings = p.pick("mask_patch_size", "masks_per_side", "masked_training_epochs", "certify_patch_sizes")
+    info.provenance = {**info.provenance, "patch_cleanser": {**settings, **p.pick("batch_size", "learning_rate",
+                                                                                   "seed")}}
+    with track.run(f"patch_cleanser: {trained}") as run:
+        run.log_input(testing_data, "testing")
+        if history:
+            run.log_input(training_data, "training")
+            run.log_history(history)
+        run.log_metrics(metrics)
+    from advpatch.steps._evaluations import log_evaluations
+
+    log_evaluations(track, evaluations, "certify", testing_data, part=True)
+    save_model(net, info, defended_model)
+    log.info("patch_cleanser: %d masks, %d forward passes for the predictions", len(masks), defended.forward_passes)
+    return StepResult(step="patch_cleanser", label=f"PatchCleanser, {trained}", metrics=metrics, counts=rates,
+                      evaluations=evaluations,
+                      details={"history": history, "certified_curve": _certificates.as_curve(metrics),
+                               "certify_seconds": seconds, "defence": "PatchCleanser", **settings},
+                      outputs={"defended_model": {"architecture": info.architecture, "masks": len(masks)}})
