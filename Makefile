@@ -13,7 +13,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 OUTPUTS := $(or $(ADVPATCH_OUTPUT_DIR),outputs)
 
-.PHONY: help venv demo demo-defences test test-fast generate bench compile images mlflow-ui clean
+.PHONY: help venv demo demo-defences test test-fast generate bench fuzz compile images mlflow-ui clean
 
 help:
 	@echo "make demo [DATA=/path/to/Mnist]  run the MNIST experiment locally (kfp.local), print the results table"
@@ -22,6 +22,7 @@ help:
 	@echo "make test-fast                   the tests without the end-to-end pipeline runs (day-to-day)"
 	@echo "make generate                    rewrite the components and pipeline signatures from the parameter table"
 	@echo "make bench                       patch engine vs ART, certified defences, 50k images (outputs/bench/results.json)"
+	@echo "make fuzz [FUZZ_SECONDS=600]     the file readers under a coverage-guided fuzzer, each target in turn"
 	@echo "make mlflow-ui                   open the local MLflow store at http://127.0.0.1:5000"
 	@echo "make clean                       remove outputs/ (keeps .venv)"
 
@@ -67,6 +68,16 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_patch.py $(BENCH_ARGS)
 	$(PY) tests/benchmarks/bench_certified.py $(CERTIFIED_BENCH_ARGS)
 	$(PY) tests/benchmarks/bench_scale.py $(SCALE_BENCH_ARGS)
+
+# Coverage-guided fuzzing (atheris) of every reader of a handed-over file; a crash stops it with the
+# input saved as outputs/fuzz/<target>-crash-*. The corpus grows in outputs/fuzz/<target>/.
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	@for t in $$($(PY) tests/fuzz/fuzz_readers.py --list); do \
+	  echo "== $$t ($(FUZZ_SECONDS) s)"; mkdir -p $(OUTPUTS)/fuzz/$$t; \
+	  $(PY) tests/fuzz/fuzz_readers.py $$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=$(OUTPUTS)/fuzz/$$t- $(OUTPUTS)/fuzz/$$t || exit 1; \
+	done
 
 # Compiled pipelines for a cluster: make compile REGISTRY=registry.example.com/ml TAG=0.1.0 [COMPILE_ARGS=--no-gpu]
 REGISTRY ?= ghcr.io/advpatch

@@ -37,7 +37,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from advpatch.errors import AdvpatchError
-from advpatch.files import AtomicDir, save_npz
+from advpatch.files import AtomicDir, read_arrays, read_manifest, save_npz
 
 FORMAT = "advpatch-dataset"
 VERSION = 1
@@ -115,14 +115,29 @@ class DatasetSpec:
             raise DatasetError(
                 f"{where} has {FORMAT} version {data.get('version')!r}; this advpatch reads version {VERSION}"
             )
-        return cls(
+        spec = cls(
             image_shape=tuple(int(d) for d in data["image_shape"]),  # type: ignore[arg-type]
             class_names=[str(c) for c in data["class_names"]],
             num_examples=int(data["num_examples"]),
             columns={str(k): str(v) for k, v in data.get("columns", {}).items()},
-            shards=list(data["shards"]),
-            provenance=list(data.get("provenance", [])),
+            shards=[dict(s) for s in data["shards"]],
+            provenance=[dict(r) for r in data.get("provenance", [])],
         )
+        if len(spec.image_shape) != 3 or min(spec.image_shape) < 1 or spec.image_shape[2] not in (1, 3) \
+                or not spec.class_names or spec.num_examples < 0:
+            raise DatasetError(f"{where}: image_shape {list(spec.image_shape)} (H, W, 1 or 3), "
+                               f"{len(spec.class_names)} classes or num_examples {spec.num_examples} is not usable")
+        for shard in spec.shards:
+            name = str(shard["file"])
+            if Path(name).name != name or name in ("", ".", ".."):
+                raise DatasetError(f"shard name {name!r} in {where} is not a plain file name")
+            shard["file"], shard["num_examples"], shard["sha256"] = name, int(shard["num_examples"]), str(shard["sha256"])
+            if shard["num_examples"] < 0:
+                raise DatasetError(f"{where}: shard {name} has {shard['num_examples']} examples")
+        if sum(s["num_examples"] for s in spec.shards) != spec.num_examples:
+            raise DatasetError(f"{where}: the shards hold {sum(s['num_examples'] for s in spec.shards)} examples, "
+                               f"not num_examples {spec.num_examples}")
+        return spec
 
 
 def to_float(x: np.ndarray) -> np.ndarray:
@@ -267,11 +282,8 @@ class Dataset:
         manifest = self.path / MANIFEST
         if not manifest.is_file():
             raise DatasetError(f"{self.path} is not a dataset: {MANIFEST} is missing")
-        try:
-            data = json.loads(manifest.read_text())
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{manifest} is not valid JSON: {e}") from None
-        self.spec = DatasetSpec.from_json(data, str(manifest))
+        self.spec = read_manifest(manifest, DatasetError, "dataset manifest",
+                                  lambda data: DatasetSpec.from_json(data, str(manifest)))
         self._verify = verify
 
     @property
@@ -294,15 +306,20 @@ class Dataset:
         """Shard ``i`` as ``{"x", "y", <columns>...}`` (checked against its sha256)."""
         shard = self.spec.shards[i]
         file = self.path / shard["file"]
-        if Path(shard["file"]).name != shard["file"]:
-            raise DatasetError(f"shard name {shard['file']!r} in {self.path} is not a plain file name")
+        if not file.is_file():
+            raise DatasetError(f"{file} is missing: the dataset is incomplete")
         if self._verify and _sha256(file) != shard["sha256"]:
             raise DatasetError(f"{file} does not match its sha256 in {MANIFEST}: the dataset is corrupt")
-        with np.load(file, allow_pickle=False) as npz:
-            out = {"x": npz["x"], "y": npz["y"]}
-            for name in self.spec.columns:
-                out[name] = npz[f"col_{name}"]
-        return out
+        arrays = read_arrays(file, ["x", "y", *(f"col_{c}" for c in self.spec.columns)], DatasetError)
+        x, y = arrays.pop("x"), arrays.pop("y")
+        n = shard["num_examples"]
+        if x.dtype != np.uint8 or x.shape != (n, *self.image_shape) or y.shape != (n,) or y.dtype.kind not in "iu" \
+                or any(a.shape[:1] != (n,) for a in arrays.values()):
+            raise DatasetError(f"{file} does not hold what {MANIFEST} says: x {x.dtype} {list(x.shape)}, y {y.dtype} "
+                               f"{list(y.shape)} for {n} uint8 images of {list(self.image_shape)}")
+        if n and (y.min() < 0 or y.max() >= self.spec.num_classes):
+            raise DatasetError(f"{file} has labels outside [0, {self.spec.num_classes - 1}]")
+        return {"x": x, "y": y, **{name[4:]: a for name, a in arrays.items()}}
 
     def batches(self, batch_size: int) -> Iterator[Dict[str, np.ndarray]]:
         """Yield batches of ``batch_size`` examples (the last may be smaller), in order."""
@@ -338,8 +355,7 @@ class Dataset:
         """Every example's label, reading no image."""
         parts = []
         for shard in self.spec.shards:
-            with np.load(self.path / Path(shard["file"]).name, allow_pickle=False) as npz:
-                parts.append(npz["y"])
+            parts.append(read_arrays(self.path / shard["file"], ["y"], DatasetError)["y"])
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
     def load(self) -> Dict[str, np.ndarray]:

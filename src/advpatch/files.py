@@ -7,12 +7,13 @@ place when complete, so a failed or killed step leaves no half-written artifact 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tarfile
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Union
+from typing import Any, Callable, Dict, Iterator, Sequence, Type, TypeVar, Union
 
 from advpatch.errors import AdvpatchError
 
@@ -140,3 +141,42 @@ def create_tar(src: PathLike, archive: PathLike, folder: str) -> Path:
     with tarfile.open(archive, "w") as tar:
         tar.add(str(src), arcname=folder)
     return Path(archive)
+
+
+T = TypeVar("T")
+
+
+def read_manifest(path: Union[str, os.PathLike], error: Type[AdvpatchError], what: str,
+                  parse: Callable[[Dict[str, Any]], T]) -> T:
+    """A JSON manifest someone handed over, built with ``parse``: every way the file can be wrong
+    (unreadable, not UTF-8, not JSON, not an object, a field missing or of the wrong type) is an
+    ``error`` naming the file, never another exception (``make fuzz`` checks it)."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise error(f"{path} is not a readable {what}: {e}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} is not a {what}: a JSON object was expected, got {type(data).__name__}")
+    try:
+        return parse(data)
+    except AdvpatchError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, RecursionError) as e:
+        raise error(f"{path} is not a valid {what}: {type(e).__name__}: {e}") from None
+
+
+def read_arrays(path: Union[str, os.PathLike], names: Sequence[str], error: Type[AdvpatchError]) -> Dict[str, Any]:
+    """The arrays ``names`` of an ``.npz`` file someone handed over, never unpickling: every way
+    the file can be wrong is an ``error`` naming it (``make fuzz`` checks it)."""
+    import struct
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: np.asarray(npz[name]) for name in names}
+    except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error,
+            struct.error, NotImplementedError, RuntimeError, MemoryError, OverflowError) as e:
+        raise error(f"cannot read {path} as arrays {', '.join(names)}: {type(e).__name__}: {e}") from None

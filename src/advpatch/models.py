@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from advpatch import params
 from advpatch.errors import AdvpatchError
-from advpatch.files import atomic_dir
+from advpatch.files import atomic_dir, read_manifest
 
 FORMAT = "advpatch-model"
 VERSION = 1
@@ -61,14 +61,19 @@ class ModelInfo:
     def from_json(cls, data: Dict[str, Any], where: str) -> "ModelInfo":
         if data.get("format") != FORMAT or data.get("version") != VERSION:
             raise ModelError(f"{where} is not an {FORMAT} v{VERSION} manifest")
-        return cls(
-            architecture=data["architecture"],
+        info = cls(
+            architecture=str(data["architecture"]),
             input_shape=tuple(int(d) for d in data["input_shape"]),  # type: ignore[arg-type]
             class_names=[str(c) for c in data["class_names"]],
-            preprocessing=data.get("preprocessing", PREPROCESSING),
+            preprocessing=str(data.get("preprocessing", PREPROCESSING)),
             provenance=dict(data.get("provenance", {})),
             logits_layer=data.get("logits_layer", LOGITS_LAYER),
         )
+        if len(info.input_shape) != 3 or min(info.input_shape) < 1 or not info.class_names \
+                or not isinstance(info.logits_layer, (str, type(None))):
+            raise ModelError(f"{where}: input_shape {list(info.input_shape)}, {len(info.class_names)} classes or "
+                             f"logits_layer {info.logits_layer!r} is not usable")
+        return info
 
     def shape_text(self) -> str:
         return "x".join(map(str, self.input_shape))
@@ -157,7 +162,7 @@ def read_model_info(path: os.PathLike | str) -> ModelInfo:
     meta = Path(path) / META_FILE
     if not meta.is_file():
         raise ModelError(f"{path} is not a model artifact: {META_FILE} is missing")
-    return ModelInfo.from_json(json.loads(meta.read_text()), str(meta))
+    return read_manifest(meta, ModelError, "model manifest", lambda data: ModelInfo.from_json(data, str(meta)))
 
 
 def load_keras(path: os.PathLike | str):

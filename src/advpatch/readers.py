@@ -220,6 +220,8 @@ def to_grayscale(rgb: np.ndarray) -> np.ndarray:
 
 
 def _read_image(path: Path, mode: str, size: Optional[Tuple[int, int]]) -> np.ndarray:
+    import struct
+
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -228,8 +230,11 @@ def _read_image(path: Path, mode: str, size: Optional[Tuple[int, int]]) -> np.nd
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise SourceError(f"cannot read image {path}: {e}") from None
+    except (ValueError, SyntaxError, EOFError, struct.error, MemoryError, TypeError, IndexError) as e:
+        # what Pillow's decoders raise on some corrupt files (e.g. "Truncated IHDR chunk", "broken PNG file")
+        raise SourceError(f"cannot read image {path}: corrupt ({type(e).__name__}: {e})") from None
     if arr.ndim == 2:
         return arr[..., None]
     return to_grayscale(arr) if mode == "grayscale" else arr

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from advpatch.errors import AdvpatchError
-from advpatch.files import atomic_dir, save_npz
+from advpatch.files import atomic_dir, read_arrays, read_manifest, save_npz
 from advpatch.patches.geometry import Placements, sample_placements, transforms, warp
 
 FORMAT = "advpatch-patchset"
@@ -108,19 +108,32 @@ class PatchSet:
         path = Path(path)
         if not (path / MANIFEST).is_file():
             raise PatchSetError(f"{path} is not a patch set: {MANIFEST} is missing")
-        try:
-            meta = json.loads((path / MANIFEST).read_text())
-        except json.JSONDecodeError as e:
-            raise PatchSetError(f"{path / MANIFEST} is not valid JSON: {e}") from None
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise PatchSetError(f"{path / MANIFEST} is not an {FORMAT} v{VERSION} manifest")
-        try:
-            with np.load(path / ARRAYS, allow_pickle=False) as npz:
-                patches, masks, targets = npz["patches"], npz["masks"], npz["targets"]
-        except (OSError, ValueError, KeyError) as e:
-            raise PatchSetError(f"cannot read {path / ARRAYS}: {e}") from None
-        return cls(patches, masks, targets, meta["class_names"], tuple(meta["image_shape"]),  # type: ignore[arg-type]
-                   meta.get("settings", {}), meta.get("metrics", []))
+
+        def parse(meta):
+            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+                raise PatchSetError(f"{path / MANIFEST} is not an {FORMAT} v{VERSION} manifest")
+            return ([str(c) for c in meta["class_names"]], tuple(int(d) for d in meta["image_shape"]),
+                    dict(meta.get("settings", {})), [dict(m) for m in meta.get("metrics", [])])
+
+        class_names, image_shape, settings, metrics = read_manifest(path / MANIFEST, PatchSetError,
+                                                                    "patch-set manifest", parse)
+        arrays = read_arrays(path / ARRAYS, ["patches", "masks", "targets"], PatchSetError)
+        patches, masks, targets = arrays["patches"], arrays["masks"], arrays["targets"]
+        k = len(targets)
+        ok = (len(image_shape) == 3 and patches.ndim == 4 and k >= 1 and patches.shape[0] == k
+              and patches.shape[1] == patches.shape[2] and 1 <= patches.shape[1] <= min(image_shape[:2])
+              and patches.shape[3] == image_shape[2] and masks.shape == patches.shape[:3] and targets.ndim == 1
+              and patches.dtype.kind == "f" and masks.dtype.kind == "f" and targets.dtype.kind in "iu")
+        if not ok:
+            raise PatchSetError(f"{path / ARRAYS} does not hold patches for {list(image_shape)} images: patches "
+                                f"{patches.dtype} {list(patches.shape)}, masks {masks.dtype} {list(masks.shape)}, "
+                                f"targets {targets.dtype} {list(targets.shape)}")
+        if not (np.isfinite(patches).all() and np.isfinite(masks).all() and 0 <= patches.min() <= patches.max() <= 1
+                and 0 <= masks.min() <= masks.max() <= 1 and 0 <= targets.min() and targets.max() < len(class_names)):
+            raise PatchSetError(f"{path / ARRAYS}: pixels and masks must be finite and in [0, 1], targets classes "
+                                f"of the {len(class_names)}")
+        return cls(patches.astype(np.float32), masks.astype(np.float32), targets.astype(np.int32), class_names,
+                   image_shape, settings, metrics)  # type: ignore[arg-type]
 
 
 def _safe_name(name: str) -> str:
