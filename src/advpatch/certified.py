@@ -137,7 +137,7 @@ def fit_views(model, x: np.ndarray, y: np.ndarray, masks: np.ndarray, draws: int
 
     data = (tf.data.Dataset.from_tensor_slices((np.stack(orders), np.stack(picks)))
             .flat_map(lambda order, pick: tf.data.Dataset.from_tensor_slices((order, pick)).batch(batch_size))
-            .map(batch, deterministic=True).prefetch(2))
+            .map(batch).prefetch(2))
     steps = int(np.ceil(n / batch_size))
     # an epoch per call into TensorFlow: a small model's step is mostly Python's time otherwise
     model.compile(optimizer=make_optimizer("adam", learning_rate), loss="sparse_categorical_crossentropy",

@@ -28,7 +28,7 @@ def patch_cleanser(p, track, *, model: str, training_data: str, testing_data: st
     train_set, test_set = _certificates.check_data(training_data, testing_data,
                                                    [*p.certify_patch_sizes, p.mask_patch_size])
     h, w, _ = test_set.image_shape
-    for size in {*p.certify_patch_sizes, p.mask_patch_size}:  # every mask set can be made
+    for size in [p.mask_patch_size, *sorted(p.certify_patch_sizes)]:  # every mask set can be made
         patchcleanser.mask_set((h, w), int(size), p.masks_per_side)
     num_classes = len(test_set.class_names)
     precheck(model, "", test_set.image_shape, num_classes)
