@@ -35,6 +35,9 @@ FOUND = [  # (target, input, what the error says): each crashed a reader before 
     ("model_manifest", b"[1, 2]", r"a JSON object was expected, got list"),
     ("patchset_manifest", b'{"format": "\x90"}', r"not a readable patch-set manifest"),
     ("patchset_arrays", b"", r"cannot read .*patches\.npz"),
+    # make fuzz, 200 s in: a member's .npy header cut mid-dict (NumPy's header parser raised TokenError)
+    ("patchset_arrays", (Path(__file__).parent / "fuzz" / "found" / "patchset_arrays-npy-header-tokenerror.npz"
+                         ).read_bytes(), r"cannot read .*patches\.npz.*TokenError"),
     ("image_folder", _png_header(8, 8, truncated=True), r"cannot read image .*fuzzed\.png"),
     ("image_folder", _png_header(40000, 40000), r"cannot read image .*fuzzed\.png.*(decompression bomb|exceeds)"),
 ]

@@ -169,6 +169,7 @@ def read_arrays(path: Union[str, os.PathLike], names: Sequence[str], error: Type
     """The arrays ``names`` of an ``.npz`` file someone handed over, never unpickling: every way
     the file can be wrong is an ``error`` naming it (``make fuzz`` checks it)."""
     import struct
+    import tokenize
     import zipfile
     import zlib
 
@@ -178,5 +179,6 @@ def read_arrays(path: Union[str, os.PathLike], names: Sequence[str], error: Type
         with np.load(path, allow_pickle=False) as npz:
             return {name: np.asarray(npz[name]) for name in names}
     except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error,
-            struct.error, NotImplementedError, RuntimeError, MemoryError, OverflowError) as e:
+            struct.error, NotImplementedError, RuntimeError, MemoryError, OverflowError,
+            SyntaxError, tokenize.TokenError) as e:  # the last two: NumPy parsing a mangled .npy header
         raise error(f"cannot read {path} as arrays {', '.join(names)}: {type(e).__name__}: {e}") from None
