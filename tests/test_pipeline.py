@@ -212,17 +212,24 @@ def _masked(data):
 
 
 @pytest.mark.slow
-def test_a_failed_local_run_leaves_its_mlflow_run_failed(tmp_path, monkeypatch, capsys):
-    """A step fails; the exit task still runs and marks the pipeline's MLflow run FAILED, not RUNNING."""
+def test_a_failed_local_run_leaves_its_mlflow_run_failed(tmp_path):
+    """A step fails; the exit task still runs and marks the pipeline's MLflow run FAILED, not RUNNING.
+    The command's last line is the task's own error (its traceback stays in pipeline.log)."""
+    import os
+    import subprocess
+    import sys
+
     import mlflow
 
-    from advpatch.app import cli
-
-    monkeypatch.delenv(settings.ENV_TRACKING_URI, raising=False)
-    monkeypatch.delenv(settings.ENV_OUTPUT_DIR, raising=False)
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["run", "mnist-patch", "-p", f"data_dir={tmp_path / 'no-such-folder'}"]) == 1
-    assert "finished with status" in capsys.readouterr().err
+    env = {k: v for k, v in os.environ.items() if k not in (settings.ENV_TRACKING_URI, settings.ENV_OUTPUT_DIR)}
+    # a source the command line cannot check before the run (a local one would fail before any task)
+    proc = subprocess.run([sys.executable, "-m", "advpatch.app.cli", "run", "mnist-patch", "-p",
+                           "data_dir=mlflow-run://0123456789abcdef/data.tar"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "finished with status FAILURE" in err[-2], proc.stderr[-3000:]
+    assert err[-1].startswith("advpatch: error: load_dataset: ") and "0123456789abcdef" in err[-1]  # last: why
+    assert "Traceback" in (tmp_path / "outputs" / "run" / "pipeline.log").read_text()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'outputs' / 'mlflow' / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("mnist")

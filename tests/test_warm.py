@@ -39,14 +39,14 @@ def test_a_warm_child_runs_the_step_with_the_tasks_environment_and_output(tmp_pa
             "try:\n"
             "    warm.run_in_warm_child('load_dataset', {'dataset': 'x', 'source': 'digits', 'split': 'nope'},"
             " RunContext())\n"
-            "except warm.WarmError as e:\n"
+            "except warm.AdvpatchError as e:  # bad input: the step's own clear error, as a task's is\n"
             "    print('ERROR', e)\n")
         out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
                              text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("RESULT", "ERROR")))
     assert json.loads(lines["RESULT"]) == {k: v for k, v in cold.metrics.items()}
-    assert lines["ERROR"].startswith("ParameterError: split must be one of")
+    assert lines["ERROR"].startswith("split must be one of")
     assert "load_dataset: start" in out.stderr  # the step's own log, in the task's output
     assert "Traceback" in out.stderr and "split must be one of" in out.stderr
     for name in ("dataset.json",):

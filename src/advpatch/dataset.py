@@ -362,6 +362,12 @@ class Dataset:
         """All examples at once as ``{"x", "y", <columns>...}`` (small datasets)."""
         return _concat(list(self.shards()))
 
+    def check_trainable(self, where: str) -> None:
+        """A classifier learns from two classes or more: one class (or no image) is refused."""
+        if len(self.class_names) < 2 or len(self) == 0:
+            raise DatasetError(f"{where} has {len(self)} images in {len(self.class_names)} class(es) "
+                               f"({', '.join(self.class_names[:3])}): training needs images of at least 2 classes")
+
     def summary(self) -> str:
         h, w, c = self.image_shape
         return f"{len(self)} images {h}x{w}x{c}, {self.spec.num_classes} classes"
@@ -373,25 +379,12 @@ def _concat(parts: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def write_dataset(
-    path: os.PathLike | str,
-    x: np.ndarray,
-    y: np.ndarray,
-    class_names: Sequence[str],
-    *,
-    provenance: Optional[List[Dict[str, Any]]] = None,
-    columns: Optional[Mapping[str, np.ndarray]] = None,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
-) -> DatasetSpec:
+def write_dataset(path: os.PathLike | str, x: np.ndarray, y: np.ndarray, class_names: Sequence[str], *,
+                  provenance: Optional[List[Dict[str, Any]]] = None, columns: Optional[Mapping[str, np.ndarray]] = None,
+                  shard_bytes: int = DEFAULT_SHARD_BYTES) -> DatasetSpec:
     """Write in-memory arrays as a dataset (convenience over :class:`DatasetWriter`)."""
     columns = dict(columns or {})
-    with DatasetWriter(
-        path,
-        x.shape[1:],
-        class_names,
-        columns={k: np.asarray(v).dtype.name for k, v in columns.items()},
-        provenance=provenance,
-        shard_bytes=shard_bytes,
-    ) as writer:
+    with DatasetWriter(path, x.shape[1:], class_names, columns={k: np.asarray(v).dtype.name for k, v in columns.items()},
+                       provenance=provenance, shard_bytes=shard_bytes) as writer:
         writer.write(x, y, **columns)
     return writer.spec

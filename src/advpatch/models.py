@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from advpatch import params
-from advpatch.errors import AdvpatchError
 from advpatch.files import atomic_dir, read_manifest
+from advpatch.keras_file import ModelError, check_model_file, make_reproducible
 
 FORMAT = "advpatch-model"
 VERSION = 1
@@ -33,10 +33,6 @@ LOGITS_LAYER = "logits"
 
 MIN_IMAGE_SIZE = {"le_net": 12, "shallow_net": 1, "alex_net": 16, "resnet50": 32, "vgg16": 32}
 """Smallest height/width each architecture's layers can take."""
-
-
-class ModelError(AdvpatchError):
-    """A model artifact is missing or malformed, or does not fit the data."""
 
 
 @dataclass
@@ -151,9 +147,11 @@ def make_optimizer(name: str, learning_rate: float):
 
 
 def save_model(model, info: ModelInfo, path: os.PathLike | str) -> None:
-    """Write the Model artifact folder atomically (a temporary folder renamed into place)."""
+    """Write the Model artifact folder atomically (a temporary folder renamed into place); the
+    same weights give the same bytes (:func:`advpatch.keras_file.make_reproducible`)."""
     with atomic_dir(path) as tmp:
         model.save(tmp / KERAS_FILE)
+        make_reproducible(tmp / KERAS_FILE)
         (tmp / META_FILE).write_text(json.dumps(info.to_json(), indent=1))
 
 
@@ -266,13 +264,7 @@ def user_model(path: os.PathLike | str, preprocessing: str, image_shape: Sequenc
     ``logits`` layer when the user's model returns logits (its last layer is not a softmax)."""
     params.check(preprocessing=preprocessing)
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file {path} does not exist")
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        raise ModelError(f"model file {path} is not a Keras 3 .keras archive (a zip; for a SavedModel or .h5 model, "
-                         "load it in Keras and save it with model.save('model.keras'))")
+    check_model_file(path)
     import keras
 
     net = load_keras(path)

@@ -90,8 +90,13 @@ def _read_npz_arrays(npz, path: Path, split: str) -> Tuple[np.ndarray, np.ndarra
         )
     names = [str(n) for n in npz["class_names"]] if "class_names" in keys else None
     x = _as_nhwc_uint8(x, str(path))
-    y = np.asarray(y).astype(np.int64).reshape(-1)
-    if len(y) != len(x):
+    y = np.asarray(y).reshape(-1)
+    whole = np.issubdtype(y.dtype, np.integer) or (
+        np.issubdtype(y.dtype, np.floating) and bool(np.isfinite(y).all()) and bool((y == np.round(y)).all()))
+    if y.dtype == np.bool_ or not whole or (y.size and y.min() < 0):
+        raise SourceError(f"{path}: labels must be whole numbers >= 0 (class indices), got dtype {y.dtype}"
+                          f"{f' from {y.min()} to {y.max()}' if whole and y.size else ''}")
+    if len(y) != len(x) or not len(y):
         raise SourceError(f"{path}: {len(x)} images but {len(y)} labels")
     return x, y.astype(np.int32), names or [str(i) for i in range(int(y.max()) + 1)]
 
@@ -142,9 +147,16 @@ def _as_nhwc_uint8(x: np.ndarray, where: str) -> np.ndarray:
         raise SourceError(f"{where}: images must be [n, H, W] or [n, H, W, 1|3], got {list(x.shape)}")
     if x.dtype == np.uint8:
         return x
+    if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise SourceError(f"{where}: images must be numbers (uint8 0-255, or floats in [0, 1] or [0, 255]), "
+                          f"got dtype {x.dtype}")
+    if np.issubdtype(x.dtype, np.floating) and x.size and not np.isfinite(x).all():
+        raise SourceError(f"{where}: images hold {int((~np.isfinite(x)).sum())} NaN or infinite values")
+    if x.size and (x.min() < 0 or x.max() > 255):
+        raise SourceError(f"{where}: image values must be in [0, 1] or [0, 255], got {x.min()} to {x.max()}")
     if np.issubdtype(x.dtype, np.floating) and x.size and x.max() <= 1.0:
         x = x * 255.0
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    return np.rint(x).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- folders
@@ -156,6 +168,11 @@ def split_folder(path: Path, split: str) -> Path:
         for name in SPLIT_FOLDERS[split]:
             if name in found:
                 return found[name]
+        other = next((found[n].name for s, names in SPLIT_FOLDERS.items() if s != split for n in names if n in found),
+                     None)
+        if other:  # split folders, but not this one: not a folder of classes either
+            raise SourceError(f"{path} has a {other}/ folder but no {split} split folder "
+                              f"({'/ or '.join(SPLIT_FOLDERS[split])}/)")
     return path
 
 

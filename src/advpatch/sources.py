@@ -93,6 +93,25 @@ def import_dataset(
                         shard_bytes=shard_bytes))
 
 
+def check_source(source: str, *, image_size: int = 0, color_mode: str = "auto", class_index: str = "",
+                 splits=("train", "test")) -> Dict[str, DatasetSpec]:
+    """Read a local ``source`` as ``load_dataset`` will, into a folder then thrown away: the checks
+    that need the data's bytes (every image decodes, sizes agree, arrays hold numbers, a training
+    split of two classes or more), made before a pipeline's first task. The embedded digits are
+    known good; a remote source is fetched by its task, which says what is wrong with it. Returns
+    each split's spec (none for a source not read here)."""
+    specs: Dict[str, DatasetSpec] = {}
+    if source == EMBEDDED_DIGITS or source.startswith((S3_PREFIX, MLFLOW_RUN_PREFIX)):
+        return specs
+    with tempfile.TemporaryDirectory(prefix="advpatch-check-") as tmp:
+        for split in splits:
+            specs[split] = import_dataset(source, Path(tmp) / split, split=split, image_size=image_size,
+                                          color_mode=color_mode, class_index=class_index)
+            if split == "train":
+                Dataset(Path(tmp) / split).check_trainable(f"the training split of {source}")
+    return specs
+
+
 def _is_class_folder(source: str, split: str) -> bool:
     """Whether ``source`` can be a folder of class sub-folders (a remote one is taken to be: what
     it holds is known once it is fetched, and reading it then says if it is not)."""

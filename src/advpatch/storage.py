@@ -10,13 +10,32 @@ spec or a log:
 ``ADVPATCH_S3_REGION``
     Optional.
 
-Calls fail fast with a message naming the endpoint and what went wrong: unreachable endpoint (a
-3 s connect timeout, one retry), rejected credentials, missing bucket or prefix.
+Failures are reported as :class:`StorageError`, naming the endpoint and what went wrong, never a
+key. Rejected credentials, a missing bucket or prefix fail at once. Transient failures (connection
+refused, reset or cut mid-transfer, a timeout, HTTP 500/502/503/504) are retried: each object (and
+the listing) gets 3 tries (:data:`ATTEMPTS`), 1 s then 4 s apart (:data:`RETRY_DELAYS_S`), each
+with a 3 s connect and a 10 s read timeout: an operation gives up at most 45 s after the server
+stops answering, 5 s after it starts refusing or dropping connections.
+
+Nothing half-transferred is left behind:
+
+* :func:`download` fetches into a temporary folder beside ``dest`` and moves the files into
+  ``dest`` only once every object has arrived complete: a failed download leaves ``dest`` as it was.
+* :func:`upload` writes each object with one PUT, or (over 5 MiB) a multipart upload that the SDK
+  aborts on failure: S3 shows an object only once complete, so an object is never partial. An
+  upload cut off before the SDK could abort it is aborted once a retry succeeds; if the server
+  stays unreachable it stays, invisible, until a bucket lifecycle rule removes it. A folder goes
+  file by file with ``dataset.json`` files last, so a folder cut off midway is not a valid
+  dataset; the error says how many files went up, and running the same upload again completes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+import time
 from pathlib import Path, PurePosixPath
 from typing import List, Tuple
 from urllib.parse import urlparse
@@ -25,6 +44,11 @@ from advpatch import settings
 from advpatch.errors import AdvpatchError
 
 CREDENTIAL_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken"}
+RETRY_DELAYS_S = (1.0, 4.0)  # waits before the 2nd and the 3rd attempt
+ATTEMPTS = len(RETRY_DELAYS_S) + 1  # per object, and for the listing
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 3.0, 10.0  # per attempt; the read timeout bounds a silence, not a transfer
+TRANSIENT_STATUS = (500, 502, 503, 504)
+LAST = "dataset.json"  # advpatch.dataset.MANIFEST: uploaded after the rest of its folder
 
 
 class StorageError(AdvpatchError):
@@ -57,36 +81,62 @@ def client():
     access, secret = os.environ.get(settings.ENV_S3_ACCESS_KEY, ""), os.environ.get(settings.ENV_S3_SECRET_KEY, "")
     if not access or not secret:
         raise StorageError(f"S3 credentials missing: set {settings.ENV_S3_ACCESS_KEY} and {settings.ENV_S3_SECRET_KEY}")
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=3.0, read=60.0),
-        retries=urllib3.Retry(total=1, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
-    )
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+                               retries=False, maxsize=10)  # _retry counts the attempts; 3 parts go at once
     return Minio(url.netloc, access_key=access, secret_key=secret, secure=url.scheme == "https",
                  region=os.environ.get(settings.ENV_S3_REGION) or None, http_client=http)
 
 
-def _explain(e: Exception, bucket: str) -> StorageError:
-    from minio.error import S3Error
-
-    where = endpoint()
-    if isinstance(e, S3Error):
-        if e.code == "NoSuchBucket":
-            return StorageError(f"bucket {bucket!r} does not exist at {where}")
-        if e.code in CREDENTIAL_CODES:
-            return StorageError(f"{where} rejected the S3 credentials ({e.code}): check {settings.ENV_S3_ACCESS_KEY} "
-                                f"and {settings.ENV_S3_SECRET_KEY} (the mlpipeline-minio-artifact secret on a cluster)")
-        return StorageError(f"S3 error at {where} on bucket {bucket!r}: {e.code}")
-    return StorageError(f"cannot reach the S3 endpoint {where}: {type(e).__name__}")
+def _status(e: Exception):
+    """The HTTP status of a minio error (InvalidResponseError: a non-XML answer, e.g. from a proxy)."""
+    return getattr(e, "status_code", None) or getattr(getattr(e, "response", None), "status", None) \
+        or getattr(e, "_code", None)
 
 
-def _call(fn, bucket: str):
+def _cause(e: BaseException) -> str:
+    """``ProtocolError (ConnectionResetError)``: types down to the OS error, never a message (no
+    header or query can leak)."""
+    names, seen = [type(e).__name__], e
+    while not isinstance(seen, OSError) and (seen := seen.__cause__ or seen.__context__) is not None:
+        names.append(type(seen).__name__)
+    status = f", HTTP {_status(e)}" if _status(e) else ""
+    return names[0] + (f" ({', '.join(names[1:])})" if names[1:] else "") + status
+
+
+def _retry(fn, what: str, bucket: str):
+    """``fn()``, tried up to :data:`ATTEMPTS` times while it fails transiently; a :class:`StorageError`
+    about ``what`` otherwise."""
     import urllib3
-    from minio.error import S3Error
+    from minio.error import MinioException, S3Error
 
-    try:
-        return fn()
-    except (S3Error, urllib3.exceptions.HTTPError, OSError) as e:
-        raise _explain(e, bucket) from None
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return fn()
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as e:
+            where = endpoint()
+            transient = isinstance(e, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)) \
+                or _status(e) in TRANSIENT_STATUS
+            if transient and attempt < ATTEMPTS:
+                time.sleep(RETRY_DELAYS_S[attempt - 1])
+                continue
+            if transient:
+                problem = "the S3 endpoint failed" if _status(e) else "cannot reach the S3 endpoint"
+                raise StorageError(f"{what}: {problem} {where} ({_cause(e)}) after {attempt} attempts") from None
+            if isinstance(e, S3Error) and e.code == "NoSuchBucket":
+                raise StorageError(f"bucket {bucket!r} does not exist at {where}") from None
+            if isinstance(e, S3Error) and e.code in CREDENTIAL_CODES:
+                raise StorageError(f"{where} rejected the S3 credentials ({e.code}): check {settings.ENV_S3_ACCESS_KEY} "
+                                   f"and {settings.ENV_S3_SECRET_KEY} (the mlpipeline-minio-artifact secret on a "
+                                   "cluster)") from None
+            raise StorageError(f"{what}: failed at {where} on bucket {bucket!r}: "
+                               f"{e.code if isinstance(e, S3Error) else _cause(e)}") from None
+
+
+def _get(c, bucket: str, name: str, target: Path) -> None:
+    """One object into ``target``, checked complete (minio writes ``target.<etag>.part.minio`` first)."""
+    stat = c.fget_object(bucket, name, str(target))
+    if target.stat().st_size != stat.size:
+        raise ConnectionError(f"{target.stat().st_size} of {stat.size} bytes arrived")
 
 
 def download(uri: str, dest: os.PathLike | str) -> Path:
@@ -95,8 +145,8 @@ def download(uri: str, dest: os.PathLike | str) -> Path:
     bucket, prefix = parse_uri(uri)
     c = client()
     dest = Path(dest)
-    listed = _call(lambda: [o for o in c.list_objects(bucket, prefix=prefix, recursive=True) if not o.is_dir],
-                   bucket)
+    listed = _retry(lambda: [o for o in c.list_objects(bucket, prefix=prefix, recursive=True) if not o.is_dir],
+                    f"listing {uri}", bucket)
     # "s3://b/datasets/mnist" is that object, or the objects under "datasets/mnist/": never
     # "datasets/mnist-e2e/..." beside it
     single = any(o.object_name == prefix for o in listed)
@@ -106,13 +156,22 @@ def download(uri: str, dest: os.PathLike | str) -> Path:
     if not objects:
         raise StorageError(f"no objects under {uri} at {endpoint()}")
     base = PurePosixPath(prefix).parent if single else PurePosixPath(prefix)
+    rels = []
     for obj in objects:
         rel = PurePosixPath(obj.object_name).relative_to(base) if str(base) not in ("", ".") else PurePosixPath(obj.object_name)
         if rel.is_absolute() or ".." in rel.parts:
             raise StorageError(f"refusing object {obj.object_name!r}: it would land outside {dest}")
-        target = dest.joinpath(*rel.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _call(lambda: c.fget_object(bucket, obj.object_name, str(target)), bucket)
+        rels.append((obj.object_name, rel.parts))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        for name, parts in rels:
+            _retry(lambda: _get(c, bucket, name, stage.joinpath(*parts)), f"download of s3://{bucket}/{name}", bucket)
+        for _, parts in rels:  # all arrived: into place
+            dest.joinpath(*parts).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage.joinpath(*parts), dest.joinpath(*parts))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return dest / PurePosixPath(prefix).name if single else dest
 
 
@@ -124,10 +183,25 @@ def upload(src: os.PathLike | str, uri: str) -> List[str]:
     files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
     if not files:
         raise StorageError(f"nothing to upload at {src}")
+    files.sort(key=lambda f: f.name == LAST)  # stable: sorted, with the manifests last
+    begun: List[str] = []  # the multipart uploads begun for the current object (minio 7.2's private API,
+    create = getattr(c, "_create_multipart_upload", None)  # pinned; without it, nothing is tracked)
+    if create is not None:
+        c._create_multipart_upload = lambda *args, **kwargs: begun.append(create(*args, **kwargs)) or begun[-1]
     names = []
     for f in files:
         rel = f.name if src.is_file() else f.relative_to(src).as_posix()
         name = f"{prefix.rstrip('/')}/{rel}" if prefix else rel
-        _call(lambda: c.fput_object(bucket, name, str(f)), bucket)
+        try:
+            _retry(lambda: c.fput_object(bucket, name, str(f)), f"upload of {f} to s3://{bucket}/{name}", bucket)
+        except StorageError as e:
+            if not names:
+                raise
+            raise StorageError(f"{e}; {len(names)} of the {len(files)} files under {src} went up before it "
+                               f"({LAST} files last): the same upload again completes it") from None
+        for upload_id in begun[:-1]:  # cut off where the SDK could not abort it: its parts go now
+            with contextlib.suppress(Exception):
+                c._abort_multipart_upload(bucket, name, upload_id)
+        begun.clear()
         names.append(name)
     return names

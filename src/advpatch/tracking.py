@@ -16,6 +16,9 @@ Two ways a step finds its place:
   (:func:`_settle_parents`). The pipeline's exit task marks it
   FINISHED or FAILED (:func:`close_pipeline_run`), so a failed pipeline does not leave it RUNNING.
 
+A retried task's run replaces its killed attempt's; a server that is down, failing or silent fails
+a step within 30 s with one :class:`TrackingError` (both: :mod:`advpatch.tracking_faults`).
+
 A task reads its pipeline run's id and name from its environment (:meth:`RunContext.current`), not
 from a task input, so KFP's cache can still reuse a task's outputs across runs.
 """
@@ -34,7 +37,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 from advpatch import __version__, settings
-from advpatch.errors import AdvpatchError
+from advpatch.tracking_faults import (TrackingError, attempt_key, bound_requests, reported,  # noqa: F401 (re-exported)
+                                      retire_earlier_attempts, wait_if_local_server)
 
 log = logging.getLogger(__name__)
 
@@ -97,35 +101,30 @@ def tracking_uri() -> str:
 
 
 def configure() -> str:
-    """Point MLflow at :func:`tracking_uri` (creating the local store if that is where it points)."""
+    """Point MLflow at :func:`tracking_uri` (creating the local store if that is where it points),
+    its HTTP requests bounded (:func:`advpatch.tracking_faults.bound_requests`)."""
     settings.no_telemetry()
+    bound_requests()
     import mlflow
 
     uri = tracking_uri()
-    if uri.startswith(("http://127.0.0.1:", "http://localhost:")):
-        _wait_for_local_server(uri)  # advpatch run starts one beside the pipeline: it may still be starting
+    wait_if_local_server(uri)  # advpatch run starts one beside the pipeline: it may still be starting
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     return uri
 
 
-def _answers(uri: str) -> bool:
-    import urllib.request
+def check_server() -> None:
+    """Fail now, with a :class:`TrackingError`, when the tracking server cannot serve (unreachable,
+    failing, silent, refusing the credentials): a step calls this before its work, so that it
+    neither wastes the work nor leaves outputs of a failed task. A local store: nothing to check."""
+    if tracking_uri().startswith(("http://", "https://")):
+        configure()
+        import mlflow
 
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def _wait_for_local_server(uri: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not _answers(uri):
-        if time.monotonic() > deadline:
-            raise TrackingError(f"the MLflow server at {uri} did not answer in {timeout:.0f} s")
-        time.sleep(0.25)
+        with reported():
+            mlflow.MlflowClient().search_experiments(max_results=1)
 
 
 def _local_artifact_root() -> Optional[str]:
@@ -287,7 +286,7 @@ class StepRun:
 
 @contextlib.contextmanager
 def step_run(step: str, ctx: RunContext, params: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = None,
-             *, name: str = "", part: bool = False) -> Iterator[StepRun]:
+             *, name: str = "", part: bool = False, artifacts: Optional[Mapping[str, Any]] = None) -> Iterator[StepRun]:
     """Open the MLflow run of one step, called ``name`` (default: the task's or step's name): KFP's
     nested run for the task when KFP's MLflow integration hands one over, else a run nested under
     the pipeline's parent run (when there is one). With ``part`` (one of several results of a task),
@@ -297,45 +296,48 @@ def step_run(step: str, ctx: RunContext, params: Mapping[str, Any], extra: Optio
     under KFP's integration only ``extra``, as KFP logs the inputs itself. The run ends FINISHED,
     or FAILED if the body raises (KFP then sets its own runs' final status).
     """
-    configure()
-    import mlflow
-    from mlflow.entities import RunTag
+    with reported():
+        configure()
+        import mlflow
+        from mlflow.entities import RunTag
 
-    tags = {TAG_STEP: step, TAG_KIND: "step", "advpatch.version": __version__}
-    if ctx.task_name:
-        tags[TAG_TASK] = ctx.task_name
-    kfp_run = kfp_mlflow_run()
-    run_name = name or ctx.task_name or step
-    if kfp_run and not part:
-        run_args: Dict[str, Any] = {"run_id": kfp_run}
-        logged = dict(extra or {})
-    elif kfp_run:
-        experiment_id = mlflow.MlflowClient().get_run(kfp_run).info.experiment_id
-        tags[TAG_PARENT] = kfp_run
-        run_args = {"experiment_id": experiment_id, "run_name": run_name}
-        logged = dict(extra or {})
-    else:
-        experiment_id = _experiment_id(ctx.experiment)
-        if ctx.pipeline_run_id:
-            tags[TAG_PIPELINE_RUN_ID] = ctx.pipeline_run_id
-            tags[TAG_KFP_RUN] = ctx.pipeline_run_name
-            tags[TAG_PARENT] = _parent_run_id(mlflow.MlflowClient(), experiment_id, ctx)
-        run_args = {"experiment_id": experiment_id, "run_name": run_name}
-        logged = {**params, **(extra or {})}
-    started = time.monotonic()
-    try:
-        if kfp_run and part:  # else start_run would resume KFP's run, named by MLFLOW_RUN_ID
-            os.environ.pop(settings.ENV_MLFLOW_RUN_ID, None)
-        with mlflow.start_run(**run_args) as run:
-            mlflow.MlflowClient().log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-            step_run_ = StepRun(run.info.run_id)
-            step_run_.log_params(logged)
-            log.info("MLflow run %s (%s)%s", run.info.run_id, run_name, " (KFP's)" if kfp_run and not part else "")
-            yield step_run_
-            step_run_.log_metrics({"duration_s": time.monotonic() - started})
-    finally:
-        if kfp_run:  # mlflow.end_run() removes MLFLOW_RUN_ID from the environment: the task's, put back
-            os.environ[settings.ENV_MLFLOW_RUN_ID] = kfp_run
+        tags = {TAG_STEP: step, TAG_KIND: "step", "advpatch.version": __version__}
+        if ctx.task_name:
+            tags[TAG_TASK] = ctx.task_name
+        kfp_run = kfp_mlflow_run()
+        run_name = name or ctx.task_name or step
+        if kfp_run and not part:
+            run_args: Dict[str, Any] = {"run_id": kfp_run}
+            logged = dict(extra or {})
+        elif kfp_run:
+            experiment_id = mlflow.MlflowClient().get_run(kfp_run).info.experiment_id
+            tags[TAG_PARENT] = kfp_run
+            run_args = {"experiment_id": experiment_id, "run_name": run_name}
+            logged = dict(extra or {})
+        else:
+            experiment_id = _experiment_id(ctx.experiment)
+            run_args = {"experiment_id": experiment_id, "run_name": run_name}
+            logged = {**params, **(extra or {})}
+            if ctx.pipeline_run_id:
+                tags[TAG_PIPELINE_RUN_ID] = ctx.pipeline_run_id
+                tags[TAG_KFP_RUN] = ctx.pipeline_run_name
+                tags[TAG_PARENT] = _parent_run_id(mlflow.MlflowClient(), experiment_id, ctx)
+                key = attempt_key(ctx.pipeline_run_id, ctx.task_name, step, run_name, {**logged, "": artifacts})
+                run_args["tags"] = retire_earlier_attempts(mlflow.MlflowClient(), experiment_id, key)  # replaces
+        started = time.monotonic()
+        try:
+            if kfp_run and part:  # else start_run would resume KFP's run, named by MLFLOW_RUN_ID
+                os.environ.pop(settings.ENV_MLFLOW_RUN_ID, None)
+            with mlflow.start_run(**run_args) as run:
+                mlflow.MlflowClient().log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+                step_run_ = StepRun(run.info.run_id)
+                step_run_.log_params(logged)
+                log.info("MLflow run %s (%s)%s", run.info.run_id, run_name, " (KFP's)" if kfp_run and not part else "")
+                yield step_run_
+                step_run_.log_metrics({"duration_s": time.monotonic() - started})
+        finally:
+            if kfp_run:  # mlflow.end_run() removes MLFLOW_RUN_ID from the environment: the task's, put back
+                os.environ[settings.ENV_MLFLOW_RUN_ID] = kfp_run
 
 
 def _pipeline_parent(client, ctx: RunContext) -> Optional[str]:
@@ -350,6 +352,7 @@ def _pipeline_parent(client, ctx: RunContext) -> Optional[str]:
     return _settle_parents(client, experiment_id, ctx)
 
 
+@reported()
 def finish_pipeline_run(ctx: RunContext, *, dicts: Optional[Mapping[str, Any]] = None,
                         texts: Optional[Mapping[str, str]] = None,
                         metrics: Optional[Mapping[str, float]] = None) -> Optional[str]:
@@ -378,6 +381,7 @@ def finish_pipeline_run(ctx: RunContext, *, dicts: Optional[Mapping[str, Any]] =
     return parent
 
 
+@reported()
 def close_pipeline_run(ctx: RunContext, pipeline_state: str) -> Optional[str]:
     """Mark the pipeline's own parent run FINISHED (the pipeline succeeded) or FAILED (anything
     else); the pipeline's exit task calls this whatever happened. Under KFP's integration KFP closes
@@ -392,6 +396,3 @@ def close_pipeline_run(ctx: RunContext, pipeline_state: str) -> Optional[str]:
     client.set_terminated(parent, status="FINISHED" if pipeline_state == "SUCCEEDED" else "FAILED")
     return parent
 
-
-class TrackingError(AdvpatchError):
-    """The MLflow tracking server cannot be reached."""

@@ -48,15 +48,25 @@ def parse_arguments(pipeline: str, pairs: List[str]) -> Dict[str, Any]:
 
 
 def fit_to_data(pipeline: str, arguments: Dict[str, Any], *, choose_target: bool = False) -> Dict[str, Any]:
-    """The checks that need the data, before any task runs: a patch target the data's classes have
+    """The checks that need the data, before any task runs: a local ``data_dir`` read as its tasks
+    will read it (:func:`advpatch.sources.check_source`), a patch target the data's classes have
     (by index or by name). With ``choose_target`` (the demo, on a user's folder) a default target
     the data lacks becomes its last class; a target the user gave is never changed, only refused."""
     from advpatch.patches.optimizer import target_index
-    from advpatch.sources import class_names
+    from advpatch.sources import check_source, class_names
 
-    if "patch_target" not in {p.name for p in params.PIPELINE_PARAMS[pipeline]}:
-        return arguments
+    declared = {p.name for p in params.PIPELINE_PARAMS[pipeline]}
     values = params.validate_pipeline(pipeline, arguments)
+    specs = {}
+    if "data_dir" in declared:
+        try:
+            specs = check_source(values["data_dir"], image_size=values.get("image_size", 0),
+                                 color_mode=values.get("color_mode", "auto"), class_index=values.get("class_index", ""))
+        except AdvpatchError as e:
+            raise type(e)(f"data_dir: {e}") from None
+    check_model_files(values, specs)
+    if "patch_target" not in declared:
+        return arguments
     names = class_names(values["data_dir"], "train", values.get("class_index", ""))
     by_name = values.get("patch_target_name", "")
     if names is None or (not by_name and values["patch_target"] < len(names)):
@@ -73,6 +83,24 @@ def fit_to_data(pipeline: str, arguments: Dict[str, Any], *, choose_target: bool
         raise params.ParameterError(f"{e} ({values['data_dir']} has {len(names)} classes: "
                                     f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''})") from None
     return arguments
+
+
+def check_model_files(values: Dict[str, Any], specs: Dict[str, Any]) -> None:
+    """A local ``model_file`` (a readable .keras archive, taking the data's images when both are
+    known) and local ``weights`` (Keras' file for the architecture), checked before any task."""
+    from advpatch import keras_file
+    from advpatch.models import ModelError, check_weights
+
+    model_file, weights = values.get("model_file", ""), values.get("weights", "")
+    if model_file and not model_file.startswith("s3://"):
+        shape = keras_file.check_model_file(model_file)
+        spec = specs.get("test")
+        if spec is not None and not keras_file.fits(shape, spec.image_shape):
+            raise ModelError(f"model_file {model_file} takes {'x'.join(str(d or '?') for d in shape)} images but "
+                             f"data_dir's are {'x'.join(map(str, spec.image_shape))}: set image_size and color_mode "
+                             "to the model's")
+    if weights and not weights.startswith("s3://"):
+        check_weights(values["model_architecture"], weights)
 
 
 def run(pipeline_name: str, arguments: Dict[str, Any], output: Optional[Path]) -> Dict[str, Any]:
@@ -128,15 +156,17 @@ def _tracking(output: Path) -> Iterator[Dict[str, str]]:
     """Where the tasks track: ``MLFLOW_TRACKING_URI`` when set; else an ``mlflow server`` over the
     local store for the length of the run (see :mod:`advpatch.app.tracking_server`): one process
     owns the SQLite file, and a task's MLflow start costs no database set-up. It starts beside the
-    first task, which waits for it only if it needs it first (never two writers migrating one
-    fresh database at once)."""
+    first task, which waits for it before its work (never two writers migrating one fresh database
+    at once)."""
     if os.environ.get(settings.ENV_TRACKING_URI):
         yield {settings.ENV_TRACKING_URI: os.environ[settings.ENV_TRACKING_URI]}
         return
     from advpatch.app.tracking_server import local_server
 
+    from advpatch.tracking_faults import ENV_OWN_SERVER
+
     with local_server(settings.output_dir() / "mlflow", output / "mlflow-server.log", wait=False) as uri:
-        yield {settings.ENV_TRACKING_URI: uri}
+        yield {settings.ENV_TRACKING_URI: uri, ENV_OWN_SERVER: uri}
 
 
 def _local_store_uri() -> str:
@@ -278,7 +308,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"advpatch: error: {e}", file=sys.stderr)
         return 2
     except PipelineFailed as e:
-        print(f"advpatch: {e}", file=sys.stderr)
+        print(f"advpatch: pipeline failed: {e}", file=sys.stderr)
         return 1
     print()
     print(render_markdown(results))

@@ -153,6 +153,22 @@ def _kfp_leaves_no_trace() -> Iterator[None]:
         root.handlers[:] = saved[2]
 
 
+def _failure(status: str, log_file: Path) -> str:
+    """What a failed run tells its user, ending with the reason, never a traceback: a task that
+    failed on bad input ends its log with one ``advpatch: error:`` line (see
+    ``advpatch.components._shell.fail_task``), and that line comes last; anything else (a bug) shows the
+    end of the log and then the run's status."""
+    from advpatch.components._shell import ERROR_PREFIX
+
+    lines = [_ANSI.sub("", line) for line in log_file.read_text(errors="replace").splitlines()]
+    status = _ANSI.sub("", status)
+    errors = [line.strip() for line in lines if line.strip().startswith(ERROR_PREFIX)]
+    if errors:
+        return f"{status} (tracebacks and every task's output: {log_file})\n{errors[-1]}"
+    tail = "\n".join(lines[-60:])
+    return f"--- end of {log_file} ---\n{tail}\n--- {status}"
+
+
 REPORT_RESULTS = Path("report") / "results"
 """Where, in a local run's folder, the report task's results.json is (the local runner keeps each
 task's outputs under ``<run folder>/<task name>/<output name>``). The pipelines return nothing: KFP
@@ -181,8 +197,7 @@ def run_local(
     except RuntimeError as e:
         if log_file is None:
             raise
-        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-60:])
-        raise PipelineFailed(f"{e}\n--- end of {log_file} ---\n{tail}") from None
+        raise PipelineFailed(_failure(str(e), log_file)) from None
     (run_folder,) = set(pipeline_root.iterdir()) - before
     results_path = run_folder / REPORT_RESULTS
     log.info("results: %s", results_path)

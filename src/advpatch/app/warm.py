@@ -31,6 +31,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
+from advpatch.errors import AdvpatchError
+
 ENV_WARM_SOCKET = "ADVPATCH_WARM_SOCKET"
 ACCEPTED = b"+"  # a child's first byte: from here on the step is the child's to run
 PRELOAD = ("tensorflow", "keras", "mlflow", "mlflow.keras", "matplotlib.pyplot", "PIL.Image",
@@ -109,7 +111,8 @@ def _child(conn: socket.socket) -> None:
             reply = {"ok": True, "result": result.to_json()}
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the task
             traceback.print_exc()
-            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            bad_input = isinstance(e, AdvpatchError)  # its message is the whole story; else the type helps
+            reply = {"ok": False, "error": str(e) if bad_input else f"{type(e).__name__}: {e}", "bad_input": bad_input}
             code = 1
         sys.stdout.flush()
         sys.stderr.flush()
@@ -184,7 +187,7 @@ def run_in_warm_child(step: str, kwargs: Dict[str, Any], ctx) -> Optional[Any]:
         except (ConnectionError, ValueError) as e:
             raise WarmError(f"{step}: the warm child ended without a result ({e}); see the log above") from None
     if not reply["ok"]:
-        raise WarmError(reply["error"])
+        raise (AdvpatchError if reply.get("bad_input") else WarmError)(reply["error"])
     return StepResult.from_json(reply["result"])
 
 

@@ -119,7 +119,7 @@ class PatchSet:
                                                                     "patch-set manifest", parse)
         arrays = read_arrays(path / ARRAYS, ["patches", "masks", "targets"], PatchSetError)
         patches, masks, targets = arrays["patches"], arrays["masks"], arrays["targets"]
-        k = len(targets)
+        k = len(targets) if targets.ndim == 1 else 0  # a 0-d array has no len() (make fuzz found it)
         ok = (len(image_shape) == 3 and patches.ndim == 4 and k >= 1 and patches.shape[0] == k
               and patches.shape[1] == patches.shape[2] and 1 <= patches.shape[1] <= min(image_shape[:2])
               and patches.shape[3] == image_shape[2] and masks.shape == patches.shape[:3] and targets.ndim == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from advpatch import __version__
@@ -31,14 +30,16 @@ def read_step_results(paths: Sequence[str]) -> List[Any]:
     """The step results in ``paths`` (``summary`` outputs, or bundles of them), in order."""
     from advpatch.steps._base import StepResult
 
+    from advpatch.errors import AdvpatchError
+    from advpatch.files import read_manifest
+
+    def parse(data: Dict[str, Any]) -> List[Any]:
+        items = data["results"] if data.get("format") == BUNDLE_FORMAT else [data]
+        return [StepResult.from_json(json.dumps(item)) for item in items]
+
     out: List[Any] = []
     for path in paths:
-        text = Path(path).read_text()
-        data = json.loads(text)
-        if data.get("format") == BUNDLE_FORMAT:
-            out.extend(StepResult.from_json(json.dumps(item)) for item in data["results"])
-        else:
-            out.append(StepResult.from_json(text))
+        out.extend(read_manifest(path, AdvpatchError, "step summary (advpatch-step-result)", parse))
     return out
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterator, List
 
 from advpatch import params, settings
-from advpatch.tracking import RunContext
+from advpatch.tracking import RunContext, check_server
 
 log = logging.getLogger("advpatch")
 
@@ -82,11 +82,10 @@ class Params:
 
 
 class Tracker:
-    """A step's MLflow run, opened when the step has results to log (so a step that fails early
-    leaves no run behind). Parameters are logged on opening."""
+    """A step's MLflow run, opened (its parameters logged) once the step has results to log."""
 
-    def __init__(self, step: str, values: Dict[str, Any], ctx: RunContext) -> None:
-        self.step, self.values, self.ctx = step, values, ctx
+    def __init__(self, step: str, values: Dict[str, Any], ctx: RunContext, artifacts: Dict[str, Any]) -> None:
+        self.step, self.values, self.ctx, self.artifacts = step, values, ctx, artifacts
 
     @contextlib.contextmanager
     def run(self, name: str = "", *, part: bool = False, **extra: Any) -> Iterator[Any]:
@@ -95,7 +94,7 @@ class Tracker:
         patched images) opens one run per result with ``part=True``."""
         from advpatch.tracking import step_run
 
-        with step_run(self.step, self.ctx, self.values, extra, name=name, part=part) as run:
+        with step_run(self.step, self.ctx, self.values, extra, name=name, part=part, artifacts=self.artifacts) as run:
             yield run
 
 
@@ -128,10 +127,11 @@ def step(name: str) -> Callable:
                 raise TypeError(f"{name}() needs the artifact path(s) {', '.join(missing)}")
             values = params.validate_step(name, kwargs)
             setup_logging()
+            check_server()  # down, failing or refusing: fail before the work, leaving no output
             log.info("%s: start", name)
             started = time.monotonic()
             try:
-                result = body(Params(values), Tracker(name, values, ctx), **paths)
+                result = body(Params(values), Tracker(name, values, ctx, paths), **paths)
             finally:
                 log.info("%s: done in %.1f s", name, time.monotonic() - started)
             result.params, result.task = values, ctx.task_name

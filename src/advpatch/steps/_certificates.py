@@ -15,6 +15,7 @@ def check_data(training_data: str, testing_data: str, sizes: Sequence[int]):
     from advpatch.dataset import Dataset, DatasetError
 
     train_set, test_set = Dataset(training_data), Dataset(testing_data)
+    train_set.check_trainable(f"training_data ({training_data})")
     if test_set.image_shape != train_set.image_shape or test_set.class_names != train_set.class_names:
         raise DatasetError(f"the test dataset ({test_set.summary()}) does not match the training dataset "
                            f"({train_set.summary()})")

@@ -25,6 +25,7 @@ def train(p, track, *, training_data: str, model: str, testing_data: str = "") -
 
     train_set = Dataset(training_data)
     test_set = Dataset(testing_data) if testing_data else None
+    train_set.check_trainable(f"training_data ({training_data})")
     check_buildable(p.model_architecture, train_set.image_shape)
     if test_set is not None and (test_set.image_shape != train_set.image_shape
                                  or test_set.class_names != train_set.class_names):
