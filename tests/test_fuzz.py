@@ -38,7 +38,7 @@ FOUND = [  # (target, input, what the error says): each crashed a reader before 
     # make fuzz, 200 s in: a member's .npy header cut mid-dict (NumPy's header parser raised TokenError)
     ("patchset_arrays", (Path(__file__).parent / "fuzz" / "found" / "patchset_arrays-npy-header-tokenerror.npz"
                          ).read_bytes(), r"cannot read .*patches\.npz.*TokenError"),
-    # make fuzz, 140 s into its 10-minute run: the targets array a 0-d scalar (len() of unsized object)
+    # make fuzz, about 3 minutes into its 10-minute run: the targets array a 0-d scalar (len() of unsized object)
     ("patchset_arrays", (Path(__file__).parent / "fuzz" / "found" / "patchset_arrays-scalar-targets.npz"
                          ).read_bytes(), r"patches\.npz does not hold patches for .*targets .* \[\]"),
     ("image_folder", _png_header(8, 8, truncated=True), r"cannot read image .*fuzzed\.png"),

@@ -104,23 +104,3 @@ def skip_keras_extras() -> None:
     if not any(isinstance(f, _KerasExtras) for f in sys.meta_path):
         sys.meta_path.insert(0, _KerasExtras())
 
-
-MMAP_THRESHOLD_BYTES = 64 * 1024
-"""Arrays above this size go straight to the system and back (see :func:`steady_memory`)."""
-
-
-def steady_memory() -> None:
-    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD_BYTES`. By default glibc raises it each
-    time a process frees a large block (up to 32 MiB), and arrays below it then come from a heap
-    that fragments: deploy_patch's peak memory grew from 1.2 GiB on 2,000 224x224 images to 1.8 GiB
-    on 50,000, batch after batch of the same size. Fixed, every freed batch goes back to the
-    system and the peak stays that of one batch (measured: ``tests/benchmarks/bench_memory.py``).
-    Elsewhere than glibc (musl, macOS), nothing to do."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, MMAP_THRESHOLD_BYTES)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass

@@ -91,11 +91,10 @@ def deploy_patch(p, track, *, data: str, patches: str, patched_data: str) -> Ste
     dataset carries each image's provenance (was it patched, with which patch, where)."""
     import numpy as np
 
-    from advpatch import patches as engine, settings
+    from advpatch import patches as engine
     from advpatch.dataset import Dataset, DatasetWriter
     from advpatch.evaluation import summarize
 
-    settings.steady_memory()  # batch after batch, the same peak (bench_memory.py)
     dataset = Dataset(data)
     patch_set = engine.PatchSet.load(patches)
     engine.check_fits(patch_set, dataset.image_shape, len(dataset.class_names))
