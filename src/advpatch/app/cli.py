@@ -90,16 +90,17 @@ def check_model_files(values: Dict[str, Any], specs: Dict[str, Any]) -> None:
     known) and local ``weights`` (Keras' file for the architecture), checked before any task."""
     from advpatch import keras_file
     from advpatch.models import ModelError, check_weights
+    from advpatch.sources import S3_PREFIX
 
     model_file, weights = values.get("model_file", ""), values.get("weights", "")
-    if model_file and not model_file.startswith("s3://"):
+    if model_file and not model_file.startswith(S3_PREFIX):
         shape = keras_file.check_model_file(model_file)
         spec = specs.get("test")
         if spec is not None and not keras_file.fits(shape, spec.image_shape):
             raise ModelError(f"model_file {model_file} takes {'x'.join(str(d or '?') for d in shape)} images but "
                              f"data_dir's are {'x'.join(map(str, spec.image_shape))}: set image_size and color_mode "
                              "to the model's")
-    if weights and not weights.startswith("s3://"):
+    if weights and not weights.startswith(S3_PREFIX):
         check_weights(values["model_architecture"], weights)
 
 
