@@ -28,7 +28,7 @@ help:
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77"
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[cpu,test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -82,13 +82,15 @@ fuzz: $(STAMP)
 
 # Compiled pipelines for a cluster: make compile REGISTRY=registry.example.com/ml TAG=0.1.0 [COMPILE_ARGS=--no-gpu]
 REGISTRY ?= ghcr.io/advpatch
-TAG      ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' src/advpatch/__init__.py)
+VERSION  := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' src/advpatch/__init__.py)
+TAG      ?= $(VERSION)
 compile: $(STAMP)
 	$(VENV)/bin/advpatch compile --image-registry $(REGISTRY) --image-tag $(TAG) --output outputs/compiled $(COMPILE_ARGS)
 
-# Runtime images (needs a Docker engine): make images REGISTRY=registry.example.com/ml [TAG=0.1.0] [PUSH=1]
+# Runtime images (needs a Docker engine): make images REGISTRY=registry.example.com/ml [TAG=0.1.0-rc1] [PUSH=1]
+# (the wheel inside is always the package's own version; TAG only names the image)
 images: $(STAMP)
 	rm -rf dist && $(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
-	docker build -f images/Dockerfile.cpu --build-arg ADVPATCH_VERSION=$(TAG) -t $(REGISTRY)/advpatch:$(TAG) .
-	docker build -f images/Dockerfile.gpu --build-arg ADVPATCH_VERSION=$(TAG) -t $(REGISTRY)/advpatch:$(TAG)-gpu .
+	docker build -f images/Dockerfile.cpu --build-arg ADVPATCH_VERSION=$(VERSION) -t $(REGISTRY)/advpatch:$(TAG) .
+	docker build -f images/Dockerfile.gpu --build-arg ADVPATCH_VERSION=$(VERSION) -t $(REGISTRY)/advpatch:$(TAG)-gpu .
 	$(if $(PUSH),docker push $(REGISTRY)/advpatch:$(TAG) && docker push $(REGISTRY)/advpatch:$(TAG)-gpu)

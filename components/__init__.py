@@ -15,6 +15,13 @@ __all__ = ["load_dataset", "train", "init_model", "import_model", "gen_patch", "
            "gaussian_augmentation", "derandomized_smoothing", "patch_cleanser", "infer", "report", "gather", "close_run"]
 
 
+def bind(name: str, component) -> None:
+    """Called by each component module as it loads. Importing ``advpatch.components.<name>.component``
+    binds the folder's package here under the same name; ``from advpatch.components import <name>``
+    must still give the component, whichever was imported first."""
+    globals()[name] = component
+
+
 def __getattr__(name: str):
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

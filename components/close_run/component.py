@@ -3,6 +3,7 @@
 
 from kfp import dsl
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -27,3 +28,6 @@ def close_run(
     from advpatch.components._shell import run_step
 
     run_step("close_run", locals())
+
+
+bind("close_run", close_run)

@@ -4,6 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -74,3 +75,6 @@ def deploy_patch(
     from advpatch.components._shell import run_step
 
     run_step("deploy_patch", locals())
+
+
+bind("deploy_patch", deploy_patch)

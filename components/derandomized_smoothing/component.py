@@ -4,6 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -81,3 +82,6 @@ def derandomized_smoothing(
     from advpatch.components._shell import run_step
 
     run_step("derandomized_smoothing", locals())
+
+
+bind("derandomized_smoothing", derandomized_smoothing)

@@ -6,6 +6,7 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Output
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -34,3 +35,6 @@ def gather(
     from advpatch.components._shell import run_step
 
     run_step("gather", locals())
+
+
+bind("gather", gather)

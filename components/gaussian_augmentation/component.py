@@ -4,6 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -63,3 +64,6 @@ def gaussian_augmentation(
     from advpatch.components._shell import run_step
 
     run_step("gaussian_augmentation", locals())
+
+
+bind("gaussian_augmentation", gaussian_augmentation)

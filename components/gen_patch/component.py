@@ -4,6 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -108,3 +109,6 @@ def gen_patch(
     from advpatch.components._shell import run_step
 
     run_step("gen_patch", locals())
+
+
+bind("gen_patch", gen_patch)

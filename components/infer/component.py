@@ -4,6 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -67,3 +68,6 @@ def infer(
     from advpatch.components._shell import run_step
 
     run_step("infer", locals())
+
+
+bind("infer", infer)

@@ -4,6 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -66,3 +67,6 @@ def init_model(
     from advpatch.components._shell import run_step
 
     run_step("init_model", locals())
+
+
+bind("init_model", init_model)

@@ -4,6 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -59,3 +60,6 @@ def jpeg_compression(
     from advpatch.components._shell import run_step
 
     run_step("jpeg_compression", locals())
+
+
+bind("jpeg_compression", jpeg_compression)

@@ -4,6 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Metrics, Output
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -58,3 +59,6 @@ def load_dataset(
     from advpatch.components._shell import run_step
 
     run_step("load_dataset", locals())
+
+
+bind("load_dataset", load_dataset)

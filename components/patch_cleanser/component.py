@@ -4,6 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -83,3 +84,6 @@ def patch_cleanser(
     from advpatch.components._shell import run_step
 
     run_step("patch_cleanser", locals())
+
+
+bind("patch_cleanser", patch_cleanser)

@@ -4,6 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, HTML, Input, Markdown, Output
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -112,3 +113,6 @@ def report(
     from advpatch.components._shell import run_step
 
     run_step("report", locals())
+
+
+bind("report", report)

@@ -4,6 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -56,3 +57,6 @@ def spatial_smoothing(
     from advpatch.components._shell import run_step
 
     run_step("spatial_smoothing", locals())
+
+
+bind("spatial_smoothing", spatial_smoothing)

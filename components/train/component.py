@@ -4,6 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
+from advpatch.components import bind
 from advpatch.settings import runtime_image
 
 
@@ -80,3 +81,6 @@ def train(
     from advpatch.components._shell import run_step
 
     run_step("train", locals())
+
+
+bind("train", train)

@@ -153,6 +153,7 @@ def render_component(c: Component) -> str:
         *([f"from kfp.dsl import {', '.join(used)}"] if used else []),
         "",
         *[f"from {CUSTOM_TYPES[t]} import {t}" for t in custom],
+        "from advpatch.components import bind",
         "from advpatch.settings import runtime_image",
         "",
         "",
@@ -164,6 +165,9 @@ def render_component(c: Component) -> str:
         "    from advpatch.components._shell import run_step",
         "",
         f'    run_step("{c.name}", locals())',
+        "",
+        "",
+        f'bind("{c.name}", {c.name})',
     ]
     return "\n".join(lines) + "\n"
 

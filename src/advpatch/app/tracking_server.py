@@ -35,8 +35,8 @@ def server_command(backend_uri: str, port: int, artifacts: Sequence[str]) -> Lis
     """``mlflow server`` on 127.0.0.1:``port`` over ``backend_uri``, one worker; ``artifacts``: its
     artifact options (``--default-artifact-root URI``, or ``--serve-artifacts
     --artifacts-destination URI``)."""
-    mlflow = Path(sys.executable).parent / "mlflow"
-    return [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    # this Python's mlflow, whether or not its console script is on PATH or beside the interpreter
+    return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--backend-store-uri", backend_uri, *artifacts]
 
 

@@ -1,0 +1,18 @@
+"""Packaging, the one part pyproject.toml cannot say: advpatch installs from three folders
+(``src/advpatch``, and the top-level ``components/`` and ``pipelines/`` as ``advpatch.components``
+and ``advpatch.pipelines``), and every package under them is found here, so that no list of
+packages is kept by hand (a hand-kept list once left six packages out of the runtime image)."""
+
+from setuptools import find_packages, setup
+
+ROOTS = {"advpatch": "src/advpatch", "advpatch.components": "components", "advpatch.pipelines": "pipelines"}
+
+
+def packages() -> list:
+    found = []
+    for name, folder in ROOTS.items():
+        found += [name] + [f"{name}.{sub}" for sub in find_packages(folder)]
+    return found
+
+
+setup(package_dir=ROOTS, packages=packages())
