@@ -11,8 +11,10 @@ from urllib.parse import parse_qs, urlparse
 
 
 class FakeKFP:
-    def __init__(self, final_state: str = "SUCCEEDED", polls_before_final: int = 1) -> None:
+    def __init__(self, final_state: str = "SUCCEEDED", polls_before_final: int = 1, fail_polls: int = 0) -> None:
         self.requests: List[Dict[str, Any]] = []
+        self.terminated: List[str] = []
+        self.fail_polls = fail_polls
         self.final_state = final_state
         self.polls_before_final = polls_before_final
         self.pipelines: Dict[str, Dict[str, Any]] = {}
@@ -92,7 +94,13 @@ class FakeKFP:
             rid = f"run-{len(self.runs) + 1}"
             self.runs[rid] = body
             return h._reply(200, {"run_id": rid, "display_name": body.get("display_name"), "state": "PENDING"})
+        if path.startswith("/apis/v2beta1/runs/") and path.endswith(":terminate") and method == "POST":
+            self.terminated.append(path.split("/")[-1].split(":")[0])
+            return h._reply(200, {})
         if path.startswith("/apis/v2beta1/runs/") and method == "GET":
+            if self.fail_polls:
+                self.fail_polls -= 1
+                return h._reply(503, {"error": "API server restarting"})
             rid = path.split("/")[-1]
             self._polls += 1
             state = self.final_state if self._polls > self.polls_before_final else "RUNNING"

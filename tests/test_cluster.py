@@ -122,6 +122,8 @@ def test_pull_secrets_no_selector_kfp_mlflow_and_no_cache(tmp_path):
         assert "MLFLOW_TRACKING_URI" not in {e["envVar"] for e in k8s["configMapAsEnv"][0]["keyToEnv"]}
         assert [s["secretName"] for s in k8s["secretAsEnv"]] == ["mlpipeline-minio-artifact"]
     assert "tolerations" in platform["exec-train"]
+    for name, executor in spec["deploymentSpec"]["executors"].items():  # each task knows KFP must hand it a run
+        assert {"name": "ADVPATCH_KFP_MLFLOW", "value": "true"} in executor["container"]["env"], name
     tasks = spec["root"]["dag"]["tasks"]["exit-handler-1"]
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert all(not t.get("cachingOptions", {}).get("enableCache") for t in inner.values())
@@ -246,3 +248,76 @@ def test_submit_fails_when_the_run_fails_or_input_is_bad(tmp_path, capsys):
     assert cli.main(["submit", "--host", f"http://127.0.0.1:{free_port()}", "--package", package]) == 2
     err = capsys.readouterr().err
     assert err.startswith("advpatch: error: cannot reach the KFP API at http://127.0.0.1:") and "Traceback" not in err
+
+
+def test_under_kfp_mlflow_a_task_without_kfp_run_fails_before_its_work(tmp_path, monkeypatch):
+    """Compiled with --kfp-mlflow, on a cluster where KFP's plugin failed (run creation goes on without
+    it) or lacks injectUserEnvVars: no MLFLOW_RUN_ID. The step must fail with one clear line, not log
+    into a SQLite file inside the pod, and write nothing."""
+    from advpatch import steps
+    from advpatch.errors import AdvpatchError
+
+    monkeypatch.setenv("ADVPATCH_KFP_MLFLOW", "true")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("ADVPATCH_OUTPUT_DIR", str(tmp_path / "outputs"))
+    with pytest.raises(AdvpatchError, match="compiled with --kfp-mlflow, but KFP gave the task no MLFLOW_RUN_ID or "
+                                            "MLFLOW_TRACKING_URI.*injectUserEnvVars"):
+        steps.load_dataset(dataset=str(tmp_path / "data"), source="digits", split="test", max_examples=20)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("image", ["reg.local/advpatch@sha256:" + "a" * 64, "reg.local:5000/advpatch"])
+def test_the_gpu_image_is_not_guessed_from_a_digest_or_an_untagged_image(image, tmp_path, capsys):
+    """`<image>-gpu` after a digest or a registry port is no image: ask for --gpu-image instead."""
+    from advpatch.app import cli
+
+    out = str(tmp_path / "p.yaml")
+    assert cli.main(["compile", "mnist-patch", "--output", out, "--image", image]) == 2
+    assert "give --gpu-image too" in capsys.readouterr().err and not Path(out).exists()
+    gpu = "reg.local/advpatch-gpu@sha256:" + "b" * 64
+    assert cli.main(["compile", "mnist-patch", "--output", out, "--image", image, "--gpu-image", gpu]) == 0
+    executors = next(yaml.safe_load_all(Path(out).read_text()))["deploymentSpec"]["executors"]
+    assert executors["exec-gen-patch"]["container"]["image"] == gpu and executors["exec-infer"]["container"]["image"] == image
+
+
+def test_a_wait_cut_short_terminates_the_run_and_survives_a_passing_api_outage(tmp_path, capsys):
+    """`submit --wait` (the CI Job): a few failed polls are waited out; a timeout terminates the run
+    (and so would SIGTERM when the Job is deleted or passes its deadline), so that no pipeline runs
+    on for a CI job that gave up on it."""
+    _compile(tmp_path, name="mnist-patch")
+    package = str(tmp_path / "mnist-patch.yaml")
+    with FakeKFP(final_state="SUCCEEDED", polls_before_final=1, fail_polls=2) as kfp_api:
+        assert cli.main(["submit", "--host", kfp_api.url, "--package", package, "--wait", "--poll", "0.01"]) == 0
+        assert kfp_api.terminated == []
+    with FakeKFP(final_state="SUCCEEDED", polls_before_final=10**6) as kfp_api:
+        assert cli.main(["submit", "--host", kfp_api.url, "--package", package, "--wait", "--poll", "0.01",
+                         "--timeout", "1"]) == 1
+        assert kfp_api.terminated == ["run-1"]
+    assert "run run-1 did not finish within 1 s (last state RUNNING): terminated" in capsys.readouterr().err
+    with FakeKFP(final_state="SUCCEEDED", fail_polls=10**6) as kfp_api:
+        assert cli.main(["submit", "--host", kfp_api.url, "--package", package, "--wait", "--poll", "0.01"]) == 2
+    assert "lost the KFP API while waiting for run run-1: 4 polls in a row failed" in capsys.readouterr().err
+
+
+def test_sigterm_during_the_wait_terminates_the_run(tmp_path):
+    """What deleting the CI Job (or its deadline) does to `advpatch submit --wait` in its pod."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    _compile(tmp_path, name="mnist-patch")
+    with FakeKFP(final_state="SUCCEEDED", polls_before_final=10**6) as kfp_api:
+        proc = subprocess.Popen([sys.executable, "-m", "advpatch.app.cli", "submit", "--host", kfp_api.url, "--package",
+                                 str(tmp_path / "mnist-patch.yaml"), "--wait", "--poll", "0.05"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not any(r["path"] == "/apis/v2beta1/runs/run-1" for r in list(kfp_api.requests)):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, out + err
+        assert kfp_api.terminated == ["run-1"]
+    assert "was still running when advpatch submit was stopped: terminated" in err

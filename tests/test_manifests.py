@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fake_kfp import FakeKFP  # noqa: E402
 
 
-def render(overlay: str) -> str:
+def render(overlay: str, manifests: Path = ROOT / "manifests") -> str:
     assert KUBECTL, "kubectl (with kustomize) is needed to render the manifests; it is on the machine image"
-    return subprocess.run([KUBECTL, "kustomize", str(ROOT / "manifests" / "overlays" / overlay)], check=True,
+    return subprocess.run([KUBECTL, "kustomize", str(manifests / "overlays" / overlay)], check=True,
                           capture_output=True, text=True).stdout
 
 
@@ -78,7 +78,7 @@ def test_everything_lands_where_the_runs_execute_and_owns_no_namespace(overlay):
     assert config["MLFLOW_TRACKING_URI"] == f"http://advpatch-mlflow.{namespace}.svc:5000"
     hosts = config["MLFLOW_ALLOWED_HOSTS"].split(",")
     assert f"advpatch-mlflow.{namespace}.svc:5000" in hosts and f"advpatch-mlflow.{namespace}.svc.cluster.local:5000" in hosts
-    assert config["ADVPATCH_S3_ENDPOINT"] == config["MLFLOW_S3_ENDPOINT_URL"] == "http://seaweedfs.kubeflow.svc:9000"
+    assert config["ADVPATCH_S3_ENDPOINT"] == config["MLFLOW_S3_ENDPOINT_URL"] == "http://seaweedfs.kubeflow.svc:8333"
     prefix = "artifacts/" if namespace == "kubeflow" else f"private/{namespace}/"
     assert config["MLFLOW_ARTIFACTS_DESTINATION"] == f"s3://mlpipeline/{prefix}mlflow"
 
@@ -108,9 +108,10 @@ def test_mlflow_server_runs_on_postgres_with_basic_auth_and_its_service_names(ov
     objs = objects(overlay)
     container = _one(objs, "Deployment", "advpatch-mlflow")["spec"]["template"]["spec"]["containers"][0]
     script = container["args"][0]
-    for flag in ('--allowed-hosts "$MLFLOW_ALLOWED_HOSTS"', "--app-name basic-auth",
-                 '--backend-store-uri "$MLFLOW_BACKEND_STORE_URI"', "--serve-artifacts"):
+    for flag in ('--allowed-hosts "$MLFLOW_ALLOWED_HOSTS"', "--app-name basic-auth", "--serve-artifacts"):
         assert flag in script
+    # the database URL (its password) reaches mlflow server by its environment, never its argv (ps shows argv)
+    assert "--backend-store-uri" not in script and "BACKEND_STORE_URI" not in " ".join(container["command"])
     env = {e["name"]: e for e in container["env"]}
     assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("postgresql+psycopg://mlflow:$(POSTGRES_PASSWORD)@")
     assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "advpatch-mlflow-server",
@@ -120,6 +121,10 @@ def test_mlflow_server_runs_on_postgres_with_basic_auth_and_its_service_names(ov
     policies = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "NetworkPolicy"}
     assert policies["advpatch-postgres"]["ingress"][0]["from"] == [
         {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "advpatch-mlflow"}}}]
+    sources = policies["advpatch-mlflow"]["ingress"][0]["from"]
+    assert {"podSelector": {}} in sources  # this namespace: the steps (no sidecar), the CI Job
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}},
+            "podSelector": {"matchLabels": {"app": "ml-pipeline"}}} in sources  # KFP's MLflow plugin
     egress_ports = {p["port"] for rule in policies["advpatch-mlflow"]["egress"] for p in rule["ports"]}
     assert {5432, 8333, 9000, 53} <= egress_ports
 
@@ -192,6 +197,8 @@ if sys.argv[1] == "kustomize":
     sys.stdout.write(subprocess.run([os.environ["REAL_KUBECTL"], *sys.argv[1:]], capture_output=True, text=True).stdout)
 elif "get" in sys.argv:
     polls = sum("get" in c for c in calls)
+    if polls <= int(os.environ.get("FAKE_GET_ERRORS", "0")):
+        sys.exit("The connection to the server was refused")
     print(os.environ["FAKE_FINAL"] + " " if polls >= 3 else "", end="")
 elif "logs" in sys.argv:
     print("run run-1 " + os.environ["FAKE_FINAL"])
@@ -215,3 +222,87 @@ def test_run_smoke_replaces_the_job_and_returns_on_failure_as_on_success(tmp_pat
     assert calls[0][:5] == ["-n", "advpatch", "delete", "job", "advpatch-smoke"]  # the last Job goes first
     assert calls[1][:2] == ["apply", "-k"]
     assert sum("get" in c for c in calls) == 3 and calls[-1][2] == "logs"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_servers_opt_out_of_istio_sidecars_as_kfp_step_pods_do(overlay):
+    """KFP puts sidecar.istio.io/inject: "false" on every pipeline pod; in a Kubeflow profile namespace
+    (istio-injection=enabled) a server with a sidecar would refuse their plain-text requests."""
+    objs = objects(overlay)
+    for kind, name in (("Deployment", "advpatch-mlflow"), ("StatefulSet", "advpatch-postgres")):
+        template = _one(objs, kind, name)["spec"]["template"]["metadata"]
+        # the label is what Istio's injector webhook selects on; the annotation, what the injector reads
+        assert template["labels"]["sidecar.istio.io/inject"] == "false", name
+        assert template["annotations"]["sidecar.istio.io/inject"] == "false", name
+
+
+@pytest.mark.parametrize("overlay", ["single-user/gpu", "multi-user/cpu"])
+def test_one_image_setting_in_an_overlay_moves_every_advpatch_container(overlay, tmp_path):
+    """README step 4: set the image in the overlay's `images:`; the MLflow server, the CI Job and the
+    image the Job compiles the pipeline for all follow (none stays on the default)."""
+    manifests = tmp_path / "manifests"
+    shutil.copytree(ROOT / "manifests", manifests)
+    path = manifests / "overlays" / overlay / "kustomization.yaml"
+    config = yaml.safe_load(path.read_text())
+    (entry,) = [i for i in config["images"] if i["name"] == "advpatch"]
+    entry.update(newName="registry.example.com/ml/advpatch", newTag="0.1.0-rc1")
+    path.write_text(yaml.safe_dump(config))
+    objs = [o for o in yaml.safe_load_all(render(overlay, manifests)) if o]
+    images = {name: [c["image"] for c in spec["containers"]] for name, spec in _pod_specs(objs)}
+    assert images["advpatch-mlflow"] == images["advpatch-smoke"] == ["registry.example.com/ml/advpatch:0.1.0-rc1"]
+    job = _one(objs, "Job", "advpatch-smoke")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in job["env"]}["ADVPATCH_IMAGE"] == "registry.example.com/ml/advpatch:0.1.0-rc1"
+    assert "ghcr.io/advpatch" not in render(overlay, manifests)
+
+
+def test_the_image_pull_secret_component_reaches_the_servers_the_job_and_the_compiled_pipeline(tmp_path):
+    """Private registries: the component adds the pull secret to the MLflow server and the Job, and the
+    Job compiles the pipeline with it (whatever order the overlay lists its components in)."""
+    manifests = tmp_path / "manifests"
+    shutil.copytree(ROOT / "manifests", manifests)
+    mine = manifests / "overlays" / "mine"
+    mine.mkdir()
+    (mine / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "kubeflow",
+        "resources": ["../../base", "../../ci"],
+        "components": ["../../components/image-pull-secret", "../../components/single-user", "../../components/gpu"],
+        "images": [{"name": "advpatch", "newName": "ghcr.io/advpatch/advpatch", "newTag": "0.1.0"}]}))
+    objs = [o for o in yaml.safe_load_all(render("mine", manifests)) if o]
+    specs = dict(_pod_specs(objs))
+    for name in ("advpatch-mlflow", "advpatch-smoke"):
+        assert specs[name]["imagePullSecrets"] == [{"name": "advpatch-image-pull"}], name
+    env = {e["name"]: e.get("value") for e in specs["advpatch-smoke"]["containers"][0]["env"]}
+    assert env["COMPILE_EXTRA"] == "--image-pull-secret advpatch-image-pull"
+    assert env["COMPILE_ARGS"] == "--accelerator-type nvidia.com/gpu --accelerator-limit 1"  # gpu's, by name
+    script = specs["advpatch-smoke"]["containers"][0]["args"][0]
+    assert "$COMPILE_ARGS $COMPILE_EXTRA" in script
+    import shlex
+
+    from advpatch.app import cli
+
+    out = tmp_path / "smoke.yaml"
+    assert cli.main(["compile", "mnist-patch", "--output", str(out), *shlex.split(env["COMPILE_ARGS"]),
+                     *shlex.split(env["COMPILE_EXTRA"])]) == 0
+    platform = list(yaml.safe_load_all(out.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert platform and all([s["secretName"] for s in e["imagePullSecret"]] == ["advpatch-image-pull"]
+                            for e in platform.values())
+
+
+def test_run_smoke_waits_out_a_passing_api_error_and_deletes_the_job_at_its_timeout(tmp_path):
+    import json
+
+    fake = tmp_path / "kubectl"
+    fake.write_text(FAKE_KUBECTL)
+    fake.chmod(0o755)
+    env = {**os.environ, "KUBECTL": str(fake), "REAL_KUBECTL": KUBECTL, "FAKE_STATE": str(tmp_path / "calls.json"),
+           "POLL": "0"}
+    overlay = str(ROOT / "manifests" / "overlays" / "single-user" / "cpu")
+    result = subprocess.run([str(ROOT / "manifests" / "ci" / "run-smoke.sh"), overlay, "60"], capture_output=True,
+                            text=True, env={**env, "FAKE_FINAL": "Complete", "FAKE_GET_ERRORS": "2"}, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (tmp_path / "calls.json").unlink()
+    result = subprocess.run([str(ROOT / "manifests" / "ci" / "run-smoke.sh"), overlay, "0"], capture_output=True,
+                            text=True, env={**env, "FAKE_FINAL": ""}, timeout=60)
+    assert result.returncode == 1 and "deleting it" in result.stderr
+    calls = [c for c in json.loads((tmp_path / "calls.json").read_text()) if c[0] != "kustomize"]
+    assert calls[-1][:5] == ["-n", "kubeflow", "delete", "job", "advpatch-smoke"]  # its submit then terminates the run

@@ -145,7 +145,7 @@ def test_thirty_two_steps_log_in_parallel_to_the_postgres_backed_server(manifest
     from advpatch.tracking import RunContext, close_pipeline_run
 
     # the pipeline's exit task, after every step
-    close_pipeline_run(RunContext("parallel-steps", "run-parallel-1", "parallel run", "exit"), "SUCCEEDED")
+    close_pipeline_run(RunContext("parallel-steps", "run-parallel-1", "parallel run", "exit"), True)
     mlflow.set_tracking_uri(manifest_mlflow["uri"])
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("parallel-steps")
@@ -187,7 +187,7 @@ def test_a_parent_that_lost_the_race_hands_its_steps_to_the_winner(manifest_mlfl
     with step_run("infer", ctx, {"row": "x"}) as run:
         new_child = run.run_id
     assert client.get_run(new_child).data.tags["mlflow.parentRunId"] == early
-    close_pipeline_run(ctx, "FAILED")
+    close_pipeline_run(ctx, False)
     parents = client.search_runs([exp], "tags.`advpatch.kind` = 'pipeline'")
     assert [p.info.run_id for p in parents] == [early] and parents[0].info.status == "FAILED"
     assert client.get_run(late).info.lifecycle_stage == "deleted"
@@ -244,3 +244,58 @@ def test_kfp_own_mlflow_integration_keeps_its_tree(manifest_mlflow, tmp_path, mo
     assert mlflow.artifacts.load_dict(f"runs:/{parent}/results.json")["steps"][0]["step"] == "load_dataset"
     assert client.get_run(parent).data.tags["advpatch.kind"] == "pipeline"  # advpatch compare finds it
     assert client.get_run(parent).info.status == "RUNNING"
+
+
+@pytest.mark.parametrize("state, status", [
+    ("SUCCEEDED", "FINISHED"),  # kfp.local
+    ("COMPLETE", "FINISHED"),  # a KFP 2.17 backend: the DAG execution's ML Metadata state
+    ("FAILED", "FAILED"), ("CANCELED", "FAILED"), ("RUNNING", "FAILED")])
+def test_the_exit_task_reads_the_states_local_runs_and_clusters_send(state, status, outputs):
+    """The exit task closes the pipeline's MLflow run by the state KFP hands it; a cluster's successful
+    run says COMPLETE, and must not end FAILED (advpatch compare lists only FINISHED runs)."""
+    import mlflow
+
+    from advpatch import steps
+    from advpatch.tracking import RunContext, step_run, tracking_uri
+
+    ctx = RunContext("exit-states", f"run-{state}", f"pipeline-{state}", "close-run")
+    with step_run("load_dataset", ctx, {}):  # the first step makes the pipeline's parent run
+        pass
+    result = steps.close_run(state=state, ctx=ctx)
+    assert result.details["succeeded"] is (status == "FINISHED")
+    client = mlflow.MlflowClient(tracking_uri())
+    exp = client.get_experiment_by_name("exit-states")
+    (parent,) = client.search_runs([exp.experiment_id], f"tags.`advpatch.pipeline_run_id` = 'run-{state}'"
+                                   " and tags.`advpatch.kind` = 'pipeline'")
+    assert parent.info.status == status
+
+
+def test_under_kfp_mlflow_infer_leaves_kfp_its_own_input_params(manifest_mlflow, tmp_path, monkeypatch):
+    """infer's row and condition are task inputs: KFP's launcher logs them into the task's run
+    (JSON-encoded) at the end. Had the step logged them first, MLflow would refuse KFP's whole batch
+    (a param cannot change), so KFP's record of the task would be lost."""
+    import mlflow
+    from mlflow.entities import Param
+
+    from advpatch import steps
+    from advpatch.tracking import RunContext
+
+    monkeypatch.setenv("ADVPATCH_OUTPUT_DIR", str(tmp_path / "outputs"))
+    steps.load_dataset(dataset=str(tmp_path / "data"), source="digits", split="test", max_examples=40)
+    steps.train(training_data=str(tmp_path / "data"), model=str(tmp_path / "model"), epochs=1, register_model=False)
+    for k, v in {"MLFLOW_TRACKING_URI": manifest_mlflow["uri"], "MLFLOW_TRACKING_USERNAME": ADMIN[0],
+                 "MLFLOW_TRACKING_PASSWORD": ADMIN[1], "ADVPATCH_KFP_MLFLOW": "true"}.items():
+        monkeypatch.setenv(k, v)
+    mlflow.set_tracking_uri(manifest_mlflow["uri"])
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("KFP-Default-infer")
+    parent = client.create_run(experiment, run_name="kfp-run-43").info.run_id
+    nested = client.create_run(experiment, run_name="infer", tags={"mlflow.parentRunId": parent}).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", nested)
+    steps.infer(data=str(tmp_path / "data"), predictions=str(tmp_path / "predictions"), model=str(tmp_path / "model"),
+                row="baseline", condition="clean", ctx=RunContext.current("advpatch-with-kfp", "infer"))
+    assert client.get_run(nested).data.metrics["accuracy"] >= 0
+    inputs = [Param("row", json.dumps("baseline")), Param("condition", json.dumps("clean"))]
+    client.log_batch(nested, params=inputs)  # KFP's launcher: must not be refused
+    assert {k: v for k, v in client.get_run(nested).data.params.items() if k in ("row", "condition")} == {
+        "row": '"baseline"', "condition": '"clean"'}

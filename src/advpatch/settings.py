@@ -26,6 +26,9 @@ cache): on a cluster from its pod's labels (the compiled pipeline maps them), lo
 ``advpatch run``."""
 ENV_MLFLOW_RUN_ID = "MLFLOW_RUN_ID"
 """Set by KFP 2.17's MLflow integration (``injectUserEnvVars``): the nested run KFP made for the task."""
+ENV_KFP_MLFLOW = "ADVPATCH_KFP_MLFLOW"
+"""``true`` in every task of a pipeline compiled with ``--kfp-mlflow``: the task must then find
+KFP's run and tracking URI in its environment, and fails rather than log nowhere."""
 ENV_MLFLOW_USERNAME = "MLFLOW_TRACKING_USERNAME"
 ENV_MLFLOW_PASSWORD = "MLFLOW_TRACKING_PASSWORD"
 ENV_S3_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
@@ -56,6 +59,11 @@ def output_dir() -> Path:
     """Where local runs write (the MLflow store, the KFP runner's artifacts, each run's
     ``results.json`` and log): ``./outputs`` by default, ``$ADVPATCH_OUTPUT_DIR`` when set."""
     return Path(os.environ.get(ENV_OUTPUT_DIR, "outputs")).resolve()
+
+
+def local_tracking_uri() -> str:
+    """The MLflow store runs use without ``MLFLOW_TRACKING_URI``: SQLite under :func:`output_dir`."""
+    return f"sqlite:///{output_dir() / 'mlflow' / 'mlflow.db'}"
 
 
 def experiment_name(explicit: str = "") -> str:

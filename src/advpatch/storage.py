@@ -13,9 +13,11 @@ spec or a log:
 Failures are reported as :class:`StorageError`, naming the endpoint and what went wrong, never a
 key. Rejected credentials, a missing bucket or prefix fail at once. Transient failures (connection
 refused, reset or cut mid-transfer, a timeout, HTTP 500/502/503/504) are retried: each object (and
-the listing) gets 3 tries (:data:`ATTEMPTS`), 1 s then 4 s apart (:data:`RETRY_DELAYS_S`), each
-with a 3 s connect and a 10 s read timeout: an operation gives up at most 45 s after the server
-stops answering, 5 s after it starts refusing or dropping connections.
+the listing) gets 5 tries (:data:`ATTEMPTS`), 1, 3, 9 and 20 s apart (:data:`RETRY_DELAYS_S`), each
+with a 3 s connect and a 10 s read timeout. That rides out a restart of the object store itself
+(its pod, or a busy machine's SeaweedFS answering HTTP 500 until it is ready, which took over 5 s
+here), so that a step does not lose its work to it; an operation gives up about 33 s after the
+server starts refusing or failing, at most about 100 s after it stops answering.
 
 Nothing half-transferred is left behind:
 
@@ -44,7 +46,7 @@ from advpatch import settings
 from advpatch.errors import AdvpatchError
 
 CREDENTIAL_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken"}
-RETRY_DELAYS_S = (1.0, 4.0)  # waits before the 2nd and the 3rd attempt
+RETRY_DELAYS_S = (1.0, 3.0, 9.0, 20.0)  # waits before the 2nd, 3rd, 4th and 5th attempt
 ATTEMPTS = len(RETRY_DELAYS_S) + 1  # per object, and for the listing
 CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 3.0, 10.0  # per attempt; the read timeout bounds a silence, not a transfer
 TRANSIENT_STATUS = (500, 502, 503, 504)
@@ -67,7 +69,7 @@ def endpoint() -> str:
     for var in settings.S3_ENDPOINT_VARS:
         if os.environ.get(var):
             return os.environ[var]
-    raise StorageError(f"no S3 endpoint configured: set {settings.ENV_S3_ENDPOINT} (e.g. http://seaweedfs.kubeflow:9000)")
+    raise StorageError(f"no S3 endpoint configured: set {settings.ENV_S3_ENDPOINT} (e.g. http://seaweedfs.kubeflow.svc:8333)")
 
 
 def client():

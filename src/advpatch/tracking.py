@@ -1,8 +1,7 @@
 """MLflow tracking: one parent run per pipeline run, one nested run per step, the model registry.
 
-The tracking URI comes from ``MLFLOW_TRACKING_URI``. Without it, runs go to a local store under
-``outputs/mlflow/`` (SQLite for runs and the registry, a folder for artifacts) that
-``make mlflow-ui`` opens.
+The tracking URI comes from ``MLFLOW_TRACKING_URI``; without it, a local store under
+``outputs/mlflow/`` (SQLite for runs and the registry, a folder for artifacts).
 
 Two ways a step finds its place:
 
@@ -19,8 +18,7 @@ Two ways a step finds its place:
 A retried task's run replaces its killed attempt's; a server that is down, failing or silent fails
 a step within 30 s with one :class:`TrackingError` (both: :mod:`advpatch.tracking_faults`).
 
-A task reads its pipeline run's id and name from its environment (:meth:`RunContext.current`), not
-from a task input, so KFP's cache can still reuse a task's outputs across runs.
+A task reads its pipeline run from its environment (:meth:`RunContext.current`), not a task input.
 """
 
 from __future__ import annotations
@@ -92,12 +90,13 @@ def artifact_uri(path: os.PathLike | str) -> str:
     return Path(text).resolve().as_uri()
 
 
-def local_store() -> Path:
-    return settings.output_dir() / "mlflow"
-
-
 def tracking_uri() -> str:
-    return os.environ.get(settings.ENV_TRACKING_URI) or f"sqlite:///{local_store() / 'mlflow.db'}"
+    missing = [v for v in (settings.ENV_MLFLOW_RUN_ID, settings.ENV_TRACKING_URI) if not os.environ.get(v)]
+    if missing and os.environ.get(settings.ENV_KFP_MLFLOW) == "true":  # else a file in the pod would lose it all
+        raise TrackingError(f"this pipeline was compiled with --kfp-mlflow, but KFP gave the task no {' or '.join(missing)}: "
+                            "KFP's MLflow plugin is off, failed at run creation (see its API server's log) or lacks "
+                            "injectUserEnvVars; compile without --kfp-mlflow to use advpatch's own MLflow server")
+    return os.environ.get(settings.ENV_TRACKING_URI) or settings.local_tracking_uri()
 
 
 def configure() -> str:
@@ -306,9 +305,9 @@ def step_run(step: str, ctx: RunContext, params: Mapping[str, Any], extra: Optio
             tags[TAG_TASK] = ctx.task_name
         kfp_run = kfp_mlflow_run()
         run_name = name or ctx.task_name or step
-        if kfp_run and not part:
+        if kfp_run and not part:  # KFP's own run for the task: KFP logs the task's inputs (row, ...) there
             run_args: Dict[str, Any] = {"run_id": kfp_run}
-            logged = dict(extra or {})
+            logged = {k: v for k, v in (extra or {}).items() if k not in params}
         elif kfp_run:
             experiment_id = mlflow.MlflowClient().get_run(kfp_run).info.experiment_id
             tags[TAG_PARENT] = kfp_run
@@ -382,10 +381,10 @@ def finish_pipeline_run(ctx: RunContext, *, dicts: Optional[Mapping[str, Any]] =
 
 
 @reported()
-def close_pipeline_run(ctx: RunContext, pipeline_state: str) -> Optional[str]:
-    """Mark the pipeline's own parent run FINISHED (the pipeline succeeded) or FAILED (anything
-    else); the pipeline's exit task calls this whatever happened. Under KFP's integration KFP closes
-    its own parent, and this does nothing."""
+def close_pipeline_run(ctx: RunContext, succeeded: bool) -> Optional[str]:
+    """Mark the pipeline's own parent run FINISHED (the pipeline ``succeeded``) or FAILED; the
+    pipeline's exit task calls this whatever happened. Under KFP's integration KFP closes its own
+    parent, and this does nothing."""
     if kfp_mlflow_run() or not ctx.pipeline_run_id:
         return None
     configure()
@@ -393,6 +392,6 @@ def close_pipeline_run(ctx: RunContext, pipeline_state: str) -> Optional[str]:
 
     client = mlflow.MlflowClient()
     parent = _pipeline_parent(client, ctx)
-    client.set_terminated(parent, status="FINISHED" if pipeline_state == "SUCCEEDED" else "FAILED")
+    client.set_terminated(parent, status="FINISHED" if succeeded else "FAILED")
     return parent
 

@@ -170,10 +170,6 @@ def _tracking(output: Path) -> Iterator[Dict[str, str]]:
         yield {settings.ENV_TRACKING_URI: uri, ENV_OWN_SERVER: uri}
 
 
-def _local_store_uri() -> str:
-    return f"sqlite:///{settings.output_dir() / 'mlflow' / 'mlflow.db'}"
-
-
 @contextlib.contextmanager
 def _environment(values: Dict[str, str]) -> Iterator[None]:
     """Set environment variables for the duration of a run, then put back what was there."""
@@ -257,8 +253,8 @@ def compare_runs(args: argparse.Namespace) -> int:
 
 
 def _mlflow_hint() -> str:
-    uri = os.environ.get(settings.ENV_TRACKING_URI) or _local_store_uri()
-    if uri == _local_store_uri():
+    uri = os.environ.get(settings.ENV_TRACKING_URI) or settings.local_tracking_uri()
+    if uri == settings.local_tracking_uri():
         return f"make mlflow-ui  (or: mlflow ui --backend-store-uri {uri})"
     return uri
 

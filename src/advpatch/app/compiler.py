@@ -10,13 +10,14 @@ from advpatch import __version__, params, settings
 
 
 def add_arguments(comp: argparse.ArgumentParser) -> None:
-    from advpatch.app.placement import CONFIG_MAP_DEFAULT, MLFLOW_SECRET_DEFAULT, RUN_AS, S3_SECRET_DEFAULT
+    from advpatch.app.placement import (CONFIG_MAP_DEFAULT, GPU_STEPS_DEFAULT, MLFLOW_SECRET_DEFAULT, RUN_AS,
+                                        S3_SECRET_DEFAULT)
 
     comp.add_argument("pipelines", nargs="*", help=f"names (default: all of {', '.join(params.PIPELINE_PARAMS)})")
     comp.add_argument("--output", default="outputs/compiled", help="a folder (one <name>.yaml each) or a .yaml file")
     comp.add_argument("--no-gpu", action="store_true", help="place no step on a GPU")
     comp.add_argument("--gpu-steps", default="", help="comma-separated component names "
-                      "(default: train,gen_patch)")
+                      f"(default: {','.join(sorted(GPU_STEPS_DEFAULT))})")
     comp.add_argument("--accelerator-type", default="nvidia.com/gpu")
     comp.add_argument("--accelerator-limit", type=int, default=1)
     comp.add_argument("--node-selector", action="append", default=None, metavar="KEY=VALUE",
@@ -28,7 +29,8 @@ def add_arguments(comp: argparse.ArgumentParser) -> None:
     comp.add_argument("--memory-request", default="2Gi")
     comp.add_argument("--memory-limit", default="8Gi")
     comp.add_argument("--image", default="", help="runtime image (default: $ADVPATCH_IMAGE or registry/advpatch:tag)")
-    comp.add_argument("--gpu-image", default="", help="image for GPU steps (default: the image's tag + '-gpu')")
+    comp.add_argument("--gpu-image", default="", help="image for GPU steps (default: the image's tag + '-gpu'; "
+                      "needed when --image is pinned by digest)")
     comp.add_argument("--image-registry", default="")
     comp.add_argument("--image-tag", default="")
     comp.add_argument("--image-pull-secret", action="append", default=[], metavar="NAME",

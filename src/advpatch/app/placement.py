@@ -16,9 +16,9 @@ endpoint from a ConfigMap.
 Every task runs as the images' non-root user (UID/GID 1000) with ``runAsNonRoot``: KFP 2.16+
 hardens its own containers but leaves ``runAsNonRoot`` off the user container, so a namespace that
 enforces the "restricted" pod-security profile rejects the pod without it. By default only the
-steps that train, optimize or run a large pretrained model over the test set get a GPU (``train``,
-``init_model``, ``import_model``, ``gen_patch``): ``infer``, ``deploy_patch`` and the defences are
-light on the small images of the demos (``--gpu-steps`` adds ``infer`` for ImageNet-sized work).
+steps that train, optimize or run a large pretrained model get a GPU (:data:`GPU_STEPS_DEFAULT`):
+``infer``, ``deploy_patch`` and the preprocessing defences are light on the small images of the
+demos (``--gpu-steps`` adds ``infer`` for ImageNet-sized work).
 """
 
 from __future__ import annotations
@@ -127,6 +127,8 @@ class Placement:
         if self.mlflow_secret and not self.kfp_mlflow:
             kubernetes.use_secret_as_env(task, secret_name=self.mlflow_secret,
                                          secret_key_to_env=dict(MLFLOW_SECRET_KEYS))
+        if self.kfp_mlflow:
+            task.set_env_variable(settings.ENV_KFP_MLFLOW, "true")
         if self.config_map:
             keys = {k: v for k, v in CONFIG_MAP_KEYS.items()
                     if not (self.kfp_mlflow and v == settings.ENV_TRACKING_URI)}
@@ -139,6 +141,15 @@ class Placement:
         if not self.cache:
             task.set_caching_options(False)
         return task
+
+
+def gpu_variant(image: str) -> str:
+    """The GPU image beside ``image``: its tag with ``-gpu`` appended (``make images`` builds both)."""
+    name, _, tag = image.rpartition(":")
+    if "@" in image or not name or "/" in tag:
+        raise params.ParameterError(f"cannot derive the GPU image from {image!r} (pinned by digest, or no tag): "
+                                    "give --gpu-image too, or --no-gpu")
+    return f"{image}-gpu"
 
 
 def cluster(
@@ -175,7 +186,7 @@ def cluster(
         gpu_steps=steps, accelerator_type=accelerator_type, accelerator_limit=accelerator_limit,
         node_selector=tuple(sorted(selector.items())), tolerations=tuple(Toleration.parse(t) for t in tols),
         cpu_request=cpu_request, cpu_limit=cpu_limit, memory_request=memory_request, memory_limit=memory_limit,
-        image=image, gpu_image=gpu_image or (f"{image}-gpu" if image and steps else ""),
+        image=image, gpu_image=gpu_image or (gpu_variant(image) if image and steps else ""),
         s3_secret=s3_secret, mlflow_secret=mlflow_secret, config_map=config_map, kfp_mlflow=kfp_mlflow,
         run_as_user=run_as_user, image_pull_secrets=tuple(image_pull_secrets or ()), cache=cache,
     )

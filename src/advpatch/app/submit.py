@@ -6,7 +6,8 @@ KFP), and the run gets the ``-p`` arguments, typed by the pipeline's own paramet
 On multi-user KFP every call carries a service-account token (:func:`token_path`) and the runs go
 to a profile namespace (:func:`namespace`). With ``--wait`` the command
 polls until the run ends and exits 0 only when it SUCCEEDED, so a Kubernetes Job running it fails
-with the run (manifests/ci).
+with the run (manifests/ci); a wait cut short (its timeout, SIGTERM when the Job is deleted or
+passes its deadline) terminates the run.
 """
 
 from __future__ import annotations
@@ -137,16 +138,47 @@ def _submit(args, spec: Dict[str, Any], arguments: Dict[str, Any]) -> int:
     print(f"run {run.run_id} started: pipeline {name} ({pipeline_id}), version {version_id}", flush=True)
     if not args.wait:
         return 0
-    deadline = time.monotonic() + args.timeout
-    state = ""
-    while time.monotonic() < deadline:
-        state = str(client.get_run(run.run_id).state or "")
-        if state in FINAL_STATES:
-            break
-        time.sleep(args.poll)
-    else:
-        print(f"run {run.run_id} did not finish within {args.timeout} s (last state {state or 'unknown'})",
-              file=sys.stderr)
-        return 1
-    print(f"run {run.run_id} {state}", flush=True)
-    return 0 if state == "SUCCEEDED" else 1
+    return _wait(client, run.run_id, args.timeout, args.poll)
+
+
+POLL_ERRORS_TOLERATED = 3
+"""Polls in a row that may fail (an API server restarting, a dropped connection) before the wait
+gives up."""
+
+
+class _Stopped(Exception):
+    """The process was told to stop (SIGTERM: the Job was deleted or ran past its deadline)."""
+
+
+def _stop(signum, frame):
+    raise _Stopped()
+
+
+def _wait(client, run_id: str, timeout: float, poll: float) -> int:
+    """Poll until the run ends: 0 when it SUCCEEDED, else 1. A wait cut short (``timeout``, SIGTERM,
+    Ctrl-C) terminates the run, so that no pipeline goes on running for a CI job that gave up on it."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    deadline, state, failures = time.monotonic() + timeout, "", 0
+    try:
+        while time.monotonic() < deadline:
+            try:
+                state, failures = str(client.get_run(run_id).state or ""), 0
+            except Exception as e:  # noqa: BLE001 - any transport or API error; the count bounds it
+                failures += 1
+                if failures > POLL_ERRORS_TOLERATED:
+                    raise AdvpatchError(f"lost the KFP API while waiting for run {run_id}: "
+                                        f"{failures} polls in a row failed ({type(e).__name__})") from None
+            if state in FINAL_STATES:
+                print(f"run {run_id} {state}", flush=True)
+                return 0 if state == "SUCCEEDED" else 1
+            time.sleep(poll)
+        why = f"did not finish within {timeout:g} s (last state {state or 'unknown'})"
+    except (_Stopped, KeyboardInterrupt):
+        why = "was still running when advpatch submit was stopped"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    client.terminate_run(run_id)
+    print(f"run {run_id} {why}: terminated", file=sys.stderr, flush=True)
+    return 1

@@ -50,12 +50,21 @@ def gather(p, track, *, summaries: List[str], bundle: str) -> StepResult:
     return StepResult(step="gather", label=f"{len(steps)} step results", details={"num_steps": len(steps)})
 
 
+SUCCEEDED_STATES = frozenset({"SUCCEEDED", "COMPLETE"})
+"""The pipeline states an exit task is handed (``dsl.PipelineTaskFinalStatus.state``) that mean
+success: kfp.local, and the SDK's documentation, say ``SUCCEEDED``; a KFP backend hands over the
+ML Metadata state of the pipeline's DAG execution, ``COMPLETE`` (KFP 2.17's driver,
+``backend/src/v2/driver/resolve.go``, and its own end-to-end test)."""
+
+
 @step("close_run")
 def close_run(p, track, *, state: str) -> StepResult:
-    """Mark the pipeline's MLflow run FINISHED when the pipeline's final ``state`` is SUCCEEDED,
-    else FAILED. Pipelines run it as their exit task, so it runs whatever happened (under KFP's
-    own MLflow integration KFP closes its runs, and this does nothing)."""
+    """Mark the pipeline's MLflow run FINISHED when the pipeline's final ``state`` means success
+    (:data:`SUCCEEDED_STATES`), else FAILED. Pipelines run it as their exit task, so it runs whatever
+    happened (under KFP's own MLflow integration KFP closes its runs, and this does nothing)."""
     from advpatch.tracking import close_pipeline_run
 
-    parent = close_pipeline_run(track.ctx, state)
-    return StepResult(step="close_run", label=f"pipeline {state.lower()}", details={"mlflow_run_id": parent or ""})
+    succeeded = state.upper() in SUCCEEDED_STATES
+    parent = close_pipeline_run(track.ctx, succeeded)
+    return StepResult(step="close_run", label=f"pipeline {'succeeded' if succeeded else 'failed'} ({state})",
+                      details={"mlflow_run_id": parent or "", "succeeded": succeeded})
