@@ -13,13 +13,13 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 OUTPUTS := $(or $(ADVPATCH_OUTPUT_DIR),outputs)
 
-.PHONY: help venv demo demo-defences test test-fast generate bench fuzz compile images mlflow-ui clean
+.PHONY: help venv demo demo-defences test test-fast system-deps generate bench fuzz compile images mlflow-ui clean
 
 help:
 	@echo "make demo [DATA=/path/to/Mnist]  run the MNIST experiment locally (kfp.local), print the results table"
 	@echo "make demo-defences [DATA=...]    the same with an adaptive attacker against every defence"
 	@echo "make test                        the whole test suite (what CI runs)"
-	@echo "make test-fast                   the tests without the end-to-end pipeline runs (day-to-day)"
+	@echo "make test-fast                   the tests that start no server and no pipeline (day-to-day, 2-3 min)"
 	@echo "make generate                    rewrite the components and pipeline signatures from the parameter table"
 	@echo "make bench                       patch engine vs ART, certified defences, 50k images, steady memory (outputs/bench/)"
 	@echo "make fuzz [FUZZ_SECONDS=600]     the file readers under a coverage-guided fuzzer, each target in turn"
@@ -46,11 +46,22 @@ demo-defences: $(STAMP)
 WORKERS  ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 2) + 1 )))
 PARALLEL ?= -n $(WORKERS) --dist loadfile
 
-test: $(STAMP)
+# What the tests need from the system beside the Python packages: Debian's chromium and fonts (the
+# report and MLflow's UI as a person sees them) and PostgreSQL (the cluster's MLflow backend).
+# Installed when missing and make runs as root (CI, a fresh machine); else one line says what to do.
+SYSTEM_PACKAGES := chromium fonts-dejavu-core fonts-liberation postgresql
+
+system-deps:
+	@sh tests/system-deps.sh $(SYSTEM_PACKAGES)
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest $(PARALLEL) --durations=15 $(PYTEST_ARGS)
 
+# The tier without servers, pipelines or installs (markers in pyproject.toml; a test that starts one
+# without its marker fails here)
 test-fast: $(STAMP)
-	$(PY) -m pytest $(PARALLEL) -m "not slow" --durations=10 $(PYTEST_ARGS)
+	ADVPATCH_TEST_TIER=fast $(PY) -m pytest $(PARALLEL) -m "not pipeline and not server and not slow" \
+	  --durations=10 $(PYTEST_ARGS)
 
 generate: $(STAMP)
 	$(PY) -m advpatch.app.codegen

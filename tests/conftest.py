@@ -180,12 +180,59 @@ def mlflow_server(s3_server, tmp_path_factory):
     stop(proc)
 
 
-# --------------------------------------------------------------------------- order
+# --------------------------------------------------------------------------- tiers and order
+SERVER_FIXTURES = {"s3_server", "s3_env", "mlflow_server", "postgres_server", "browser", "manifest_mlflow", "weed",
+                   "proxy"}
+"""Fixtures that start a real server or a browser: a test using one is marked ``server``."""
+TIERS = ("pipeline", "server", "slow")
+
+
 def pytest_collection_modifyitems(config, items):
-    """The files with end-to-end runs first, so that parallel workers (make test runs one per core,
-    a file at a time) start on the longest work and finish together; within a file, the file's order."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+    """Tests marked by what they need (``server`` from the fixtures they use); the files with
+    end-to-end runs first, so that parallel workers (make test runs one per core, a file at a time)
+    start on the longest work and finish together; within a file, the file's order."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+    heavy = {item.path for item in items if any(item.get_closest_marker(m) for m in ("pipeline", "slow"))}
+    items.sort(key=lambda item: item.path not in heavy)
+
+
+FAST_TIER = "ADVPATCH_TEST_TIER"
+"""``fast`` (make test-fast): a test that starts a server or a pipeline without its marker fails."""
+_FORBIDDEN = (("weed",), ("postgres",), ("initdb",), ("chromium",), ("mlflow", "server"), ("advpatch.app.cli", "run"),
+              ("advpatch.app.cli", "demo"), ("advpatch", "run"), ("advpatch", "demo"), ("make", "demo"))
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_nothing(request, monkeypatch):
+    """In the fast tier, starting a server or running a pipeline is an error naming the marker the
+    test lacks, so the tier stays what its name says."""
+    if os.environ.get(FAST_TIER) != "fast" or any(request.node.get_closest_marker(m) for m in TIERS):
+        yield
+        return
+    real = subprocess.Popen
+
+    def words(args):
+        return [Path(str(a)).name for a in ([args] if isinstance(args, (str, bytes, os.PathLike)) else args)]
+
+    class Guarded(real):
+        def __init__(self, args, *a, **kw):
+            argv = words(args if not kw.get("shell") and not isinstance(args, str) else str(args).split())
+            for pattern in _FORBIDDEN:
+                if all(any(w == p or w.startswith(p + "-") or w == f"{p}.py" for w in argv) for p in pattern):
+                    pytest.fail(f"{request.node.nodeid} starts {' '.join(pattern)} in the fast tier: mark it "
+                                f"pipeline or server")
+            super().__init__(args, *a, **kw)
+
+    def no_pipeline(*a, **kw):
+        pytest.fail(f"{request.node.nodeid} runs a pipeline in the fast tier: mark it pipeline")
+
+    monkeypatch.setattr(subprocess, "Popen", Guarded)
+    import kfp.local
+
+    monkeypatch.setattr(kfp.local, "init", no_pipeline)
+    yield
 
 
 # --------------------------------------------------------------------------- PostgreSQL

@@ -33,7 +33,7 @@ def test_gen_patch_optimizes_through_the_defence_it_is_given(tmp_path, outputs):
     assert not np.array_equal(PatchSet.load(tmp_path / "plain").patches, PatchSet.load(tmp_path / "adaptive").patches)
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_the_defences_pipeline_measures_every_defence_against_an_adaptive_attacker(mnist_folder, tmp_path):
     """`make demo-defences`' pipeline on a small MNIST folder: each adaptive row right after its
     transferred one, and the model trained on the baseline's patches, which resists those, falls to

@@ -27,6 +27,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from typing import Optional
+
 import pytest
 
 from conftest import write_png_folder
@@ -176,11 +178,17 @@ def _files_under(folder: Path) -> list:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
-def run_cli(argv: list, cwd: Path) -> dict:
-    """``advpatch ...`` as a user runs it, in a fresh process: exit code, last line, seconds, files left."""
+S3_VARIABLES = ("ADVPATCH_S3_ENDPOINT", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY")
+
+
+def run_cli(argv: list, cwd: Path, env: Optional[dict] = None) -> dict:
+    """``advpatch ...`` as a user runs it, in a fresh process: exit code, last line, seconds, files left.
+    ``env``: variables to set (a value of None: to unset)."""
     started = time.monotonic()
+    environment = {**os.environ, "ADVPATCH_OUTPUT_DIR": str(cwd / "outputs"), **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "advpatch.app.cli", *argv], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "ADVPATCH_OUTPUT_DIR": str(cwd / "outputs")}, timeout=300)
+                          env={k: v for k, v in environment.items() if v is not None}, timeout=300)
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     return {"rc": proc.returncode, "last": lines[-1] if lines else "", "traceback": "Traceback" in proc.stderr,
             "seconds": time.monotonic() - started, "left": _files_under(cwd)}
@@ -300,6 +308,7 @@ def _judge(results: list) -> list:
     return [r for r in results if not r["clear"] or r["left"]]
 
 
+@pytest.mark.slow  # a hundred fresh `advpatch` processes
 def test_the_command_line_refuses_every_bad_input_in_one_line_before_any_task(tmp_path, good):
     sources = make_sources(tmp_path / "sources")
     (tmp_path / "notes.keras").write_text("not a model\n")
@@ -319,11 +328,26 @@ def test_the_command_line_refuses_every_bad_input_in_one_line_before_any_task(tm
               "does not exist"),
              ("cli: weights file not HDF5", ["run", "imagenet-patch", "-p", f"weights={tmp_path / 'weights.h5'}"],
               "not an HDF5 file")]
+    # what the environment must give a run, known before any task (S3 for s3:// locations, a tracking URI MLflow takes)
+    no_s3 = dict.fromkeys(S3_VARIABLES)
+    envs = {"cli: s3 data, no S3 endpoint": no_s3, "cli: s3 data, no S3 credentials": {
+        **no_s3, "ADVPATCH_S3_ENDPOINT": "http://127.0.0.1:9"}, "cli: s3 endpoint not a URL": {
+        **no_s3, "ADVPATCH_S3_ENDPOINT": "seaweedfs:8333", "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"},
+        "cli: MLflow URI of no known form": {"MLFLOW_TRACKING_URI": "localhost:5000"},
+        "cli: sqlite URI without its path": {"MLFLOW_TRACKING_URI": "sqlite://mlflow.db"}}
+    runs += [("cli: s3 data, no S3 endpoint", ["run", "mnist-patch", "-p", "data_dir=s3://mlpipeline/shared/mnist"],
+              "data_dir=s3://mlpipeline/shared/mnist needs S3: no S3 endpoint configured"),
+             ("cli: s3 data, no S3 credentials", ["run", "imagenet-patch", "-p", "weights=s3://models/resnet50.h5"],
+              "weights=s3://models/resnet50.h5 needs S3: S3 credentials missing"),
+             ("cli: s3 endpoint not a URL", ["demo", "--data", "s3://mlpipeline/shared/mnist"],
+              "must be http(s)://host[:port], got 'seaweedfs:8333'"),
+             ("cli: MLflow URI of no known form", ["run", "mnist-patch"], "MLFLOW_TRACKING_URI must be"),
+             ("cli: sqlite URI without its path", ["demo"], "got 'sqlite://mlflow.db'")]
     results = []
     for i, (name, argv, expect) in enumerate(runs):
         cwd = tmp_path / "cli" / str(i)
         cwd.mkdir(parents=True)
-        got = run_cli(argv, cwd)
+        got = run_cli(argv, cwd, envs.get(name))
         got["clear"] = (got["rc"] == 2 and got["last"].startswith("advpatch: error: ") and not got["traceback"]
                         and expect.lower() in got["last"].lower())
         results.append({"id": name, **got})

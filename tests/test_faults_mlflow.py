@@ -19,6 +19,8 @@ from conftest import free_port
 
 PASSWORD = "do-not-print-me-4711"
 
+pytestmark = pytest.mark.server  # real HTTP servers that refuse, fail or stay silent, and a killed task
+
 
 def _answering(status: int, extra_headers=()):
     """A server that answers every request with ``status``; yields (uri, requests seen)."""

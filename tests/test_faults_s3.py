@@ -223,9 +223,11 @@ def test_server_killed_mid_download_fails_after_bounded_retries_and_leaves_dest_
 
 @pytest.mark.parametrize("size, mark, how", [(4 * MiB, 2 * MiB, "PUT"), (24 * MiB, 8 * MiB, "POST")],
                          ids=["single-put", "multipart"])
-def test_server_killed_mid_upload_leaves_no_partial_object(weed, proxy, tmp_path, size, mark, how):
+def test_server_killed_mid_upload_leaves_no_partial_object(weed, proxy, tmp_path, size, mark, how, monkeypatch):
     """storage.upload sends a.bin, big.bin, then dataset.json (manifests last). The server dies a
-    third of the way into big.bin: one PUT (under 5 MiB) or a multipart upload of 5 MiB parts."""
+    third of the way into big.bin: one PUT (under 5 MiB) or a multipart upload of 5 MiB parts. (The
+    attempts are counted at shorter intervals: the download test above waits the real ones out.)"""
+    monkeypatch.setattr(storage, "RETRY_DELAYS_S", (0.2,) * (storage.ATTEMPTS - 1))
     prefix = f"up-{how.lower()}"
     _random_file(tmp_path / "up" / "a.bin", MiB, seed=3)
     _random_file(tmp_path / "up" / "big.bin", size, seed=4)

@@ -40,7 +40,7 @@ def test_the_wheel_holds_every_module_and_component_file(wheel):
     assert {n.split("/")[0] for n in names} == {"advpatch", f"advpatch-{__version__}.dist-info"}
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_the_installed_wheel_lists_compiles_imports_and_runs_the_short_pipeline(wheel, tmp_path, mnist_folder):
     """Installed non-editable into a fresh venv (its dependencies taken from this one), used from a
     folder outside the source tree: every command a user starts with, and a whole pipeline through

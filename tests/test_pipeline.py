@@ -126,15 +126,15 @@ def compiled_run(mnist_folder, tmp_path_factory):
         assert cli.main(["compile", "mnist-patch", "--output", str(root / "mnist-patch.yaml"),
                          "--image", "registry.example.com/ml/advpatch:9.9.9"]) == 0
         pipeline = components.load_component_from_file(str(root / "mnist-patch.yaml"))
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "outputs" / "kfp"))
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "outputs" / "run" / "kfp"))
         pipeline(data_dir=str(mnist_folder), **SHORT)
-    (run,) = (root / "outputs" / "kfp").iterdir()
-    (root / "outputs" / "run").mkdir(parents=True)
+    (run,) = (root / "outputs" / "run" / "kfp").iterdir()
+    (root / "outputs" / "run").mkdir(parents=True, exist_ok=True)
     (root / "outputs" / "run" / "results.json").write_text((run / "report" / "results").read_text())
     return root
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_mnist_patch_pipeline_end_to_end(short_run):
     """The short pipeline through kfp.local: results.json, its comparison row and the MLflow runs behind it."""
     root = short_run
@@ -192,9 +192,9 @@ def test_mnist_patch_pipeline_end_to_end(short_run):
     assert by_task["train"].inputs.dataset_inputs  # what it was trained on
 
 
-def _artifacts(root):
+def _artifacts(root, output="run"):
     """Every file the local runner's tasks wrote, by task/output/path (the run's folder left out)."""
-    (run,) = (root / "outputs" / "kfp").iterdir()
+    (run,) = (root / "outputs" / output / "kfp").iterdir()
     return {p.relative_to(run).as_posix(): p for p in sorted(run.rglob("*")) if p.is_file()}
 
 
@@ -211,7 +211,7 @@ def _masked(data):
     return data
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_a_failed_local_run_leaves_its_mlflow_run_failed(tmp_path):
     """A step fails; the exit task still runs and marks the pipeline's MLflow run FAILED, not RUNNING.
     The command's last line is the task's own error (its traceback stays in pipeline.log)."""
@@ -237,7 +237,7 @@ def test_a_failed_local_run_leaves_its_mlflow_run_failed(tmp_path):
     assert parent.info.status == "FAILED" and parent.info.end_time
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_same_seed_same_bytes_for_every_artifact_of_the_short_pipeline(short_run, compiled_run):
     """Run twice (from the CLI, and from the YAML compiled for a cluster): every artifact the same."""
     import keras
@@ -287,7 +287,7 @@ def test_bad_pipeline_parameter_fails_fast_with_a_clear_message(capsys, tmp_path
     assert not (tmp_path / "outputs").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_the_sweep_pipeline_runs_locally_and_draws_its_curve(mnist_folder, tmp_path, monkeypatch, capsys):
     """mnist-sweep through the local runner: a ParallelFor over scales, gathered into one table and
     one curve per row (the baseline and JPEG compression), with intervals."""

@@ -301,7 +301,7 @@ def _run(root: Path, name: str, arguments: dict) -> dict:
     return json.loads((root / "outputs" / "run" / "results.json").read_text())
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_the_imagenet_pipeline_compiled_for_a_cluster_and_run_back_locally(imagenet_val, class_index,
                                                                            resnet50_weights, tmp_path):
     """imagenet-patch compiled as for a cluster (init_model and gen_patch on a GPU), then its YAML run
@@ -343,7 +343,7 @@ def test_the_imagenet_pipeline_compiled_for_a_cluster_and_run_back_locally(image
     assert all(e["num_patched"] == 8 for e in patched)
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_the_fruits360_pipeline_end_to_end(fruits_folder, tmp_path):
     """The Kaggle layout (Training/, Test/, names with spaces), RGB, every row of the experiment,
     the patch target given by name; settings lowered for a CPU as the README says."""
@@ -361,7 +361,7 @@ def test_the_fruits360_pipeline_end_to_end(fruits_folder, tmp_path):
     assert train["details"]["history"]["accuracy"][-1] > 0.8
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_the_custom_model_pipeline_end_to_end(parts, tmp_path):
     """A user's .keras model on a user's class folder, its classes in the model's order from a text
     file, the target by name."""

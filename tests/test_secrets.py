@@ -211,7 +211,7 @@ def _mlflow_records(client):
     return json.dumps(_plain(records, owners), default=str).encode(), owners, counts
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_no_secret_in_any_log_record_pipeline_or_result(s3_env, mnist_folder, manifest_mlflow, tmp_path,
                                                          tmp_path_factory, monkeypatch, capsys):
     import mlflow
@@ -275,7 +275,7 @@ def test_no_secret_in_any_log_record_pipeline_or_result(s3_env, mnist_folder, ma
     for folder in ("cluster-mlflow", "local-mlflow"):
         results = json.loads((work / folder / "outputs" / "run" / "results.json").read_text())
         assert results["evaluations"][0]["num_examples"] == 80, folder
-        (manifest,) = (work / folder / "outputs" / "kfp").glob("*/load-dataset/dataset/dataset.json")
+        (manifest,) = (work / folder / "outputs" / "run" / "kfp").glob("*/load-dataset/dataset/dataset.json")
         assert json.loads(manifest.read_text())["provenance"][0]["source"] == data_dir
     request = urllib.request.Request(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1")
     with pytest.raises(urllib.error.HTTPError, match="401"):
@@ -288,8 +288,8 @@ def test_no_secret_in_any_log_record_pipeline_or_result(s3_env, mnist_folder, ma
     assert {r["authorization"] for r in kfp_api.requests} == {f"Bearer {KFP_TOKEN}"}
     files_in_outputs = sum(1 for f in ("cluster-mlflow", "local-mlflow") for p in (work / f).rglob("*") if p.is_file())
     assert files_in_outputs > 80
-    for name in ("pipeline.log", "warm.log", "results.json", "report.html", "mlflow-server.log"):
-        assert (work / "local-mlflow" / "outputs" / "run" / name).stat().st_size > 0, name
+    for name in ("run/pipeline.log", "run/warm.log", "run/results.json", "run/report.html", "mlflow/server.log"):
+        assert (work / "local-mlflow" / "outputs" / name).stat().st_size > 0, name
     assert (work / "local-mlflow" / "outputs" / "mlflow" / "mlflow.db").is_file()
     assert len(list((work / "compiled").rglob("*.yaml"))) == 3 * 7
 

@@ -70,6 +70,7 @@ def test_missing_bucket_prefix_endpoint_and_settings(s3_env, monkeypatch, tmp_pa
     with pytest.raises(storage.StorageError, match="must look like s3://bucket/prefix"):
         storage.download("s3:///nobucket", tmp_path)
     monkeypatch.setenv("ADVPATCH_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setattr(storage, "RETRY_DELAYS_S", (0.1,) * (storage.ATTEMPTS - 1))  # test_faults_s3 times the real ones
     with pytest.raises(storage.StorageError, match="cannot reach the S3 endpoint"):
         storage.download(f"s3://{bucket}/datasets/mnist", tmp_path)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -78,7 +79,7 @@ def test_missing_bucket_prefix_endpoint_and_settings(s3_env, monkeypatch, tmp_pa
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_pipeline_with_s3_data_and_an_mlflow_server_storing_artifacts_in_s3(s3_env, mlflow_server, mnist_folder,
                                                                           tmp_path, monkeypatch):
     import mlflow

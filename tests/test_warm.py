@@ -19,7 +19,7 @@ def test_without_a_warm_process_the_task_runs_its_step_itself(tmp_path, monkeypa
     assert warm.run_in_warm_child("load_dataset", {}, RunContext()) is None
 
 
-@pytest.mark.slow
+@pytest.mark.server  # the warm process: a server of steps
 def test_a_warm_child_runs_the_step_with_the_tasks_environment_and_output(tmp_path, monkeypatch):
     """The same step, the same bytes; its log in the task's stdout/stderr; its error back to the task."""
     from advpatch import steps

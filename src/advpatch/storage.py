@@ -72,17 +72,25 @@ def endpoint() -> str:
     raise StorageError(f"no S3 endpoint configured: set {settings.ENV_S3_ENDPOINT} (e.g. http://seaweedfs.kubeflow.svc:8333)")
 
 
-def client():
-    """A minio client for :func:`endpoint`, with short timeouts."""
-    import urllib3
-    from minio import Minio
-
+def check_settings() -> Tuple[str, str, str]:
+    """The endpoint, access key and secret key from the environment; a :class:`StorageError` when one
+    is missing or the endpoint is not a URL (checked before a local run's first task too)."""
     url = urlparse(endpoint())
     if url.scheme not in ("http", "https") or not url.netloc:
         raise StorageError(f"the S3 endpoint must be http(s)://host[:port], got {endpoint()!r}")
     access, secret = os.environ.get(settings.ENV_S3_ACCESS_KEY, ""), os.environ.get(settings.ENV_S3_SECRET_KEY, "")
     if not access or not secret:
         raise StorageError(f"S3 credentials missing: set {settings.ENV_S3_ACCESS_KEY} and {settings.ENV_S3_SECRET_KEY}")
+    return endpoint(), access, secret
+
+
+def client():
+    """A minio client for :func:`endpoint`, with short timeouts."""
+    import urllib3
+    from minio import Minio
+
+    where, access, secret = check_settings()
+    url = urlparse(where)
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
                                retries=False, maxsize=10)  # _retry counts the attempts; 3 parts go at once
     return Minio(url.netloc, access_key=access, secret_key=secret, secure=url.scheme == "https",

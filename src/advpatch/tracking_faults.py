@@ -32,7 +32,7 @@ import json
 import os
 import socket
 import time
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from advpatch.errors import AdvpatchError
@@ -51,6 +51,8 @@ OWN_SERVER_WAIT = 90.0
 """The same for the server ``advpatch run`` started beside this very run (it names it in
 :data:`ENV_OWN_SERVER`): on a loaded machine its start can take longer, and it is known to be coming."""
 ENV_OWN_SERVER = "ADVPATCH_OWN_TRACKING_SERVER"
+ENV_OWN_SERVER_PID, ENV_OWN_SERVER_LOG = "ADVPATCH_OWN_TRACKING_SERVER_PID", "ADVPATCH_OWN_TRACKING_SERVER_LOG"
+"""That server's process and log: a step stops waiting the moment the process is gone."""
 TAG_ATTEMPT = "advpatch.attempt"
 TAG_REPLACES = "advpatch.replaces"
 
@@ -75,6 +77,23 @@ def shown_uri(uri: str) -> str:
     if "@" not in parts.netloc:
         return uri
     return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+URI_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+"""The tracking URI schemes MLflow's client knows (a database scheme may name its driver:
+``postgresql+psycopg``)."""
+
+
+def check_uri(uri: str) -> None:
+    """A :class:`TrackingError` unless ``uri`` has a form MLflow takes: checked before a local run's
+    first task, so that a typo costs nothing (whether the server answers, each step checks)."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0]
+    ok = scheme in URI_SCHEMES and not (scheme in ("http", "https") and not parts.hostname) \
+        and not (scheme == "sqlite" and not uri.startswith("sqlite:///"))
+    if not ok and not (not parts.scheme and uri.strip()):  # no scheme: a folder, MLflow's file store
+        raise TrackingError(f"MLFLOW_TRACKING_URI must be http(s)://HOST[:PORT], sqlite:///PATH, a database URI "
+                            f"(postgresql://...) or a folder, got {shown_uri(uri)!r}")
 
 
 def _listening(host: str, port: int) -> bool:
@@ -108,13 +127,43 @@ def wait_if_local_server(uri: str) -> None:
     own = os.environ.get(ENV_OWN_SERVER) == uri  # ours is waited for until it answers, not only listens
     timeout = OWN_SERVER_WAIT if own else LOCAL_SERVER_WAIT
     deadline, probes = time.monotonic() + timeout, 1
+    pid = int(os.environ.get(ENV_OWN_SERVER_PID) or 0) if own else 0
     while not (_healthy(uri) if own else _listening(parts.hostname, parts.port or 80)):
+        if pid and not process_running(pid):
+            log = os.environ.get(ENV_OWN_SERVER_LOG, "")
+            lines = [line for line in _tail(log) if line.strip()]
+            tail = [line for line in lines if "Error" in line][-1:] or lines[-1:]  # the exception's line
+            raise TrackingError(f"the MLflow server advpatch started for this store (process {pid}) exited before "
+                                f"answering; its log: {log}" + (f" ({tail[0].strip()[:300]})" if tail else ""))
         if time.monotonic() > deadline:
             what = "no answer on /health" if own else "connection refused"
             raise TrackingError(f"MLflow tracking at {shown_uri(uri)} failed: {what} "
                                 f"({probes} tries over {timeout:.0f} s); is the server running?")
         time.sleep(0.25)
         probes += 1
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _tail(path: str) -> List[str]:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-4000:].splitlines()
+    except OSError:
+        return []
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:

@@ -14,19 +14,14 @@ milliseconds, not a training run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
-import time
-import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 from advpatch import __version__, params, settings
-from advpatch.app.warm import warm_starter
 from advpatch.errors import AdvpatchError
 
 DEMO_PIPELINE = "mnist-experiment"
@@ -85,6 +80,23 @@ def fit_to_data(pipeline: str, arguments: Dict[str, Any], *, choose_target: bool
     return arguments
 
 
+def check_environment(arguments: Dict[str, Any]) -> None:
+    """What a run needs from its environment, checked before any task: an S3 endpoint and
+    credentials when an argument is an ``s3://`` location, a tracking URI MLflow takes."""
+    from advpatch import storage
+    from advpatch.sources import S3_PREFIX
+    from advpatch.tracking_faults import check_uri
+
+    on_s3 = [name for name, value in arguments.items() if isinstance(value, str) and value.startswith(S3_PREFIX)]
+    if on_s3:
+        try:
+            storage.check_settings()
+        except AdvpatchError as e:
+            raise type(e)(f"{on_s3[0]}={arguments[on_s3[0]]} needs S3: {e}") from None
+    if os.environ.get(settings.ENV_TRACKING_URI):
+        check_uri(os.environ[settings.ENV_TRACKING_URI])
+
+
 def check_model_files(values: Dict[str, Any], specs: Dict[str, Any]) -> None:
     """A local ``model_file`` (a readable .keras archive, taking the data's images when both are
     known) and local ``weights`` (Keras' file for the architecture), checked before any task."""
@@ -104,87 +116,6 @@ def check_model_files(values: Dict[str, Any], specs: Dict[str, Any]) -> None:
         check_weights(values["model_architecture"], weights)
 
 
-def run(pipeline_name: str, arguments: Dict[str, Any], output: Optional[Path]) -> Dict[str, Any]:
-    """Run a pipeline locally; write ``results.json``, ``report.html`` and ``pipeline.log`` to
-    ``output`` (default: ``$ADVPATCH_OUTPUT_DIR/run``, i.e. ``outputs/run``)."""
-    params.validate_pipeline(pipeline_name, arguments)  # fail in milliseconds, not inside a task
-    base = settings.output_dir()
-    output = (output or base / "run").resolve()
-    log_file = output / "pipeline.log"
-    log_file.unlink(missing_ok=True)
-    settings.no_telemetry()
-    settings.quiet_tensorflow()
-    started = time.monotonic()
-    print(f"running pipeline {pipeline_name} locally (task logs: {log_file})", flush=True)
-    # what the task subprocesses read: the output folder, absolute, the MLflow store in it, and the
-    # run they belong to (on a cluster, the pod's labels give the last two; see pipelines/common.py)
-    run_id = uuid.uuid4().hex
-    task_env = {settings.ENV_OUTPUT_DIR: str(base),
-                settings.ENV_PIPELINE_RUN_ID: run_id,
-                settings.ENV_PIPELINE_RUN_NAME: f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:6]}"}
-    with _terminal() as terminal, _tracking(output) as tracking_env, warm_starter(output / "warm.log") as warm_env, \
-            _environment({**task_env, **tracking_env, **warm_env}):
-        from advpatch.app.local import run_local  # imports KFP: while the tracking server starts
-        from advpatch.pipelines import PIPELINES
-
-        results = run_local(PIPELINES[pipeline_name], arguments, base / "kfp", log_file=log_file,
-                            progress=terminal.write)
-    results["wall_time_s"] = round(time.monotonic() - started, 1)
-    output.mkdir(parents=True, exist_ok=True)
-    page = Path(results.pop("run_folder")) / "report" / "html"
-    if page.is_file():
-        shutil.copyfile(page, output / "report.html")
-    (output / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
-    results["output"] = str(output)
-    return results
-
-
-@contextlib.contextmanager
-def _terminal() -> Iterator[Any]:
-    """Where progress lines go while the tasks' output goes to the log: the terminal, through a
-    copy of stdout's file descriptor (``sys.stdout`` itself when it has none, e.g. under pytest)."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-        yield sys.stdout
-        return
-    with os.fdopen(os.dup(fd), "w", buffering=1) as terminal:
-        yield terminal
-
-
-@contextlib.contextmanager
-def _tracking(output: Path) -> Iterator[Dict[str, str]]:
-    """Where the tasks track: ``MLFLOW_TRACKING_URI`` when set; else an ``mlflow server`` over the
-    local store for the length of the run (see :mod:`advpatch.app.tracking_server`): one process
-    owns the SQLite file, and a task's MLflow start costs no database set-up. It starts beside the
-    first task, which waits for it before its work (never two writers migrating one fresh database
-    at once)."""
-    if os.environ.get(settings.ENV_TRACKING_URI):
-        yield {settings.ENV_TRACKING_URI: os.environ[settings.ENV_TRACKING_URI]}
-        return
-    from advpatch.app.tracking_server import local_server
-
-    from advpatch.tracking_faults import ENV_OWN_SERVER
-
-    with local_server(settings.output_dir() / "mlflow", output / "mlflow-server.log", wait=False) as uri:
-        yield {settings.ENV_TRACKING_URI: uri, ENV_OWN_SERVER: uri}
-
-
-@contextlib.contextmanager
-def _environment(values: Dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of a run, then put back what was there."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _parser() -> argparse.ArgumentParser:
     from advpatch.app.compiler import add_arguments as add_compile_arguments
 
@@ -193,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"advpatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the MNIST experiment locally")
-    demo.add_argument("--data", default="", help="an MNIST folder (training/ and testing/); default: embedded digits")
+    demo.add_argument("--data", default="", help="an MNIST folder (training/ and testing/), or any data_dir source "
+                      "(s3://..., mlflow-run://...); default: embedded digits")
     demo.add_argument("--output", type=Path, default=None,
                       help="where results.json and pipeline.log go (default: $ADVPATCH_OUTPUT_DIR/demo)")
     runp = sub.add_parser("run", help="run a pipeline locally")
@@ -291,16 +223,22 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             return submit(args)
         if args.command == "demo":
-            name, output = DEMO_PIPELINE, args.output or settings.output_dir() / "demo"
-            arguments = {"data_dir": str(Path(args.data).resolve())} if args.data else {}
+            name, output, default_name = DEMO_PIPELINE, args.output, "demo"
+            data = args.data if "://" in args.data else str(Path(args.data).resolve())  # s3://, mlflow-run://
+            arguments = {"data_dir": data} if args.data else {}
+            check_environment(arguments)
             arguments = fit_to_data(name, arguments, choose_target=True)
         else:
             if args.pipeline not in params.PIPELINE_PARAMS:
                 raise params.ParameterError(
                     f"pipeline must be one of {', '.join(params.PIPELINE_PARAMS)}, got {args.pipeline!r}")
-            name, output = args.pipeline, args.output
-            arguments = fit_to_data(name, parse_arguments(args.pipeline, args.param))
-        results = run(name, arguments, output)
+            name, output, default_name = args.pipeline, args.output, "run"
+            arguments = parse_arguments(args.pipeline, args.param)
+            check_environment(arguments)
+            arguments = fit_to_data(name, arguments)
+        from advpatch.app.local import run_pipeline
+
+        results = run_pipeline(name, arguments, output, default_name)
     except AdvpatchError as e:
         print(f"advpatch: error: {e}", file=sys.stderr)
         return 2

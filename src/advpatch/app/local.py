@@ -2,20 +2,36 @@
 
 Every task runs as a subprocess of the current Python (``SubprocessRunner(use_venv=False)``), so
 the environment that has advpatch installed is the one the components use.
+
+Runs started at once from one folder (two terminals, a sweep by hand, a CI matrix) each get a
+folder of their own and share the MLflow store:
+
+* a run's output folder (``outputs/run`` by default) is its own while it runs, held by a lock
+  (:func:`claim_output`); a second run finds it taken and uses ``outputs/run-2``, and so on;
+* the run's task artifacts go under that folder (``kfp/``), emptied when the run starts, so the
+  run finds its KFP run folder there by where it put it, never by comparing listings;
+* the runs share one MLflow server over the store (:func:`advpatch.app.tracking_server.shared_server`),
+  and each has its own parent run in it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+from advpatch import params, settings
+from advpatch.errors import AdvpatchError
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +194,9 @@ lets no output leave the exit handler that closes their MLflow run."""
 def run_local(
     pipeline, arguments: Mapping[str, Any], pipeline_root: Path, log_file: Optional[Path] = None, progress=None
 ) -> Dict[str, Any]:
-    """Run ``pipeline`` with ``arguments``; return its ``results.json`` as a dict (with the run's
-    folder as ``run_folder``).
+    """Run ``pipeline`` with ``arguments``, its task outputs under ``pipeline_root``, which must hold
+    no other run (this run's folder is found there as its only one); return its ``results.json`` as
+    a dict (with the run's folder as ``run_folder``).
 
     With ``log_file``, the tasks' (verbose) output goes there instead of the terminal and a
     failure raises :class:`PipelineFailed` with the end of that log. With ``progress`` (a
@@ -189,7 +206,8 @@ def run_local(
     from kfp import local
 
     pipeline_root.mkdir(parents=True, exist_ok=True)
-    before = set(pipeline_root.iterdir())
+    if any(pipeline_root.iterdir()):
+        raise ValueError(f"{pipeline_root} must be empty: a run finds its folder there as the only one")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     try:
         with _progress(pipeline, arguments, progress), _output_to(log_file), _kfp_leaves_no_trace():
@@ -198,9 +216,115 @@ def run_local(
         if log_file is None:
             raise
         raise PipelineFailed(_failure(str(e), log_file)) from None
-    (run_folder,) = set(pipeline_root.iterdir()) - before
+    (run_folder,) = pipeline_root.iterdir()
     results_path = run_folder / REPORT_RESULTS
     log.info("results: %s", results_path)
     results = json.loads(results_path.read_text())
     results["run_folder"] = str(run_folder)
     return results
+
+
+LOCK_FILE = ".advpatch-run.lock"
+TASK_OUTPUTS = "kfp"
+"""In a run's output folder: the lock that makes it the run's own, and the tasks' artifacts."""
+MAX_FOLDERS = 100
+
+
+def claim_output(output: Optional[Path], default: Path) -> Tuple[Path, IO]:
+    """An output folder no other run is using, and the open lock file that keeps it so until closed
+    (or this process ends): ``output`` when given (an error if another run holds it), else
+    ``default`` or, while another run holds that, ``default-2``, ``default-3``, ..."""
+    candidates = [output] if output else [default, *(default.with_name(f"{default.name}-{i}")
+                                                     for i in range(2, MAX_FOLDERS + 1))]
+    for folder in candidates:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / LOCK_FILE, "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return folder, lock
+    if output:
+        raise AdvpatchError(f"--output {output} is in use by another advpatch run: give another folder")
+    raise AdvpatchError(f"{default} and {MAX_FOLDERS - 1} more folders beside it are in use by other advpatch runs")
+
+
+def run_pipeline(pipeline_name: str, arguments: Dict[str, Any], output: Optional[Path], default_name: str = "run",
+                 write=None) -> Dict[str, Any]:
+    """Run a pipeline locally; write ``results.json``, ``report.html``, ``pipeline.log`` and the
+    tasks' artifacts (``kfp/``) to ``output`` (default: ``$ADVPATCH_OUTPUT_DIR/<default_name>``, or
+    the next free folder beside it: :func:`claim_output`). Progress lines go to ``write``."""
+    from advpatch.app.tracking_server import shared_server
+    from advpatch.app.warm import warm_starter
+    from advpatch.tracking_faults import ENV_OWN_SERVER, ENV_OWN_SERVER_LOG, ENV_OWN_SERVER_PID
+
+    params.validate_pipeline(pipeline_name, arguments)  # fail in milliseconds, not inside a task
+    base = settings.output_dir()
+    claimed, lock = claim_output(output.resolve() if output else None, base / default_name)
+    if output is None and claimed != base / default_name:
+        print(f"note: {base / default_name} is in use by another advpatch run: this one writes to {claimed}")
+    output = claimed
+    with lock:
+        log_file = output / "pipeline.log"
+        log_file.unlink(missing_ok=True)
+        shutil.rmtree(output / TASK_OUTPUTS, ignore_errors=True)  # the last run's, in this folder
+        settings.no_telemetry()
+        settings.quiet_tensorflow()
+        started = time.monotonic()
+        print(f"running pipeline {pipeline_name} locally (task logs: {log_file})", flush=True)
+        # what the task subprocesses read: the output folder, absolute, the MLflow store in it, and the
+        # run they belong to (on a cluster, the pod's labels give the last two; see pipelines/common.py)
+        run_id = uuid.uuid4().hex
+        task_env = {settings.ENV_OUTPUT_DIR: str(base),
+                    settings.ENV_PIPELINE_RUN_ID: run_id,
+                    settings.ENV_PIPELINE_RUN_NAME: f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:6]}"}
+        with contextlib.ExitStack() as stack:
+            terminal = stack.enter_context(_terminal()) if write is None else None
+            if os.environ.get(settings.ENV_TRACKING_URI):
+                tracking_env = {settings.ENV_TRACKING_URI: os.environ[settings.ENV_TRACKING_URI]}
+            else:  # the store's MLflow server, shared with the other runs using it
+                server = stack.enter_context(shared_server(base / "mlflow"))
+                tracking_env = {settings.ENV_TRACKING_URI: server["uri"], ENV_OWN_SERVER: server["uri"],
+                                ENV_OWN_SERVER_PID: server["pid"], ENV_OWN_SERVER_LOG: server["log"]}
+            warm_env = stack.enter_context(warm_starter(output / "warm.log"))
+            stack.enter_context(_environment({**task_env, **tracking_env, **warm_env}))
+            from advpatch.pipelines import PIPELINES  # imports KFP: while the tracking server starts
+
+            results = run_local(PIPELINES[pipeline_name], arguments, output / TASK_OUTPUTS, log_file=log_file,
+                                progress=write or terminal.write)
+        results["wall_time_s"] = round(time.monotonic() - started, 1)
+        page = Path(results.pop("run_folder")) / "report" / "html"
+        if page.is_file():
+            shutil.copyfile(page, output / "report.html")
+        (output / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+        results["output"] = str(output)
+        return results
+
+
+@contextlib.contextmanager
+def _terminal() -> Iterator[Any]:
+    """Where progress lines go while the tasks' output goes to the log: the terminal, through a
+    copy of stdout's file descriptor (``sys.stdout`` itself when it has none, e.g. under pytest)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        yield sys.stdout
+        return
+    with os.fdopen(os.dup(fd), "w", buffering=1) as terminal:
+        yield terminal
+
+
+@contextlib.contextmanager
+def _environment(values: Dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a run, then put back what was there."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

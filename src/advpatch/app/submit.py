@@ -146,8 +146,9 @@ POLL_ERRORS_TOLERATED = 3
 gives up."""
 
 
-class _Stopped(Exception):
-    """The process was told to stop (SIGTERM: the Job was deleted or ran past its deadline)."""
+class _Stopped(BaseException):
+    """The process was told to stop (SIGTERM: the Job was deleted or ran past its deadline); not an
+    Exception, so that no handler of a failed poll takes it for one."""
 
 
 def _stop(signum, frame):
