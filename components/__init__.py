@@ -11,8 +11,23 @@ without defining any component.
 
 import importlib
 
-__all__ = ["load_dataset", "train", "init_model", "import_model", "gen_patch", "deploy_patch", "spatial_smoothing", "jpeg_compression",
-           "gaussian_augmentation", "derandomized_smoothing", "patch_cleanser", "infer", "report", "gather", "close_run"]
+__all__ = [
+    "close_run",
+    "deploy_patch",
+    "derandomized_smoothing",
+    "gather",
+    "gaussian_augmentation",
+    "gen_patch",
+    "import_model",
+    "infer",
+    "init_model",
+    "jpeg_compression",
+    "load_dataset",
+    "patch_cleanser",
+    "report",
+    "spatial_smoothing",
+    "train",
+]
 
 
 def bind(name: str, component) -> None:

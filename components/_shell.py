@@ -22,6 +22,8 @@ import re
 import sys
 from typing import Any, Dict, List, Mapping
 
+from advpatch.components._warm import ENV_WARM_SOCKET, run_in_warm_child
+
 KFP_OUTPUTS = ("metrics", "confusion", "confusion_patched", "summary")
 """Outputs the shell fills from the step's result; every other artifact is the step's to read or write."""
 
@@ -31,8 +33,8 @@ _NUMBERED = re.compile(r"(?P<base>[a-z_]+)_(?P<index>\d\d)")
 def run_step(name: str, args: Mapping[str, Any]):
     """Run the library step ``name`` with a component's arguments (its ``locals()``)."""
     from advpatch import params
-    from advpatch.steps import STEPS
     from advpatch.errors import AdvpatchError
+    from advpatch.steps import STEPS
     from advpatch.tracking import RunContext
 
     args = {k: v for k, v in args.items() if k != "run_step"}  # the body's own import of this function
@@ -56,9 +58,7 @@ def run_step(name: str, args: Mapping[str, Any]):
     ctx = RunContext.current(**tracking)
     try:
         result = None
-        if os.environ.get("ADVPATCH_WARM_SOCKET"):  # advpatch run: a process with the imports done forks for it
-            from advpatch.app.warm import run_in_warm_child
-
+        if os.environ.get(ENV_WARM_SOCKET):  # advpatch run: a process with the imports done forks for it
             result = run_in_warm_child(name, {**paths, **lists, **values}, ctx)
         if result is None:
             result = STEPS[name](**paths, **lists, **values, ctx=ctx)
@@ -67,13 +67,9 @@ def run_step(name: str, args: Mapping[str, Any]):
             raise
         fail_task(name, e)
     to_kfp(result, args)
-    if os.environ.get("_KFP_RUNTIME") == "true":  # inside a task that KFP runs (not a direct call)
+    if os.environ.get("_KFP_RUNTIME") == "true" and os.environ.get(ENV_WARM_SOCKET):  # a local run's task
         atexit.register(_exit_without_teardown)
     return result
-
-
-ERROR_PREFIX = "advpatch: error: "
-"""How a task's last line starts when it failed on bad input (``advpatch run`` shows that line)."""
 
 
 def fail_task(name: str, error: Exception) -> None:
@@ -82,6 +78,8 @@ def fail_task(name: str, error: Exception) -> None:
     the task exits non-zero without a second traceback."""
     import traceback
 
+    from advpatch.errors import ERROR_PREFIX
+
     traceback.print_exception(type(error), error, error.__traceback__)
     sys.stdout.flush()
     print(f"{ERROR_PREFIX}{name}: {error}", file=sys.stderr, flush=True)
@@ -89,8 +87,9 @@ def fail_task(name: str, error: Exception) -> None:
 
 
 def _exit_without_teardown() -> None:
-    """End a task's process once KFP's executor has written its outputs: tearing down an interpreter
-    that has TensorFlow loaded takes 1-2 s per task, for nothing. Registered last, this runs before
+    """End a local run's task once KFP's executor has written its outputs: tearing down an interpreter
+    that has TensorFlow loaded takes 1-2 s per task, for nothing (on a cluster the process ends as
+    usual: there a second saves nothing, and a normal exit flushes everything). Registered last, this runs before
     the other exit handlers; it keeps the exit status (1 after an uncaught exception)."""
     import logging
 
@@ -107,7 +106,7 @@ def _plural(word: str) -> str:
 
 def to_kfp(result, artifacts: Mapping[str, Any]) -> None:
     """Copy a step's result into the KFP outputs a component has (see :data:`KFP_OUTPUTS`)."""
-    from advpatch.files import write_text
+    from advpatch.io.files import write_text
 
     if artifacts.get("metrics") is not None:
         for key, value in result.metrics.items():

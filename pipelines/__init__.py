@@ -6,8 +6,8 @@ Each pipeline's parameters (names, types, defaults, descriptions) come from the 
 
 from advpatch.pipelines import custom_model_patch as _custom
 from advpatch.pipelines import fruits360_experiment as _fruits
-from advpatch.pipelines import mnist_defences as _defences
 from advpatch.pipelines import imagenet_patch as _imagenet
+from advpatch.pipelines import mnist_defences as _defences
 from advpatch.pipelines import mnist_experiment as _experiment
 from advpatch.pipelines import mnist_patch as _patch
 from advpatch.pipelines import mnist_sweep as _sweep

@@ -27,7 +27,7 @@ def outputs(tmp_path, monkeypatch) -> Path:
 
 
 def digits(split: str = "all"):
-    from advpatch.sources import embedded_digits
+    from advpatch.data.sources import embedded_digits
 
     return embedded_digits(split)
 
@@ -352,9 +352,9 @@ def resnet50_weights(tmp_path_factory):
     ResNet50 (nothing is downloaded), and that model, for reference."""
     import h5py
     import keras
+    from keras.src.legacy.saving import legacy_h5_format
 
     from advpatch.models import IMAGENET_WEIGHTS
-    from keras.src.legacy.saving import legacy_h5_format
 
     keras.utils.set_random_seed(0)
     reference = keras.applications.ResNet50(weights=None)

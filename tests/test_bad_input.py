@@ -25,13 +25,10 @@ import tarfile
 import time
 import zlib
 from pathlib import Path
-
-import numpy as np
 from typing import Optional
 
+import numpy as np
 import pytest
-
-from conftest import write_png_folder
 
 from advpatch import params
 
@@ -161,7 +158,7 @@ def _cli_param_cases(pipeline: str) -> list:
     cases = []
     for p in params.PIPELINE_PARAMS[pipeline]:
         for value in bad_values(p):
-            if p.type is str and not isinstance(value, str) or p.type is list and value == []:
+            if (p.type is str and not isinstance(value, str)) or (p.type is list and value == []):
                 continue  # the command line's text is always a string; an empty list is "name="
             text = ",".join(map(str, value)) if isinstance(value, list) else str(value).lower() \
                 if isinstance(value, bool) else str(value)
@@ -218,7 +215,7 @@ def _component_call(case: dict) -> dict:
         error, kind = "", ""
     except AdvpatchError as e:
         error, kind = str(e), "clear"
-    except Exception as e:  # noqa: BLE001 - what the battery counts as not clear
+    except Exception as e:
         error, kind = f"{type(e).__name__}: {e}", "unclear"
     return {"id": case["id"], "kind": kind, "error": error, "seconds": time.monotonic() - started,
             "left": _files_under(out), "tensorflow": "tensorflow" in sys.modules}
@@ -257,8 +254,8 @@ def component_artifacts(name: str) -> tuple:
 def good(tmp_path_factory):
     """A small train and test dataset (2 classes of digits, 28x28), a LeNet for them, a patch set."""
     from advpatch import models, patches
-    from advpatch.dataset import Dataset
-    from advpatch.sources import import_dataset
+    from advpatch.data.dataset import Dataset
+    from advpatch.data.sources import import_dataset
 
     root = tmp_path_factory.mktemp("good")
     folder = _folder(root / "digits", per_class=4, size=28)
@@ -376,7 +373,7 @@ def test_each_component_refuses_every_bad_parameter_before_tensorflow(tmp_path, 
 
 def _spoiled(tmp: Path, good: Path) -> dict:
     """Bad artifacts made from the good ones."""
-    from advpatch.sources import import_dataset
+    from advpatch.data.sources import import_dataset
 
     bad = tmp / "spoiled"
     bad.mkdir()
@@ -508,7 +505,7 @@ def _executor_command(component: str, tmp: Path) -> list:
 def _typed_bad_value(p: params.Param):
     """A bad value of the parameter's own type (KFP's API checks types before a task starts)."""
     for v in bad_values(p):
-        if p.type is str and isinstance(v, str) or p.type is list and isinstance(v, list):
+        if (p.type is str and isinstance(v, str)) or (p.type is list and isinstance(v, list)):
             return v
         if p.type in (int, float) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             return v

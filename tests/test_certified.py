@@ -1,10 +1,10 @@
-"""Derandomized smoothing's certificates (advpatch.certified): the views, the bound, and the
+"""Derandomized smoothing's certificates (advpatch.defences.smoothing): the views, the bound, and the
 independent check that a certificate is a lower bound."""
 
 import numpy as np
 import pytest
 
-from advpatch import certified
+from advpatch.defences import smoothing as certified
 
 
 def test_views_keep_a_band_or_a_block_wrapping_around_and_mark_what_was_removed():
@@ -76,7 +76,7 @@ def test_the_step_trains_certifies_and_every_certificate_holds(tmp_path, outputs
     import csv
 
     from advpatch import steps
-    from advpatch.dataset import Dataset, to_float
+    from advpatch.data.dataset import Dataset, to_float
     from advpatch.models import load_model
 
     steps.load_dataset(dataset=str(tmp_path / "train"), source="digits", split="train", max_examples=600)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from advpatch.classifier import Classifier, Transform
-from advpatch.defences import GaussianNoise, JpegCompression, SpatialSmoothing
+from advpatch.defences.preprocessing import GaussianNoise, JpegCompression, SpatialSmoothing
 from advpatch.models import ModelInfo, build_model
+from advpatch.models.classifier import Classifier, Transform
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ import pytest
 import yaml
 
 from advpatch.app import cli
-from advpatch.params import ParameterError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_kfp import FakeKFP  # noqa: E402
+from fake_kfp import FakeKFP
 
 GPU_EXECUTORS = {"train", "gen-patch"}
 
@@ -242,10 +241,10 @@ def test_submit_fails_when_the_run_fails_or_input_is_bad(tmp_path, capsys):
         assert cli.main(["submit", "--host", kfp_api.url, "--package", package, "-p", "patch_scale=1.5"]) == 2
         assert kfp_api.requests == []
     assert "patch_scale must be in [0, 1], got 1.5" in capsys.readouterr().err
-    # an unreachable API: one clear line, exit 2, no traceback
     from conftest import free_port
 
-    assert cli.main(["submit", "--host", f"http://127.0.0.1:{free_port()}", "--package", package]) == 2
+    # the API unreachable: a failed service, not bad input (exit 3)
+    assert cli.main(["submit", "--host", f"http://127.0.0.1:{free_port()}", "--package", package]) == 3
     err = capsys.readouterr().err
     assert err.startswith("advpatch: error: cannot reach the KFP API at http://127.0.0.1:") and "Traceback" not in err
 
@@ -296,7 +295,7 @@ def test_a_wait_cut_short_terminates_the_run_and_survives_a_passing_api_outage(t
         assert kfp_api.terminated == ["run-1"]
     assert "run run-1 did not finish within 1 s (last state RUNNING): terminated" in capsys.readouterr().err
     with FakeKFP(final_state="SUCCEEDED", fail_polls=10**6) as kfp_api:
-        assert cli.main(["submit", "--host", kfp_api.url, "--package", package, "--wait", "--poll", "0.01"]) == 2
+        assert cli.main(["submit", "--host", kfp_api.url, "--package", package, "--wait", "--poll", "0.01"]) == 3
     assert "lost the KFP API while waiting for run run-1: 4 polls in a row failed" in capsys.readouterr().err
 
 

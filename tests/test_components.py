@@ -89,7 +89,7 @@ def test_a_readme_lists_every_parameter_by_exact_name():
 def test_each_components_example_pipeline_compiles(name, tmp_path):
     meta = codegen.read_component(codegen.components_dir() / name)
     scope = {}
-    exec(compile(meta.example, f"{name}/metadata.yaml:example", "exec"), scope)  # noqa: S102
+    exec(compile(meta.example, f"{name}/metadata.yaml:example", "exec"), scope)
     compiler.Compiler().compile(scope["example"], str(tmp_path / "example.yaml"))
     assert name.replace("_", "-") in (tmp_path / "example.yaml").read_text()
 
@@ -279,8 +279,9 @@ def test_report_shell_pairs_rows_by_field(chain):
 def test_the_report_page_as_a_person_sees_it(chain, browser, tmp_path):
     """The report step's HTML page in a real browser: it loads nothing from anywhere, runs no
     script, every image decodes, it fits the window, and it shows the rates of results.json."""
-    from advpatch.report import format_rate
     from conftest import look_at
+
+    from advpatch.report import format_rate
 
     page_file = chain["report"]["html"].path
     results = json.loads(open(chain["report"]["results"].path).read())

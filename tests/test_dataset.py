@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from advpatch.dataset import Dataset, DatasetError, DatasetWriter, to_float, to_uint8, write_dataset
+from advpatch.data.dataset import Dataset, DatasetError, DatasetWriter, to_float, to_uint8, write_dataset
 
 
 def _images(n, shape=(8, 8, 1), seed=0):
@@ -55,10 +55,9 @@ def test_corrupt_shard_is_detected(tmp_path):
 
 def test_failed_write_leaves_nothing_behind(tmp_path):
     x, y = _images(5)
-    with pytest.raises(RuntimeError):
-        with DatasetWriter(tmp_path / "d", (8, 8, 1), ["a", "b", "c"]) as w:
-            w.write(x, y)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), DatasetWriter(tmp_path / "d", (8, 8, 1), ["a", "b", "c"]) as w:
+        w.write(x, y)
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
 
 

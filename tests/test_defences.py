@@ -7,8 +7,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from advpatch import defences, steps
-from advpatch.dataset import Dataset, to_float, to_uint8, write_dataset
+from advpatch import steps
+from advpatch.data.dataset import Dataset, to_float, to_uint8, write_dataset
 from advpatch.params import ParameterError
 
 CLASSES = ["a", "b", "c"]
@@ -122,9 +122,11 @@ def test_invalid_defence_settings_are_rejected(tmp_path, outputs, kind, settings
 
 
 def test_pgd_adversarial_training_beats_the_baseline_under_pgd():
-    from advpatch import models, training
-    from advpatch.classifier import Classifier
     from conftest import digits, small_split
+
+    from advpatch import models
+    from advpatch.models import training
+    from advpatch.models.classifier import Classifier
 
     x, y, _ = digits("train")
     x, y = small_split(x, y, 40)
@@ -188,8 +190,8 @@ def test_datasets_come_back_by_mlflow_run_id(tmp_path, outputs):
 def test_unsafe_archives_are_refused(tmp_path, outputs):
     import mlflow
 
-    from advpatch.files import ArchiveError
-    from advpatch.tracking import _experiment_id, configure
+    from advpatch.io.files import ArchiveError
+    from advpatch.tracking.runs import _experiment_id, configure
 
     configure()
     experiment = _experiment_id("unsafe-archives")  # artifacts beside the test's store, not in ./mlruns

@@ -142,7 +142,7 @@ def test_make_demo_on_a_users_three_class_folder(tmp_path):
 
     from PIL import Image
 
-    from advpatch.sources import embedded_digits
+    from advpatch.data.sources import embedded_digits
 
     folder = tmp_path / "my digits"
     x, y, _ = embedded_digits("train")

@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from conftest import free_port
 
 PASSWORD = "do-not-print-me-4711"
@@ -74,7 +73,7 @@ def fault(request):
 def test_a_broken_tracking_server_fails_a_step_within_30_s_with_one_clear_line(fault, outputs, tmp_path, monkeypatch):
     from advpatch import steps
     from advpatch.tracking import RunContext, TrackingError
-    from advpatch.tracking_faults import HTTP_DEFAULTS
+    from advpatch.tracking.faults import HTTP_DEFAULTS
 
     where, seen, expected = fault
     for name in HTTP_DEFAULTS:  # unset: advpatch's defaults apply (and are undone after the test)
@@ -108,7 +107,7 @@ def test_a_broken_tracking_server_fails_a_step_within_30_s_with_one_clear_line(f
 def test_the_bounds_keep_every_fault_under_30_s():
     """The documented worst cases, from the defaults: a silent server (every try waits out the
     timeout, then the backoff) and nothing listening on a local server's port."""
-    from advpatch.tracking_faults import HTTP_DEFAULTS, LOCAL_SERVER_WAIT
+    from advpatch.tracking.faults import HTTP_DEFAULTS, LOCAL_SERVER_WAIT
 
     retries, factor, jitter, timeout = (float(HTTP_DEFAULTS[f"MLFLOW_HTTP_REQUEST_{k}"])
                                         for k in ("MAX_RETRIES", "BACKOFF_FACTOR", "BACKOFF_JITTER", "TIMEOUT"))

@@ -2,7 +2,7 @@
 a download. A byte-counting TCP proxy between the client and the server kills `weed` once a given
 number of bytes has passed, and records every request, so the attempts can be counted.
 
-Expected (see advpatch.storage): storage.ATTEMPTS tries per object, then a StorageError naming the
+Expected (see advpatch.io.storage): storage.ATTEMPTS tries per object, then a StorageError naming the
 object, the endpoint, the attempts and the cause, never a key; no partial object in the bucket once
 the server is back, no partial file in the download's destination; a server back before the
 retries run out is a success with the right bytes."""
@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 import pytest
-
-from advpatch import storage
 from conftest import S3_ACCESS_KEY, S3_SECRET_KEY, start_weed, weed_ports
+
+from advpatch.io import storage
 
 BUCKET = "advpatch-faults"
 MiB = 1024 * 1024

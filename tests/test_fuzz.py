@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
-import fuzz_readers  # noqa: E402
+import fuzz_readers
 
-from advpatch.errors import AdvpatchError  # noqa: E402
+from advpatch.errors import AdvpatchError
 
 
 def _png_header(width: int, height: int, truncated: bool = False) -> bytes:

@@ -8,9 +8,9 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from installed import check_installed, plain_env
 
 from advpatch import __version__
-from installed import check_installed, plain_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = [ROOT / "images" / "Dockerfile.cpu", ROOT / "images" / "Dockerfile.gpu"]
@@ -105,7 +105,7 @@ def test_gpu_image_drops_the_cpu_tensorflow_pin(tmp_path):
     command = next(line for line in text.splitlines() if "constraints-gpu.txt" in line and "grep" in line)
     grep = command[4:].split("&&")[0].replace("/tmp/", f"{tmp_path}/")
     (tmp_path / "constraints.txt").write_text((ROOT / "constraints.txt").read_text())
-    subprocess.run(grep, shell=True, check=True)  # noqa: S602 - the Dockerfile's own command
+    subprocess.run(grep, shell=True, check=True)
     kept = (tmp_path / "constraints-gpu.txt").read_text().splitlines()
     original = (ROOT / "constraints.txt").read_text().splitlines()
     assert not [line for line in kept if re.match(r"tensorflow[-_]cpu==", line, re.I)]

@@ -4,20 +4,19 @@ hosts, artifacts in S3) on real servers on 127.0.0.1; steps logging to it in par
 
 import base64
 import json
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
-import multiprocessing
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import S3_ACCESS_KEY, S3_SECRET_KEY, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +130,7 @@ def test_thirty_two_steps_log_in_parallel_to_the_postgres_backed_server(manifest
     request timeouts and retries) against MLflow on PostgreSQL."""
     import mlflow
 
-    from advpatch.tracking_faults import HTTP_DEFAULTS
+    from advpatch.tracking.faults import HTTP_DEFAULTS
 
     for k, v in {"MLFLOW_TRACKING_URI": manifest_mlflow["uri"], "MLFLOW_TRACKING_USERNAME": ADMIN[0],
                  "MLFLOW_TRACKING_PASSWORD": ADMIN[1], **HTTP_DEFAULTS}.items():

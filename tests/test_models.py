@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from advpatch import models, training
-from advpatch.models import ModelError, ModelInfo, build_model, check_buildable, load_model, save_model
+from advpatch import models
+from advpatch.models import ModelError, ModelInfo, build_model, check_buildable, load_model, save_model, training
 from advpatch.params import ParameterError
 
 
@@ -90,7 +90,7 @@ def test_a_pretrained_model_takes_pixels_in_0_1_and_matches_keras_own_preprocess
     import keras
     from keras.applications.resnet50 import preprocess_input
 
-    from advpatch.classifier import Classifier
+    from advpatch.models.classifier import Classifier
 
     path, reference = resnet50_weights
     names = [f"class {i}" for i in range(1000)]
@@ -138,7 +138,7 @@ def test_class_index_files(tmp_path):
     file with one name per line; sub-folders match by WordNet id, name or index."""
     import json
 
-    from advpatch.readers import SourceError, read_class_index
+    from advpatch.data.readers import SourceError, read_class_index
 
     index = {str(i): [f"n{i:08d}", f"class {i}"] for i in range(1000)}
     index["7"] = ["n00000007", "crane"]

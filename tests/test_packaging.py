@@ -10,9 +10,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from installed import ROOT, check_installed, plain_env, run
 
 from advpatch import __version__
-from installed import ROOT, check_installed, plain_env, run
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """The parameter table and how values are judged: one rule and one message shape everywhere."""
 
 import math
-
 import re
 
 import pytest

@@ -1,11 +1,11 @@
-"""PatchCleanser (advpatch.patchcleanser): the mask sets, the double-masking decision, the
+"""PatchCleanser (advpatch.defences.patchcleanser): the mask sets, the double-masking decision, the
 certificates and the independent check that a certificate is a lower bound."""
 
 import numpy as np
 import pytest
 
-from advpatch import patchcleanser as pc
-from advpatch.certified import CertifiedError
+from advpatch.defences import patchcleanser as pc
+from advpatch.defences.smoothing import CertifiedError
 
 
 class Bright:
@@ -99,7 +99,7 @@ def test_the_step_defends_a_trained_model_and_every_certificate_holds(tmp_path, 
     import csv
 
     from advpatch import steps
-    from advpatch.dataset import Dataset, to_float
+    from advpatch.data.dataset import Dataset, to_float
     from advpatch.models import load_model
 
     steps.load_dataset(dataset=str(tmp_path / "train"), source="digits", split="train", max_examples=600)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from advpatch import params, patches, steps
-from advpatch.dataset import Dataset, to_float, write_dataset
+from advpatch.data.dataset import Dataset, to_float
 from advpatch.params import ParameterError
 from advpatch.patches import PatchSetError
 
@@ -131,8 +131,8 @@ def test_patch_losses():
 
     inputs = keras.Input((4, 4, 1))
     logits_layer = keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(inputs))
-    from advpatch.classifier import Classifier
     from advpatch.models import ModelInfo
+    from advpatch.models.classifier import Classifier
 
     model = Classifier(keras.Model(inputs, keras.layers.Softmax()(logits_layer)), ModelInfo("tiny", (4, 4, 1), list("abc")))
     logits = tf.constant([[2.0, 0.0, -1.0], [0.0, 3.0, 1.0], [1.0, 1.0, 1.0]])

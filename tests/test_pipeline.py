@@ -4,7 +4,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -319,9 +318,10 @@ def test_a_patch_target_the_data_lacks_fails_before_any_task(tmp_path, monkeypat
     """A class folder with 3 classes and the default target 5: refused in milliseconds, naming the
     folder's classes (it used to train for minutes, then fail in gen_patch); the demo picks the
     folder's last class instead, unless the user chose a target."""
-    from advpatch.app import cli
-    from advpatch.sources import class_names
     from conftest import digits, small_split, write_png_folder
+
+    from advpatch.app import cli
+    from advpatch.data.sources import class_names
 
     x, y, _ = digits("train")
     keep = y < 3

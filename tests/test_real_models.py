@@ -75,7 +75,7 @@ def _load(source, out, **kw):
 
 # --------------------------------------------------------------------------- class folders and class indexes
 def test_a_folder_without_split_folders_holds_out_a_fixed_fifth_of_every_class(imagenet_val, tmp_path, outputs):
-    from advpatch.dataset import Dataset
+    from advpatch.data.dataset import Dataset
 
     for split in ("train", "test", "all"):
         _load(imagenet_val, tmp_path / split, split=split, image_size=32)
@@ -91,8 +91,8 @@ def test_a_folder_without_split_folders_holds_out_a_fixed_fifth_of_every_class(i
 
 def test_a_class_index_labels_wordnet_id_folders_with_the_model_output_indices(imagenet_val, class_index, tmp_path,
                                                                                outputs):
-    from advpatch.dataset import Dataset
-    from advpatch.readers import SourceError
+    from advpatch.data.dataset import Dataset
+    from advpatch.data.readers import SourceError
 
     result = _load(imagenet_val, tmp_path / "d", split="all", image_size=32, class_index=str(class_index))
     data = Dataset(tmp_path / "d")
@@ -128,7 +128,7 @@ def test_init_model_from_a_weights_file(imagenet_test, resnet50_weights, tmp_pat
     from keras.applications.resnet50 import preprocess_input
 
     from advpatch import steps
-    from advpatch.dataset import Dataset, to_float
+    from advpatch.data.dataset import Dataset, to_float
     from advpatch.models import load_model
     from advpatch.tracking import RunContext
 
@@ -153,8 +153,9 @@ def test_init_model_from_a_weights_file(imagenet_test, resnet50_weights, tmp_pat
 
 def test_init_model_from_s3(imagenet_val, class_index, resnet50_weights, s3_env, tmp_path, outputs):
     """Weights, class index and images from the object store (the real S3 server the tests run)."""
-    from advpatch import steps, storage
-    from advpatch.dataset import Dataset
+    from advpatch import steps
+    from advpatch.data.dataset import Dataset
+    from advpatch.io import storage
 
     _, bucket = s3_env
     weights, _ = resnet50_weights
@@ -235,9 +236,9 @@ def test_import_model_puts_the_preprocessing_inside_and_keeps_the_logits(parts, 
     import keras
 
     from advpatch import steps
-    from advpatch.classifier import Classifier
-    from advpatch.dataset import Dataset, to_float
+    from advpatch.data.dataset import Dataset, to_float
     from advpatch.models import load_model
+    from advpatch.models.classifier import Classifier
 
     users = _user_model(tmp_path / "users.keras")
     result = steps.import_model(testing_data=str(parts / "test"), model=str(tmp_path / "model"),

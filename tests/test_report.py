@@ -4,7 +4,7 @@ import json
 
 from advpatch.report import build_results, render_html, render_markdown
 from advpatch.report.compare import compare, parameters
-from advpatch.steps._base import Evaluation, StepResult
+from advpatch.results import Evaluation, StepResult
 
 NASTY = "<script>alert(1)</script> $\\frac$ & \"quotes\""
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
-
 from conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from fake_kfp import FakeKFP
 from test_mlflow import ADMIN, manifest_mlflow  # noqa: F401  (a fixture: MLflow as the cluster runs it)
@@ -217,7 +216,7 @@ def test_no_secret_in_any_log_record_pipeline_or_result(s3_env, mnist_folder, ma
     import mlflow
     from mlflow.server.auth.client import AuthServiceClient
 
-    from advpatch import storage
+    from advpatch.io import storage
 
     _, bucket = s3_env
     data_dir = f"s3://{bucket}/secrets-test/mnist"

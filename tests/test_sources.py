@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
+from conftest import digits, small_split, write_idx, write_png_folder
 from PIL import Image
 
-from advpatch.dataset import Dataset
+from advpatch.data.dataset import Dataset
+from advpatch.data.sources import SourceError, embedded_digits, import_dataset
 from advpatch.params import ParameterError
-from advpatch.sources import SourceError, embedded_digits, import_dataset
-from conftest import digits, small_split, write_idx, write_png_folder
 
 
 def test_embedded_digits_are_framed_like_mnist_with_a_fixed_split():
@@ -75,7 +75,7 @@ def test_fruits360_layout_training_and_test_folders_with_class_names_with_spaces
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(folder / f"{i}_100.jpg")
     (tmp_path / "fruits-360" / "readme.txt").write_text("not a class")
-    from advpatch.sources import class_names
+    from advpatch.data.sources import class_names
 
     assert class_names(str(tmp_path / "fruits-360"), "train") == ["Apple Braeburn", "Banana", "Cherry Rainier"]
     train = import_dataset(str(tmp_path / "fruits-360"), tmp_path / "train", split="train")
@@ -170,7 +170,7 @@ def test_rgb_pictures_give_the_same_grey_from_a_file_or_from_arrays(tmp_path):
     """One definition of the grey level (PIL's ITU-R 601-2 integer luma) for every source."""
     from PIL import Image
 
-    from advpatch.readers import to_grayscale
+    from advpatch.data.readers import to_grayscale
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (6, 9, 7, 3), dtype=np.uint8)
@@ -188,7 +188,7 @@ def test_rgb_pictures_give_the_same_grey_from_a_file_or_from_arrays(tmp_path):
 
 
 def test_a_dataset_a_step_wrote_is_a_source_with_its_columns_and_provenance(tmp_path):
-    from advpatch.dataset import write_dataset
+    from advpatch.data.dataset import write_dataset
 
     x, y, _ = digits("test")
     cols = {"patched": np.arange(20) % 2 == 0, "patch_target": np.full(20, 5, np.int16)}

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from advpatch import steps
-from advpatch.dataset import DatasetError
+from advpatch.data.dataset import DatasetError
 from advpatch.models import ModelError
 from advpatch.params import ParameterError
-from advpatch.registry import RegistryError, registered_model_name
 from advpatch.tracking import RunContext
+from advpatch.tracking.registry import RegistryError, registered_model_name
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_a_step_signature_is_its_artifacts_then_the_table():
 def test_a_sqlite_store_keeps_artifacts_beside_its_database(tmp_path, monkeypatch):
     import mlflow
 
-    from advpatch.tracking import _experiment_id, configure
+    from advpatch.tracking.runs import _experiment_id, configure
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     (tmp_path / "store").mkdir()
@@ -157,13 +157,12 @@ def test_a_training_set_larger_than_memory_streams_from_its_shards(tmp_path, out
     """With a memory budget below the set's size, train never loads the set: it streams shard groups
     through tf.data (plain and PGD training, with a validation split), learns as well, and the same
     seed gives the same weights."""
-    from advpatch import training
-    from advpatch.dataset import Dataset
-    from advpatch.models import load_model
+    from advpatch.data.dataset import Dataset
+    from advpatch.models import load_model, training
 
     steps.load_dataset(dataset=str(tmp_path / "train"), source="digits", split="train", max_examples=600, seed=0)
     steps.load_dataset(dataset=str(tmp_path / "test"), source="digits", split="test", max_examples=200, seed=0)
-    from advpatch.sources import import_dataset
+    from advpatch.data.sources import import_dataset
 
     import_dataset(str(tmp_path / "train"), tmp_path / "sharded", shard_bytes=28 * 28 * 50)  # 12 shards of 50
     assert len(Dataset(tmp_path / "sharded").spec.shards) == 12
@@ -186,7 +185,7 @@ def test_a_training_set_larger_than_memory_streams_from_its_shards(tmp_path, out
 
 
 def test_gen_patch_reads_only_the_images_it_draws(tiny_data, tmp_path, outputs, monkeypatch):
-    from advpatch.dataset import Dataset
+    from advpatch.data.dataset import Dataset
 
     steps.train(training_data=str(tiny_data / "train"), model=str(tmp_path / "model"), epochs=1)
     read = []

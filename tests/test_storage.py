@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
-
-from advpatch import storage
-from advpatch.dataset import Dataset
-from advpatch.sources import import_dataset
 from conftest import S3_SECRET_KEY, free_port
+
+from advpatch.data.dataset import Dataset
+from advpatch.data.sources import import_dataset
+from advpatch.io import storage
 
 
 def _objects(endpoint, bucket, prefix):

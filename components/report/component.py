@@ -2,7 +2,7 @@
 """report: Gather the steps' summaries into results.json, a Markdown table and an HTML report; attach them to the pipeline's MLflow run."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, HTML, Input, Markdown, Output
+from kfp.dsl import HTML, Artifact, Input, Markdown, Output
 
 from advpatch.components import bind
 from advpatch.settings import runtime_image

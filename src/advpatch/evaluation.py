@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from advpatch.dataset import Dataset, to_float
-from advpatch.files import atomic_file
+from advpatch.data.dataset import Dataset, to_float
+from advpatch.io.files import atomic_file
 
 EPS = 1e-7
 Z_95 = 1.959963984540054
@@ -63,7 +63,7 @@ def rate_counts(y_true: np.ndarray, y_pred: np.ndarray, patched: Optional[np.nda
 
 
 def predict(classifier, dataset: Dataset, batch_size: int) -> Dict[str, np.ndarray]:
-    """Run a :class:`~advpatch.classifier.Classifier` over ``dataset`` in batches:
+    """Run a :class:`~advpatch.models.classifier.Classifier` over ``dataset`` in batches:
     ``{"probabilities", "y", <columns>...}``."""
     import tensorflow as tf
 

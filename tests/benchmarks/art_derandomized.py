@@ -1,4 +1,4 @@
-"""advpatch's derandomized smoothing (:mod:`advpatch.certified`) against ART 1.20.1's
+"""advpatch's derandomized smoothing (:mod:`advpatch.defences.smoothing`) against ART 1.20.1's
 ``TensorFlowV2DeRandomizedSmoothing``, on the same base model and the same images.
 
     python tests/benchmarks/art_derandomized.py MODEL_DIR TEST_DATASET_DIR
@@ -24,7 +24,7 @@ import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def _quote(module, text: str) -> str:
@@ -46,7 +46,7 @@ def _failure(error: BaseException) -> dict:
 
 
 def _advpatch_side(net, x, patch_sizes, ablation_size, threshold) -> dict:
-    from advpatch import certified
+    from advpatch.defences import smoothing as certified
 
     certified.view_probabilities(net, x[:2], "column", ablation_size)  # warm-up
     start = time.perf_counter()
@@ -60,7 +60,7 @@ def _advpatch_side(net, x, patch_sizes, ablation_size, threshold) -> dict:
 def _art_side(net, x, y, patch_sizes, ablation_size, threshold) -> dict:
     from art.estimators.certification.derandomized_smoothing import TensorFlowV2DeRandomizedSmoothing
 
-    from advpatch import certified
+    from advpatch.defences import smoothing as certified
 
     art = TensorFlowV2DeRandomizedSmoothing(
         model=net, nb_classes=int(net.output_shape[-1]), ablation_type="column", ablation_size=ablation_size,
@@ -90,7 +90,7 @@ def _art_side(net, x, y, patch_sizes, ablation_size, threshold) -> dict:
 
 def _bound_check(ablator, patch_sizes, ablation_size, classes=10, n=20000, seed=0) -> dict:
     """advpatch's ``certify`` and ART's ``ColumnAblator.certify`` on random counts with many ties."""
-    from advpatch import certified
+    from advpatch.defences import smoothing as certified
 
     counts = np.random.default_rng(seed).integers(0, 12, (n, classes)).astype(np.int64)
     out = {}
@@ -106,7 +106,7 @@ def compare_with_art(model_path: str, test_dataset_path: str, patch_sizes=(1, 2,
                      threshold=0.3, max_images=None) -> dict:
     """advpatch vs ART on ``model_path``'s base model and ``test_dataset_path``'s images: certified
     counts per patch size, disagreements, vote-count identity, images per second, and notes."""
-    from advpatch.dataset import Dataset, to_float
+    from advpatch.data.dataset import Dataset, to_float
     from advpatch.models import load_model
 
     net, _ = load_model(model_path)
@@ -116,7 +116,7 @@ def compare_with_art(model_path: str, test_dataset_path: str, patch_sizes=(1, 2,
         x, y = x[:max_images], y[:max_images]
     patch_sizes = [int(p) for p in patch_sizes]
     ours = _advpatch_side(net, x, patch_sizes, ablation_size, threshold)
-    result = {"images": int(len(x)), "ablation": "column", "ablation_size": ablation_size, "threshold": threshold,
+    result = {"images": len(x), "ablation": "column", "ablation_size": ablation_size, "threshold": threshold,
               "advpatch_images_per_s": round(len(x) / ours["seconds"], 1),
               "advpatch_clean_accuracy": float(np.mean(ours["predictions"] == y))}
     try:

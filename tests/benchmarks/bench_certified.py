@@ -18,8 +18,8 @@ saved models:
   image), certifying every patch side; for PatchCleanser, at 5x5, against the base model's plain
   inference (the ratio is the cost of the certificate);
 * the lower-bound check on every test image certified at each side: derandomized smoothing's
-  :func:`advpatch.certified.worst_case_flips` (every patch position, every view it touches given to
-  the best rival) and PatchCleanser's :func:`advpatch.patchcleanser.worst_case_flips` (the pair
+  :func:`advpatch.defences.smoothing.worst_case_flips` (every patch position, every view it touches given to
+  the best rival) and PatchCleanser's :func:`advpatch.defences.patchcleanser.worst_case_flips` (the pair
   predictions recomputed, every prediction no covering mask protects given to a rival); both must
   find nothing.
 
@@ -65,8 +65,8 @@ def run_steps(work: Path, source: str, masked_epochs: int) -> dict:
 
 
 def derandomized(paths: dict) -> dict:
-    from advpatch import certified
-    from advpatch.dataset import Dataset, to_float
+    from advpatch.data.dataset import Dataset, to_float
+    from advpatch.defences import smoothing as certified
     from advpatch.models import load_model
 
     net, _ = load_model(paths["ds"])
@@ -88,8 +88,8 @@ def derandomized(paths: dict) -> dict:
 def cleanser(paths: dict, key: str) -> dict:
     import numpy as np
 
-    from advpatch import patchcleanser as pc
-    from advpatch.dataset import Dataset, to_float
+    from advpatch.data.dataset import Dataset, to_float
+    from advpatch.defences import patchcleanser as pc
     from advpatch.models import load_model
 
     net, info = load_model(paths[key])
@@ -113,7 +113,7 @@ def cleanser(paths: dict, key: str) -> dict:
         flips[size] = int(pc.worst_case_flips(net, x, predicted, proof, at, size, classes).size)
     return {"images": len(x), "certify_seconds_5": seconds, "images_per_second": len(x) / seconds,
             "plain_inference_images_per_second": plain, "forward_passes_per_image_ratio": plain / (len(x) / seconds),
-            "masks": int(len(masks)), "worst_case": {"checked": checked, "flips": flips,
+            "masks": len(masks), "worst_case": {"checked": checked, "flips": flips,
                                                      "seconds": time.perf_counter() - check_seconds},
             "predicted_accuracy": float(np.mean(predicted == Dataset(paths["test"]).load()["y"]))}
 

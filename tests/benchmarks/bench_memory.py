@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHILD = """
 import sys, time, numpy as np
 from advpatch import models, patches, steps
-from advpatch.dataset import Dataset
+from advpatch.data.dataset import Dataset
 step, data, work = sys.argv[1:4]
 ds = Dataset(data)
 shape = tuple(ds.image_shape)
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--work", default="outputs/bench/memory-work")
     parser.add_argument("--output", default="outputs/bench")
     args = parser.parse_args()
-    from advpatch.sources import import_dataset
+    from advpatch.data.sources import import_dataset
 
     folder = ROOT / "outputs" / "bench" / "scale-data" / f"n{args.images}" / "images"
     if not folder.is_dir():

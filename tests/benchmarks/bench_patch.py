@@ -29,7 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 TARGET = 5
 SCALES = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
@@ -41,7 +41,7 @@ def full_frame_digits(split):
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    from advpatch.sources import embedded_digits
+    from advpatch.data.sources import embedded_digits
 
     framed, y, _ = embedded_digits(split)
     bunch = load_digits()
@@ -59,7 +59,8 @@ def full_frame_digits(split):
 
 
 def train_lenet(x, y, seed=0):
-    from advpatch import models, training
+    from advpatch import models
+    from advpatch.models import training
 
     training.seed_everything(seed)
     model = models.build_model("le_net", (28, 28, 1), 10)
@@ -115,8 +116,8 @@ def art_generate(model, x, lr, iters, batch, scale_min, scale_max, seed=0):
 
 def classifier_of(model):
     """The LeNet as advpatch's attacks and evaluation see it."""
-    from advpatch.classifier import Classifier
     from advpatch.models import ModelInfo
+    from advpatch.models.classifier import Classifier
 
     return Classifier(model, ModelInfo("le_net", (28, 28, 1), [str(i) for i in range(10)]))
 
@@ -164,7 +165,7 @@ def floor_step_seconds(model, x, steps):
 
 def evaluate(model, x_uint8, y, patch, mask, scale, location, seed):
     from advpatch import patches
-    from advpatch.dataset import to_float
+    from advpatch.data.dataset import to_float
 
     ps = patches.PatchSet(patch[None].astype(np.float32), mask[None].astype(np.float32), np.array([TARGET]),
                           [str(i) for i in range(10)], (28, 28, 1))
@@ -210,8 +211,8 @@ def main(argv=None):
     import tensorflow as tf
 
     from advpatch import patches
-    from advpatch.dataset import to_float
-    from advpatch.sources import embedded_digits
+    from advpatch.data.dataset import to_float
+    from advpatch.data.sources import embedded_digits
 
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__},
                "figures": {}, "sweeps": {}}
@@ -334,8 +335,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print()
-    print(f"| figure | ours | reference | ratio | target | met |")
-    print(f"|---|---:|---:|---:|---:|:-:|")
+    print("| figure | ours | reference | ratio | target | met |")
+    print("|---|---:|---:|---:|---:|:-:|")
     for k, f in figures.items():
         print(f"| {k} | {f['ours']:.3f} | {f['reference']:.3f} | {f['ratio']:.2f} ({f['ratio_means']}) | "
               f"{f['target']} | {'yes' if f['met'] else 'NO'} |")

@@ -55,7 +55,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 SIZE = 224
 CLASSES = 10
@@ -170,7 +170,8 @@ def child_prepare(spec: dict) -> dict:
     _child_settings()
     import mlflow
 
-    from advpatch import models, patches, training
+    from advpatch import models, patches
+    from advpatch.models import training
     from advpatch.tracking import configure
 
     names = [f"c{i}" for i in range(CLASSES)]
@@ -207,7 +208,7 @@ def child_step(spec: dict) -> dict:
 
 def child_floor(spec: dict) -> dict:
     """deploy_patch's floor: read every shard's images and copy them."""
-    from advpatch.dataset import Dataset
+    from advpatch.data.dataset import Dataset
 
     dataset = Dataset(spec["data"], verify=False)
     n, x = 0, None
@@ -242,8 +243,9 @@ def child_gen(spec: dict) -> dict:
     sys.path.insert(0, str(HERE))
     from bench_patch import ConstantFill  # ART's fill-mode correction, as the MNIST bench applies it
 
-    from advpatch import models, patches, training
-    from advpatch.classifier import Classifier
+    from advpatch import models, patches
+    from advpatch.models import training
+    from advpatch.models.classifier import Classifier
 
     steps, repeats, batch = spec["steps"], spec["repeats"], spec["batch"]
     names = [f"c{i}" for i in range(CLASSES)]

@@ -36,7 +36,7 @@ ENV = {**os.environ, "_KFP_RUNTIME": "true", "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLO
 KERAS = "from advpatch import settings; settings.skip_keras_extras(); "
 CASES = {
     "kfp executor": "import kfp.dsl.executor_main",
-    "+ numpy steps": "import kfp.dsl.executor_main, advpatch.steps, advpatch.defences, advpatch.patches, PIL.Image",
+    "+ numpy steps": "import kfp.dsl.executor_main, advpatch.steps, advpatch.defences.preprocessing, advpatch.patches, PIL.Image",
     "+ TensorFlow": f"import kfp.dsl.executor_main, advpatch.steps; {KERAS}import tensorflow, keras",
     "+ MLflow": f"import kfp.dsl.executor_main, advpatch.steps; {KERAS}import tensorflow, keras, mlflow",
 }
@@ -50,7 +50,7 @@ def timed(args, env=None) -> float:
 
 def whole_task(store: Path, warm: bool = False) -> list:
     ctx = "RunContext('bench', 'bench-run', 'bench', 'close-run')"
-    code = (f"from advpatch.app.warm import run_in_warm_child; from advpatch.tracking import RunContext; "
+    code = (f"from advpatch.components._warm import run_in_warm_child; from advpatch.tracking import RunContext; "
             f"assert run_in_warm_child('close_run', {{'state': 'SUCCEEDED'}}, {ctx}) is not None" if warm else
             f"from advpatch import steps; from advpatch.tracking import RunContext; "
             f"steps.close_run(state='SUCCEEDED', ctx={ctx})")
@@ -81,7 +81,7 @@ def main() -> int:
         subprocess.run(task_args, check=True, env=task_env, capture_output=True)  # creates the store once
         cases = {name: ([sys.executable, "-c", code], ENV) for name, code in CASES.items()}
         cases["whole task, cold"] = (task_args, task_env)
-        from advpatch.app.warm import warm_starter, wait_ready
+        from advpatch.app.warm import wait_ready, warm_starter
 
         with warm_starter(Path(tmp) / "warm.log") as warm_env:
             if not wait_ready(warm_env, 120):

@@ -28,7 +28,7 @@ def _seed_files(root: Path) -> None:
     """A good dataset, model manifest, patch set and image folder: what each target mutates."""
     from PIL import Image
 
-    from advpatch.dataset import write_dataset
+    from advpatch.data.dataset import write_dataset
     from advpatch.models import ModelInfo
     from advpatch.patches.patchset import PatchSet
 
@@ -55,12 +55,12 @@ def make_target(name: str, root: Path):
     from advpatch.errors import AdvpatchError
 
     def dataset_manifest(data: bytes):
-        from advpatch.dataset import Dataset
+        from advpatch.data.dataset import Dataset
         _write(root / "dataset" / "dataset.json", data)
         Dataset(root / "dataset").load()
 
     def dataset_shard(data: bytes):
-        from advpatch.dataset import Dataset
+        from advpatch.data.dataset import Dataset
         shard = Dataset(root / "dataset").spec.shards[0]["file"]
         _write(root / "dataset" / shard, data)
         Dataset(root / "dataset", verify=False).load()  # a shard whose sha256 was forged along with it
@@ -81,7 +81,7 @@ def make_target(name: str, root: Path):
         PatchSet.load(root / "patches")
 
     def image_folder(data: bytes):
-        from advpatch.sources import import_dataset
+        from advpatch.data.sources import import_dataset
         _write(root / "images" / "b" / "fuzzed.png", data)
         out = root / "out"
         import shutil
@@ -114,7 +114,7 @@ def seed_inputs(name: str, root: Path) -> list:
              "patchset_manifest": "patches/patchset.json", "patchset_arrays": "patches/patches.npz",
              "image_folder": "images/a/0.png"}
     if name == "dataset_shard":
-        from advpatch.dataset import Dataset
+        from advpatch.data.dataset import Dataset
         return [(root / "dataset" / Dataset(root / "dataset").spec.shards[0]["file"]).read_bytes()]
     return [(root / files[name]).read_bytes()]
 
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
 
     name = argv.pop(1)
     with atheris.instrument_imports(include=["advpatch"]):
-        import advpatch.dataset, advpatch.models, advpatch.patches.patchset, advpatch.readers, advpatch.sources  # noqa
+        import advpatch.data.dataset, advpatch.models, advpatch.patches.patchset, advpatch.data.readers, advpatch.data.sources  # noqa
     root = Path(tempfile.mkdtemp(prefix=f"fuzz-{name}-"))
     _seed_files(root)
     corpus = [a for a in argv[1:] if not a.startswith("-")]

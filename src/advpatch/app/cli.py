@@ -8,13 +8,13 @@
     advpatch submit --host URL --package F    upload to a KFP API, start a run, optionally wait
 
 Parameters are checked against the parameter table before anything runs: a bad value costs
-milliseconds, not a training run.
+milliseconds, not a training run. Exit status: 0 done, 1 a pipeline or a KFP run failed, 2 bad
+input (one line says what), 3 a service failed after its retries (MLflow, S3, the KFP API).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from advpatch import __version__, params, settings
-from advpatch.errors import AdvpatchError
+from advpatch.errors import ERROR_PREFIX, AdvpatchError, ServiceError
 
 DEMO_PIPELINE = "mnist-experiment"
 
@@ -44,11 +44,11 @@ def parse_arguments(pipeline: str, pairs: List[str]) -> Dict[str, Any]:
 
 def fit_to_data(pipeline: str, arguments: Dict[str, Any], *, choose_target: bool = False) -> Dict[str, Any]:
     """The checks that need the data, before any task runs: a local ``data_dir`` read as its tasks
-    will read it (:func:`advpatch.sources.check_source`), a patch target the data's classes have
+    will read it (:func:`advpatch.data.sources.check_source`), a patch target the data's classes have
     (by index or by name). With ``choose_target`` (the demo, on a user's folder) a default target
     the data lacks becomes its last class; a target the user gave is never changed, only refused."""
+    from advpatch.data.sources import check_source, class_names
     from advpatch.patches.optimizer import target_index
-    from advpatch.sources import check_source, class_names
 
     declared = {p.name for p in params.PIPELINE_PARAMS[pipeline]}
     values = params.validate_pipeline(pipeline, arguments)
@@ -83,9 +83,9 @@ def fit_to_data(pipeline: str, arguments: Dict[str, Any], *, choose_target: bool
 def check_environment(arguments: Dict[str, Any]) -> None:
     """What a run needs from its environment, checked before any task: an S3 endpoint and
     credentials when an argument is an ``s3://`` location, a tracking URI MLflow takes."""
-    from advpatch import storage
-    from advpatch.sources import S3_PREFIX
-    from advpatch.tracking_faults import check_uri
+    from advpatch.data.sources import S3_PREFIX
+    from advpatch.io import storage
+    from advpatch.tracking.faults import check_uri
 
     on_s3 = [name for name, value in arguments.items() if isinstance(value, str) and value.startswith(S3_PREFIX)]
     if on_s3:
@@ -100,9 +100,8 @@ def check_environment(arguments: Dict[str, Any]) -> None:
 def check_model_files(values: Dict[str, Any], specs: Dict[str, Any]) -> None:
     """A local ``model_file`` (a readable .keras archive, taking the data's images when both are
     known) and local ``weights`` (Keras' file for the architecture), checked before any task."""
-    from advpatch import keras_file
-    from advpatch.models import ModelError, check_weights
-    from advpatch.sources import S3_PREFIX
+    from advpatch.data.sources import S3_PREFIX
+    from advpatch.models import ModelError, check_weights, keras_file
 
     model_file, weights = values.get("model_file", ""), values.get("weights", "")
     if model_file and not model_file.startswith(S3_PREFIX):
@@ -239,8 +238,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         from advpatch.app.local import run_pipeline
 
         results = run_pipeline(name, arguments, output, default_name)
+    except ServiceError as e:  # a service failed after its retries: 3, so that a script can tell it from bad input
+        print(f"{ERROR_PREFIX}{e}", file=sys.stderr)
+        return 3
     except AdvpatchError as e:
-        print(f"advpatch: error: {e}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{e}", file=sys.stderr)
         return 2
     except PipelineFailed as e:
         print(f"advpatch: pipeline failed: {e}", file=sys.stderr)

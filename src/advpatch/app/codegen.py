@@ -126,10 +126,15 @@ def _args_block(entries: Sequence[Tuple[str, str]], indent: str) -> List[str]:
 
 
 # --------------------------------------------------------------------------- components
+def _isort(name: str) -> tuple:
+    """The order isort (and ruff) give imported names: constants, then classes, then the rest."""
+    return (not name.isupper(), not name[:1].isupper(), name)
+
+
 def render_component(c: Component) -> str:
     artifacts_in = [io for io in c.inputs if io.type != FINAL_STATUS]
     used = sorted({_inner(io.type) for io in (*artifacts_in, *c.outputs) if _inner(io.type) in KFP_TYPES}
-                  | {"Input" if artifacts_in else "", "Output" if c.outputs else ""} - {""})
+                  | {"Input" if artifacts_in else "", "Output" if c.outputs else ""} - {""}, key=_isort)
     custom = sorted({io.type for io in (*c.inputs, *c.outputs) if io.type in CUSTOM_TYPES})
     sig = [f"    {io.name}: dsl.{FINAL_STATUS}," for io in c.inputs if io.type == FINAL_STATUS]
     sig += [f"    {io.name}: Input[{io.type}]," for io in artifacts_in if not io.optional]
@@ -182,7 +187,7 @@ def render_readme(c: Component) -> str:
         lines += [c.notes, ""]
     lines += [
         "| | |", "|---|---|", f"| stability | {c.stability} |", f"| Kubeflow Pipelines | {KFP_VERSION} |",
-        f"| library | `advpatch.steps.{c.name}` |", f"| component | [`component.py`](component.py) (generated) |", "",
+        f"| library | `advpatch.steps.{c.name}` |", "| component | [`component.py`](component.py) (generated) |", "",
     ]
     if c.inputs:
         lines += ["## Inputs", "", "| input | type | | description |", "|---|---|---|---|"]

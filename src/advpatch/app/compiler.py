@@ -10,8 +10,13 @@ from advpatch import __version__, params, settings
 
 
 def add_arguments(comp: argparse.ArgumentParser) -> None:
-    from advpatch.app.placement import (CONFIG_MAP_DEFAULT, GPU_STEPS_DEFAULT, MLFLOW_SECRET_DEFAULT, RUN_AS,
-                                        S3_SECRET_DEFAULT)
+    from advpatch.app.placement import (
+        CONFIG_MAP_DEFAULT,
+        GPU_STEPS_DEFAULT,
+        MLFLOW_SECRET_DEFAULT,
+        RUN_AS,
+        S3_SECRET_DEFAULT,
+    )
 
     comp.add_argument("pipelines", nargs="*", help=f"names (default: all of {', '.join(params.PIPELINE_PARAMS)})")
     comp.add_argument("--output", default="outputs/compiled", help="a folder (one <name>.yaml each) or a .yaml file")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from advpatch import params, settings
-from advpatch.errors import AdvpatchError
+from advpatch.errors import ERROR_PREFIX, InputError
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,6 @@ def _failure(status: str, log_file: Path) -> str:
     failed on bad input ends its log with one ``advpatch: error:`` line (see
     ``advpatch.components._shell.fail_task``), and that line comes last; anything else (a bug) shows the
     end of the log and then the run's status."""
-    from advpatch.components._shell import ERROR_PREFIX
-
     lines = [_ANSI.sub("", line) for line in log_file.read_text(errors="replace").splitlines()]
     status = _ANSI.sub("", status)
     errors = [line.strip() for line in lines if line.strip().startswith(ERROR_PREFIX)]
@@ -246,8 +244,8 @@ def claim_output(output: Optional[Path], default: Path) -> Tuple[Path, IO]:
             continue
         return folder, lock
     if output:
-        raise AdvpatchError(f"--output {output} is in use by another advpatch run: give another folder")
-    raise AdvpatchError(f"{default} and {MAX_FOLDERS - 1} more folders beside it are in use by other advpatch runs")
+        raise InputError(f"--output {output} is in use by another advpatch run: give another folder")
+    raise InputError(f"{default} and {MAX_FOLDERS - 1} more folders beside it are in use by other advpatch runs")
 
 
 def run_pipeline(pipeline_name: str, arguments: Dict[str, Any], output: Optional[Path], default_name: str = "run",
@@ -257,7 +255,7 @@ def run_pipeline(pipeline_name: str, arguments: Dict[str, Any], output: Optional
     the next free folder beside it: :func:`claim_output`). Progress lines go to ``write``."""
     from advpatch.app.tracking_server import shared_server
     from advpatch.app.warm import warm_starter
-    from advpatch.tracking_faults import ENV_OWN_SERVER, ENV_OWN_SERVER_LOG, ENV_OWN_SERVER_PID
+    from advpatch.tracking.faults import ENV_OWN_SERVER, ENV_OWN_SERVER_LOG, ENV_OWN_SERVER_PID
 
     params.validate_pipeline(pipeline_name, arguments)  # fail in milliseconds, not inside a task
     base = settings.output_dir()

@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 import yaml
 
 from advpatch import params
-from advpatch.errors import AdvpatchError
+from advpatch.errors import KFPError
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,6 @@ def typed_arguments(spec: Dict[str, Any], pairs: List[str]) -> Dict[str, Any]:
     return out
 
 
-class SubmitError(AdvpatchError):
-    """The KFP API could not be reached or refused a request."""
-
 
 def submit(args) -> int:
     import urllib3
@@ -79,10 +76,12 @@ def submit(args) -> int:
     arguments = typed_arguments(spec, args.param)
     try:
         return _submit(args, spec, arguments)
+    except KFPError:  # already says what failed (and is an OSError too: a ServiceError is a ConnectionError)
+        raise
     except (OSError, urllib3.exceptions.HTTPError) as e:
-        raise SubmitError(f"cannot reach the KFP API at {args.host}: {type(e).__name__}") from None
+        raise KFPError(f"cannot reach the KFP API at {args.host}: {type(e).__name__}") from None
     except ApiException as e:
-        raise SubmitError(f"the KFP API at {args.host} refused a request: {e.status} {e.reason}") from None
+        raise KFPError(f"the KFP API at {args.host} refused a request: {e.status} {e.reason}") from None
 
 
 def token_path(args) -> str:
@@ -166,10 +165,10 @@ def _wait(client, run_id: str, timeout: float, poll: float) -> int:
         while time.monotonic() < deadline:
             try:
                 state, failures = str(client.get_run(run_id).state or ""), 0
-            except Exception as e:  # noqa: BLE001 - any transport or API error; the count bounds it
+            except Exception as e:
                 failures += 1
                 if failures > POLL_ERRORS_TOLERATED:
-                    raise AdvpatchError(f"lost the KFP API while waiting for run {run_id}: "
+                    raise KFPError(f"lost the KFP API while waiting for run {run_id}: "
                                         f"{failures} polls in a row failed ({type(e).__name__})") from None
             if state in FINAL_STATES:
                 print(f"run {run_id} {state}", flush=True)

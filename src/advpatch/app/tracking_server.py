@@ -29,12 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
-from advpatch.errors import AdvpatchError
-from advpatch.tracking_faults import process_running
-
-
-class ServerError(AdvpatchError):
-    """The tracking server did not start."""
+from advpatch.errors import ServerError
+from advpatch.tracking.faults import process_running
 
 
 def free_port() -> int:
@@ -193,7 +189,7 @@ def shared_server(store: Path) -> Iterator[Dict[str, str]]:
     """The server over the local store in ``store`` (``mlflow.db`` and ``artifacts/``), shared with
     every other run using the store: started if none runs, stopped when the last run using it ends.
     Yields ``{"uri", "pid", "log"}`` at once, while a new server may still be starting (a step waits
-    for it, and fails in seconds if its process exits: :func:`advpatch.tracking_faults.wait_if_local_server`).
+    for it, and fails in seconds if its process exits: :func:`advpatch.tracking.faults.wait_if_local_server`).
     Artifacts go straight to the folder (no proxy), as with the store itself."""
     (store / USERS).mkdir(parents=True, exist_ok=True)
     me = store / USERS / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

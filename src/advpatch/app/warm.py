@@ -12,39 +12,34 @@ always. The parent never runs a TensorFlow op (forking after that is unsafe), on
 
 The same pipeline compiled for a cluster, or run through ``kfp.local`` directly, runs its steps in
 the task process: a test checks that both ways produce the same bytes. Only the local CLI uses
-this; a task that finds no warm process (or a dead one) runs its step itself.
+this, on Linux; a task that finds no warm process (or a dead one) runs its step itself. The warm
+process forks only while it runs one thread (an import that starts one would make forking
+unsafe: it then stops serving). The task's side, and the protocol, are in
+:mod:`advpatch.components._warm`.
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Dict, Iterator
 
-from advpatch.errors import AdvpatchError
+from advpatch.components._warm import ACCEPTED, ENV_WARM_SOCKET, _receive, _send, error_reply
 
-ENV_WARM_SOCKET = "ADVPATCH_WARM_SOCKET"
-ACCEPTED = b"+"  # a child's first byte: from here on the step is the child's to run
 PRELOAD = ("tensorflow", "keras", "mlflow", "mlflow.keras", "matplotlib.pyplot", "PIL.Image",
-           "advpatch.steps", "advpatch.training", "advpatch.classifier", "advpatch.patches", "advpatch.defences",
+           "advpatch.steps", "advpatch.models.training", "advpatch.models.classifier", "advpatch.patches", "advpatch.defences.preprocessing",
            "advpatch.report", "advpatch.report.charts", "advpatch.report.html", "advpatch.tracking",
-           "advpatch.registry", "advpatch.models")
+           "advpatch.tracking.registry", "advpatch.models")
 """What the warm process imports (and nothing it runs)."""
-
-
-class WarmError(RuntimeError):
-    """A step run in a warm child failed; the message is the step's error, its traceback is in the
-    task's log."""
 
 
 # ------------------------------------------------------------------ the warm process
@@ -78,6 +73,11 @@ def serve(path: str) -> None:
         conn.settimeout(None)
         sys.stdout.flush()
         sys.stderr.flush()
+        if threading.active_count() > 1:  # an import started a thread: forking now could copy a held lock
+            print(f"advpatch warm process: {threading.active_count()} threads, no fork; tasks run their steps "
+                  "themselves", file=sys.stderr, flush=True)
+            conn.close()
+            return
         try:
             pid = os.fork()
         except OSError:  # no child, no "accepted": the task runs its step itself
@@ -109,86 +109,18 @@ def _child(conn: socket.socket) -> None:
         try:
             result = STEPS[request["step"]](**request["kwargs"], ctx=RunContext(**request["ctx"]))
             reply = {"ok": True, "result": result.to_json()}
-        except BaseException as e:  # noqa: BLE001 - every failure goes back to the task
+        except BaseException as e:
             traceback.print_exc()
-            bad_input = isinstance(e, AdvpatchError)  # its message is the whole story; else the type helps
-            reply = {"ok": False, "error": str(e) if bad_input else f"{type(e).__name__}: {e}", "bad_input": bad_input}
+            reply = error_reply(e)
             code = 1
         sys.stdout.flush()
         sys.stderr.flush()
         _send(conn, reply)
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         traceback.print_exc()
         code = 2
     finally:
         os._exit(code)
-
-
-# ------------------------------------------------------------------ the protocol: length-prefixed JSON
-
-
-def _send(conn: socket.socket, data: Dict[str, Any], fds=()) -> None:
-    body = json.dumps(data).encode()
-    header = len(body).to_bytes(8, "big")
-    if fds:
-        conn.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-    else:
-        conn.sendall(header)
-    conn.sendall(body)
-
-
-def _receive(conn: socket.socket):
-    header, fds, _, _ = socket.recv_fds(conn, 8, 4)
-    size = int.from_bytes(header, "big")
-    chunks, got = [], 0
-    while got < size:
-        chunk = conn.recv(min(1 << 20, size - got))
-        if not chunk:
-            raise ConnectionError("the warm process closed the connection")
-        chunks.append(chunk)
-        got += len(chunk)
-    return json.loads(b"".join(chunks)), list(fds)
-
-
-# ------------------------------------------------------------------ the task's side
-
-
-def run_in_warm_child(step: str, kwargs: Dict[str, Any], ctx) -> Optional[Any]:
-    """Run ``STEPS[step](**kwargs, ctx=ctx)`` in a child of the warm process; its result
-    (a :class:`~advpatch.steps.StepResult`), or ``None`` when there is no warm process to ask."""
-    path = os.environ.get(ENV_WARM_SOCKET)
-    if not path or not os.path.exists(path):
-        return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.connect(path)
-    except OSError:
-        conn.close()
-        return None
-    from dataclasses import asdict
-
-    from advpatch.steps import StepResult
-
-    with conn:
-        try:
-            accepted = conn.recv(1) == ACCEPTED
-        except OSError:
-            accepted = False
-        if not accepted:  # the warm process could not fork: nothing ran, so run the step here
-            return None
-        print(f"advpatch: {step} runs in a warm child (imports done once; {ENV_WARM_SOCKET})", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        _send(conn, {"step": step, "kwargs": kwargs, "ctx": asdict(ctx), "env": dict(os.environ), "cwd": os.getcwd(),
-                     "argv": sys.argv},
-              fds=(sys.stdout.fileno(), sys.stderr.fileno()))
-        try:
-            reply, _ = _receive(conn)
-        except (ConnectionError, ValueError) as e:
-            raise WarmError(f"{step}: the warm child ended without a result ({e}); see the log above") from None
-    if not reply["ok"]:
-        raise (AdvpatchError if reply.get("bad_input") else WarmError)(reply["error"])
-    return StepResult.from_json(reply["result"])
 
 
 # ------------------------------------------------------------------ the CLI's side
@@ -199,6 +131,9 @@ def warm_starter(log_path: Path) -> Iterator[Dict[str, str]]:
     """Start the warm process for the length of a local run; yields the environment that points
     the tasks at it. Tasks that start before it has finished importing run their steps
     themselves."""
+    if not sys.platform.startswith("linux"):  # fork() after heavy imports is safe only where it is tested
+        yield {}
+        return
     folder = tempfile.mkdtemp(prefix="advpatch-warm-")  # mode 0700: this user's tasks only
     path = os.path.join(folder, "steps.sock")
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,11 +12,24 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping
 
-from advpatch.params.rules import (Choices, Interval, Param, ParameterError, Pattern, Relation, parse_text,
-                                   validate)
-from advpatch.params.table import (ARCHITECTURES, COLOR_MODES, CONDITIONS, DATA_ROLES, DEPLOYMENT_METHODS,
-                                   OPTIMIZERS, PARAMS, PATCH_LOCATIONS, PATCH_LOSSES, PATCH_SHAPES,
-                                   PIPELINE_PARAMS, RELATIONS, SPLITS, STEP_PARAMS, TRACKING)
+from advpatch.params.rules import Choices, Interval, Param, ParameterError, Pattern, Relation, parse_text, validate
+from advpatch.params.table import (
+    ARCHITECTURES,
+    COLOR_MODES,
+    CONDITIONS,
+    DATA_ROLES,
+    DEPLOYMENT_METHODS,
+    OPTIMIZERS,
+    PARAMS,
+    PATCH_LOCATIONS,
+    PATCH_LOSSES,
+    PATCH_SHAPES,
+    PIPELINE_PARAMS,
+    RELATIONS,
+    SPLITS,
+    STEP_PARAMS,
+    TRACKING,
+)
 
 
 def check(**values: Any) -> None:
@@ -49,8 +62,31 @@ def require(condition: bool, message: str) -> None:
 
 
 __all__ = [
-    "ARCHITECTURES", "COLOR_MODES", "CONDITIONS", "Choices", "DATA_ROLES", "DEPLOYMENT_METHODS", "Interval",
-    "OPTIMIZERS", "PARAMS", "PATCH_LOCATIONS", "PATCH_LOSSES", "PATCH_SHAPES", "PIPELINE_PARAMS", "Param",
-    "ParameterError", "Pattern", "RELATIONS", "Relation", "SPLITS", "STEP_PARAMS", "TRACKING", "check", "parse_text", "require", "validate",
-    "validate_pipeline", "validate_step",
+    "ARCHITECTURES",
+    "COLOR_MODES",
+    "CONDITIONS",
+    "DATA_ROLES",
+    "DEPLOYMENT_METHODS",
+    "OPTIMIZERS",
+    "PARAMS",
+    "PATCH_LOCATIONS",
+    "PATCH_LOSSES",
+    "PATCH_SHAPES",
+    "PIPELINE_PARAMS",
+    "RELATIONS",
+    "SPLITS",
+    "STEP_PARAMS",
+    "TRACKING",
+    "Choices",
+    "Interval",
+    "Param",
+    "ParameterError",
+    "Pattern",
+    "Relation",
+    "check",
+    "parse_text",
+    "require",
+    "validate",
+    "validate_pipeline",
+    "validate_step",
 ]

@@ -13,12 +13,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from advpatch.errors import AdvpatchError
-
-
-class ParameterError(AdvpatchError):
-    """A parameter value is not allowed. The message names the parameter, the value and what is
-    allowed."""
+from advpatch.errors import ParameterError
 
 
 # --------------------------------------------------------------------------- rules

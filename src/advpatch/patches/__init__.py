@@ -7,7 +7,7 @@ One definition of each part, shared by generation and deployment:
   drawn with NumPy from a seeded generator) and the warp that puts it there (constant fill, so
   outside its mask the patch never touches the image);
 * :mod:`~advpatch.patches.optimizer`: the optimization of a patch against a
-  :class:`~advpatch.classifier.Classifier`, every step in one compiled TensorFlow loop;
+  :class:`~advpatch.models.classifier.Classifier`, every step in one compiled TensorFlow loop;
 * :mod:`~advpatch.patches.patchset`: the patch set artifact and applying it (windowed, with no
   model and no attack), and the deployment loop that writes a patched dataset.
 
@@ -19,13 +19,29 @@ Generation and deployment should use the same distribution; both record it. Size
 patch covering most of the image (scale 0.8 and up) is read as the target wherever it is.
 """
 
-from advpatch.patches.geometry import (Placements, inverse_transforms, make_mask, mask_outline, sample_placements,
-                                       transforms, warp)
-from advpatch.patches.optimizer import (LOSSES, PatchOptimizer, check_target, draw_targets, generate_patch, generate_patch_set,
-                                        learning_rates, overlay, overlay_for_training, resolve_loss,
-                                        target_index)
-from advpatch.patches.patchset import (FORMAT, PATCH_COLUMNS, PatchSet, PatchSetError, apply_patches, check_fits,
-                                       deploy)
+from advpatch.patches.geometry import (
+                                       Placements,
+                                       inverse_transforms,
+                                       make_mask,
+                                       mask_outline,
+                                       sample_placements,
+                                       transforms,
+                                       warp,
+)
+from advpatch.patches.optimizer import (
+                                       LOSSES,
+                                       PatchOptimizer,
+                                       check_target,
+                                       draw_targets,
+                                       generate_patch,
+                                       generate_patch_set,
+                                       learning_rates,
+                                       overlay,
+                                       overlay_for_training,
+                                       resolve_loss,
+                                       target_index,
+)
+from advpatch.patches.patchset import FORMAT, PATCH_COLUMNS, PatchSet, PatchSetError, apply_patches, check_fits, deploy
 
 __all__ = [
     "FORMAT", "LOSSES", "PATCH_COLUMNS", "PatchOptimizer", "PatchSet", "PatchSetError", "Placements", "apply_patches",

@@ -1,7 +1,7 @@
 """Patch generation: targeted patches (Brown et al., 2017) by expectation over transformation.
 
 :func:`generate_patch` optimizes one patch with Adam against a
-:class:`~advpatch.classifier.Classifier` (so a defence in front of the model is in the loop);
+:class:`~advpatch.models.classifier.Classifier` (so a defence in front of the model is in the loop);
 every step (overlay, model, loss, gradient, update) of the whole run is one compiled TensorFlow
 loop. :func:`generate_patch_set` draws targets and generation images, runs it per patch and scores
 each patch at fresh placements.
@@ -106,7 +106,7 @@ def learning_rates(learning_rate: float, steps: int, decay_fraction: float) -> n
 
 
 class PatchOptimizer:
-    """Optimizes patches against one :class:`~advpatch.classifier.Classifier` and image shape;
+    """Optimizes patches against one :class:`~advpatch.models.classifier.Classifier` and image shape;
     reused across patches so the compiled loop is traced once."""
 
     def __init__(self, classifier, image_shape: Sequence[int], patch_size: int, mask: np.ndarray,
@@ -296,12 +296,12 @@ def generate_patch_set(
     settings: Dict[str, Any],
 ) -> Tuple[PatchSet, List[float]]:
     """One patch per target against ``classifier``, each on its own ``num_gen_samples`` images
-    (uint8 ``images``, an array or a :class:`~advpatch.dataset.Dataset` of which only the drawn
+    (uint8 ``images``, an array or a :class:`~advpatch.data.dataset.Dataset` of which only the drawn
     images are read; drawn among those whose ``labels`` are not the target), then scored on them at
     fresh placements from the same distribution. ``placement``: ``rotation_max``, ``scale_min``,
     ``scale_max``, ``location``. The patch set records ``settings`` and each patch's figures (the
     same bytes for the same seed); the seconds each patch took come back beside it."""
-    from advpatch.dataset import to_float
+    from advpatch.data.dataset import to_float
     from advpatch.evaluation import patch_metrics
 
     info = classifier.info

@@ -23,8 +23,8 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from advpatch.errors import AdvpatchError
-from advpatch.files import atomic_dir, read_arrays, read_manifest, save_npz
+from advpatch.errors import PatchSetError
+from advpatch.io.files import atomic_dir, read_arrays, read_manifest, save_npz
 from advpatch.patches.geometry import Placements, sample_placements, transforms, warp
 
 FORMAT = "advpatch-patchset"
@@ -45,9 +45,6 @@ PATCH_COLUMNS = {
 """Per-image provenance :func:`deploy` writes: was it patched, with which patch (and so target), at
 which scale, angle and centre, and which input image it came from."""
 
-
-class PatchSetError(AdvpatchError):
-    """A patch set is missing or malformed, or does not fit the data."""
 
 
 @dataclass
@@ -129,7 +126,7 @@ class PatchSet:
                                 f"{patches.dtype} {list(patches.shape)}, masks {masks.dtype} {list(masks.shape)}, "
                                 f"targets {targets.dtype} {list(targets.shape)}")
         if not (np.isfinite(patches).all() and np.isfinite(masks).all() and 0 <= patches.min() <= patches.max() <= 1
-                and 0 <= masks.min() <= masks.max() <= 1 and 0 <= targets.min() and targets.max() < len(class_names)):
+                and 0 <= masks.min() <= masks.max() <= 1 and targets.min() >= 0 and targets.max() < len(class_names)):
             raise PatchSetError(f"{path / ARRAYS}: pixels and masks must be finite and in [0, 1], targets classes "
                                 f"of the {len(class_names)}")
         return cls(patches.astype(np.float32), masks.astype(np.float32), targets.astype(np.int32), class_names,

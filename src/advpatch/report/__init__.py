@@ -2,8 +2,14 @@
 table of the terminal, KFP and MLflow (:mod:`.tables`), and the HTML report with charts, patches
 and sample images (:mod:`.html`, charts in :mod:`.charts`)."""
 
-from advpatch.report.results import (RESULTS_FORMAT, RESULTS_VERSION, build_results, bundle, headline_metrics,
-                                     read_step_results)
+from advpatch.report.results import (
+    RESULTS_FORMAT,
+    RESULTS_VERSION,
+    build_results,
+    bundle,
+    headline_metrics,
+    read_step_results,
+)
 from advpatch.report.tables import format_rate, render_markdown, render_table
 
 __all__ = ["RESULTS_FORMAT", "RESULTS_VERSION", "build_results", "bundle", "format_rate", "headline_metrics",

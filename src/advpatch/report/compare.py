@@ -8,15 +8,12 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from advpatch.errors import AdvpatchError
+from advpatch.errors import CompareError
 from advpatch.report import charts
 from advpatch.report.tables import COMPARISON_COLUMNS, render_table
 
 PIPELINE_RUNS = "tags.`advpatch.kind` = 'pipeline' and attributes.status = 'FINISHED'"
 
-
-class CompareError(AdvpatchError):
-    """The runs to compare cannot be found, or one holds no advpatch results."""
 
 
 def fetch_runs(experiment: str = "", run_ids: Sequence[str] = (), max_runs: int = 10) -> List[Dict[str, Any]]:

@@ -5,7 +5,7 @@ leaves it; a Content-Security-Policy says so to the browser), the same file in K
 from __future__ import annotations
 
 import html
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 from advpatch.report import charts
 from advpatch.report.tables import COMPARISON_COLUMNS, EVAL_COLUMNS, counts_note, format_rate

@@ -28,10 +28,9 @@ SWEEP_KEYS = ("patch_scale", "patch_location", "rotation_max")
 
 def read_step_results(paths: Sequence[str]) -> List[Any]:
     """The step results in ``paths`` (``summary`` outputs, or bundles of them), in order."""
-    from advpatch.steps._base import StepResult
-
     from advpatch.errors import AdvpatchError
-    from advpatch.files import read_manifest
+    from advpatch.io.files import read_manifest
+    from advpatch.results import StepResult
 
     def parse(data: Dict[str, Any]) -> List[Any]:
         items = data["results"] if data.get("format") == BUNDLE_FORMAT else [data]

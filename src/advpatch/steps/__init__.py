@@ -11,7 +11,7 @@ writes its artifacts atomically, logs to MLflow (a nested run under its pipeline
 a :class:`StepResult`. The KFP components in ``components/`` are thin shells over these.
 """
 
-from advpatch.steps._base import StepResult
+from advpatch.results import StepResult
 from advpatch.steps.attack import deploy_patch, gen_patch
 from advpatch.steps.certify import derandomized_smoothing
 from advpatch.steps.cleanse import patch_cleanser

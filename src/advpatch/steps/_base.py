@@ -5,67 +5,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator
 
 from advpatch import params, settings
+from advpatch.results import StepResult
 from advpatch.tracking import RunContext, check_server
 
 log = logging.getLogger("advpatch")
 
-RESULT_FORMAT = "advpatch-step-result"
-RESULT_VERSION = 2
-
-
-@dataclass
-class Evaluation:
-    """One evaluation of a model on one set of images: its place in the comparison table (``row``
-    and ``condition``: clean or patched), its metrics, the (successes, count) behind each rate
-    among them, and its confusion matrix."""
-
-    row: str
-    condition: str
-    metrics: Dict[str, float]
-    counts: Dict[str, List[int]] = field(default_factory=dict)
-    categories: List[str] = field(default_factory=list)
-    matrix: List[List[int]] = field(default_factory=list)
-    samples: List[Dict[str, Any]] = field(default_factory=list)  # a few images, for the report
-
-    @property
-    def label(self) -> str:
-        return f"{self.row} / {self.condition}"
-
-
-@dataclass
-class StepResult:
-    """What a step reports: scalar metrics and the (successes, count) behind each rate among them,
-    details for the results file, the evaluations it made (infer), and metadata for its output
-    artifacts."""
-
-    step: str
-    label: str
-    metrics: Dict[str, float] = field(default_factory=dict)
-    counts: Dict[str, List[int]] = field(default_factory=dict)
-    details: Dict[str, Any] = field(default_factory=dict)
-    evaluations: List[Evaluation] = field(default_factory=list)
-    outputs: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    """Output name -> metadata to show with that artifact (KFP's UI shows it)."""
-    params: Dict[str, Any] = field(default_factory=dict)  # validated: the step wrapper fills them in
-    task: str = ""  # the KFP task's name, when it ran in one (the step wrapper fills it in)
-
-    def to_json(self) -> str:
-        return json.dumps({"format": RESULT_FORMAT, "version": RESULT_VERSION, **asdict(self)}, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "StepResult":
-        data = json.loads(text)
-        if data.pop("format", None) != RESULT_FORMAT or data.pop("version", None) != RESULT_VERSION:
-            raise ValueError(f"not an {RESULT_FORMAT} v{RESULT_VERSION} document")
-        data["evaluations"] = [Evaluation(**e) for e in data.get("evaluations", [])]
-        return cls(**data)
 
 
 class Params:
@@ -148,3 +97,12 @@ def step(name: str) -> Callable:
         return run
 
     return wrap
+
+
+def log_input(run, path: str, context: str) -> None:
+    """Log the Dataset artifact at ``path`` as an input of ``run`` (MLflow's Dataset column): its name
+    and content digest from its manifest, ``context`` as the input's tag."""
+    from advpatch.data.dataset import Dataset
+
+    spec = Dataset(path, verify=False).spec
+    run.log_input(path, context, spec.name, spec.digest)

@@ -7,12 +7,13 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from advpatch.steps._base import Evaluation, log
+from advpatch.results import Evaluation
+from advpatch.steps._base import log
 
 
 def check_data(training_data: str, testing_data: str, sizes: Sequence[int]):
     """The two datasets (they must agree) and the patch sizes (they must fit the images)."""
-    from advpatch.dataset import Dataset, DatasetError
+    from advpatch.data.dataset import Dataset, DatasetError
 
     train_set, test_set = Dataset(training_data), Dataset(testing_data)
     train_set.check_trainable(f"training_data ({training_data})")
@@ -79,7 +80,7 @@ def write_certificates(path: str, test: Dict[str, np.ndarray], predicted: np.nda
     none), and whether it is a patched copy."""
     import csv
 
-    from advpatch.files import atomic_file
+    from advpatch.io.files import atomic_file
 
     y = test["y"]
     patched = test.get("patched", np.zeros(len(y), bool))

@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from advpatch.steps._base import Evaluation, log
+from advpatch.results import Evaluation
+from advpatch.steps._base import log, log_input
 
 NUM_SAMPLES = 8
 """Images of each evaluation kept (as small PNGs) for the report."""
@@ -47,7 +48,7 @@ def log_evaluations(track, evaluations: Sequence[Evaluation], verb: str, data: s
             run.log_metrics(e.metrics)
             run.log_metrics({f"{k}_count": n for k, (_, n) in e.counts.items()})
             run.log_dict({"categories": e.categories, "matrix": e.matrix}, "confusion_matrix.json")
-            run.log_input(data, "evaluation")
+            log_input(run, data, "evaluation")
         log.info("%s: accuracy %.4f on %d images (%s)", verb, e.metrics["accuracy"], e.counts["accuracy"][1], e.label)
 
 
@@ -83,7 +84,7 @@ def _samples(index, out, predicted, class_names, dataset) -> List[Dict[str, Any]
     """Up to :data:`NUM_SAMPLES` images spread evenly over the evaluation's source images (by
     ``source_index`` when the data has it, so clean and patched evaluations of the same test set
     show the same images), each a small PNG with its label and prediction."""
-    from advpatch.readers import png_base64
+    from advpatch.data.readers import png_base64
 
     if not len(index):
         return []

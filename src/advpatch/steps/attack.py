@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from advpatch.steps._base import StepResult, log, step
+from advpatch.results import StepResult
+from advpatch.steps._base import log, log_input, step
 
 
 @step("gen_patch")
@@ -20,7 +21,7 @@ def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResu
     import numpy as np
 
     from advpatch import patches as engine
-    from advpatch.dataset import Dataset
+    from advpatch.data.dataset import Dataset
     from advpatch.models import precheck
 
     dataset = Dataset(data)
@@ -29,15 +30,14 @@ def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResu
     target = engine.target_index(p.patch_target, p.patch_target_name, dataset.class_names)
     loss = engine.resolve_loss(p.patch_loss, p.patch_location)
 
-    from advpatch import training
-    from advpatch.classifier import Classifier
-    from advpatch.models import resolve
+    from advpatch.models import resolve, training
+    from advpatch.models.classifier import Classifier
 
     training.seed_everything(p.seed)
     net, info = resolve(model, p.model_uri, dataset.image_shape, num_classes, p.model_architecture)
     classifier = Classifier(net, info)
     if p.defence != "none":
-        from advpatch.defences import from_params
+        from advpatch.defences.preprocessing import from_params
 
         classifier = classifier.with_transforms(from_params(p.defence, p.all()))
     labels = dataset.labels()  # the images themselves are read only where a patch draws them
@@ -68,11 +68,11 @@ def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResu
     metrics["mean_final_loss"] = float(np.mean([r["final_loss"] for r in results]))
     against = f" against {p.defence}" if p.defence != "none" else ""
     with track.run(f"gen_patch: {p.num_patch} patches{against}", model=p.model_uri or model) as run:
-        run.log_input(data, "generation")
+        log_input(run, data, "generation")
         run.log_metrics(metrics)
         patch_set.save(patches)
         run.log_artifacts(patches, "patches")
-    from advpatch.readers import png_base64
+    from advpatch.data.readers import png_base64
 
     target_names = [dataset.class_names[t] for t in targets]
     previews = [png_base64(patch_set.rgba(i)) for i in range(len(patch_set))]
@@ -92,7 +92,7 @@ def deploy_patch(p, track, *, data: str, patches: str, patched_data: str) -> Ste
     import numpy as np
 
     from advpatch import patches as engine
-    from advpatch.dataset import Dataset, DatasetWriter
+    from advpatch.data.dataset import Dataset, DatasetWriter
     from advpatch.evaluation import summarize
 
     dataset = Dataset(data)
@@ -118,7 +118,7 @@ def deploy_patch(p, track, *, data: str, patches: str, patched_data: str) -> Ste
     details: Dict[str, Any] = {**p.pick("patch_deployment_method", "patch_application_rate", "batch_size", "seed",
                                         "patch_scale"), **placement}
     with track.run(f"deploy_patch: {p.patch_deployment_method}") as run:
-        run.log_input(data, "deployment")
+        log_input(run, data, "deployment")
         run.log_metrics(metrics)
         if p.output_tar_name:  # the seed's cross-run reuse: adv_testing.tar / adversarial_patched_data
             details["mlflow_source"] = run.log_dataset(patched_data, p.output_tar_name, p.output_dataset_name)

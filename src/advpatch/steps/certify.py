@@ -3,22 +3,23 @@ views, and the smoothed classifier's predictions with a certificate for every te
 
 from __future__ import annotations
 
-from advpatch.steps._base import StepResult, step
+from advpatch.results import StepResult
+from advpatch.steps._base import log_input, step
 
 
 @step("derandomized_smoothing")
 def derandomized_smoothing(p, track, *, training_data: str, testing_data: str, model: str,
                            certificates: str) -> StepResult:
     """Train ``p.model_architecture`` on ablated views of the training images (a band of
-    ``ablation_size`` columns, or a block, kept; see :mod:`advpatch.certified`), then classify
+    ``ablation_size`` columns, or a block, kept; see :mod:`advpatch.defences.smoothing`), then classify
     every view of every test image and certify each prediction against a square patch of each of
     ``certify_patch_sizes``. Test data that holds clean images and patched copies (deploy_patch
     ``augment``) gives the clean and the patched evaluations of the comparison table (``row``);
     certified accuracy is over the clean images. The tests and ``make bench`` check every
-    certificate against the worst case (:func:`advpatch.certified.worst_case_flips`)."""
+    certificate against the worst case (:func:`advpatch.defences.smoothing.worst_case_flips`)."""
     import numpy as np
 
-    from advpatch import certified
+    from advpatch.defences import smoothing as certified
     from advpatch.models import ModelInfo, check_buildable
     from advpatch.steps import _certificates
 
@@ -28,9 +29,8 @@ def derandomized_smoothing(p, track, *, training_data: str, testing_data: str, m
     view_shape = (h, w, 2 * c)
     check_buildable(p.model_architecture, view_shape)
 
-    from advpatch import training
-    from advpatch.dataset import to_float
-    from advpatch.models import build_model, save_model
+    from advpatch.data.dataset import to_float
+    from advpatch.models import build_model, save_model, training
 
     training.seed_everything(p.seed)
     data = train_set.load()
@@ -59,7 +59,7 @@ def derandomized_smoothing(p, track, *, training_data: str, testing_data: str, m
                      provenance={"step": "derandomized_smoothing", "train_data": train_set.spec.provenance,
                                  **settings, **p.pick("epochs", "batch_size", "learning_rate", "seed")})
     with track.run(f"derandomized_smoothing: {p.ablation} {p.ablation_size}") as run:
-        run.log_input(training_data, "training")
+        log_input(run, training_data, "training")
         run.log_history(history)
         run.log_metrics(metrics)
     from advpatch.steps._evaluations import log_evaluations

@@ -4,24 +4,25 @@ every test image."""
 
 from __future__ import annotations
 
-from advpatch.steps._base import StepResult, log, step
+from advpatch.results import StepResult
+from advpatch.steps._base import log, log_input, step
 
 
 @step("patch_cleanser")
 def patch_cleanser(p, track, *, model: str, training_data: str, testing_data: str, defended_model: str,
                    certificates: str) -> StepResult:
     """Wrap ``model`` (any Keras classifier advpatch can load) in PatchCleanser's double masking
-    (see :mod:`advpatch.patchcleanser`) with a mask set for ``mask_patch_size`` patches
+    (see :mod:`advpatch.defences.patchcleanser`) with a mask set for ``mask_patch_size`` patches
     (``masks_per_side`` squared masks), after ``masked_training_epochs`` of masked training on the
     training images (0: the model as it is). Classifies every test image and certifies each
     prediction against a square patch of each of ``certify_patch_sizes`` (each size its own mask
     set). Test data with patched copies (deploy_patch ``augment``) gives the clean and the patched
     evaluations of the comparison table (``row``); certified accuracy is over the clean images. The
     tests and ``make bench`` check every certificate against the worst case
-    (:func:`advpatch.patchcleanser.worst_case_flips`)."""
+    (:func:`advpatch.defences.patchcleanser.worst_case_flips`)."""
     import numpy as np
 
-    from advpatch import patchcleanser
+    from advpatch.defences import patchcleanser
     from advpatch.models import precheck
     from advpatch.steps import _certificates
 
@@ -33,9 +34,8 @@ def patch_cleanser(p, track, *, model: str, training_data: str, testing_data: st
     num_classes = len(test_set.class_names)
     precheck(model, "", test_set.image_shape, num_classes)
 
-    from advpatch import training
-    from advpatch.dataset import to_float
-    from advpatch.models import load_model, save_model
+    from advpatch.data.dataset import to_float
+    from advpatch.models import load_model, save_model, training
 
     training.seed_everything(p.seed)
     net, info = load_model(model)
@@ -69,9 +69,9 @@ def patch_cleanser(p, track, *, model: str, training_data: str, testing_data: st
     info.provenance = {**info.provenance, "patch_cleanser": {**settings, **p.pick("batch_size", "learning_rate",
                                                                                    "seed")}}
     with track.run(f"patch_cleanser: {trained}") as run:
-        run.log_input(testing_data, "testing")
+        log_input(run, testing_data, "testing")
         if history:
-            run.log_input(training_data, "training")
+            log_input(run, training_data, "training")
             run.log_history(history)
         run.log_metrics(metrics)
     from advpatch.steps._evaluations import log_evaluations

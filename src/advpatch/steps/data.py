@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from advpatch.steps._base import StepResult, log, step
+from advpatch.results import StepResult
+from advpatch.steps._base import log, step
 
 
 @step("load_dataset")
 def load_dataset(p, track, *, dataset: str) -> StepResult:
-    """Import ``p.source`` (see :mod:`advpatch.sources`) as a Dataset artifact at ``dataset``."""
-    from advpatch.sources import import_dataset
+    """Import ``p.source`` (see :mod:`advpatch.data.sources`) as a Dataset artifact at ``dataset``."""
+    from advpatch.data.sources import import_dataset
 
     spec = import_dataset(p.source, dataset, **p.pick("split", "image_size", "color_mode", "max_examples", "seed",
                                                       "class_index"))

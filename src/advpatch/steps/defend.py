@@ -1,11 +1,12 @@
 """The preprocessing defences on a Dataset artifact: spatial_smoothing, jpeg_compression and
-gaussian_augmentation (see :mod:`advpatch.defences`)."""
+gaussian_augmentation (see :mod:`advpatch.defences.preprocessing`)."""
 
 from __future__ import annotations
 
 from typing import Any, Dict
 
-from advpatch.steps._base import StepResult, log, step
+from advpatch.results import StepResult
+from advpatch.steps._base import log, log_input, step
 
 
 def _defend(name: str, p, track, data: str, defended_data: str, *, apply_fit: bool, apply_predict: bool,
@@ -16,8 +17,8 @@ def _defend(name: str, p, track, data: str, defended_data: str, *, apply_fit: bo
     originals are kept and noisy copies of ``round(ratio * n)`` of them are added."""
     import numpy as np
 
-    from advpatch import defences
-    from advpatch.dataset import Dataset, DatasetWriter, to_float, to_uint8
+    from advpatch.data.dataset import Dataset, DatasetWriter, to_float, to_uint8
+    from advpatch.defences import preprocessing as defences
 
     source = Dataset(data)
     active = defences.applies(apply_fit, apply_predict, p.data_role)
@@ -52,7 +53,7 @@ def _defend(name: str, p, track, data: str, defended_data: str, *, apply_fit: bo
     metrics = {"applied": float(active), "num_examples": float(writer.spec.num_examples), "num_changed": float(changed)}
     details: Dict[str, Any] = dict(record)
     with track.run(f"{name}: {p.data_role} data") as run:
-        run.log_input(data, "defence")
+        log_input(run, data, "defence")
         run.log_metrics(metrics)
         if p.output_tar_name:
             details["mlflow_source"] = run.log_dataset(defended_data, p.output_tar_name, name)

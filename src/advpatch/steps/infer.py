@@ -3,7 +3,8 @@ per-image predictions."""
 
 from __future__ import annotations
 
-from advpatch.steps._base import StepResult, log, step
+from advpatch.results import StepResult
+from advpatch.steps._base import log, step
 
 
 @step("infer")
@@ -18,7 +19,7 @@ def infer(p, track, *, data: str, predictions: str, model: str = "") -> StepResu
     evaluations of data that holds clean images and patched copies of them (deploy_patch's
     ``augment``): one of the clean images, one of the patched.
     """
-    from advpatch.dataset import Dataset
+    from advpatch.data.dataset import Dataset
     from advpatch.models import check_choice, precheck
     from advpatch.params import ParameterError
     from advpatch.steps._evaluations import evaluate, has_patches, log_evaluations, patch_setting
@@ -30,10 +31,9 @@ def infer(p, track, *, data: str, predictions: str, model: str = "") -> StepResu
         raise ParameterError(f"condition='split' needs data with patched images and their provenance "
                              f"(deploy_patch's output); {dataset.summary()} has none")
 
-    from advpatch import training
-    from advpatch.classifier import Classifier
     from advpatch.evaluation import predict, write_predictions
-    from advpatch.models import resolve
+    from advpatch.models import resolve, training
+    from advpatch.models.classifier import Classifier
 
     training.seed_everything(p.seed)
     net, info = resolve(model, p.model_uri, dataset.image_shape, len(dataset.class_names), p.model_architecture)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from advpatch.steps._base import StepResult, log, step
+from advpatch.results import StepResult
+from advpatch.steps._base import log, step
 
 
 @step("init_model")
@@ -21,7 +22,7 @@ def init_model(p, track, *, testing_data: str, model: str) -> StepResult:
     import tempfile
     from pathlib import Path
 
-    from advpatch.dataset import Dataset
+    from advpatch.data.dataset import Dataset
     from advpatch.models import IMAGENET_SHAPE, ModelError, check_weights
 
     test_set = Dataset(testing_data)
@@ -34,13 +35,12 @@ def init_model(p, track, *, testing_data: str, model: str) -> StepResult:
     with tempfile.TemporaryDirectory() as tmp:
         weights = ""
         if p.weights:
-            from advpatch.sources import fetch_file
+            from advpatch.data.sources import fetch_file
 
             weights = str(fetch_file(p.weights, Path(tmp), "weights"))
             check_weights(p.model_architecture, weights)
         log.info("init_model: %s with ImageNet weights %s", p.model_architecture, p.weights or "(Keras download)")
-        from advpatch import training
-        from advpatch.models import pretrained_model
+        from advpatch.models import pretrained_model, training
 
         training.seed_everything(p.seed)
         net, info = pretrained_model(p.model_architecture, weights, test_set.class_names)
@@ -60,17 +60,16 @@ def import_model(p, track, *, testing_data: str, model: str) -> StepResult:
     import tempfile
     from pathlib import Path
 
-    from advpatch.dataset import Dataset
+    from advpatch.data.dataset import Dataset
+    from advpatch.data.sources import fetch_file
     from advpatch.params import ParameterError
-    from advpatch.sources import fetch_file
 
     if not p.model_file:
         raise ParameterError("model_file is required: a .keras file, a local path or s3://BUCKET/KEY")
     test_set = Dataset(testing_data)
     with tempfile.TemporaryDirectory() as tmp:
         local = fetch_file(p.model_file, Path(tmp), "model_file")
-        from advpatch import training
-        from advpatch.models import user_model
+        from advpatch.models import training, user_model
 
         training.seed_everything(p.seed)
         net, info = user_model(local, p.preprocessing, test_set.image_shape, test_set.class_names)
@@ -82,9 +81,9 @@ def import_model(p, track, *, testing_data: str, model: str) -> StepResult:
 def _finish(p, track, net, info, test_set, testing_data: str, model: str, step_name: str, architecture: str
             ) -> StepResult:
     """Evaluate on the test data, log and register in MLflow, write the Model artifact."""
-    from advpatch.classifier import Classifier
     from advpatch.evaluation import predict
     from advpatch.models import save_model
+    from advpatch.models.classifier import Classifier
     from advpatch.steps._evaluations import evaluate, log_evaluations
 
     row = p.row or p.model_tag or architecture
@@ -95,7 +94,7 @@ def _finish(p, track, net, info, test_set, testing_data: str, model: str, step_n
     with track.run(f"{step_name}: {p.model_tag or architecture}") as run:
         name = ""
         if p.register_model:
-            from advpatch.registry import registered_model_name
+            from advpatch.tracking.registry import registered_model_name
 
             name = registered_model_name(track.ctx.experiment, p.model_tag, architecture)
         uri, version = run.log_model(net, info.to_json(), registered_name=name)

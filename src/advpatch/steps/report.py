@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from typing import List
 
-from advpatch.steps._base import StepResult, log, step
+from advpatch.results import StepResult
+from advpatch.steps._base import log, step
 
 
 @step("report")
@@ -17,7 +18,7 @@ def report(p, track, *, summaries: List[str], results: str, table: str, html: st
     table order) into ``results.json`` (at ``results``), a Markdown table (at ``table``) and an HTML
     report (at ``html``); attach the three to the pipeline's MLflow run with each row's headline
     rates as its metrics, and mark it finished."""
-    from advpatch.files import write_text
+    from advpatch.io.files import write_text
     from advpatch.report import build_results, headline_metrics, read_step_results, render_html, render_markdown
     from advpatch.tracking import finish_pipeline_run
 
@@ -42,8 +43,9 @@ def gather(p, track, *, summaries: List[str], bundle: str) -> StepResult:
     """Put the step results of a ``dsl.Collected`` list (the summaries of a ParallelFor's tasks)
     into one file at ``bundle`` that the report takes in one of its slots. KFP lets a list of
     artifacts out of a loop only whole, and not into a component beside single artifacts."""
-    from advpatch.files import write_text
-    from advpatch.report import bundle as to_bundle, read_step_results
+    from advpatch.io.files import write_text
+    from advpatch.report import bundle as to_bundle
+    from advpatch.report import read_step_results
 
     steps = read_step_results(summaries)
     write_text(bundle, to_bundle(steps))

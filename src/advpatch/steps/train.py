@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
 
-from advpatch.steps._base import StepResult, log, step
+from advpatch.results import StepResult
+from advpatch.steps._base import log, log_input, step
 
 
 @step("train")
@@ -20,7 +21,7 @@ def train(p, track, *, training_data: str, model: str, testing_data: str = "") -
     Writes the Model artifact to ``model``; logs (and, with ``register_model``, registers) the
     model in MLflow as ``{experiment}_{model_tag}_{model_architecture}``.
     """
-    from advpatch.dataset import Dataset, DatasetError
+    from advpatch.data.dataset import Dataset, DatasetError
     from advpatch.models import ModelInfo, check_buildable
 
     train_set = Dataset(training_data)
@@ -33,8 +34,7 @@ def train(p, track, *, training_data: str, model: str, testing_data: str = "") -
                            f"({train_set.summary()})")
     log.info("train: %s on %s", p.model_architecture, train_set.summary())
 
-    from advpatch import training
-    from advpatch.models import build_model, save_model
+    from advpatch.models import build_model, save_model, training
 
     fit = p.pick("model_architecture", "optimizer", "epochs", "batch_size", "learning_rate", "validation_split", "seed")
     pgd = p.pick("pgd_eps", "pgd_eps_step", "pgd_max_iter", "pgd_ratio")
@@ -63,12 +63,12 @@ def train(p, track, *, training_data: str, model: str, testing_data: str = "") -
 
     details: Dict[str, Any] = {"history": history, "model_architecture": p.model_architecture}
     with track.run(f"train: {p.row or p.model_tag or p.model_architecture}") as run:
-        run.log_input(training_data, "training")
+        log_input(run, training_data, "training")
         run.log_history(history)
         run.log_metrics(metrics)
         name = ""
         if p.register_model:
-            from advpatch.registry import registered_model_name
+            from advpatch.tracking.registry import registered_model_name
 
             name = registered_model_name(track.ctx.experiment, p.model_tag, p.model_architecture)
         uri, version = run.log_model(net, info.to_json(), registered_name=name)
@@ -94,9 +94,9 @@ def _test(net, info, test_set, p) -> Tuple[Dict[str, float], Dict[str, List[int]
     patched copies too, the clean and patched evaluations."""
     import numpy as np
 
-    from advpatch import training
-    from advpatch.classifier import Classifier
     from advpatch.evaluation import classification_metrics, predict
+    from advpatch.models import training
+    from advpatch.models.classifier import Classifier
     from advpatch.steps._evaluations import evaluate, has_patches
 
     classifier = Classifier(net, info)

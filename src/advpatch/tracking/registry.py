@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-from advpatch.errors import AdvpatchError
+from advpatch.errors import RegistryError
 from advpatch.tracking import MODEL_METADATA_KEY, configure, tracking_uri
 
 
@@ -16,9 +16,6 @@ def registered_model_name(experiment_name: str, model_tag: str, architecture: st
     parts = [experiment_name, model_tag, architecture] if model_tag else [experiment_name, architecture]
     return "_".join(parts)
 
-
-class RegistryError(AdvpatchError):
-    """A registered model cannot be found or was not logged by advpatch as a ``.keras`` file."""
 
 
 def download_registered_model(uri: str, dest: os.PathLike | str) -> Tuple[Path, Dict[str, Any]]:

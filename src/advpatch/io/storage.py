@@ -43,25 +43,22 @@ from typing import List, Tuple
 from urllib.parse import urlparse
 
 from advpatch import settings
-from advpatch.errors import AdvpatchError
+from advpatch.errors import StorageError, StorageInputError
 
 CREDENTIAL_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken"}
 RETRY_DELAYS_S = (1.0, 3.0, 9.0, 20.0)  # waits before the 2nd, 3rd, 4th and 5th attempt
 ATTEMPTS = len(RETRY_DELAYS_S) + 1  # per object, and for the listing
 CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 3.0, 10.0  # per attempt; the read timeout bounds a silence, not a transfer
 TRANSIENT_STATUS = (500, 502, 503, 504)
-LAST = "dataset.json"  # advpatch.dataset.MANIFEST: uploaded after the rest of its folder
+LAST = "dataset.json"  # advpatch.data.dataset.MANIFEST: uploaded after the rest of its folder
 
-
-class StorageError(AdvpatchError):
-    """Object storage could not be used; the message says why (never with a secret)."""
 
 
 def parse_uri(uri: str) -> Tuple[str, str]:
     """``s3://bucket/some/prefix`` -> (``bucket``, ``some/prefix``)."""
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
-        raise StorageError(f"an S3 location must look like s3://bucket/prefix, got {uri!r}")
+        raise StorageInputError(f"an S3 location must look like s3://bucket/prefix, got {uri!r}")
     return parsed.netloc, parsed.path.lstrip("/")
 
 
@@ -69,7 +66,7 @@ def endpoint() -> str:
     for var in settings.S3_ENDPOINT_VARS:
         if os.environ.get(var):
             return os.environ[var]
-    raise StorageError(f"no S3 endpoint configured: set {settings.ENV_S3_ENDPOINT} (e.g. http://seaweedfs.kubeflow.svc:8333)")
+    raise StorageInputError(f"no S3 endpoint configured: set {settings.ENV_S3_ENDPOINT} (e.g. http://seaweedfs.kubeflow.svc:8333)")
 
 
 def check_settings() -> Tuple[str, str, str]:
@@ -77,10 +74,10 @@ def check_settings() -> Tuple[str, str, str]:
     is missing or the endpoint is not a URL (checked before a local run's first task too)."""
     url = urlparse(endpoint())
     if url.scheme not in ("http", "https") or not url.netloc:
-        raise StorageError(f"the S3 endpoint must be http(s)://host[:port], got {endpoint()!r}")
+        raise StorageInputError(f"the S3 endpoint must be http(s)://host[:port], got {endpoint()!r}")
     access, secret = os.environ.get(settings.ENV_S3_ACCESS_KEY, ""), os.environ.get(settings.ENV_S3_SECRET_KEY, "")
     if not access or not secret:
-        raise StorageError(f"S3 credentials missing: set {settings.ENV_S3_ACCESS_KEY} and {settings.ENV_S3_SECRET_KEY}")
+        raise StorageInputError(f"S3 credentials missing: set {settings.ENV_S3_ACCESS_KEY} and {settings.ENV_S3_SECRET_KEY}")
     return endpoint(), access, secret
 
 
@@ -133,9 +130,9 @@ def _retry(fn, what: str, bucket: str):
                 problem = "the S3 endpoint failed" if _status(e) else "cannot reach the S3 endpoint"
                 raise StorageError(f"{what}: {problem} {where} ({_cause(e)}) after {attempt} attempts") from None
             if isinstance(e, S3Error) and e.code == "NoSuchBucket":
-                raise StorageError(f"bucket {bucket!r} does not exist at {where}") from None
+                raise StorageInputError(f"bucket {bucket!r} does not exist at {where}") from None
             if isinstance(e, S3Error) and e.code in CREDENTIAL_CODES:
-                raise StorageError(f"{where} rejected the S3 credentials ({e.code}): check {settings.ENV_S3_ACCESS_KEY} "
+                raise StorageInputError(f"{where} rejected the S3 credentials ({e.code}): check {settings.ENV_S3_ACCESS_KEY} "
                                    f"and {settings.ENV_S3_SECRET_KEY} (the mlpipeline-minio-artifact secret on a "
                                    "cluster)") from None
             raise StorageError(f"{what}: failed at {where} on bucket {bucket!r}: "
@@ -164,13 +161,13 @@ def download(uri: str, dest: os.PathLike | str) -> Path:
     objects = [o for o in listed if o.object_name == prefix] if single else \
         [o for o in listed if o.object_name.startswith(folder)]
     if not objects:
-        raise StorageError(f"no objects under {uri} at {endpoint()}")
+        raise StorageInputError(f"no objects under {uri} at {endpoint()}")
     base = PurePosixPath(prefix).parent if single else PurePosixPath(prefix)
     rels = []
     for obj in objects:
         rel = PurePosixPath(obj.object_name).relative_to(base) if str(base) not in ("", ".") else PurePosixPath(obj.object_name)
         if rel.is_absolute() or ".." in rel.parts:
-            raise StorageError(f"refusing object {obj.object_name!r}: it would land outside {dest}")
+            raise StorageInputError(f"refusing object {obj.object_name!r}: it would land outside {dest}")
         rels.append((obj.object_name, rel.parts))
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
@@ -192,7 +189,7 @@ def upload(src: os.PathLike | str, uri: str) -> List[str]:
     src = Path(src)
     files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
     if not files:
-        raise StorageError(f"nothing to upload at {src}")
+        raise StorageInputError(f"nothing to upload at {src}")
     files.sort(key=lambda f: f.name == LAST)  # stable: sorted, with the manifests last
     begun: List[str] = []  # the multipart uploads begun for the current object (minio 7.2's private API,
     create = getattr(c, "_create_multipart_upload", None)  # pinned; without it, nothing is tracked)
@@ -204,10 +201,10 @@ def upload(src: os.PathLike | str, uri: str) -> List[str]:
         name = f"{prefix.rstrip('/')}/{rel}" if prefix else rel
         try:
             _retry(lambda: c.fput_object(bucket, name, str(f)), f"upload of {f} to s3://{bucket}/{name}", bucket)
-        except StorageError as e:
+        except (StorageError, StorageInputError) as e:
             if not names:
                 raise
-            raise StorageError(f"{e}; {len(names)} of the {len(files)} files under {src} went up before it "
+            raise type(e)(f"{e}; {len(names)} of the {len(files)} files under {src} went up before it "
                                f"({LAST} files last): the same upload again completes it") from None
         for upload_id in begun[:-1]:  # cut off where the SDK could not abort it: its parts go now
             with contextlib.suppress(Exception):

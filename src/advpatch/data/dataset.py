@@ -22,7 +22,7 @@ Why this shape:
 * Pixels are stored as ``uint8`` in ``[0, 255]``, the way images live on disk; models take float
   ``[0, 1]`` (see :func:`to_float`).
 * A writer builds the folder under a temporary name and renames it into place when it closes
-  cleanly (:class:`advpatch.files.AtomicDir`), so a failed step leaves no half-written artifact.
+  cleanly (:class:`advpatch.io.files.AtomicDir`), so a failed step leaves no half-written artifact.
 """
 
 from __future__ import annotations
@@ -36,17 +36,14 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from advpatch.errors import AdvpatchError
-from advpatch.files import AtomicDir, read_arrays, read_manifest, save_npz
+from advpatch.errors import DatasetError
+from advpatch.io.files import AtomicDir, read_arrays, read_manifest, save_npz
 
 FORMAT = "advpatch-dataset"
 VERSION = 1
 MANIFEST = "dataset.json"
 DEFAULT_SHARD_BYTES = 64 * 2**20
 
-
-class DatasetError(AdvpatchError):
-    """A dataset folder is missing, malformed or does not fit what a step needs."""
 
 
 @dataclass

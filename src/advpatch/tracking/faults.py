@@ -35,7 +35,7 @@ import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from advpatch.errors import AdvpatchError
+from advpatch.errors import TrackingError
 
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -56,9 +56,6 @@ ENV_OWN_SERVER_PID, ENV_OWN_SERVER_LOG = "ADVPATCH_OWN_TRACKING_SERVER_PID", "AD
 TAG_ATTEMPT = "advpatch.attempt"
 TAG_REPLACES = "advpatch.replaces"
 
-
-class TrackingError(AdvpatchError):
-    """The MLflow tracking server cannot be reached, does not answer, or refuses the request."""
 
 
 def bound_requests() -> None:

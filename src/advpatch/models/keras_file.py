@@ -10,12 +10,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from advpatch.errors import AdvpatchError
-
-
-class ModelError(AdvpatchError):
-    """A model artifact or file is missing or malformed, or does not fit the data (the one model
-    error; :mod:`advpatch.models` raises it too)."""
+from advpatch.errors import ModelError
 
 
 def check_model_file(path: os.PathLike | str) -> Optional[Tuple[Optional[int], ...]]:

@@ -1,4 +1,4 @@
-"""Preprocessing defences as classifier transforms (see :mod:`advpatch.classifier`).
+"""Preprocessing defences as classifier transforms (see :mod:`advpatch.models.classifier`).
 
 Each defence's forward pass does exactly what ART 1.20.1's numpy preprocessor does
 (``SpatialSmoothing``, ``JpegCompression``, ``GaussianAugmentation``; its
@@ -8,7 +8,7 @@ same input.
 
 A defence is used two ways: on a dataset (the ``spatial_smoothing``, ``jpeg_compression`` and
 ``gaussian_augmentation`` steps, images rounded back to uint8), or in front of a model inside a
-:class:`~advpatch.classifier.Classifier`, where an attack sees it: straight-through gradients
+:class:`~advpatch.models.classifier.Classifier`, where an attack sees it: straight-through gradients
 for the median filter and JPEG, a fresh draw per call for the noise.
 
 ``apply_fit`` / ``apply_predict`` keep ART's meaning: apply the defence to data used for training /
@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Mapping
 import numpy as np
 
 from advpatch import params
-from advpatch.classifier import Transform
+from advpatch.models.classifier import Transform
 
 DEFENCES = ("spatial_smoothing", "jpeg_compression", "gaussian_augmentation")
 

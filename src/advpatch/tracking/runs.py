@@ -16,7 +16,7 @@ Two ways a step finds its place:
   FINISHED or FAILED (:func:`close_pipeline_run`), so a failed pipeline does not leave it RUNNING.
 
 A retried task's run replaces its killed attempt's; a server that is down, failing or silent fails
-a step within 30 s with one :class:`TrackingError` (both: :mod:`advpatch.tracking_faults`).
+a step within 30 s with one :class:`TrackingError` (both: :mod:`advpatch.tracking.faults`).
 
 A task reads its pipeline run from its environment (:meth:`RunContext.current`), not a task input.
 """
@@ -35,8 +35,14 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 from advpatch import __version__, settings
-from advpatch.tracking_faults import (TrackingError, attempt_key, bound_requests, reported,  # noqa: F401 (re-exported)
-                                      retire_earlier_attempts, wait_if_local_server)
+from advpatch.tracking.faults import (
+    TrackingError,
+    attempt_key,
+    bound_requests,
+    reported,
+    retire_earlier_attempts,
+    wait_if_local_server,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +107,7 @@ def tracking_uri() -> str:
 
 def configure() -> str:
     """Point MLflow at :func:`tracking_uri` (creating the local store if that is where it points),
-    its HTTP requests bounded (:func:`advpatch.tracking_faults.bound_requests`)."""
+    its HTTP requests bounded (:func:`advpatch.tracking.faults.bound_requests`)."""
     settings.no_telemetry()
     bound_requests()
     import mlflow
@@ -230,30 +236,27 @@ class StepRun:
 
         mlflow.log_artifacts(local_dir, artifact_path)
 
-    def log_input(self, path: str, context: str) -> None:
-        """Log the Dataset artifact at ``path`` as an input of this run (MLflow's Dataset column):
-        its name and source from its provenance, its content digest, ``context`` (``training``,
-        ``evaluation``, ``generation``...) as the input's tag."""
+    def log_input(self, path: str, context: str, name: str, digest: str) -> None:
+        """Log the artifact at ``path`` (a Dataset: its ``name`` and content ``digest``) as an input of
+        this run (MLflow's Dataset column), ``context`` (``training``, ``evaluation``,
+        ``generation``...) as the input's tag."""
         import mlflow
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
 
-        from advpatch.dataset import Dataset
-
-        spec = Dataset(path, verify=False).spec
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             source = resolve_dataset_source(artifact_uri(path))
-            mlflow.log_input(MetaDataset(source, name=spec.name, digest=spec.digest), context=context)
+            mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context)
 
     def log_dataset(self, path: str, tar_name: str, dataset_name: str) -> str:
         """Log a dataset folder as ``tar_name`` holding ``dataset_name/`` (the seed's layout, e.g.
         ``adv_testing.tar`` with ``adversarial_patched_data/``); returns the
         ``mlflow-run://RUN_ID/TAR_NAME#FOLDER`` source that brings it back (see
-        :mod:`advpatch.sources`)."""
+        :mod:`advpatch.data.sources`)."""
         import mlflow
 
-        from advpatch.files import create_tar
+        from advpatch.io.files import create_tar
 
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(create_tar(path, Path(tmp) / tar_name, dataset_name)))
@@ -264,9 +267,8 @@ class StepRun:
 
         Returns ``(model_uri, registered_version)``; the version is ``""`` when not registered.
         """
-        import mlflow
-
         import keras
+        import mlflow
         import tensorflow as tf
 
         # Explicit requirements: MLflow's inference of them reloads the model in a subprocess.

@@ -28,7 +28,7 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
-from advpatch.certified import CertifiedError, fit_views
+from advpatch.defences.smoothing import CertifiedError, fit_views
 
 FILL = 0.5
 """The value of a masked pixel (images on [0, 1])."""

@@ -1,6 +1,6 @@
 """Readers of the data formats a source can be: the embedded digits, ``.npz`` arrays, MNIST IDX
-files and folders of class sub-folders of images (see :mod:`advpatch.sources` for how a source is
-chosen). Each writes a Dataset artifact through :class:`~advpatch.dataset.DatasetWriter`."""
+files and folders of class sub-folders of images (see :mod:`advpatch.data.sources` for how a source is
+chosen). Each writes a Dataset artifact through :class:`~advpatch.data.dataset.DatasetWriter`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from advpatch.classes import ClassIndex, read_class_index  # noqa: F401  (re-exported)
-from advpatch.dataset import DatasetSpec, DatasetWriter
+from advpatch.data.classes import ClassIndex, read_class_index  # noqa: F401  (re-exported)
+from advpatch.data.dataset import DatasetSpec, DatasetWriter
 from advpatch.errors import SourceError
 
 log = logging.getLogger(__name__)

@@ -184,7 +184,7 @@ def _pgd(forward, x, y, eps: float, eps_step: float, max_iter: int, seed):
 
 def pgd_accuracy(classifier, x: np.ndarray, y: np.ndarray, *, eps: float, eps_step: float, max_iter: int,
                  seed: int = 0, batch_size: int = 256, offset: int = 0) -> float:
-    """Accuracy of a :class:`~advpatch.classifier.Classifier` on PGD adversarial examples of uint8
+    """Accuracy of a :class:`~advpatch.models.classifier.Classifier` on PGD adversarial examples of uint8
     images ``x`` (the attack goes through the classifier's transforms too). ``offset``: the index
     of ``x[0]`` in a larger set measured in parts (it seeds the random starts, so no two parts draw
     the same ones)."""

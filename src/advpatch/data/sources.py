@@ -1,4 +1,4 @@
-"""Turn a data source into a Dataset artifact (see :mod:`advpatch.dataset`).
+"""Turn a data source into a Dataset artifact (see :mod:`advpatch.data.dataset`).
 
 Sources, by what ``source`` names:
 
@@ -23,7 +23,7 @@ an ``.npz`` file
     ``x_train``/``y_train``/``x_test``/``y_test`` (Keras' ``mnist.npz``) or ``x``/``y``;
     read with ``allow_pickle=False``.
 ``s3://bucket/prefix``
-    Any of the above in S3-compatible storage (see :mod:`advpatch.storage`), copied to a
+    Any of the above in S3-compatible storage (see :mod:`advpatch.io.storage`), copied to a
     temporary folder first.
 ``mlflow-run://RUN_ID/TAR_NAME[#FOLDER]``
     A dataset an earlier step logged to an MLflow run as a tar file (``deploy_patch`` logs
@@ -47,9 +47,21 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from advpatch import params
-from advpatch.dataset import DEFAULT_SHARD_BYTES, MANIFEST, Dataset, DatasetSpec, DatasetWriter
-from advpatch.readers import (ClassIndex, SourceError, class_folders, convert_images, embedded_digits, find_idx,
-                              read_class_index, read_idx, read_npz, split_folder, write_arrays, write_image_folder)
+from advpatch.data.dataset import DEFAULT_SHARD_BYTES, MANIFEST, Dataset, DatasetSpec, DatasetWriter
+from advpatch.data.readers import (
+    ClassIndex,
+    SourceError,
+    class_folders,
+    convert_images,
+    embedded_digits,
+    find_idx,
+    read_class_index,
+    read_idx,
+    read_npz,
+    split_folder,
+    write_arrays,
+    write_image_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +239,7 @@ def fetch_file(location: str, tmp: Path, parameter: str) -> Path:
     """A single file named by a local path or an ``s3://`` URI (copied under ``tmp``): weights, a
     model, a class index. A missing one is an error naming ``parameter`` and the location."""
     if location.startswith(S3_PREFIX):
-        from advpatch import storage
+        from advpatch.io import storage
 
         local = storage.download(location, tmp / "s3")
         if not local.is_file():
@@ -241,11 +253,11 @@ def fetch_file(location: str, tmp: Path, parameter: str) -> Path:
 def _fetch(source: str, tmp: Path) -> Path:
     """A local copy of a remote source, under ``tmp``."""
     if source.startswith(S3_PREFIX):
-        from advpatch import storage
+        from advpatch.io import storage
 
         return storage.download(source, tmp / "s3")
-    from advpatch.files import extract_tar
-    from advpatch.registry import download_run_artifact
+    from advpatch.io.files import extract_tar
+    from advpatch.tracking.registry import download_run_artifact
 
     run_id, tar_name, folder = parse_mlflow_run(source)
     archive = download_run_artifact(run_id, tar_name, tmp / "download")

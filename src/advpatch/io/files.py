@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, Iterator, Sequence, Type, TypeVar, Union
 
-from advpatch.errors import AdvpatchError
+from advpatch.errors import AdvpatchError, ArchiveError
 
 PathLike = Union[str, os.PathLike]
 
@@ -97,9 +97,6 @@ def write_text(path: PathLike, text: str) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(text)
 
-
-class ArchiveError(AdvpatchError):
-    """An archive is unreadable, holds something unsafe, or not what was asked for."""
 
 
 def extract_tar(archive: PathLike, dest: PathLike, folder: str = "", *, where: str = "") -> Path:

@@ -23,13 +23,10 @@ from typing import Callable, Tuple
 import numpy as np
 
 from advpatch import params
-from advpatch.errors import AdvpatchError
+from advpatch.errors import CertifiedError
 
 ABLATIONS = ("column", "block")
 
-
-class CertifiedError(AdvpatchError):
-    """Bad certification settings."""
 
 
 def positions(kind: str, image_hw: Tuple[int, int]) -> int:
