@@ -26,10 +26,12 @@ def load_splits(data_dir, image_size, seed, track, color_mode="grayscale", **opt
             load_dataset(split="test", **data, **track).set_display_name("load test data"))
 
 
-DEFENCE_ROWS = (("spatial smoothing", "spatial_smoothing", "spatial_smoothing_window_size"),
-                ("JPEG compression", "jpeg_compression", "jpeg_compression_quality"),
-                ("Gaussian noise", "gaussian_augmentation", "gaussian_augmentation_sigma"))
-"""The preprocessing defences' rows: (row, component, the pipeline parameter it takes)."""
+def defence_rows():
+    """Each preprocessing defence's row: (its row label, its component's name, the pipeline
+    parameter it takes), for every defence :mod:`advpatch.defences` has, in the table's order."""
+    from advpatch.defences.preprocessing import registered
+
+    return [(cls.label, name, cls.setting()) for name, cls in registered().items()]
 
 
 def placements(v):
@@ -50,7 +52,7 @@ def attack_budget(v):
 def attack_and_defend(v, model_task, gen_data, test_data, track, batch_size=None):
     """What every pipeline does once it has a model: gen_patch on ``gen_data`` -> deploy_patch on
     ``test_data`` (each image and a patched copy of it) -> the baseline and each preprocessing
-    defence (:data:`DEFENCE_ROWS`), one infer task each, evaluating the clean and the patched images
+    defence (:func:`defence_rows`), one infer task each, evaluating the clean and the patched images
     separately. ``v``: the pipeline's parameters (its ``locals()``); ``batch_size``, when given,
     is gen_patch's and infer's (a large model at 224x224 needs a small one). Returns (gen_patch
     task, the test set's deploy_patch task, the infer tasks)."""
@@ -70,7 +72,7 @@ def attack_and_defend(v, model_task, gen_data, test_data, track, batch_size=None
                                 seed=v["seed"], **batch, **track).set_display_name(f"infer: {row}")
 
     rows = [evaluate("baseline", pairs)]
-    for row, name, setting in DEFENCE_ROWS:
+    for row, name, setting in defence_rows():
         defended = getattr(components, name)(data=pairs, data_role="predict", seed=v["seed"], **{setting: v[setting]},
                                              **track).set_display_name(f"{row}: test set")
         rows.append(evaluate(row, defended.outputs["defended_data"]))
@@ -78,14 +80,18 @@ def attack_and_defend(v, model_task, gen_data, test_data, track, batch_size=None
 
 
 def report_inputs(*tasks) -> Dict[str, object]:
-    """The report component's ``summary_01``, ``summary_02``, ... arguments: each task's
-    ``summary`` output (a gather task's ``bundle``), in table order."""
-    from advpatch.components import report
+    """The report component's ``summary_01``, ``summary_02``, ... arguments: each task's ``summary``
+    output (a gather or collect task's ``bundle``), in table order. More tasks than the report has
+    slots go through ``collect`` tasks first, a slot's worth to each, as many levels as it takes."""
+    from advpatch.components import collect, report
 
     slots = [name for name in report.component_spec.inputs if name.startswith("summary_")]
-    if len(tasks) > len(slots):
-        raise ValueError(f"a report takes at most {len(slots)} steps, got {len(tasks)}")
-    return {slot: task.outputs["bundle" if "bundle" in task.outputs else "summary"] for slot, task in zip(slots, tasks)}
+    outputs = [task.outputs["bundle" if "bundle" in task.outputs else "summary"] for task in tasks]
+    while len(outputs) > len(slots):
+        groups = [outputs[i:i + len(slots)] for i in range(0, len(outputs), len(slots))]
+        outputs = [collect(**dict(zip(slots, group))).set_display_name(f"collect: summaries {k + 1}/{len(groups)}")
+                   .outputs["bundle"] for k, group in enumerate(groups)]
+    return dict(zip(slots, outputs))
 
 
 RUN_IDENTITY = {
@@ -96,22 +102,23 @@ RUN_IDENTITY = {
 id, on every pod of the run) and Argo (the workflow's name) put on its pod, as environment
 variables. The local runner ignores them; ``advpatch run`` sets the same variables itself."""
 
-PER_RUN = ("report", "close_run")
-"""Components that exist for what they do to this run's MLflow record: never served from KFP's cache."""
+
 
 
 def place_all(placement) -> None:
     """Finish every task of the pipeline being built (call it last in a pipeline function): map its
-    run identity into its environment (:data:`RUN_IDENTITY`), keep :data:`PER_RUN` components out of
-    the cache, and apply a placement (``placement.apply(task, component_name)``, see
+    run identity into its environment (:data:`RUN_IDENTITY`), keep the components whose metadata says
+    ``cache: false`` out of the cache, and apply a placement (``placement.apply(task, component_name)``, see
     :mod:`advpatch.app.placement`); ``None`` places nothing else."""
     from kfp import kubernetes
+
+    from advpatch.components import never_cached
 
     for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
         for env, field in RUN_IDENTITY.items():
             kubernetes.use_field_path_as_env(task, env_name=env, field_path=field)
         component = task.component_spec.name.replace("-", "_")
-        if component in PER_RUN:
+        if component in never_cached():
             task.set_caching_options(False)
         if placement is not None:
             placement.apply(task, component)
@@ -189,7 +196,7 @@ def adaptive_rows(v, baseline, rows, trained_rows, gen_data, test_data, track):
             patch_application_rate=1.0, patch_scale=v["patch_scale"], **placements(v), **track,
         ).set_display_name(f"deploy_patch: adaptive, {row}").outputs["patched_data"]
 
-    for (row, name, setting), transferred in zip(DEFENCE_ROWS, rows[1:]):
+    for (row, name, setting), transferred in zip(defence_rows(), rows[1:]):
         pairs = attacked(baseline, row, defence=name, **{setting: v[setting]})
         defended = getattr(components, name)(data=pairs, data_role="predict", seed=v["seed"], **{setting: v[setting]},
                                              **track).set_display_name(f"{row}: adaptive test set")

@@ -43,6 +43,7 @@ def build(placement=None):
         spatial_smoothing_window_size: int = 3,
         jpeg_compression_quality: int = 50,
         gaussian_augmentation_sigma: float = 0.1,
+        feature_squeezing_bit_depth: int = 4,
         seed: int = 0,
         experiment_name: str = "custom",
     ):
@@ -112,6 +113,8 @@ def build(placement=None):
                 Allowed: an integer in [1, 100].
             gaussian_augmentation_sigma: Standard deviation of the noise on [0, 1] pixels. Allowed:
                 a number > 0.
+            feature_squeezing_bit_depth: Bits per pixel value kept: 2**bit_depth levels in [0, 1]
+                (1: binarized images). Allowed: an integer in [1, 64].
             seed: Seeds every step: same seed, same results. Allowed: an integer in [0, 2147483647].
             experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         """

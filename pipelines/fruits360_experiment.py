@@ -45,6 +45,7 @@ def build(placement=None):
         spatial_smoothing_window_size: int = 3,
         jpeg_compression_quality: int = 50,
         gaussian_augmentation_sigma: float = 0.1,
+        feature_squeezing_bit_depth: int = 4,
         pgd_eps: float = 0.03,
         pgd_eps_step: float = 0.01,
         pgd_max_iter: int = 7,
@@ -107,6 +108,8 @@ def build(placement=None):
                 Allowed: an integer in [1, 100].
             gaussian_augmentation_sigma: Standard deviation of the noise on [0, 1] pixels. Allowed:
                 a number > 0.
+            feature_squeezing_bit_depth: Bits per pixel value kept: 2**bit_depth levels in [0, 1]
+                (1: binarized images). Allowed: an integer in [1, 64].
             pgd_eps: PGD's L-inf radius on [0, 1] pixels; also the radius of the test accuracy under
                 PGD. Allowed: in (0, 1].
             pgd_eps_step: PGD's step size on [0, 1] pixels. Allowed: in (0, 1].

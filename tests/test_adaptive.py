@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from advpatch import settings
+from advpatch.defences.preprocessing import registered
 
 
 def test_gen_patch_optimizes_through_the_defence_it_is_given(tmp_path, outputs):
@@ -47,7 +48,7 @@ def test_the_defences_pipeline_measures_every_defence_against_an_adaptive_attack
         assert cli.main(["run", "mnist-defences", "-p", f"data_dir={mnist_folder}", "-p", "max_iter=200"]) == 0
     results = json.loads((tmp_path / "outputs" / "run" / "results.json").read_text())
     rows = {r["label"]: r for r in results["comparison"]}
-    defences = ["spatial smoothing", "JPEG compression", "Gaussian noise", "trained on patched data",
+    defences = [*[d.label for d in registered().values()], "trained on patched data",
                 "PGD adversarial training"]
     assert list(rows) == ["baseline", *[name for d in defences for name in (d, f"{d} (adaptive)")],
                           "derandomized smoothing (certified)", "PatchCleanser, no masked training (certified)",

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from advpatch.app import cli
+from advpatch.params import PREPROCESSING_DEFENCES
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_kfp import FakeKFP
@@ -48,7 +49,7 @@ def test_default_cluster_placement(tmp_path, monkeypatch):
     _strict_parse(spec, platform)
     executors = spec["deploymentSpec"]["executors"]
     tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert len(executors) == len(tasks) + 1 == 17  # one per task (and the exit task): KFP gives tasks with their own resources their own executor
+    assert len(executors) == len(tasks) + 1 == 15 + len(PREPROCESSING_DEFENCES)  # one per task (and the exit task): KFP gives tasks with their own resources their own executor
     for name, executor in executors.items():
         container = executor["container"]
         gpu = _kind(name) in GPU_EXECUTORS

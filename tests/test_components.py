@@ -309,3 +309,18 @@ def test_the_report_page_as_a_person_sees_it(chain, browser, tmp_path):
     inked = (pixels.min(axis=2) < 200).mean()
     assert 0.05 < inked < 0.6, inked
     assert len(np.unique(pixels.reshape(-1, 3)[::7], axis=0)) > 200  # colours, greys, not one flat fill
+
+
+def test_one_registry_of_components_everything_else_derived_from_it():
+    """A component is its folder's metadata.yaml (a defence's is generated from its class): the
+    package's list of components, the steps, the parameter table, the wheel's packages, the GPU
+    placement and the cache settings all agree with it."""
+    from advpatch import components, params, steps
+    from advpatch.app.placement import GPU_STEPS_DEFAULT
+
+    assert set(components.__all__) == set(steps.STEPS) == set(params.STEP_PARAMS)
+    assert GPU_STEPS_DEFAULT == {n for n in components.__all__ if components.facts(n).get("gpu")} == {
+        "train", "init_model", "import_model", "gen_patch", "derandomized_smoothing", "patch_cleanser"}
+    assert components.never_cached() == {"report", "close_run", "collect"}
+    for name in components.__all__:
+        assert components.facts(name)["name"] == name

@@ -212,3 +212,64 @@ def test_unsafe_archives_are_refused(tmp_path, outputs):
                                source=f"mlflow-run://{run.info.run_id}/adv_testing.tar#adversarial_patched_data")
         assert not (tmp_path / f"out{i}").exists()
     assert not (tmp_path.parent / "evil").exists()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_jpeg_channels_first_compresses_in_nchw_as_art_does(channels):
+    """The seed's flag is honoured: the images are compressed in NCHW layout, exactly as ART's
+    JpegCompression(channels_first=True) does on NCHW data, and come back channels-last."""
+    from art.defences.preprocessor import JpegCompression as ArtJpeg
+
+    from advpatch.defences.preprocessing import JpegCompression
+
+    x = to_float(np.random.default_rng(1).integers(0, 256, (5, 16, 16, channels), dtype=np.uint8))
+    ours = JpegCompression(30, channels_first=True).numpy(x)
+    art = ArtJpeg(clip_values=(0.0, 1.0), quality=30, channels_first=True)(x.transpose(0, 3, 1, 2))[0]
+    np.testing.assert_array_equal(ours, art.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8])
+def test_feature_squeezing_equals_art(tmp_path, outputs, bits):
+    from art.defences.preprocessor import FeatureSqueezing
+
+    x, _, cols = _data(tmp_path, 3)
+    _defend("feature_squeezing", tmp_path, {"feature_squeezing_bit_depth": bits})
+    out = Dataset(tmp_path / "out").load()
+    art = FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=bits)(to_float(x))[0]
+    np.testing.assert_array_equal(out["x"], to_uint8(art))
+    assert len(np.unique(out["x"])) <= 2**bits
+    np.testing.assert_array_equal(out["patched"], cols["patched"])
+
+
+def test_every_defence_is_found_and_everything_follows_from_it(tmp_path):
+    """A defence is its class and its parameters' table entry: the registry finds every one, and its
+    step, its component, the adaptive attacker's choice, the pipelines' parameter and the pipelines'
+    rows follow without a list (feature squeezing was added this way)."""
+    import yaml
+
+    from advpatch import components, params
+    from advpatch.app import cli
+    from advpatch.defences.preprocessing import Defence, registered
+
+    defences = registered()
+    assert list(defences) == list(params.PREPROCESSING_DEFENCES) and "feature_squeezing" in defences
+    gen_patch = {p.name: p for p in params.STEP_PARAMS["gen_patch"]}
+    assert gen_patch["defence"].rule.options == ("none", *defences)
+    assert cli.main(["compile", "mnist-defences", "--output", str(tmp_path / "p.yaml")]) == 0
+    spec = next(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    for name, cls in defences.items():
+        assert issubclass(cls, Defence) and cls.gradient in ("exact", "straight_through", "expectation")
+        assert cls.label and cls.summary and cls.setting() == params.PREPROCESSING_DEFENCES[name][0]
+        assert name in steps.STEPS and name in components.__all__
+        assert cls.setting() in spec["root"]["inputDefinitions"]["parameters"]  # the pipeline's knob
+        assert cls.setting() in gen_patch  # the adaptive attacker's knob
+        rows = [t for t in tasks.values() if t.get("taskInfo", {}).get("name", "").startswith(f"{cls.label}:")]
+        assert len(rows) == 2, name  # its transferred and adaptive test sets
+        # behind the classifier interface: the forward pass a model sees is the one on data
+        defence = cls.from_values({p.name: p.default for p in params.STEP_PARAMS[name]})
+        images = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 1)).astype(np.float32)
+        if cls.gradient == "straight_through":
+            import tensorflow as tf
+
+            np.testing.assert_array_equal(defence(tf.constant(images)).numpy(), defence.numpy(images))

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from advpatch import params, settings
+from advpatch.params import PREPROCESSING_DEFENCES as DEFENCES
 
 
 @pytest.mark.parametrize("name", ["mnist-patch", "mnist-experiment", "mnist-sweep", "mnist-defences",
@@ -44,31 +45,40 @@ def test_compiling_does_not_import_tensorflow(tmp_path, name):
         assert len(gathers) == 2 and set(tasks["report"]["dependentTasks"]) >= set(gathers)
     elif name == "mnist-defences":  # the experiment's rows, and an adaptive attack on each defence
         kinds = [re.sub(r"-\d+$", "", t["componentRef"]["name"]) for t in tasks.values()]
-        assert kinds.count("comp-gen-patch") == 6 and kinds.count("comp-infer") == 9 and kinds.count("comp-train") == 3
+        n = len(DEFENCES)  # every preprocessing defence advpatch has, found without a list
+        assert kinds.count("comp-gen-patch") == 1 + n + 2 and kinds.count("comp-infer") == 1 + 2 * n + 2
+        assert kinds.count("comp-train") == 3 and all(kinds.count(f"comp-{d.replace('_', '-')}") == 2 for d in DEFENCES)
         assert kinds.count("comp-derandomized-smoothing") == 1 and kinds.count("comp-patch-cleanser") == 2
-        assert kinds.count("comp-deploy-patch") == 7
-        slots = [k for k in tasks["report"]["inputs"]["artifacts"] if k.startswith("summary_")]
-        assert len(slots) == 23  # the baseline, 6 attacks, 2 deployments, 14 rows
+        assert kinds.count("comp-deploy-patch") == 1 + n + 2 + 1
+        # more steps than the report's slots: collect tasks, a slot's worth each, then the report
+        summaries = 1 + (1 + n + 2) + 2 + (1 + 2 * n) + (4 + 3)  # baseline, attacks, deployments, rows
+        collects = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-collect")]
+        report_slots = [k for k in tasks["report"]["inputs"]["artifacts"] if k.startswith("summary_")]
+        slots_per_task = len([i for i in spec["components"]["comp-report"]["inputDefinitions"]["artifacts"]
+                              if i.startswith("summary_")])
+        assert summaries > slots_per_task and len(collects) == -(-summaries // slots_per_task)
+        assert len(report_slots) == len(collects)
+        assert sum(len(t["inputs"]["artifacts"]) for t in collects) == summaries
         cleansers = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-patch-cleanser")]
         assert sorted("componentInputParameter" in t["inputs"]["parameters"]["masked_training_epochs"]
                       for t in cleansers) == [False, True]  # one without masked training, one with the pipeline's
         defended = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-gen-patch")
                     and "defence" in t["inputs"].get("parameters", {})]
-        assert sorted(t["inputs"]["parameters"]["defence"]["runtimeValue"]["constant"] for t in defended) == [
-            "gaussian_augmentation", "jpeg_compression", "spatial_smoothing"]
+        assert sorted(t["inputs"]["parameters"]["defence"]["runtimeValue"]["constant"] for t in defended) == sorted(
+            DEFENCES)
     elif name in ("imagenet-patch", "custom-model-patch"):  # a model made elsewhere, evaluated, attacked
         kinds = sorted(re.sub(r"-\d+$", "", t["componentRef"]["name"]) for t in tasks.values())
         model = "comp-init-model" if name == "imagenet-patch" else "comp-import-model"
-        assert kinds.count(model) == 1 and "comp-train" not in kinds and kinds.count("comp-infer") == 4
+        assert kinds.count(model) == 1 and "comp-train" not in kinds and kinds.count("comp-infer") == 1 + len(DEFENCES)
         assert tasks["load-dataset"]["inputs"]["parameters"]["class_index"]
     else:
         kinds = [re.sub(r"-\d+$", "", t["componentRef"]["name"]) for t in tasks.values()]
         # one infer per comparison row (clean and patched halves of one test set), the two
         # hardened models evaluated by their own training step
-        assert kinds.count("comp-infer") == 4 and kinds.count("comp-train") == 3
-        assert kinds.count("comp-spatial-smoothing") == kinds.count("comp-jpeg-compression") == 1
-        assert kinds.count("comp-gaussian-augmentation") == 1 and kinds.count("comp-deploy-patch") == 2
-        assert len([k for k in tasks["report"]["inputs"]["artifacts"] if k.startswith("summary_")]) == 10
+        assert kinds.count("comp-infer") == 1 + len(DEFENCES) and kinds.count("comp-train") == 3
+        assert all(kinds.count(f"comp-{d.replace('_', '-')}") == 1 for d in DEFENCES)
+        assert kinds.count("comp-deploy-patch") == 2
+        assert len([k for k in tasks["report"]["inputs"]["artifacts"] if k.startswith("summary_")]) == 7 + len(DEFENCES)
     # the run is not an input (KFP's cache would never hit): tasks read it from their environment
     assert set(tasks["gen-patch"]["inputs"]["parameters"]) >= {"experiment_name", "task_name"}
     assert "pipeline_run_id" not in json.dumps(spec) and "pipeline_job_uuid" not in json.dumps(spec)

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from advpatch import settings
+from advpatch.defences.preprocessing import registered
 from advpatch.errors import AdvpatchError
 
 TOASTER = 859
@@ -338,7 +339,7 @@ def test_the_imagenet_pipeline_compiled_for_a_cluster_and_run_back_locally(image
     assert steps["init_model"]["details"]["model_uri"].startswith("models:/imagenet_pretrained_resnet50/")
     assert steps["gen_patch"]["details"]["targets"] == ["toaster"]
     assert [r["label"] for r in results["comparison"]] == [
-        "pretrained", "baseline", "spatial smoothing", "JPEG compression", "Gaussian noise"]
+        "pretrained", "baseline", *[d.label for d in registered().values()]]
     patched = [e for e in results["evaluations"] if e["condition"] == "patched"]
     assert len(patched) == 4 and all(e["num_examples"] == 8 for e in patched)  # the 20% held out: 2 of 10 a class
     assert all(e["num_patched"] == 8 for e in patched)
@@ -352,7 +353,7 @@ def test_the_fruits360_pipeline_end_to_end(fruits_folder, tmp_path):
         "data_dir": fruits_folder, "image_size": 32, "model_architecture": "le_net", "epochs": 12,
         "learning_rate": 0.003, "max_iter": 30, "pgd_max_iter": 2, "patch_target": 1})
     rows = {r["label"]: r for r in results["comparison"]}
-    assert list(rows) == ["baseline", "spatial smoothing", "JPEG compression", "Gaussian noise",
+    assert list(rows) == ["baseline", *[d.label for d in registered().values()],
                           "trained on patched data", "PGD adversarial training"]
     assert rows["baseline"]["rates"]["clean_accuracy"]["count"] == 18 and rows["baseline"]["clean_accuracy"] > 0.8
     gen = next(s for s in results["steps"] if s["step"] == "gen_patch")
@@ -374,7 +375,7 @@ def test_the_custom_model_pipeline_end_to_end(parts, tmp_path):
     assert steps["import_model"]["details"]["model_uri"] == "models:/custom_custom/1"
     assert steps["gen_patch"]["details"]["targets"] == ["nut"]
     assert [r["label"] for r in results["comparison"]] == [
-        "custom", "baseline", "spatial smoothing", "JPEG compression", "Gaussian noise"]
+        "custom", "baseline", *[d.label for d in registered().values()]]
 
 
 def test_the_new_pipelines_check_their_data_before_any_task(fruits_folder, imagenet_val, class_index, capsys):

@@ -14,9 +14,9 @@ def gaussian_augmentation(
     defended_data: Output[Dataset],
     metrics: Output[Metrics],
     summary: Output[Artifact],
+    gaussian_augmentation_sigma: float = 0.1,
     gaussian_augmentation_perform_data_augmentation: bool = False,
     gaussian_augmentation_ratio: float = 1.0,
-    gaussian_augmentation_sigma: float = 0.1,
     gaussian_augmentation_apply_fit: bool = False,
     gaussian_augmentation_apply_predict: bool = True,
     data_role: str = "predict",
@@ -28,20 +28,21 @@ def gaussian_augmentation(
 ):
     """Gaussian noise (ART GaussianAugmentation), a preprocessing defence on a Dataset artifact.
 
-    The seed's gaussian_augmentation entry point. Noisy images replace the originals or, with data
-    augmentation (training data only), noisy copies of round(ratio * n) images are added after the
-    originals (an augmented column marks them). The defence applies when its flag for the data's
-    role is set (apply_fit for training data, apply_predict for prediction data); otherwise the
-    images pass through unchanged. Per-image columns (patch provenance) are kept.
+    Gaussian noise of standard deviation ``sigma``, clipped to [0, 1] (ART's GaussianAugmentation;
+    with data augmentation, noisy copies are added to training data instead). On datasets ART draws
+    from NumPy's global generator, so callers seed it (:func:`seeded`); in a classifier each call
+    draws from a TensorFlow generator seeded with ``seed``. The defence applies when its flag for
+    the data's role is set (apply_fit for training data, apply_predict for prediction data);
+    otherwise the images pass through unchanged. Per-image columns (patch provenance) are kept.
 
     Args:
         data: The images to defend.
+        gaussian_augmentation_sigma: Standard deviation of the noise on [0, 1] pixels. Allowed: a
+            number > 0.
         gaussian_augmentation_perform_data_augmentation: Keep the originals and add noisy copies
             (training data only: needs apply_fit and not apply_predict).
         gaussian_augmentation_ratio: With augmentation, noisy copies to add per image. Allowed: in
             [0, 1].
-        gaussian_augmentation_sigma: Standard deviation of the noise on [0, 1] pixels. Allowed: a
-            number > 0.
         gaussian_augmentation_apply_fit: Apply to training data.
         gaussian_augmentation_apply_predict: Apply to data used for prediction.
         data_role: What the input is used for: 'fit' (training) or 'predict'. The defence applies
@@ -51,8 +52,8 @@ def gaussian_augmentation(
         output_tar_name: Also log the output to this step's MLflow run as this tar file, for reuse
             by later runs (load_dataset's mlflow-run:// source); empty: do not log. Allowed: a plain
             file name ending in .tar, or empty.
-        seed: Seeds the noise and which images get a noisy copy: same seed, same bytes. Allowed: an
-            integer in [0, 2147483647].
+        seed: Seeds the defence's random draws (if any): same seed, same bytes. Allowed: an integer
+            in [0, 2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         task_name: KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run.
 

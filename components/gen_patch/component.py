@@ -36,6 +36,7 @@ def gen_patch(
     spatial_smoothing_window_size: int = 3,
     jpeg_compression_quality: int = 50,
     gaussian_augmentation_sigma: float = 0.1,
+    feature_squeezing_bit_depth: int = 4,
     seed: int = 0,
     experiment_name: str = "",
     task_name: str = "",
@@ -84,16 +85,18 @@ def gen_patch(
             probability), 'combined' (their sum) or 'auto' ('success' at the centre, else
             'combined'). Allowed: one of 'auto', 'combined', 'cross_entropy', 'success'.
         defence: A preprocessing defence in front of the model while the patch is optimized (an
-            adaptive attacker): 'spatial_smoothing' and 'jpeg_compression' with straight-through
-            gradients, 'gaussian_augmentation' with a fresh noise draw per step (expectation over
-            transformation); 'none'. Allowed: one of 'none', 'spatial_smoothing',
-            'jpeg_compression', 'gaussian_augmentation'.
+            adaptive attacker): a defence's name (straight-through gradients through a filter, a
+            fresh draw per step for noise: expectation over transformation), or 'none'. Allowed: one
+            of 'none', 'spatial_smoothing', 'jpeg_compression', 'gaussian_augmentation',
+            'feature_squeezing'.
         spatial_smoothing_window_size: Side of the median filter's window. Allowed: an integer in
             [1, 64].
         jpeg_compression_quality: JPEG quality, 1 (worst) to 100 (best); 95 or lower is advised.
             Allowed: an integer in [1, 100].
         gaussian_augmentation_sigma: Standard deviation of the noise on [0, 1] pixels. Allowed: a
             number > 0.
+        feature_squeezing_bit_depth: Bits per pixel value kept: 2**bit_depth levels in [0, 1] (1:
+            binarized images). Allowed: an integer in [1, 64].
         seed: Seeds targets, generation images and placements: same seed, same patch bytes. Allowed:
             an integer in [0, 2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.

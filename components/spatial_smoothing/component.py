@@ -26,10 +26,10 @@ def spatial_smoothing(
 ):
     """Median filtering over a window (ART SpatialSmoothing), a preprocessing defence on a Dataset artifact.
 
-    The seed's spatial_smoothing entry point. Each channel is median-filtered over a
-    spatial_smoothing_window_size window. The defence applies when its flag for the data's role is
-    set (apply_fit for training data, apply_predict for prediction data); otherwise the images pass
-    through unchanged. Per-image columns (patch provenance) are kept.
+    A median filter over ``window_size`` x ``window_size`` pixels, each channel on its own (ART's
+    SpatialSmoothing). The defence applies when its flag for the data's role is set (apply_fit for
+    training data, apply_predict for prediction data); otherwise the images pass through unchanged.
+    Per-image columns (patch provenance) are kept.
 
     Args:
         data: The images to defend.
@@ -44,8 +44,8 @@ def spatial_smoothing(
         output_tar_name: Also log the output to this step's MLflow run as this tar file, for reuse
             by later runs (load_dataset's mlflow-run:// source); empty: do not log. Allowed: a plain
             file name ending in .tar, or empty.
-        seed: Seeds every random choice of the step: same seed, same bytes. Allowed: an integer in
-            [0, 2147483647].
+        seed: Seeds the defence's random draws (if any): same seed, same bytes. Allowed: an integer
+            in [0, 2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         task_name: KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run.
 

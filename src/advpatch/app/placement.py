@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from advpatch import params, settings
+from advpatch.components import placed_on_gpu
 
-GPU_STEPS_DEFAULT = frozenset({"train", "init_model", "import_model", "gen_patch", "derandomized_smoothing",
-                               "patch_cleanser"})
+GPU_STEPS_DEFAULT = placed_on_gpu()
+"""The components whose ``metadata.yaml`` says ``gpu: true``."""
 STEP_NAMES = frozenset(params.STEP_PARAMS)
 RUN_AS = 1000
 """The images' non-root user and group (images/Dockerfile.*)."""

@@ -1,47 +1,115 @@
-"""Preprocessing defences as classifier transforms (see :mod:`advpatch.models.classifier`).
+"""Preprocessing defences: one self-describing object each, behind the classifier interface (see
+:mod:`advpatch.models.classifier`).
+
+A :class:`Defence` is a :class:`~advpatch.models.classifier.Transform` that also says what it is:
+its ``name`` (its step and component), its ``label`` (its row in a comparison table), its
+parameters (the parameter table's :data:`~advpatch.params.PREPROCESSING_DEFENCES` entry, the first
+being the one pipelines and adaptive attacks set), how it is built from them, when it applies
+(ART's ``apply_fit`` / ``apply_predict``) and whether it adds images. :func:`registered` finds
+every defence in this package's modules, so the steps, the components, the pipelines, the report
+and the adaptive attacks need no list of them: a new defence is its class (in a module of its own
+here), its parameters' table entry, and its tests.
 
 Each defence's forward pass does exactly what ART 1.20.1's numpy preprocessor does
-(``SpatialSmoothing``, ``JpegCompression``, ``GaussianAugmentation``; its
+(``SpatialSmoothing``, ``JpegCompression``, ``GaussianAugmentation``, ``FeatureSqueezing``; its
 ``SpatialSmoothingTensorFlowV2`` crashes with ``clip_values``), written out here so a defence task
-does not pay for importing ART (1.7 s); tests check the results equal ART's, byte for byte, on the
-same input.
+does not pay for importing ART (1.7 s); tests check the results equal ART's, byte for byte.
 
-A defence is used two ways: on a dataset (the ``spatial_smoothing``, ``jpeg_compression`` and
-``gaussian_augmentation`` steps, images rounded back to uint8), or in front of a model inside a
-:class:`~advpatch.models.classifier.Classifier`, where an attack sees it: straight-through gradients
-for the median filter and JPEG, a fresh draw per call for the noise.
-
-``apply_fit`` / ``apply_predict`` keep ART's meaning: apply the defence to data used for training /
-for prediction. A defence step is told which its input is (``data_role``) and passes the data
-through unchanged when the defence does not apply to that role.
+A defence is used two ways: on a dataset (its step, images rounded back to uint8), or in front of a
+model inside a :class:`~advpatch.models.classifier.Classifier`, where an attack sees it:
+straight-through gradients for the median filter, JPEG and bit-depth reduction, a fresh draw per
+call for the noise.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping
+import importlib
+import pkgutil
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import numpy as np
 
 from advpatch import params
 from advpatch.models.classifier import Transform
 
-DEFENCES = ("spatial_smoothing", "jpeg_compression", "gaussian_augmentation")
+
+class Defence(Transform):
+    """A preprocessing defence: a transform that says what it is and how it is set."""
+
+    name: ClassVar[str] = "defence"
+    label: ClassVar[str] = "defence"
+    """Its row in a comparison table."""
+    summary: ClassVar[str] = ""
+    """What it does, in a line (its component's summary)."""
+    notes: ClassVar[str] = ""
+    """What its component's README says about where it comes from and what it keeps of the seed's."""
+
+    @classmethod
+    def parameters(cls) -> Tuple[str, ...]:
+        """Its own parameters, from the parameter table; the first is the one a pipeline sets."""
+        return params.PREPROCESSING_DEFENCES[cls.name]
+
+    @classmethod
+    def setting(cls) -> str:
+        return cls.parameters()[0]
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "Defence":
+        """The defence its parameters ``values`` (by their table names) describe."""
+        raise NotImplementedError
+
+    @classmethod
+    def applies(cls, values: Mapping[str, Any], data_role: str) -> bool:
+        """Whether it applies to data used for ``data_role`` (ART's ``apply_fit``/``apply_predict``)."""
+        params.check(data_role=data_role)
+        return bool(values[f"{cls.name}_apply_fit" if data_role == "fit" else f"{cls.name}_apply_predict"])
+
+    @classmethod
+    def augmentation(cls, values: Mapping[str, Any]) -> Optional[float]:
+        """``None``: the defence replaces the images; else it adds defended copies of this share of
+        them (data augmentation, training data only)."""
+        return None
 
 
-def applies(apply_fit: bool, apply_predict: bool, data_role: str) -> bool:
-    params.check(data_role=data_role)
-    return apply_fit if data_role == "fit" else apply_predict
+def registered() -> Dict[str, Type[Defence]]:
+    """Every preprocessing defence, by name, in the order of the parameter table (each module of
+    :mod:`advpatch.defences` is imported, so a defence in a module of its own is found)."""
+    import advpatch.defences as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    found: Dict[str, Type[Defence]] = {}
+    todo = list(Defence.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        found[cls.name] = cls
+        todo += cls.__subclasses__()
+    unknown = sorted(set(found) ^ set(params.PREPROCESSING_DEFENCES))
+    if unknown:
+        raise TypeError(f"defences and the parameter table's PREPROCESSING_DEFENCES differ: {unknown}")
+    return {name: found[name] for name in params.PREPROCESSING_DEFENCES}
 
 
-class SpatialSmoothing(Transform):
-    """A median filter over ``window_size`` x ``window_size`` pixels, each channel on its own."""
+class SpatialSmoothing(Defence):
+    """A median filter over ``window_size`` x ``window_size`` pixels, each channel on its own (ART's
+    SpatialSmoothing)."""
 
     name = "spatial_smoothing"
+    label = "spatial smoothing"
+    summary = "Median filtering over a window (ART SpatialSmoothing)"
+    notes = """The seed's spatial_smoothing entry point. The filter is ART's NumPy `SpatialSmoothing` (its TF v2
+        version crashes with clip values); tests check the output equals ART's. The seed's `model`/`model_architecture` parameters are not needed (a defence on data does not
+        use the model), and its `load_dataset_from_mlruns`, `dataset_run_id`, `dataset_tar_name` and
+        `dataset_name` are a `load_dataset` source here (`mlflow-run://RUN_ID/TAR_NAME#FOLDER`)."""
     gradient = "straight_through"
 
     def __init__(self, window_size: int) -> None:
         params.check(spatial_smoothing_window_size=window_size)
         self.window_size = window_size
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "SpatialSmoothing":
+        return cls(values["spatial_smoothing_window_size"])
 
     def numpy(self, x: np.ndarray) -> np.ndarray:
         from scipy.ndimage import median_filter
@@ -53,18 +121,29 @@ class SpatialSmoothing(Transform):
         return {"name": self.name, "spatial_smoothing_window_size": self.window_size}
 
 
-class JpegCompression(Transform):
-    """JPEG compression and decompression at ``quality`` (grayscale or RGB).
+class JpegCompression(Defence):
+    """JPEG compression and decompression at ``quality``, grayscale or RGB (ART's JpegCompression).
 
-    advpatch data is channels-last; with ``channels_first`` the call is made in NCHW layout
-    (transposed there and back), which gives the same images."""
+    advpatch data is channels-last; with ``channels_first`` (the seed's flag) the images are
+    compressed in NCHW layout, transposed there and back, which gives the same images."""
 
     name = "jpeg_compression"
+    label = "JPEG compression"
+    summary = "JPEG compression and decompression (ART JpegCompression), grayscale or RGB"
+    notes = """The seed's jpeg_compression entry point. The compression is ART's `JpegCompression`
+        (channels-last; `jpeg_compression_channels_first` compresses in NCHW layout, the same images);
+        tests check the output equals ART's. The seed's `model`/`model_architecture` parameters are not needed (a defence on data does not
+        use the model), and its `load_dataset_from_mlruns`, `dataset_run_id`, `dataset_tar_name` and
+        `dataset_name` are a `load_dataset` source here (`mlflow-run://RUN_ID/TAR_NAME#FOLDER`)."""
     gradient = "straight_through"
 
     def __init__(self, quality: int, channels_first: bool = False) -> None:
         params.check(jpeg_compression_quality=quality)
         self.quality, self.channels_first = quality, channels_first
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "JpegCompression":
+        return cls(values["jpeg_compression_quality"], values.get("jpeg_compression_channels_first", False))
 
     def numpy(self, x: np.ndarray) -> np.ndarray:
         """As ART: pixels to uint8 by truncating ``x * 255``, each image compressed as RGB (3
@@ -79,33 +158,62 @@ class JpegCompression(Transform):
             return np.array(Image.open(buf))
 
         pixels = (x * 255).astype("uint8")
+        if self.channels_first:  # NCHW: each image's channels on axis 1
+            pixels = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+        channels = pixels.shape[1] if self.channels_first else pixels.shape[-1]
         out = pixels.copy()
         for i in range(len(pixels)):
-            if pixels.shape[-1] == 3:
-                out[i] = compress(pixels[i], "RGB")
+            if channels == 3:
+                image = pixels[i].transpose(1, 2, 0) if self.channels_first else pixels[i]
+                done = compress(np.ascontiguousarray(image), "RGB")
+                out[i] = done.transpose(2, 0, 1) if self.channels_first else done
             else:
-                for c in range(pixels.shape[-1]):
-                    out[i, ..., c] = compress(pixels[i, ..., c], "L")
+                for c in range(channels):
+                    plane = pixels[i, c] if self.channels_first else pixels[i, ..., c]
+                    done = compress(np.ascontiguousarray(plane), "L")
+                    if self.channels_first:
+                        out[i, c] = done
+                    else:
+                        out[i, ..., c] = done
+        if self.channels_first:
+            out = out.transpose(0, 2, 3, 1)
         return (out / 255.0).astype(np.float32)
 
     def settings(self) -> Dict[str, Any]:
-        return {"name": self.name, "jpeg_compression_quality": self.quality}
+        return {"name": self.name, "jpeg_compression_quality": self.quality}  # the layout changes nothing
 
 
-class GaussianNoise(Transform):
+class GaussianNoise(Defence):
     """Gaussian noise of standard deviation ``sigma``, clipped to [0, 1] (ART's
-    GaussianAugmentation with ``augmentation=False``).
+    GaussianAugmentation; with data augmentation, noisy copies are added to training data instead).
 
     On datasets ART draws from NumPy's global generator, so callers seed it (:func:`seeded`); in a
     classifier each call draws from a TensorFlow generator seeded with ``seed``."""
 
     name = "gaussian_augmentation"
+    label = "Gaussian noise"
+    summary = "Gaussian noise (ART GaussianAugmentation)"
+    notes = """The seed's gaussian_augmentation entry point. Noisy images replace the originals or, with data
+        augmentation (training data only), noisy copies of round(ratio * n) images are added after the
+        originals (an `augmented` column marks them). The noise is ART's `GaussianAugmentation`, drawn
+        from `seed`; tests check the output equals ART's. The seed's `model`/`model_architecture` parameters are not needed (a defence on data does not
+        use the model), and its `load_dataset_from_mlruns`, `dataset_run_id`, `dataset_tar_name` and
+        `dataset_name` are a `load_dataset` source here (`mlflow-run://RUN_ID/TAR_NAME#FOLDER`)."""
     gradient = "expectation"
 
     def __init__(self, sigma: float, seed: int = 0) -> None:
         params.check(gaussian_augmentation_sigma=sigma, seed=seed)
         self.sigma, self.seed = sigma, seed
         self._generator = None
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "GaussianNoise":
+        return cls(values["gaussian_augmentation_sigma"], values.get("seed", 0))
+
+    @classmethod
+    def augmentation(cls, values: Mapping[str, Any]) -> Optional[float]:
+        augments = values["gaussian_augmentation_perform_data_augmentation"]
+        return float(values["gaussian_augmentation_ratio"]) if augments else None
 
     def numpy(self, x: np.ndarray) -> np.ndarray:
         """As ART: noise from NumPy's global generator, float32, clipped to [0, 1]."""
@@ -125,14 +233,11 @@ class GaussianNoise(Transform):
         return {"name": self.name, "gaussian_augmentation_sigma": self.sigma}
 
 
-def from_params(defence: str, values: Mapping[str, Any]) -> Transform:
-    """The transform a defence step's parameters (as in the parameter table) describe."""
-    params.require(defence in DEFENCES, f"defence must be one of {', '.join(map(repr, DEFENCES))}, got {defence!r}")
-    if defence == "spatial_smoothing":
-        return SpatialSmoothing(values["spatial_smoothing_window_size"])
-    if defence == "jpeg_compression":
-        return JpegCompression(values["jpeg_compression_quality"], values.get("jpeg_compression_channels_first", False))
-    return GaussianNoise(values["gaussian_augmentation_sigma"], values.get("seed", 0))
+def from_params(defence: str, values: Mapping[str, Any]) -> Defence:
+    """The defence named ``defence`` as its parameters ``values`` (by their table names) set it."""
+    defences = registered()
+    params.require(defence in defences, f"defence must be one of {', '.join(map(repr, defences))}, got {defence!r}")
+    return defences[defence].from_values(values)
 
 
 def seeded(fn: Callable, seed: int) -> Callable:

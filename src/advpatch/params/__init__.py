@@ -12,19 +12,21 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping
 
+from advpatch.params.pipelines import PIPELINE_PARAMS
 from advpatch.params.rules import Choices, Interval, Param, ParameterError, Pattern, Relation, parse_text, validate
 from advpatch.params.table import (
     ARCHITECTURES,
     COLOR_MODES,
     CONDITIONS,
     DATA_ROLES,
+    DEFENCE_CHOICES,
     DEPLOYMENT_METHODS,
     OPTIMIZERS,
     PARAMS,
     PATCH_LOCATIONS,
     PATCH_LOSSES,
     PATCH_SHAPES,
-    PIPELINE_PARAMS,
+    PREPROCESSING_DEFENCES,
     RELATIONS,
     SPLITS,
     STEP_PARAMS,
@@ -66,6 +68,7 @@ __all__ = [
     "COLOR_MODES",
     "CONDITIONS",
     "DATA_ROLES",
+    "DEFENCE_CHOICES",
     "DEPLOYMENT_METHODS",
     "OPTIMIZERS",
     "PARAMS",
@@ -73,6 +76,7 @@ __all__ = [
     "PATCH_LOSSES",
     "PATCH_SHAPES",
     "PIPELINE_PARAMS",
+    "PREPROCESSING_DEFENCES",
     "RELATIONS",
     "SPLITS",
     "STEP_PARAMS",

@@ -2,8 +2,8 @@
 allowed values and description.
 
 :data:`PARAMS` defines each parameter once. :data:`STEP_PARAMS` says which parameters each step takes,
-where a step's default or description differs from the common one. :data:`PIPELINE_PARAMS` does the same
-for the pipelines (``of=`` names the step parameter a pipeline parameter feeds). Validation, the
+where a step's default or description differs from the common one. :mod:`advpatch.params.pipelines`
+does the same for the pipelines. Validation, the
 components' signatures and docstrings, their READMEs and the pipelines' signatures come from here
 (``make generate`` writes them; ``make test`` fails while they are stale).
 """
@@ -33,6 +33,22 @@ DATA_ROLES = ("fit", "predict")
 """What a dataset is used for: training (ART's apply_fit) or prediction (apply_predict)."""
 CONDITIONS = ("auto", "clean", "patched", "split")
 """What an evaluation's images are; ``auto``: ``patched`` when the data carries patched images."""
+
+PREPROCESSING_DEFENCES: Dict[str, Tuple[str, ...]] = {
+    "spatial_smoothing": ("spatial_smoothing_window_size", "spatial_smoothing_apply_fit",
+                          "spatial_smoothing_apply_predict"),
+    "jpeg_compression": ("jpeg_compression_quality", "jpeg_compression_channels_first", "jpeg_compression_apply_fit",
+                         "jpeg_compression_apply_predict"),
+    "gaussian_augmentation": ("gaussian_augmentation_sigma", "gaussian_augmentation_perform_data_augmentation",
+                              "gaussian_augmentation_ratio", "gaussian_augmentation_apply_fit",
+                              "gaussian_augmentation_apply_predict"),
+    "feature_squeezing": ("feature_squeezing_bit_depth", "feature_squeezing_apply_fit",
+                          "feature_squeezing_apply_predict"),
+}
+"""Each preprocessing defence (:mod:`advpatch.defences`) and its own parameters, defined in
+:data:`PARAMS`: the first is the one pipelines set and adaptive attacks take (``gen_patch``'s
+``defence`` knobs). A defence's step takes these and the ones every defence step has."""
+DEFENCE_CHOICES = ("none", *PREPROCESSING_DEFENCES)
 
 POSITIVE_INT = Interval(1, integer=True)
 NON_NEGATIVE_INT = Interval(0, integer=True)
@@ -112,9 +128,8 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("max_iter", int, 500, "Passes over the generation images, as ART counts iterations.", POSITIVE_INT),
     _p("patch_target", int, -1, "Target class index; -1 draws a random target per patch.", Interval(-1, integer=True)),
     _p("defence", str, "none", "A preprocessing defence in front of the model while the patch is optimized (an "
-       "adaptive attacker): 'spatial_smoothing' and 'jpeg_compression' with straight-through gradients, "
-       "'gaussian_augmentation' with a fresh noise draw per step (expectation over transformation); 'none'.",
-       Choices(("none", "spatial_smoothing", "jpeg_compression", "gaussian_augmentation"))),
+       "adaptive attacker): a defence's name (straight-through gradients through a filter, a fresh draw per step "
+       "for noise: expectation over transformation), or 'none'.", Choices(DEFENCE_CHOICES)),
     _p("patch_target_name", str, "", "Target class by name (a class of the data, e.g. 'toaster'); when given, "
        "it is used instead of patch_target."),
     _p("num_patch", int, 1, "Number of patches, each with its own target and generation images.",
@@ -153,8 +168,8 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("spatial_smoothing_apply_predict", bool, True, "Apply to data used for prediction."),
     _p("jpeg_compression_quality", int, 50, "JPEG quality, 1 (worst) to 100 (best); 95 or lower is advised.",
        Interval(1, 100, integer=True)),
-    _p("jpeg_compression_channels_first", bool, False, "Call ART in NCHW layout (same images: advpatch data is "
-       "channels-last)."),
+    _p("jpeg_compression_channels_first", bool, False, "The seed's layout flag: compress in NCHW layout "
+       "(transposed there and back; the same images, as advpatch data is channels-last)."),
     _p("jpeg_compression_apply_fit", bool, False, "Apply to training data."),
     _p("jpeg_compression_apply_predict", bool, True, "Apply to data used for prediction."),
     _p("gaussian_augmentation_perform_data_augmentation", bool, False, "Keep the originals and add noisy copies "
@@ -163,6 +178,10 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("gaussian_augmentation_sigma", float, 0.1, "Standard deviation of the noise on [0, 1] pixels.", POSITIVE),
     _p("gaussian_augmentation_apply_fit", bool, False, "Apply to training data."),
     _p("gaussian_augmentation_apply_predict", bool, True, "Apply to data used for prediction."),
+    _p("feature_squeezing_bit_depth", int, 4, "Bits per pixel value kept: 2**bit_depth levels in [0, 1] (1: "
+       "binarized images).", Interval(1, 64, integer=True)),
+    _p("feature_squeezing_apply_fit", bool, False, "Apply to training data."),
+    _p("feature_squeezing_apply_predict", bool, True, "Apply to data used for prediction."),
     # ---- derandomized_smoothing
     _p("ablation", str, "column", "What each view keeps: a band of columns ('column') or a square block ('block').",
        Choices(("column", "block"))),
@@ -255,21 +274,13 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         "max_iter", "patch_target", "patch_target_name", "num_patch", "num_patch_gen_samples", *_PLACEMENT,
         "patch_shape", "patch_size",
         P["batch_size"].but(default=40, doc="Generation images per optimization step."), "lr_decay", "patch_loss",
-        "defence", "spatial_smoothing_window_size", "jpeg_compression_quality", "gaussian_augmentation_sigma",
+        "defence", *(own[0] for own in PREPROCESSING_DEFENCES.values()),
         P["seed"].but(doc="Seeds targets, generation images and placements: same seed, same patch bytes.")),
     "deploy_patch": _t(
         "patch_deployment_method", "patch_application_rate", "patch_scale",
         P["batch_size"].but(default=256), *_PLACEMENT,
         P["output_tar_name"].but(default="adv_testing.tar"), "output_dataset_name",
         P["seed"].but(doc="Seeds which images get which patch where: same seed, same patched bytes.")),
-    "spatial_smoothing": _t("spatial_smoothing_window_size", "spatial_smoothing_apply_fit",
-                            "spatial_smoothing_apply_predict", *_DEFENCE),
-    "jpeg_compression": _t("jpeg_compression_quality", "jpeg_compression_channels_first", "jpeg_compression_apply_fit",
-                           "jpeg_compression_apply_predict", *_DEFENCE),
-    "gaussian_augmentation": _t(
-        "gaussian_augmentation_perform_data_augmentation", "gaussian_augmentation_ratio", "gaussian_augmentation_sigma",
-        "gaussian_augmentation_apply_fit", "gaussian_augmentation_apply_predict", *_DEFENCE[:-1],
-        P["seed"].but(doc="Seeds the noise and which images get a noisy copy: same seed, same bytes.")),
     "derandomized_smoothing": _t(
         "ablation", "ablation_size", "vote_threshold", "certify_patch_sizes", "model_architecture",
         P["epochs"].but(type=int, default=300, rule=POSITIVE_INT,
@@ -287,102 +298,9 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
     "report": _t("title"),
     "close_run": (),
     "gather": (),
+    "collect": (),
+    # each preprocessing defence's step: its own parameters, then those every defence step has
+    **{name: _t(*own, *_DEFENCE[:-1], P["seed"].but(doc="Seeds the defence's random draws (if any): same seed, "
+                                                          "same bytes.")) for name, own in PREPROCESSING_DEFENCES.items()},
 }
 """Each step's parameters, in the order its component declares them."""
-
-_PIPE_TRAIN = ("image_size", "model_architecture", "optimizer", "epochs", "batch_size", "learning_rate")
-_PIPE_ATTACK = (
-    "patch_target", "patch_target_name", "num_patch", "num_patch_gen_samples",
-    P["learning_rate"].but(name="patch_learning_rate", of="gen_patch.learning_rate", default=0.1,
-                           doc="gen_patch's learning_rate: Adam step size on patch pixels."),
-    P["lr_decay"].but(name="patch_lr_decay", of="gen_patch.lr_decay"), "patch_loss", "max_iter", "rotation_max",
-    P["scale_min"].but(default=0.3), P["scale_max"].but(default=0.5), "patch_scale",
-    P["patch_location"].but(default="center"),
-)
-_PIPE_COMMON = dict(image_size=P["image_size"].but(default=28, doc="Images are resized to this size (LeNet: 28)."),
-                    epochs=P["epochs"].but(default=15.0), learning_rate=P["learning_rate"].but(default=0.002),
-                    patch_target=P["patch_target"].but(default=5), num_patch=P["num_patch"].but(default=3),
-                    seed=P["seed"].but(doc="Seeds every step: same seed, same results."),
-                    experiment_name=P["experiment_name"].but(default="mnist"))
-
-
-_TRAIN_PATCHED = P["patch_application_rate"].but(
-    name="train_patch_application_rate", of="deploy_patch.patch_application_rate",
-    doc="Share of the training images that get a patched copy (the training set is augmented).")
-_PIPE_DEFENCES = ("spatial_smoothing_window_size", "jpeg_compression_quality", "gaussian_augmentation_sigma")
-
-
-def _pipe(*items):
-    return table(*[_PIPE_COMMON.get(i, i) if isinstance(i, str) else i for i in items], base=PARAMS)
-
-
-PIPELINE_PARAMS: Dict[str, Tuple[Param, ...]] = {
-    "mnist-patch": _pipe(
-        "data_dir", *_PIPE_TRAIN, "validation_split", "model_tag", P["register_model"].but(default=True),
-        *_PIPE_ATTACK, "patch_deployment_method", "patch_application_rate", "seed", "experiment_name"),
-    "mnist-experiment": _pipe(
-        "data_dir", *_PIPE_TRAIN, *_PIPE_ATTACK, _TRAIN_PATCHED, *_PIPE_DEFENCES, "pgd_eps", "pgd_eps_step",
-        "pgd_max_iter", "seed", "experiment_name"),
-    "mnist-defences": _pipe(
-        "data_dir", *_PIPE_TRAIN, *_PIPE_ATTACK, _TRAIN_PATCHED, *_PIPE_DEFENCES, "pgd_eps", "pgd_eps_step",
-        "pgd_max_iter", P["masked_training_epochs"].but(
-            default=40, doc="PatchCleanser's masked training of the baseline (its second row; the first has none)."),
-        "seed", "experiment_name"),
-    "fruits360-experiment": _pipe(
-        P["data_dir"].but(default="s3://mlpipeline/shared/datasets/fruits-360",
-                          doc="Fruits360 as Kaggle lays it out (Training/ and Test/ folders of class sub-folders of "
-                              "100x100 JPEGs): a folder or s3://BUCKET/PREFIX."),
-        P["image_size"].but(default=224, doc="Images are resized to this size (the seed notebook: VGG16 at 224; "
-                                             "100 keeps Fruits360's own size)."),
-        P["model_architecture"].but(default="vgg16"), "optimizer", P["epochs"].but(default=10.0), "batch_size",
-        P["learning_rate"].but(default=0.0001), *_PIPE_ATTACK[:-1], P["patch_location"].but(default="random"),
-        _TRAIN_PATCHED, *_PIPE_DEFENCES, P["pgd_eps"].but(default=0.03), P["pgd_eps_step"].but(default=0.01),
-        P["pgd_max_iter"].but(default=7), "seed", P["experiment_name"].but(default="fruits360")),
-    "imagenet-patch": _pipe(
-        P["data_dir"].but(default="s3://mlpipeline/shared/datasets/imagenet/val",
-                          doc="ImageNet's validation images: a folder (or s3://BUCKET/PREFIX) of class sub-folders "
-                              "named by WordNet id (n01440764) or index."),
-        P["class_index"].but(default="s3://mlpipeline/shared/models/keras/imagenet_class_index.json", optional=False,
-                             doc="Keras' imagenet_class_index.json (a local path or s3://BUCKET/KEY): the 1,000 "
-                                 "classes in the weights' order. Never downloaded."),
-        P["weights"].but(default="s3://mlpipeline/shared/models/keras/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
-                         doc="Keras' ImageNet weights file for model_architecture, with its top (a local path or "
-                             "s3://BUCKET/KEY). Never downloaded."),
-        P["model_architecture"].but(default="resnet50", doc="'resnet50' or 'vgg16' (give its weights file).",
-                                    rule=Choices(PRETRAINED)),
-        P["image_size"].but(default=224, doc="Images are resized to this size: 224, what the weights take."),
-        P["max_examples"].but(doc="Keep a random subset of this many images of each split (drawn from seed); "
-                                  "0 keeps all."),
-        P["batch_size"].but(default=16, doc="Images per forward pass (init_model, infer) and per patch optimization "
-                                            "step (gen_patch): 16, as ART's ImageNet notebook (a batch's "
-                                            "activations, not the data, set the memory a step needs)."),
-        P["patch_target"].but(default=859, doc="Target class index (859: 'toaster', as in Brown et al.); -1 draws a "
-                                               "random target per patch."),
-        *[i for i in _PIPE_ATTACK if i != "patch_target"][:-1],
-        P["patch_location"].but(default="random"), *_PIPE_DEFENCES, "seed",
-        P["experiment_name"].but(default="imagenet")),
-    "custom-model-patch": _pipe(
-        P["data_dir"].but(default="s3://mlpipeline/shared/datasets/mydata",
-                          doc="The data: a folder (or s3://BUCKET/PREFIX) of class sub-folders, or with training/ "
-                              "and testing/ folders of them; as load_dataset's source."),
-        P["class_index"].but(doc="The classes in the model's output order: one name per line, or Keras' "
-                                 "imagenet_class_index.json (a local path or s3://BUCKET/KEY); empty: the sorted "
-                                 "sub-folder names."),
-        P["model_file"].but(default="s3://mlpipeline/shared/models/model.keras", optional=False), "preprocessing",
-        P["image_size"].but(default=0,
-                            doc="Images are resized to this size, the model's input size; 0 keeps theirs."),
-        P["color_mode"].but(default="rgb"), "max_examples",
-        "model_tag", P["batch_size"].but(default=32, doc="Images per forward pass (import_model, infer) and per patch "
-                                                        "optimization step (gen_patch); lower it for a large model."),
-        P["patch_target"].but(default=0),
-        *[i for i in _PIPE_ATTACK if i != "patch_target"][:-1], P["patch_location"].but(default="random"),
-        *_PIPE_DEFENCES, "seed", P["experiment_name"].but(default="custom")),
-    "mnist-sweep": _pipe(
-        "data_dir", *_PIPE_TRAIN, *[i for i in _PIPE_ATTACK if i != "patch_scale"],
-        P["patch_scale"].but(name="patch_scales", type=list, default=[0.2, 0.3, 0.4, 0.5, 0.6],
-                             doc="Patch scales to deploy the patches at, one ParallelFor iteration each (a share "
-                                 "of the image's shorter side; 0 draws a scale per image).",
-                             of="deploy_patch.patch_scale"),
-        "jpeg_compression_quality", "seed", "experiment_name"),
-}
-"""Each pipeline's parameters, in the order its function declares them."""

@@ -56,6 +56,10 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+STEPS: Dict[str, Callable[..., StepResult]] = {}
+"""Every step, by name, as :func:`step` makes them (the step modules register as they are imported)."""
+
+
 def step(name: str) -> Callable:
     """Make ``body(p, track, **paths)`` the step ``name``: called as ``step(**paths, **parameters,
     ctx=RunContext())``, it validates the parameters against the table (``params.STEP_PARAMS[name]``)
@@ -94,6 +98,9 @@ def step(name: str) -> Callable:
             return_annotation=StepResult)
         run.step_name = name  # type: ignore[attr-defined]
         run.path_names = path_names  # type: ignore[attr-defined]
+        if name not in params.STEP_PARAMS or name in STEPS:
+            raise TypeError(f"step {name!r}: not in the parameter table, or defined twice")
+        STEPS[name] = run
         return run
 
     return wrap

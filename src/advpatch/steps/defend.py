@@ -1,29 +1,32 @@
-"""The preprocessing defences on a Dataset artifact: spatial_smoothing, jpeg_compression and
-gaussian_augmentation (see :mod:`advpatch.defences.preprocessing`)."""
+"""Each preprocessing defence on a Dataset artifact: one step per defence that
+:func:`advpatch.defences.preprocessing.registered` finds (``spatial_smoothing``,
+``jpeg_compression``, ``gaussian_augmentation``, ``feature_squeezing``, ...), named after it."""
 
 from __future__ import annotations
 
 from typing import Any, Dict
 
+from advpatch.defences import preprocessing as defences
 from advpatch.results import StepResult
 from advpatch.steps._base import log, log_input, step
 
 
-def _defend(name: str, p, track, data: str, defended_data: str, *, apply_fit: bool, apply_predict: bool,
-            augment: bool = False, ratio: float = 0.0) -> StepResult:
+def _defend(name: str, p, track, data: str, defended_data: str) -> StepResult:
     """Run the defence ``name`` over a dataset, batch by batch. The output keeps the input's
     per-image columns (so ``infer`` still reports targeted success on defended patched images) and
-    records the defence in its provenance. With ``augment`` (Gaussian noise on training data) the
-    originals are kept and noisy copies of ``round(ratio * n)`` of them are added."""
+    records the defence in its provenance. A defence that adds images (Gaussian noise with data
+    augmentation, on training data) keeps the originals and adds defended copies of a share of them."""
     import numpy as np
 
     from advpatch.data.dataset import Dataset, DatasetWriter, to_float, to_uint8
-    from advpatch.defences import preprocessing as defences
 
     source = Dataset(data)
-    active = defences.applies(apply_fit, apply_predict, p.data_role)
-    transform = defences.from_params(name, p.all())
-    settings = {k: v for k, v in p.all().items() if k.startswith(name)}
+    defence = defences.registered()[name]
+    active = defence.applies(p.all(), p.data_role)
+    transform = defence.from_values(p.all())
+    ratio = defence.augmentation(p.all())
+    augment = ratio is not None
+    settings = {k: v for k, v in p.all().items() if k in defence.parameters()}
     record = {"step": name, **settings, "data_role": p.data_role, "applied": active, "seed": p.seed}
     columns = dict(source.spec.columns, **({"augmented": "bool"} if augment else {}))
     extra = (defences.augmentation_indices(len(source), ratio, np.random.default_rng(p.seed)) if augment and active
@@ -64,24 +67,14 @@ def _defend(name: str, p, track, data: str, defended_data: str, *, apply_fit: bo
                       outputs={"defended_data": {"num_examples": writer.spec.num_examples, "defence_applied": active}})
 
 
-@step("spatial_smoothing")
-def spatial_smoothing(p, track, *, data: str, defended_data: str) -> StepResult:
-    """Median filtering over a window (ART SpatialSmoothing)."""
-    return _defend("spatial_smoothing", p, track, data, defended_data, apply_fit=p.spatial_smoothing_apply_fit,
-                   apply_predict=p.spatial_smoothing_apply_predict)
+def _step(name: str):
+    def body(p, track, *, data: str, defended_data: str) -> StepResult:
+        return _defend(name, p, track, data, defended_data)
+
+    body.__name__ = body.__qualname__ = name
+    body.__doc__ = defences.registered()[name].__doc__
+    return step(name)(body)
 
 
-@step("jpeg_compression")
-def jpeg_compression(p, track, *, data: str, defended_data: str) -> StepResult:
-    """JPEG compression and decompression (ART JpegCompression), grayscale or RGB."""
-    return _defend("jpeg_compression", p, track, data, defended_data, apply_fit=p.jpeg_compression_apply_fit,
-                   apply_predict=p.jpeg_compression_apply_predict)
-
-
-@step("gaussian_augmentation")
-def gaussian_augmentation(p, track, *, data: str, defended_data: str) -> StepResult:
-    """Gaussian noise (ART GaussianAugmentation): noisy images replace the originals, or with data
-    augmentation noisy copies of a share of them are added (training data only)."""
-    return _defend("gaussian_augmentation", p, track, data, defended_data,
-                   apply_fit=p.gaussian_augmentation_apply_fit, apply_predict=p.gaussian_augmentation_apply_predict,
-                   augment=p.gaussian_augmentation_perform_data_augmentation, ratio=p.gaussian_augmentation_ratio)
+DEFENCE_STEPS = {name: _step(name) for name in defences.registered()}
+"""Every preprocessing defence's step, by name."""

@@ -1,6 +1,6 @@
 """report (the steps' summaries -> results.json, a Markdown table and an HTML report, attached to
-the pipeline's MLflow run), gather (a ``dsl.Collected`` list of summaries -> one summary file the
-report takes like any other) and close_run (the pipeline's exit task: its MLflow run FINISHED or
+the pipeline's MLflow run), gather and collect (a ``dsl.Collected`` list, or a report's worth of
+slots, of summaries -> one summary file the report takes like any other) and close_run (the pipeline's exit task: its MLflow run FINISHED or
 FAILED)."""
 
 from __future__ import annotations
@@ -38,18 +38,29 @@ def report(p, track, *, summaries: List[str], results: str, table: str, html: st
     return StepResult(step="report", label=p.title, details={"num_steps": len(steps), "mlflow_run_id": parent or ""})
 
 
-@step("gather")
-def gather(p, track, *, summaries: List[str], bundle: str) -> StepResult:
-    """Put the step results of a ``dsl.Collected`` list (the summaries of a ParallelFor's tasks)
-    into one file at ``bundle`` that the report takes in one of its slots. KFP lets a list of
-    artifacts out of a loop only whole, and not into a component beside single artifacts."""
+def _bundle(name: str, summaries: List[str], bundle: str) -> StepResult:
     from advpatch.io.files import write_text
     from advpatch.report import bundle as to_bundle
     from advpatch.report import read_step_results
 
     steps = read_step_results(summaries)
     write_text(bundle, to_bundle(steps))
-    return StepResult(step="gather", label=f"{len(steps)} step results", details={"num_steps": len(steps)})
+    return StepResult(step=name, label=f"{len(steps)} step results", details={"num_steps": len(steps)})
+
+
+@step("gather")
+def gather(p, track, *, summaries: List[str], bundle: str) -> StepResult:
+    """Put the step results of a ``dsl.Collected`` list (the summaries of a ParallelFor's tasks)
+    into one file at ``bundle`` that the report takes in one of its slots. KFP lets a list of
+    artifacts out of a loop only whole, and not into a component beside single artifacts."""
+    return _bundle("gather", summaries, bundle)
+
+
+@step("collect")
+def collect(p, track, *, summaries: List[str], bundle: str) -> StepResult:
+    """Put the step results in a report's worth of slots into one file at ``bundle``, for a
+    report (or another collect task) to take in one slot: a pipeline may have any number of steps."""
+    return _bundle("collect", summaries, bundle)
 
 
 SUCCEEDED_STATES = frozenset({"SUCCEEDED", "COMPLETE"})
