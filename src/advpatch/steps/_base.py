@@ -11,23 +11,11 @@ from typing import Any, Callable, Dict, Iterator
 
 from advpatch import params, settings
 from advpatch.results import StepResult
+from advpatch.steps._params import PARAMS_OF
 from advpatch.tracking import RunContext, check_server
 
 log = logging.getLogger("advpatch")
 
-
-
-class Params:
-    """A step's validated parameters, read as attributes (``p.epochs``)."""
-
-    def __init__(self, values: Dict[str, Any]) -> None:
-        self.__dict__.update(values)
-
-    def pick(self, *names: str) -> Dict[str, Any]:
-        return {n: self.__dict__[n] for n in names}
-
-    def all(self) -> Dict[str, Any]:
-        return dict(self.__dict__)
 
 
 class Tracker:
@@ -61,7 +49,8 @@ STEPS: Dict[str, Callable[..., StepResult]] = {}
 
 
 def step(name: str) -> Callable:
-    """Make ``body(p, track, **paths)`` the step ``name``: called as ``step(**paths, **parameters,
+    """Make ``body(p, track, **paths)`` the step ``name`` (``p``: its parameters, typed, as
+    :mod:`advpatch.steps._params` declares them; ``track``: its :class:`Tracker`): called as ``step(**paths, **parameters,
     ctx=RunContext())``, it validates the parameters against the table (``params.STEP_PARAMS[name]``)
     before anything else, logs start and end with the duration, and returns the body's result.
 
@@ -84,7 +73,7 @@ def step(name: str) -> Callable:
             log.info("%s: start", name)
             started = time.monotonic()
             try:
-                result = body(Params(values), Tracker(name, values, ctx, paths), **paths)
+                result = body(PARAMS_OF[name](**values), Tracker(name, values, ctx, paths), **paths)
             finally:
                 log.info("%s: done in %.1f s", name, time.monotonic() - started)
             result.params, result.task = values, ctx.task_name

@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from advpatch.results import StepResult
-from advpatch.steps._base import log, log_input, step
+from advpatch.steps._base import Tracker, log, log_input, step
+from advpatch.steps._params import DeployPatchParams, GenPatchParams
 
 
 @step("gen_patch")
-def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResult:
+def gen_patch(p: GenPatchParams, track: Tracker, *, data: str, patches: str, model: str = "") -> StepResult:
     """Generate ``num_patch`` targeted patches against a model (see :mod:`advpatch.patches`).
 
     Each patch gets its target (``patch_target``, or a random class per patch when -1) and its own
@@ -86,7 +87,7 @@ def gen_patch(p, track, *, data: str, patches: str, model: str = "") -> StepResu
 
 
 @step("deploy_patch")
-def deploy_patch(p, track, *, data: str, patches: str, patched_data: str) -> StepResult:
+def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: str, patched_data: str) -> StepResult:
     """Put patches from a patch set on a dataset (see :func:`advpatch.patches.deploy`): the patched
     dataset carries each image's provenance (was it patched, with which patch, where)."""
     import numpy as np

@@ -4,11 +4,12 @@ views, and the smoothed classifier's predictions with a certificate for every te
 from __future__ import annotations
 
 from advpatch.results import StepResult
-from advpatch.steps._base import log_input, step
+from advpatch.steps._base import Tracker, log_input, step
+from advpatch.steps._params import DerandomizedSmoothingParams
 
 
 @step("derandomized_smoothing")
-def derandomized_smoothing(p, track, *, training_data: str, testing_data: str, model: str,
+def derandomized_smoothing(p: DerandomizedSmoothingParams, track: Tracker, *, training_data: str, testing_data: str, model: str,
                            certificates: str) -> StepResult:
     """Train ``p.model_architecture`` on ablated views of the training images (a band of
     ``ablation_size`` columns, or a block, kept; see :mod:`advpatch.defences.smoothing`), then classify

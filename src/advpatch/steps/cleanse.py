@@ -5,11 +5,12 @@ every test image."""
 from __future__ import annotations
 
 from advpatch.results import StepResult
-from advpatch.steps._base import log, log_input, step
+from advpatch.steps._base import Tracker, log, log_input, step
+from advpatch.steps._params import PatchCleanserParams
 
 
 @step("patch_cleanser")
-def patch_cleanser(p, track, *, model: str, training_data: str, testing_data: str, defended_model: str,
+def patch_cleanser(p: PatchCleanserParams, track: Tracker, *, model: str, training_data: str, testing_data: str, defended_model: str,
                    certificates: str) -> StepResult:
     """Wrap ``model`` (any Keras classifier advpatch can load) in PatchCleanser's double masking
     (see :mod:`advpatch.defences.patchcleanser`) with a mask set for ``mask_patch_size`` patches

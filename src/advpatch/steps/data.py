@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from advpatch.results import StepResult
-from advpatch.steps._base import log, step
+from advpatch.steps._base import Tracker, log, step
+from advpatch.steps._params import LoadDatasetParams
 
 
 @step("load_dataset")
-def load_dataset(p, track, *, dataset: str) -> StepResult:
+def load_dataset(p: LoadDatasetParams, track: Tracker, *, dataset: str) -> StepResult:
     """Import ``p.source`` (see :mod:`advpatch.data.sources`) as a Dataset artifact at ``dataset``."""
     from advpatch.data.sources import import_dataset
 

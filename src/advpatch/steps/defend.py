@@ -8,10 +8,11 @@ from typing import Any, Dict
 
 from advpatch.defences import preprocessing as defences
 from advpatch.results import StepResult
-from advpatch.steps._base import log, log_input, step
+from advpatch.steps._base import Tracker, log, log_input, step
+from advpatch.steps._params import StepParams
 
 
-def _defend(name: str, p, track, data: str, defended_data: str) -> StepResult:
+def _defend(name: str, p: StepParams, track: Tracker, data: str, defended_data: str) -> StepResult:
     """Run the defence ``name`` over a dataset, batch by batch. The output keeps the input's
     per-image columns (so ``infer`` still reports targeted success on defended patched images) and
     records the defence in its provenance. A defence that adds images (Gaussian noise with data
@@ -20,25 +21,26 @@ def _defend(name: str, p, track, data: str, defended_data: str) -> StepResult:
 
     from advpatch.data.dataset import Dataset, DatasetWriter, to_float, to_uint8
 
+    values = p.all()  # every defence step has data_role, batch_size, output_tar_name and seed, then its own
     source = Dataset(data)
     defence = defences.registered()[name]
-    active = defence.applies(p.all(), p.data_role)
-    transform = defence.from_values(p.all())
-    ratio = defence.augmentation(p.all())
+    active = defence.applies(values, values["data_role"])
+    transform = defence.from_values(values)
+    ratio = defence.augmentation(values)
     augment = ratio is not None
-    settings = {k: v for k, v in p.all().items() if k in defence.parameters()}
-    record = {"step": name, **settings, "data_role": p.data_role, "applied": active, "seed": p.seed}
+    settings = {k: v for k, v in values.items() if k in defence.parameters()}
+    record = {"step": name, **settings, "data_role": values["data_role"], "applied": active, "seed": values["seed"]}
     columns = dict(source.spec.columns, **({"augmented": "bool"} if augment else {}))
-    extra = (defences.augmentation_indices(len(source), ratio, np.random.default_rng(p.seed)) if augment and active
+    extra = (defences.augmentation_indices(len(source), ratio, np.random.default_rng(values["seed"])) if augment and active
              else np.zeros(0, np.int64))
     changed, start = 0, 0
     with DatasetWriter(defended_data, source.image_shape, source.class_names, columns=columns,
                        provenance=source.spec.provenance + [record]) as writer:
-        for i, batch in enumerate(source.batches(p.batch_size)):
+        for i, batch in enumerate(source.batches(values["batch_size"])):
             x, y = batch["x"], batch["y"]
             cols = {k: v for k, v in batch.items() if k not in ("x", "y")}
             n = len(y)
-            call = defences.seeded(transform.numpy, p.seed * 100003 + i)
+            call = defences.seeded(transform.numpy, values["seed"] * 100003 + i)
             if augment:
                 writer.write(x, y, **cols, augmented=np.zeros(n, bool))
                 pick = extra[(extra >= start) & (extra < start + n)] - start
@@ -55,20 +57,20 @@ def _defend(name: str, p, track, data: str, defended_data: str) -> StepResult:
             start += n
     metrics = {"applied": float(active), "num_examples": float(writer.spec.num_examples), "num_changed": float(changed)}
     details: Dict[str, Any] = dict(record)
-    with track.run(f"{name}: {p.data_role} data") as run:
+    with track.run(f"{name}: {values['data_role']} data") as run:
         log_input(run, data, "defence")
         run.log_metrics(metrics)
-        if p.output_tar_name:
-            details["mlflow_source"] = run.log_dataset(defended_data, p.output_tar_name, name)
+        if values["output_tar_name"]:
+            details["mlflow_source"] = run.log_dataset(defended_data, values["output_tar_name"], name)
             details["mlflow_run_id"] = run.run_id
     log.info("%s: %s to %s data; %d images changed or added", name, "applied" if active else "not applied",
-             p.data_role, changed)
+             values["data_role"], changed)
     return StepResult(step=name, label=name.replace("_", " "), metrics=metrics, details=details,
                       outputs={"defended_data": {"num_examples": writer.spec.num_examples, "defence_applied": active}})
 
 
 def _step(name: str):
-    def body(p, track, *, data: str, defended_data: str) -> StepResult:
+    def body(p: StepParams, track: Tracker, *, data: str, defended_data: str) -> StepResult:
         return _defend(name, p, track, data, defended_data)
 
     body.__name__ = body.__qualname__ = name

@@ -4,11 +4,12 @@ per-image predictions."""
 from __future__ import annotations
 
 from advpatch.results import StepResult
-from advpatch.steps._base import log, step
+from advpatch.steps._base import Tracker, log, step
+from advpatch.steps._params import InferParams
 
 
 @step("infer")
-def infer(p, track, *, data: str, predictions: str, model: str = "") -> StepResult:
+def infer(p: InferParams, track: Tracker, *, data: str, predictions: str, model: str = "") -> StepResult:
     """Evaluate a model on the dataset at ``data``: metrics, a confusion matrix and per-image
     predictions (CSV at ``predictions``). On patched data, also accuracy on patched and unpatched
     images and the targeted success rate. Every rate comes with its count.

@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from advpatch.results import StepResult
-from advpatch.steps._base import log, step
+from advpatch.steps._base import Tracker, log, step
+from advpatch.steps._params import ImportModelParams, InitModelParams
 
 
 @step("init_model")
-def init_model(p, track, *, testing_data: str, model: str) -> StepResult:
+def init_model(p: InitModelParams, track: Tracker, *, testing_data: str, model: str) -> StepResult:
     """``p.model_architecture`` (resnet50 or vgg16) with Keras' ImageNet weights from ``p.weights``
     (a local path or ``s3://``; empty: Keras' own download), its preprocessing inside so it takes
     [0, 1] pixels. Its classes are the test data's: load the data with ``class_index`` (Keras'
@@ -49,7 +50,7 @@ def init_model(p, track, *, testing_data: str, model: str) -> StepResult:
 
 
 @step("import_model")
-def import_model(p, track, *, testing_data: str, model: str) -> StepResult:
+def import_model(p: ImportModelParams, track: Tracker, *, testing_data: str, model: str) -> StepResult:
     """A user's Keras model (``p.model_file``, a ``.keras`` file at a local path or ``s3://``) as a
     Model artifact. Checked before any evaluation: it loads with ``safe_mode=True`` (no Python
     lambdas), takes the test data's images and outputs one probability or logit per class of the

@@ -9,11 +9,12 @@ import json
 from typing import List
 
 from advpatch.results import StepResult
-from advpatch.steps._base import log, step
+from advpatch.steps._base import Tracker, log, step
+from advpatch.steps._params import CloseRunParams, CollectParams, GatherParams, ReportParams
 
 
 @step("report")
-def report(p, track, *, summaries: List[str], results: str, table: str, html: str = "") -> StepResult:
+def report(p: ReportParams, track: Tracker, *, summaries: List[str], results: str, table: str, html: str = "") -> StepResult:
     """Collect the steps' results (their ``summary`` outputs, or :func:`gather` bundles of them, in
     table order) into ``results.json`` (at ``results``), a Markdown table (at ``table``) and an HTML
     report (at ``html``); attach the three to the pipeline's MLflow run with each row's headline
@@ -49,7 +50,7 @@ def _bundle(name: str, summaries: List[str], bundle: str) -> StepResult:
 
 
 @step("gather")
-def gather(p, track, *, summaries: List[str], bundle: str) -> StepResult:
+def gather(p: GatherParams, track: Tracker, *, summaries: List[str], bundle: str) -> StepResult:
     """Put the step results of a ``dsl.Collected`` list (the summaries of a ParallelFor's tasks)
     into one file at ``bundle`` that the report takes in one of its slots. KFP lets a list of
     artifacts out of a loop only whole, and not into a component beside single artifacts."""
@@ -57,7 +58,7 @@ def gather(p, track, *, summaries: List[str], bundle: str) -> StepResult:
 
 
 @step("collect")
-def collect(p, track, *, summaries: List[str], bundle: str) -> StepResult:
+def collect(p: CollectParams, track: Tracker, *, summaries: List[str], bundle: str) -> StepResult:
     """Put the step results in a report's worth of slots into one file at ``bundle``, for a
     report (or another collect task) to take in one slot: a pipeline may have any number of steps."""
     return _bundle("collect", summaries, bundle)
@@ -71,7 +72,7 @@ ML Metadata state of the pipeline's DAG execution, ``COMPLETE`` (KFP 2.17's driv
 
 
 @step("close_run")
-def close_run(p, track, *, state: str) -> StepResult:
+def close_run(p: CloseRunParams, track: Tracker, *, state: str) -> StepResult:
     """Mark the pipeline's MLflow run FINISHED when the pipeline's final ``state`` means success
     (:data:`SUCCEEDED_STATES`), else FAILED. Pipelines run it as their exit task, so it runs whatever
     happened (under KFP's own MLflow integration KFP closes its runs, and this does nothing)."""

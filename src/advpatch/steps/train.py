@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any, Dict, List, Tuple
 
 from advpatch.results import StepResult
-from advpatch.steps._base import log, log_input, step
+from advpatch.steps._base import Tracker, log, log_input, step
+from advpatch.steps._params import TrainParams
 
 
 @step("train")
-def train(p, track, *, training_data: str, model: str, testing_data: str = "") -> StepResult:
+def train(p: TrainParams, track: Tracker, *, training_data: str, model: str, testing_data: str = "") -> StepResult:
     """Train ``p.model_architecture`` from random weights on the dataset at ``training_data``.
 
     With ``apply_defense``, PGD adversarial training (``pgd_*``: L-inf radius, step, iterations,
