@@ -66,7 +66,7 @@ def test_demo_runs_the_full_experiment(demo_pair, mnist_folder, tmp_path, monkey
     assert f"{base['value']:.3f} ({base['low']:.3f}-{base['high']:.3f})" in printed
     # progress, one line per task as it ends, then where the report is
     done = [line for line in printed.splitlines() if "] ok " in line]
-    tasks = 14 + len(registered())  # 2 loads, 3 trainings, gen_patch, 2 deployments, 1 + a defence infers, report, exit
+    tasks = 11 + 2 * len(registered())  # 2 loads, 3 trainings, gen_patch, 2 deployments, a baseline infer, a task and an infer per defence, report, exit
     assert len(done) == tasks and done[-1].lstrip().startswith(f"[{tasks}/{tasks}]"), printed
     page_file = work / "outputs" / "demo" / "report.html"
     assert page_file.is_file() and str(page_file) in printed

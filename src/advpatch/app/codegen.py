@@ -1,8 +1,9 @@
 """Writes what follows from the parameter table: each component's ``component.py`` and
 ``README.md`` (from its ``metadata.yaml`` and :mod:`advpatch.params`), each preprocessing
 defence's whole component folder (its ``metadata.yaml`` too, from its class in
-:mod:`advpatch.defences`), and each pipeline's signature and ``Args:`` (from
-:data:`advpatch.params.PIPELINE_PARAMS`).
+:mod:`advpatch.defences`), each pipeline's signature and ``Args:`` (from
+:data:`advpatch.params.PIPELINE_PARAMS`), the steps' typed parameters and the reference pages in
+``docs/reference/`` (:mod:`advpatch.app.docs`).
 
     make generate              # write them
     python -m advpatch.app.codegen --check   # exit 1, naming the stale files (make test runs this check)
@@ -362,6 +363,11 @@ def expected_files() -> Dict[Path, str]:
     for name, (path, function) in pipeline_files().items():
         out[path] = render_pipeline(path.read_text(), name, function)
     out[step_params_file()] = render_step_params()
+    root = _package_dir("advpatch").parents[1]  # the checkout (docs/ is not in the wheel)
+    if (root / "docs").is_dir():
+        from advpatch.app import docs
+
+        out.update(docs.expected_files(root))
     return out
 
 
