@@ -29,7 +29,7 @@ def test_changing_the_table_alone_makes_the_generated_files_stale(monkeypatch, c
     table["train"] = tuple(p.but(**change) if p.name == "epochs" else p for p in params.STEP_PARAMS["train"])
     monkeypatch.setattr(params, "STEP_PARAMS", table)
     stale = {(p.parent.name, p.name) for p in codegen.stale_files()}
-    assert stale == {("train", "component.py"), ("train", "README.md")}
+    assert stale == {("train", "component.py"), ("train", "README.md"), ("reference", "parameters.md")}
 
 
 @pytest.mark.parametrize("name", NAMES)

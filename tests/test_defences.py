@@ -273,3 +273,20 @@ def test_every_defence_is_found_and_everything_follows_from_it(tmp_path):
             import tensorflow as tf
 
             np.testing.assert_array_equal(defence(tf.constant(images)).numpy(), defence.numpy(images))
+
+
+def test_defences_on_uint8_images_keep_the_bytes_of_the_float_path(monkeypatch):
+    """A defence step works on the pixels: JPEG skips the float round trip, which is the identity on
+    every byte, and compresses on every core; the same bytes either way, and with one thread."""
+    from advpatch.defences.preprocessing import GaussianNoise, JpegCompression, seeded
+
+    every = np.arange(256, dtype=np.uint8)
+    assert np.array_equal((to_float(every) * 255).astype(np.uint8), every)  # ART's truncation, on our floats
+    assert np.array_equal(to_uint8((every / 255.0).astype(np.float32)), every)
+    x = np.random.default_rng(2).integers(0, 256, (9, 20, 20, 3), dtype=np.uint8)
+    for defence in (JpegCompression(40), JpegCompression(40, channels_first=True), GaussianNoise(0.1)):
+        slow = to_uint8(seeded(defence.numpy, 7)(to_float(x)))
+        monkeypatch.setenv("ADVPATCH_WORKERS", "1")
+        one = defence.on_images(x, 7)
+        monkeypatch.setenv("ADVPATCH_WORKERS", "2")
+        assert np.array_equal(defence.on_images(x, 7), slow) and np.array_equal(one, slow), defence.name

@@ -8,6 +8,7 @@ from conftest import S3_SECRET_KEY, free_port
 
 from advpatch.data.dataset import Dataset
 from advpatch.data.sources import import_dataset
+from advpatch.errors import StorageInputError
 from advpatch.io import storage
 
 
@@ -46,35 +47,35 @@ def test_a_prefix_is_a_folder_not_the_start_of_a_name(s3_env, tmp_path):
     storage.upload(tmp_path / "a" / "one.txt", f"s3://{bucket}/sets/mnist-e2e/deeper")
     got = storage.download(f"s3://{bucket}/sets/mnist", tmp_path / "down")
     assert sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()) == ["one.txt"]
-    with pytest.raises(storage.StorageError, match="no objects under"):
+    with pytest.raises(StorageInputError, match="no objects under"):
         storage.download(f"s3://{bucket}/sets/mnis", tmp_path / "none")
 
 
 def test_wrong_credentials_fail_fast_without_leaking_them(s3_env, monkeypatch, tmp_path):
     _, bucket = s3_env
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-key-42")
-    with pytest.raises(storage.StorageError, match="rejected the S3 credentials") as err:
+    with pytest.raises(StorageInputError, match="rejected the S3 credentials") as err:
         storage.download(f"s3://{bucket}/datasets/mnist", tmp_path)
     assert "not-the-secret-key-42" not in str(err.value) and S3_SECRET_KEY not in str(err.value)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
-    with pytest.raises(storage.StorageError, match="rejected the S3 credentials"):
+    with pytest.raises(StorageInputError, match="rejected the S3 credentials"):
         storage.download(f"s3://{bucket}/datasets/mnist", tmp_path)
 
 
 def test_missing_bucket_prefix_endpoint_and_settings(s3_env, monkeypatch, tmp_path):
     _, bucket = s3_env
-    with pytest.raises(storage.StorageError, match="bucket 'no-such-bucket' does not exist"):
+    with pytest.raises(StorageInputError, match="bucket 'no-such-bucket' does not exist"):
         storage.download("s3://no-such-bucket/x", tmp_path)
-    with pytest.raises(storage.StorageError, match="no objects under"):
+    with pytest.raises(StorageInputError, match="no objects under"):
         storage.download(f"s3://{bucket}/nothing/here", tmp_path)
-    with pytest.raises(storage.StorageError, match="must look like s3://bucket/prefix"):
+    with pytest.raises(StorageInputError, match="must look like s3://bucket/prefix"):
         storage.download("s3:///nobucket", tmp_path)
     monkeypatch.setenv("ADVPATCH_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setattr(storage, "RETRY_DELAYS_S", (0.1,) * (storage.ATTEMPTS - 1))  # test_faults_s3 times the real ones
     with pytest.raises(storage.StorageError, match="cannot reach the S3 endpoint"):
         storage.download(f"s3://{bucket}/datasets/mnist", tmp_path)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    with pytest.raises(storage.StorageError, match="S3 credentials missing"):
+    with pytest.raises(StorageInputError, match="S3 credentials missing"):
         storage.download(f"s3://{bucket}/datasets/mnist", tmp_path)
     assert not list(tmp_path.iterdir())
 

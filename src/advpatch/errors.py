@@ -13,7 +13,8 @@ that failed on either prints last (what KFP's UI and ``advpatch run`` show).
 
     AdvpatchError
       InputError: ParameterError, SourceError, DatasetError, ModelError, PatchSetError, ArchiveError,
-                  CertifiedError, RegistryError, CompareError, StorageInputError
+                  CertifiedError, RegistryError, CompareError, StorageInputError,
+                  TrackingInputError
       ServiceError: TrackingError, StorageError, KFPError, ServerError
 """
 
@@ -73,6 +74,10 @@ class CompareError(InputError):
 
 class StorageInputError(InputError):
     """An S3 location, its bucket or objects, or the S3 settings (endpoint, credentials) are wrong."""
+
+
+class TrackingInputError(InputError):
+    """The MLflow tracking URI has no form MLflow takes."""
 
 
 # ---- a service failed

@@ -34,6 +34,8 @@ ENV_MLFLOW_PASSWORD = "MLFLOW_TRACKING_PASSWORD"
 ENV_S3_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 ENV_S3_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_S3_REGION = "ADVPATCH_S3_REGION"
+ENV_WORKERS = "ADVPATCH_WORKERS"
+"""Threads a step uses for work per image (decoding, JPEG, ...); default: the CPUs it may run on."""
 
 DEFAULT_EXPERIMENT = "advpatch"
 DEFAULT_IMAGE_REGISTRY = "ghcr.io/advpatch"
@@ -111,4 +113,3 @@ def skip_keras_extras() -> None:
 
     if not any(isinstance(f, _KerasExtras) for f in sys.meta_path):
         sys.meta_path.insert(0, _KerasExtras())
-

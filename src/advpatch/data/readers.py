@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from advpatch import parallel
 from advpatch.data.classes import ClassIndex, read_class_index  # noqa: F401  (re-exported)
 from advpatch.data.dataset import DatasetSpec, DatasetWriter
 from advpatch.errors import SourceError
@@ -293,7 +294,9 @@ def write_image_folder(
         for start in range(0, len(files), _CHUNK):
             chunk = files[start : start + _CHUNK]
             x = np.empty((len(chunk),) + shape, dtype=np.uint8)
-            for i, (f, _) in enumerate(chunk):
+
+            def read(i: int, chunk=chunk, x=x) -> None:  # on every core: decoding releases Python's lock
+                f = chunk[i][0]
                 img = _read_image(f, mode, size)
                 if img.shape != shape:
                     raise SourceError(
@@ -301,6 +304,8 @@ def write_image_folder(
                         "set image_size to resize them all"
                     )
                 x[i] = img
+
+            parallel.in_parallel(read, len(chunk))
             writer.write(x, np.array([c for _, c in chunk], dtype=np.int32))
     return writer.spec
 
@@ -355,9 +360,13 @@ def convert_images(x: np.ndarray, image_size: int, color_mode: str) -> np.ndarra
         x = np.repeat(x, 3, axis=-1)
     if image_size and x.shape[1:3] != (image_size, image_size):
         out = np.empty((len(x), image_size, image_size, x.shape[-1]), dtype=np.uint8)
-        for i, img in enumerate(x):
+
+        def resize(i: int, x=x) -> None:
+            img = x[i]
             pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
             arr = np.asarray(pil.resize((image_size, image_size), Image.BILINEAR))
             out[i] = arr[..., None] if arr.ndim == 2 else arr
+
+        parallel.in_parallel(resize, len(x))
         x = out
     return x

@@ -29,7 +29,7 @@ from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import numpy as np
 
-from advpatch import params
+from advpatch import parallel, params
 from advpatch.models.classifier import Transform
 
 
@@ -69,6 +69,14 @@ class Defence(Transform):
         """``None``: the defence replaces the images; else it adds defended copies of this share of
         them (data augmentation, training data only)."""
         return None
+
+    def on_images(self, x: np.ndarray, seed: int) -> np.ndarray:
+        """The defence on uint8 images (what its step does to a dataset, batch by batch), with NumPy's
+        global generator seeded with ``seed`` for its draws: the reference pass on [0, 1] floats,
+        rounded back. A defence may do the same faster on the pixels themselves."""
+        from advpatch.data.dataset import to_float, to_uint8
+
+        return to_uint8(seeded(self.numpy, seed)(to_float(x)))
 
 
 def registered() -> Dict[str, Type[Defence]]:
@@ -148,6 +156,17 @@ class JpegCompression(Defence):
     def numpy(self, x: np.ndarray) -> np.ndarray:
         """As ART: pixels to uint8 by truncating ``x * 255``, each image compressed as RGB (3
         channels) or each channel as grayscale, decoded, divided by 255."""
+        return (self._jpeg((x * 255).astype("uint8")) / 255.0).astype(np.float32)
+
+    def on_images(self, x: np.ndarray, seed: int) -> np.ndarray:
+        """On uint8 images the float round trip is the identity (``to_float`` then truncating ``*
+        255`` gives every byte back, and so does rounding the decoded pixels over 255: a test checks
+        all 256), so the pixels go straight to the codec, on every core (Pillow releases the GIL
+        while it encodes and decodes): the same bytes as :meth:`numpy`'s path, and as ART's."""
+        return self._jpeg(np.ascontiguousarray(x), workers=parallel.workers())
+
+    def _jpeg(self, pixels: np.ndarray, workers: int = 1) -> np.ndarray:
+        """Each image of uint8 ``pixels`` [n, H, W, C] compressed and decoded."""
         import io
 
         from PIL import Image
@@ -157,27 +176,27 @@ class JpegCompression(Defence):
             Image.fromarray(image, mode=mode).save(buf, format="jpeg", quality=self.quality)
             return np.array(Image.open(buf))
 
-        pixels = (x * 255).astype("uint8")
         if self.channels_first:  # NCHW: each image's channels on axis 1
             pixels = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
         channels = pixels.shape[1] if self.channels_first else pixels.shape[-1]
-        out = pixels.copy()
-        for i in range(len(pixels)):
+        out = np.empty_like(pixels)
+
+        def one(i: int) -> None:
             if channels == 3:
                 image = pixels[i].transpose(1, 2, 0) if self.channels_first else pixels[i]
                 done = compress(np.ascontiguousarray(image), "RGB")
                 out[i] = done.transpose(2, 0, 1) if self.channels_first else done
-            else:
-                for c in range(channels):
-                    plane = pixels[i, c] if self.channels_first else pixels[i, ..., c]
-                    done = compress(np.ascontiguousarray(plane), "L")
-                    if self.channels_first:
-                        out[i, c] = done
-                    else:
-                        out[i, ..., c] = done
-        if self.channels_first:
-            out = out.transpose(0, 2, 3, 1)
-        return (out / 255.0).astype(np.float32)
+                return
+            for c in range(channels):
+                plane = pixels[i, c] if self.channels_first else pixels[i, ..., c]
+                done = compress(np.ascontiguousarray(plane), "L")
+                if self.channels_first:
+                    out[i, c] = done
+                else:
+                    out[i, ..., c] = done
+
+        parallel.in_parallel(one, len(pixels), workers)
+        return out.transpose(0, 2, 3, 1) if self.channels_first else out
 
     def settings(self) -> Dict[str, Any]:
         return {"name": self.name, "jpeg_compression_quality": self.quality}  # the layout changes nothing

@@ -19,7 +19,7 @@ def _defend(name: str, p: StepParams, track: Tracker, data: str, defended_data: 
     augmentation, on training data) keeps the originals and adds defended copies of a share of them."""
     import numpy as np
 
-    from advpatch.data.dataset import Dataset, DatasetWriter, to_float, to_uint8
+    from advpatch.data.dataset import Dataset, DatasetWriter
 
     values = p.all()  # every defence step has data_role, batch_size, output_tar_name and seed, then its own
     source = Dataset(data)
@@ -40,16 +40,16 @@ def _defend(name: str, p: StepParams, track: Tracker, data: str, defended_data: 
             x, y = batch["x"], batch["y"]
             cols = {k: v for k, v in batch.items() if k not in ("x", "y")}
             n = len(y)
-            call = defences.seeded(transform.numpy, values["seed"] * 100003 + i)
+            seed = values["seed"] * 100003 + i
             if augment:
                 writer.write(x, y, **cols, augmented=np.zeros(n, bool))
                 pick = extra[(extra >= start) & (extra < start + n)] - start
                 if len(pick):
-                    writer.write(to_uint8(call(to_float(x[pick]))), y[pick], **{k: v[pick] for k, v in cols.items()},
+                    writer.write(transform.on_images(x[pick], seed), y[pick], **{k: v[pick] for k, v in cols.items()},
                                  augmented=np.ones(len(pick), bool))
                     changed += len(pick)
             elif active:
-                out = to_uint8(call(to_float(x)))
+                out = transform.on_images(x, seed)
                 changed += int((out != x).reshape(n, -1).any(axis=1).sum())
                 writer.write(out, y, **cols)
             else:

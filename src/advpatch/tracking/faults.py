@@ -35,7 +35,7 @@ import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from advpatch.errors import TrackingError
+from advpatch.errors import TrackingError, TrackingInputError
 
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -82,14 +82,14 @@ URI_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql"
 
 
 def check_uri(uri: str) -> None:
-    """A :class:`TrackingError` unless ``uri`` has a form MLflow takes: checked before a local run's
+    """A :class:`TrackingInputError` unless ``uri`` has a form MLflow takes: checked before a local run's
     first task, so that a typo costs nothing (whether the server answers, each step checks)."""
     parts = urlsplit(uri)
     scheme = parts.scheme.split("+")[0]
     ok = scheme in URI_SCHEMES and not (scheme in ("http", "https") and not parts.hostname) \
         and not (scheme == "sqlite" and not uri.startswith("sqlite:///"))
     if not ok and not (not parts.scheme and uri.strip()):  # no scheme: a folder, MLflow's file store
-        raise TrackingError(f"MLFLOW_TRACKING_URI must be http(s)://HOST[:PORT], sqlite:///PATH, a database URI "
+        raise TrackingInputError(f"MLFLOW_TRACKING_URI must be http(s)://HOST[:PORT], sqlite:///PATH, a database URI "
                             f"(postgresql://...) or a folder, got {shown_uri(uri)!r}")
 
 
