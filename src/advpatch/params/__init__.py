@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping
 
+from advpatch.params.pipelines import PIPELINE_PARAMS
 from advpatch.params.rules import Choices, Interval, Param, ParameterError, Pattern, Relation, parse_text, validate
 from advpatch.params.table import (
     ARCHITECTURES,
@@ -21,10 +22,11 @@ from advpatch.params.table import (
     DEPLOYMENT_METHODS,
     OPTIMIZERS,
     PARAMS,
+    PATCH_CONDITIONINGS,
     PATCH_LOCATIONS,
     PATCH_LOSSES,
+    PATCH_PLACEMENTS,
     PATCH_SHAPES,
-    PIPELINE_PARAMS,
     RELATIONS,
     SPLITS,
     STEP_PARAMS,
@@ -69,8 +71,10 @@ __all__ = [
     "DEPLOYMENT_METHODS",
     "OPTIMIZERS",
     "PARAMS",
+    "PATCH_CONDITIONINGS",
     "PATCH_LOCATIONS",
     "PATCH_LOSSES",
+    "PATCH_PLACEMENTS",
     "PATCH_SHAPES",
     "PIPELINE_PARAMS",
     "RELATIONS",

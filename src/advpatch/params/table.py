@@ -2,10 +2,10 @@
 allowed values and description.
 
 :data:`PARAMS` defines each parameter once. :data:`STEP_PARAMS` says which parameters each step takes,
-where a step's default or description differs from the common one. :data:`PIPELINE_PARAMS` does the same
-for the pipelines (``of=`` names the step parameter a pipeline parameter feeds). Validation, the
-components' signatures and docstrings, their READMEs and the pipelines' signatures come from here
-(``make generate`` writes them; ``make test`` fails while they are stale).
+where a step's default or description differs from the common one. :mod:`advpatch.params.pipelines`
+does the same for the pipelines (``of=`` names the step parameter a pipeline parameter feeds).
+Validation, the components' signatures and docstrings, their READMEs and the pipelines' signatures
+come from here (``make generate`` writes them; ``make test`` fails while they are stale).
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ PATCH_LOCATIONS = ("random", "center")
 """Where a patch goes: anywhere its mask fits wholly inside the image, or the image centre."""
 PATCH_SHAPES = ("square", "circle")
 PATCH_LOSSES = ("auto", "combined", "cross_entropy", "success")
+PATCH_CONDITIONINGS = ("none", "canvas", "grid")
+"""What a patch set is: one patch for every placement ('none'), or what deploy_patch pastes is a fixed
+function of the placement it draws (an image-sized 'canvas', or a 'grid' of patches by cell)."""
+PATCH_PLACEMENTS = ("random", "worst_case")
+"""Where deploy_patch puts each patch: drawn at random, or the placement worst for the model."""
 DEPLOYMENT_METHODS = ("corrupt", "augment")
 DATA_ROLES = ("fit", "predict")
 """What a dataset is used for: training (ART's apply_fit) or prediction (apply_predict)."""
@@ -137,7 +142,25 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("patch_loss", str, "auto", "'cross_entropy' (Brown et al., ART), 'success' (-log of the mean target "
        "probability), 'combined' (their sum) or 'auto' ('success' at the centre, else 'combined').",
        Choices(PATCH_LOSSES)),
+    _p("patch_conditioning", str, "none", "'none': universal patches, one for every placement. 'canvas' or 'grid': "
+       "a placement-conditioned set (deploy_patch pastes a fixed function of the placement it draws): 'canvas' is "
+       "one image-sized canvas aligned with the image, each placement showing it through the patch's mask; 'grid' "
+       "is patch_grid_size^2 patches, one per cell of the patch centre's position. Much stronger at random "
+       "placement, but a threat model of data corruption through deploy_patch, not of a sticker printed once: the "
+       "patch depends on where it lands. 'canvas' needs square images and is image-sized (patch_size 0).",
+       Choices(PATCH_CONDITIONINGS)),
+    _p("patch_grid_size", int, 7, "With patch_conditioning='grid': cells per side of the grid (patch_grid_size^2 "
+       "patches); unused otherwise.", Interval(1, 64, integer=True)),
     # ---- deploy_patch
+    _p("patch_placement", str, "random", "'random': each patch at a placement drawn at random. 'worst_case': per "
+       "image, the attacker picks the position (every worst_case_stride pixels over the positions patch_location "
+       "allows) and rotation (worst_case_angles of them) against the model (and the defence, if any) that makes it "
+       "say the target, surest first; else the one that lowers the true class's probability most. The scale stays "
+       "patch_scale. Needs the model.", Choices(PATCH_PLACEMENTS)),
+    _p("worst_case_stride", int, 2, "With patch_placement='worst_case': pixels between the patch centres tried.",
+       Interval(1, 4096, integer=True)),
+    _p("worst_case_angles", int, 3, "With patch_placement='worst_case': rotations tried at each position, evenly "
+       "spaced over [-rotation_max, rotation_max] (1: upright only).", Interval(1, 64, integer=True)),
     _p("patch_deployment_method", str, "corrupt", "'corrupt' (patched images replace their originals) or 'augment' "
        "(patched copies are added beside every original).", Choices(DEPLOYMENT_METHODS)),
     _p("patch_application_rate", float, 1.0, "Share of the images that get a patch (an exact count).", UNIT),
@@ -201,6 +224,9 @@ differs between runs would keep KFP's cache from ever reusing a task's outputs."
 RELATIONS: Tuple[Relation, ...] = (
     Relation(("scale_min", "scale_max"), lambda lo, hi: lo < hi,
              "scale_min must be smaller than scale_max, got scale_min={scale_min} and scale_max={scale_max}"),
+    Relation(("patch_placement", "defence"), lambda placement, defence: placement == "worst_case" or defence == "none",
+             "defence={defence!r} is what the worst-case search attacks: it needs patch_placement='worst_case', got "
+             "patch_placement={patch_placement!r}"),
     Relation(("gaussian_augmentation_perform_data_augmentation", "gaussian_augmentation_apply_fit",
               "gaussian_augmentation_apply_predict"), lambda augment, fit, predict: not augment or (fit and not predict),
              "gaussian_augmentation_perform_data_augmentation=True adds training images, so it needs "
@@ -216,6 +242,8 @@ def _t(*items):
 
 P = PARAMS
 _DEFENCE = ("data_role", P["batch_size"].but(default=256), "output_tar_name", "seed")
+_ATTACKED_DEFENCE = ("defence", "spatial_smoothing_window_size", "jpeg_compression_quality",
+                     "gaussian_augmentation_sigma")
 _MODEL_CHOICE = ("model_uri", P["model_architecture"].but(
     default="", optional=True, doc="Optional check: the model's architecture must be this one."))
 _PLACEMENT = ("rotation_max", "scale_min", "scale_max", "patch_location")
@@ -255,12 +283,19 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         "max_iter", "patch_target", "patch_target_name", "num_patch", "num_patch_gen_samples", *_PLACEMENT,
         "patch_shape", "patch_size",
         P["batch_size"].but(default=40, doc="Generation images per optimization step."), "lr_decay", "patch_loss",
-        "defence", "spatial_smoothing_window_size", "jpeg_compression_quality", "gaussian_augmentation_sigma",
+        "patch_conditioning", "patch_grid_size", *_ATTACKED_DEFENCE,
         P["seed"].but(doc="Seeds targets, generation images and placements: same seed, same patch bytes.")),
     "deploy_patch": _t(
         "patch_deployment_method", "patch_application_rate", "patch_scale",
-        P["batch_size"].but(default=256), *_PLACEMENT,
-        P["output_tar_name"].but(default="adv_testing.tar"), "output_dataset_name",
+        P["batch_size"].but(default=256, doc="Images per batch; with patch_placement='worst_case', also the patched "
+                                             "images the search scores at a time."), *_PLACEMENT,
+        P["output_tar_name"].but(default="adv_testing.tar"), "output_dataset_name", "patch_placement",
+        "worst_case_stride", "worst_case_angles",
+        P["model_uri"].but(doc="With patch_placement='worst_case': a registered MLflow model ('models:/NAME/VERSION') "
+                               "to search against instead of the model input."), _MODEL_CHOICE[1],
+        P["defence"].but(doc="With patch_placement='worst_case': a preprocessing defence in front of the model the "
+                             "search runs against (as gen_patch's, so the placement is the worst case for the "
+                             "defended classifier); 'none'."), *_ATTACKED_DEFENCE[1:],
         P["seed"].but(doc="Seeds which images get which patch where: same seed, same patched bytes.")),
     "spatial_smoothing": _t("spatial_smoothing_window_size", "spatial_smoothing_apply_fit",
                             "spatial_smoothing_apply_predict", *_DEFENCE),
@@ -289,100 +324,3 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
     "gather": (),
 }
 """Each step's parameters, in the order its component declares them."""
-
-_PIPE_TRAIN = ("image_size", "model_architecture", "optimizer", "epochs", "batch_size", "learning_rate")
-_PIPE_ATTACK = (
-    "patch_target", "patch_target_name", "num_patch", "num_patch_gen_samples",
-    P["learning_rate"].but(name="patch_learning_rate", of="gen_patch.learning_rate", default=0.1,
-                           doc="gen_patch's learning_rate: Adam step size on patch pixels."),
-    P["lr_decay"].but(name="patch_lr_decay", of="gen_patch.lr_decay"), "patch_loss", "max_iter", "rotation_max",
-    P["scale_min"].but(default=0.3), P["scale_max"].but(default=0.5), "patch_scale",
-    P["patch_location"].but(default="center"),
-)
-_PIPE_COMMON = dict(image_size=P["image_size"].but(default=28, doc="Images are resized to this size (LeNet: 28)."),
-                    epochs=P["epochs"].but(default=15.0), learning_rate=P["learning_rate"].but(default=0.002),
-                    patch_target=P["patch_target"].but(default=5), num_patch=P["num_patch"].but(default=3),
-                    seed=P["seed"].but(doc="Seeds every step: same seed, same results."),
-                    experiment_name=P["experiment_name"].but(default="mnist"))
-
-
-_TRAIN_PATCHED = P["patch_application_rate"].but(
-    name="train_patch_application_rate", of="deploy_patch.patch_application_rate",
-    doc="Share of the training images that get a patched copy (the training set is augmented).")
-_PIPE_DEFENCES = ("spatial_smoothing_window_size", "jpeg_compression_quality", "gaussian_augmentation_sigma")
-
-
-def _pipe(*items):
-    return table(*[_PIPE_COMMON.get(i, i) if isinstance(i, str) else i for i in items], base=PARAMS)
-
-
-PIPELINE_PARAMS: Dict[str, Tuple[Param, ...]] = {
-    "mnist-patch": _pipe(
-        "data_dir", *_PIPE_TRAIN, "validation_split", "model_tag", P["register_model"].but(default=True),
-        *_PIPE_ATTACK, "patch_deployment_method", "patch_application_rate", "seed", "experiment_name"),
-    "mnist-experiment": _pipe(
-        "data_dir", *_PIPE_TRAIN, *_PIPE_ATTACK, _TRAIN_PATCHED, *_PIPE_DEFENCES, "pgd_eps", "pgd_eps_step",
-        "pgd_max_iter", "seed", "experiment_name"),
-    "mnist-defences": _pipe(
-        "data_dir", *_PIPE_TRAIN, *_PIPE_ATTACK, _TRAIN_PATCHED, *_PIPE_DEFENCES, "pgd_eps", "pgd_eps_step",
-        "pgd_max_iter", P["masked_training_epochs"].but(
-            default=40, doc="PatchCleanser's masked training of the baseline (its second row; the first has none)."),
-        "seed", "experiment_name"),
-    "fruits360-experiment": _pipe(
-        P["data_dir"].but(default="s3://mlpipeline/shared/datasets/fruits-360",
-                          doc="Fruits360 as Kaggle lays it out (Training/ and Test/ folders of class sub-folders of "
-                              "100x100 JPEGs): a folder or s3://BUCKET/PREFIX."),
-        P["image_size"].but(default=224, doc="Images are resized to this size (the seed notebook: VGG16 at 224; "
-                                             "100 keeps Fruits360's own size)."),
-        P["model_architecture"].but(default="vgg16"), "optimizer", P["epochs"].but(default=10.0), "batch_size",
-        P["learning_rate"].but(default=0.0001), *_PIPE_ATTACK[:-1], P["patch_location"].but(default="random"),
-        _TRAIN_PATCHED, *_PIPE_DEFENCES, P["pgd_eps"].but(default=0.03), P["pgd_eps_step"].but(default=0.01),
-        P["pgd_max_iter"].but(default=7), "seed", P["experiment_name"].but(default="fruits360")),
-    "imagenet-patch": _pipe(
-        P["data_dir"].but(default="s3://mlpipeline/shared/datasets/imagenet/val",
-                          doc="ImageNet's validation images: a folder (or s3://BUCKET/PREFIX) of class sub-folders "
-                              "named by WordNet id (n01440764) or index."),
-        P["class_index"].but(default="s3://mlpipeline/shared/models/keras/imagenet_class_index.json", optional=False,
-                             doc="Keras' imagenet_class_index.json (a local path or s3://BUCKET/KEY): the 1,000 "
-                                 "classes in the weights' order. Never downloaded."),
-        P["weights"].but(default="s3://mlpipeline/shared/models/keras/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
-                         doc="Keras' ImageNet weights file for model_architecture, with its top (a local path or "
-                             "s3://BUCKET/KEY). Never downloaded."),
-        P["model_architecture"].but(default="resnet50", doc="'resnet50' or 'vgg16' (give its weights file).",
-                                    rule=Choices(PRETRAINED)),
-        P["image_size"].but(default=224, doc="Images are resized to this size: 224, what the weights take."),
-        P["max_examples"].but(doc="Keep a random subset of this many images of each split (drawn from seed); "
-                                  "0 keeps all."),
-        P["batch_size"].but(default=16, doc="Images per forward pass (init_model, infer) and per patch optimization "
-                                            "step (gen_patch): 16, as ART's ImageNet notebook (a batch's "
-                                            "activations, not the data, set the memory a step needs)."),
-        P["patch_target"].but(default=859, doc="Target class index (859: 'toaster', as in Brown et al.); -1 draws a "
-                                               "random target per patch."),
-        *[i for i in _PIPE_ATTACK if i != "patch_target"][:-1],
-        P["patch_location"].but(default="random"), *_PIPE_DEFENCES, "seed",
-        P["experiment_name"].but(default="imagenet")),
-    "custom-model-patch": _pipe(
-        P["data_dir"].but(default="s3://mlpipeline/shared/datasets/mydata",
-                          doc="The data: a folder (or s3://BUCKET/PREFIX) of class sub-folders, or with training/ "
-                              "and testing/ folders of them; as load_dataset's source."),
-        P["class_index"].but(doc="The classes in the model's output order: one name per line, or Keras' "
-                                 "imagenet_class_index.json (a local path or s3://BUCKET/KEY); empty: the sorted "
-                                 "sub-folder names."),
-        P["model_file"].but(default="s3://mlpipeline/shared/models/model.keras", optional=False), "preprocessing",
-        P["image_size"].but(default=0,
-                            doc="Images are resized to this size, the model's input size; 0 keeps theirs."),
-        P["color_mode"].but(default="rgb"), "max_examples",
-        "model_tag", P["batch_size"].but(default=32, doc="Images per forward pass (import_model, infer) and per patch "
-                                                        "optimization step (gen_patch); lower it for a large model."),
-        P["patch_target"].but(default=0),
-        *[i for i in _PIPE_ATTACK if i != "patch_target"][:-1], P["patch_location"].but(default="random"),
-        *_PIPE_DEFENCES, "seed", P["experiment_name"].but(default="custom")),
-    "mnist-sweep": _pipe(
-        "data_dir", *_PIPE_TRAIN, *[i for i in _PIPE_ATTACK if i != "patch_scale"],
-        P["patch_scale"].but(name="patch_scales", type=list, default=[0.2, 0.3, 0.4, 0.5, 0.6],
-                             doc="Patch scales to deploy the patches at, one ParallelFor iteration each (a share "
-                                 "of the image's shorter side; 0 draws a scale per image).",
-                             of="deploy_patch.patch_scale"),
-        "jpeg_compression_quality", "seed", "experiment_name"),
-}
-"""Each pipeline's parameters, in the order its function declares them."""
