@@ -76,7 +76,7 @@ clean:
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_tasks.py $(TASK_BENCH_ARGS)
-	$(PY) tests/benchmarks/bench_patch.py $(BENCH_ARGS)
+	$(PY) tests/benchmarks/bench_patch.py --resnet $(BENCH_ARGS)
 	$(PY) tests/benchmarks/bench_certified.py $(CERTIFIED_BENCH_ARGS)
 	$(PY) tests/benchmarks/bench_scale.py $(SCALE_BENCH_ARGS)
 	$(PY) tests/benchmarks/bench_memory.py $(MEMORY_BENCH_ARGS)

@@ -2,7 +2,7 @@
 """deploy_patch: Apply the patches of a patch set to a Dataset artifact."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from advpatch.components import bind
 from advpatch.settings import runtime_image
@@ -15,6 +15,7 @@ def deploy_patch(
     patched_data: Output[Dataset],
     metrics: Output[Metrics],
     summary: Output[Artifact],
+    model: Input[Model] = None,
     patch_deployment_method: str = "corrupt",
     patch_application_rate: float = 1.0,
     patch_scale: float = 0.4,
@@ -25,6 +26,16 @@ def deploy_patch(
     patch_location: str = "random",
     output_tar_name: str = "adv_testing.tar",
     output_dataset_name: str = "adversarial_patched_data",
+    patch_placement: str = "random",
+    worst_case_stride: int = 2,
+    worst_case_angles: int = 3,
+    model_uri: str = "",
+    model_architecture: str = "",
+    defence: str = "none",
+    spatial_smoothing_window_size: int = 3,
+    jpeg_compression_quality: int = 50,
+    gaussian_augmentation_sigma: float = 0.1,
+    feature_squeezing_bit_depth: int = 4,
     seed: int = 0,
     experiment_name: str = "",
     task_name: str = "",
@@ -33,20 +44,25 @@ def deploy_patch(
 
     The seed's deploy_patch entry point. Needs only the patch set, not the model. Exactly
     round(patch_application_rate * n) images get a patch ('corrupt' replaces them, 'augment' adds
-    patched copies), each a patch of the set drawn at random at its own placement. Every output
-    image records whether it was patched, with which patch, target, scale, angle and centre, and
-    which input image it came from.
+    patched copies), each a patch of the set drawn at random at its own placement (a placement-
+    conditioned set from gen_patch's patch_conditioning pastes what the placement picks). With
+    patch_placement='worst_case' the placement is instead the worst case for the model, searched per
+    image. Every output image records whether it was patched, with which patch, target, scale, angle
+    and centre, and which input image it came from.
 
     Args:
         data: The images to patch.
         patches: A patch set from gen_patch.
+        model: With patch_placement='worst_case', the Model artifact the placements are searched
+            against (or give model_uri).
         patch_deployment_method: 'corrupt' (patched images replace their originals) or 'augment'
             (patched copies are added beside every original). Allowed: one of 'corrupt', 'augment'.
         patch_application_rate: Share of the images that get a patch (an exact count). Allowed: in
             [0, 1].
         patch_scale: Patch side as a share of the image's shorter side; 0 draws a scale per image
             from [scale_min, scale_max]. Allowed: in [0, 1].
-        batch_size: Images per batch. Allowed: an integer >= 1.
+        batch_size: Images per batch; with patch_placement='worst_case', also the patched images the
+            search scores at a time. Allowed: an integer >= 1.
         rotation_max: Random rotation in [-rotation_max, rotation_max] degrees. Allowed: in [0,
             180].
         scale_min: Smallest patch side, as a share of the image's shorter side. Allowed: in (0, 1).
@@ -60,6 +76,34 @@ def deploy_patch(
             file name ending in .tar, or empty.
         output_dataset_name: The folder inside output_tar_name. Allowed: a plain folder name
             (letters, digits, _ . -).
+        patch_placement: 'random': each patch at a placement drawn at random. 'worst_case': per
+            image, the attacker picks the position (every worst_case_stride pixels over the
+            positions patch_location allows) and rotation (worst_case_angles of them) against the
+            model (and the defence, if any) that makes it say the target, surest first; else the one
+            that lowers the true class's probability most. The scale stays patch_scale. Needs the
+            model. Allowed: one of 'random', 'worst_case'.
+        worst_case_stride: With patch_placement='worst_case': pixels between the patch centres
+            tried. Allowed: an integer in [1, 4096].
+        worst_case_angles: With patch_placement='worst_case': rotations tried at each position,
+            evenly spaced over [-rotation_max, rotation_max] (1: upright only). Allowed: an integer
+            in [1, 64].
+        model_uri: With patch_placement='worst_case': a registered MLflow model
+            ('models:/NAME/VERSION') to search against instead of the model input. Allowed:
+            'models:/NAME/VERSION' or 'runs:/RUN_ID/PATH', or empty.
+        model_architecture: Optional check: the model's architecture must be this one. Allowed: one
+            of 'le_net', 'shallow_net', 'alex_net', 'resnet50', 'vgg16', or empty.
+        defence: With patch_placement='worst_case': a preprocessing defence in front of the model
+            the search runs against (as gen_patch's, so the placement is the worst case for the
+            defended classifier); 'none'. Allowed: one of 'none', 'spatial_smoothing',
+            'jpeg_compression', 'gaussian_augmentation', 'feature_squeezing'.
+        spatial_smoothing_window_size: Side of the median filter's window. Allowed: an integer in
+            [1, 64].
+        jpeg_compression_quality: JPEG quality, 1 (worst) to 100 (best); 95 or lower is advised.
+            Allowed: an integer in [1, 100].
+        gaussian_augmentation_sigma: Standard deviation of the noise on [0, 1] pixels. Allowed: a
+            number > 0.
+        feature_squeezing_bit_depth: Bits per pixel value kept: 2**bit_depth levels in [0, 1] (1:
+            binarized images). Allowed: an integer in [1, 64].
         seed: Seeds which images get which patch where: same seed, same patched bytes. Allowed: an
             integer in [0, 2147483647].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.

@@ -32,6 +32,8 @@ def gen_patch(
     batch_size: int = 40,
     lr_decay: float = 0.3,
     patch_loss: str = "auto",
+    patch_conditioning: str = "none",
+    patch_grid_size: int = 7,
     defence: str = "none",
     spatial_smoothing_window_size: int = 3,
     jpeg_compression_quality: int = 50,
@@ -84,6 +86,16 @@ def gen_patch(
         patch_loss: 'cross_entropy' (Brown et al., ART), 'success' (-log of the mean target
             probability), 'combined' (their sum) or 'auto' ('success' at the centre, else
             'combined'). Allowed: one of 'auto', 'combined', 'cross_entropy', 'success'.
+        patch_conditioning: 'none': universal patches, one for every placement. 'canvas' or 'grid':
+            a placement-conditioned set (deploy_patch pastes a fixed function of the placement it
+            draws): 'canvas' is one image-sized canvas aligned with the image, each placement
+            showing it through the patch's mask; 'grid' is patch_grid_size^2 patches, one per cell
+            of the patch centre's position. Much stronger at random placement, but a threat model of
+            data corruption through deploy_patch, not of a sticker printed once: the patch depends
+            on where it lands. 'canvas' needs square images and is image-sized (patch_size 0).
+            Allowed: one of 'none', 'canvas', 'grid'.
+        patch_grid_size: With patch_conditioning='grid': cells per side of the grid
+            (patch_grid_size^2 patches); unused otherwise. Allowed: an integer in [1, 64].
         defence: A preprocessing defence in front of the model while the patch is optimized (an
             adaptive attacker): a defence's name (straight-through gradients through a filter, a
             fresh draw per step for noise: expectation over transformation), or 'none'. Allowed: one

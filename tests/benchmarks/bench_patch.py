@@ -15,6 +15,21 @@ value and their ratio. The references:
   images. On digits upsampled to the full 28x28 frame (as ART's demos do) and on MNIST-framed
   digits (the embedded default), where ours is also run at a fixed centre position. An ablation,
   ``ours_ce_constant_lr``, is our engine with ART's objective (mean cross-entropy, constant rate).
+  Issue 23: the placement-conditioned sets gen_patch's ``patch_conditioning`` makes, ``canvas`` and
+  ``grid_7x7``, with the same budget (one model evaluation per patched image per step), beside ART
+  and our single patch: every rate with its Wilson 95% interval (pooled over seeds and placement
+  draws), each ratio to ART with the bounds the two intervals give (ours low / ART high, ours high /
+  ART low), and the checks: canvas >= 2x ART at scales 0.3, 0.4 and 0.5 on the framed digits, and
+  not below ART at any other scale of either dataset. A conditioned set is data corruption through
+  deploy_patch (the patch depends on where it lands), not a sticker printed once.
+* worst-case placement: the attacker picks each test image's placement (every position on a
+  ``--worst-case-stride`` grid, default 1: every pixel; rotations -22.5/0/22.5) against the model,
+  success if any wins (:func:`advpatch.patches.worst_case_success`), beside the random-placement
+  figure, for ART, ours and the canvas on the framed digits at scales 0.3, 0.4 and 0.5.
+* with ``--resnet`` (``make bench`` passes it): targeted success against patch area (1-20% of a
+  224x224 image, a circle) for ART, our single patch and the canvas against Keras' ResNet50 with
+  random weights (a relative figure only: no download), each with ``--resnet-budget`` model
+  evaluations, on crops of scikit-learn's two sample photographs.
 """
 
 from __future__ import annotations
@@ -163,22 +178,50 @@ def floor_step_seconds(model, x, steps):
     return (time.perf_counter() - t0) / steps
 
 
-def evaluate(model, x_uint8, y, patch, mask, scale, location, seed):
+def single(patch, mask):
+    """One patch (ours or ART's) as a patch set."""
+    from advpatch import patches
+
+    return patches.PatchSet(patch[None].astype(np.float32), mask[None].astype(np.float32), np.array([TARGET]),
+                            [str(i) for i in range(10)], (28, 28, 1))
+
+
+def conditioned_generate(model, x, lr, iters, batch, scale_min, scale_max, mode, grid=1, seed=0):
+    """A placement-conditioned set as gen_patch makes it (``patch_conditioning``, loss 'auto' ->
+    'success', decay 0.3): the same schedule and number of model evaluations as :func:`our_generate`."""
+    from advpatch import patches
+
+    cond = patches.Conditioning(mode, (grid, grid))
+    mask = patches.make_mask(28, "circle")
+    opt = patches.ConditionedPatchOptimizer(classifier_of(model), (28, 28, 1), 28, mask, lr, cond,
+                                            loss=patches.resolve_loss("auto", "random", mode))
+    kw = dict(max_iter=iters, batch_size=batch, rotation_max=ROTATION, scale_min=scale_min, scale_max=scale_max,
+              location="random")
+    patches.generate_conditioned_patch(opt, x, TARGET, rng=np.random.default_rng(seed), **{**kw, "max_iter": 1})
+    t0 = time.perf_counter()
+    arr, _ = patches.generate_conditioned_patch(opt, x, TARGET, rng=np.random.default_rng(seed), **kw)
+    seconds = time.perf_counter() - t0
+    ps = patches.PatchSet(arr, np.repeat(mask[None], len(arr), 0), np.full(len(arr), TARGET),
+                          [str(i) for i in range(10)], (28, 28, 1), {"conditioning": cond.to_dict()})
+    return ps, seconds
+
+
+def evaluate(model, x_uint8, y, ps, scale, location, seed):
+    """Counts on the test images with ``ps`` (its first patch or set) at placements drawn from
+    ``seed``: targeted successes among the images not of the target, correct among all."""
     from advpatch import patches
     from advpatch.data.dataset import to_float
 
-    ps = patches.PatchSet(patch[None].astype(np.float32), mask[None].astype(np.float32), np.array([TARGET]),
-                          [str(i) for i in range(10)], (28, 28, 1))
     # every candidate is a circle (ART's only shape): the same placements for all, from the circle's extent
     where = patches.sample_placements(np.random.default_rng(seed), len(x_uint8), (28, 28), rotation_max=ROTATION,
                                       scale_min=0.1, scale_max=1.0, location=location, patch_scale=scale,
                                       mask=patches.make_mask(28, "circle"))
-    out = patches.apply_patches(x_uint8, ps, np.zeros(len(x_uint8), np.int32), where)
+    out = patches.apply_set(x_uint8, ps, np.zeros(len(x_uint8), np.int32), where)
     classifier = classifier_of(model)
     clean, patched = classifier.predict_labels(to_float(x_uint8)), classifier.predict_labels(to_float(out))
     eligible = y != TARGET
-    return {"targeted_success_rate": float((patched[eligible] == TARGET).mean()),
-            "clean_accuracy": float((clean == y).mean()), "patched_accuracy": float((patched == y).mean())}
+    return {"successes": int((patched[eligible] == TARGET).sum()), "eligible": int(eligible.sum()),
+            "correct": int((patched == y).sum()), "clean_correct": int((clean == y).sum()), "images": len(y)}
 
 
 def _not_worse(ours: float, reference: float, n: int) -> bool:
@@ -188,25 +231,194 @@ def _not_worse(ours: float, reference: float, n: int) -> bool:
 
 
 def sweep(model, x_test, y_test, candidates, repeats):
-    """candidates: name -> (patch, mask, location). Same placements for every candidate."""
+    """candidates: name -> (patch set, location). Same placements for every candidate. Counts per
+    scale, summed over the ``repeats`` placement draws."""
     rows = {}
-    for name, (patch, mask, location) in candidates.items():
+    for name, (ps, location) in candidates.items():
         rows[name] = []
         for scale in SCALES:
-            runs = [evaluate(model, x_test, y_test, patch, mask, scale, location, seed) for seed in range(repeats)]
-            rows[name].append({
-                "scale": scale,
-                "targeted_success_rate": float(np.mean([r["targeted_success_rate"] for r in runs])),
-                "patched_accuracy": float(np.mean([r["patched_accuracy"] for r in runs])),
-                "clean_accuracy": runs[0]["clean_accuracy"],
-            })
+            runs = [evaluate(model, x_test, y_test, ps, scale, location, seed) for seed in range(repeats)]
+            rows[name].append({"scale": scale, **{k: sum(r[k] for r in runs) for k in runs[0]}})
     return rows
+
+
+def pooled(per_seed, name):
+    """Rows of candidate ``name`` pooled over seeds: each rate with its count and Wilson interval."""
+    from advpatch.evaluation import rate
+
+    rows = []
+    for i, scale in enumerate(SCALES):
+        c = {k: sum(ps[name][i][k] for ps in per_seed) for k in per_seed[0][name][i] if k != "scale"}
+        success, accuracy = rate(c["successes"], c["eligible"]), rate(c["correct"], c["images"])
+        rows.append({"scale": scale, "targeted_success_rate": success["value"], "targeted_success": success,
+                     "patched_accuracy": accuracy["value"], "patched_accuracy_rate": accuracy,
+                     "clean_accuracy": c["clean_correct"] / c["images"]})
+    return rows
+
+
+def ratio(ours, art):
+    """ours / ART's targeted success, with the bounds their Wilson intervals give."""
+    o, a = ours["targeted_success"], art["targeted_success"]
+    return {"ratio": o["value"] / max(a["value"], 1e-12), "low": o["low"] / max(a["high"], 1e-12),
+            "high": o["high"] / max(a["low"], 1e-12) if a["low"] > 0 else float("inf")}
+
+
+def issue_23_checks(rows, name, candidate):
+    """The attack criteria for one candidate against ART on one dataset."""
+    strong = (0.3, 0.4, 0.5) if name == "mnist_framed" else ()
+    out = {"dataset": name, "candidate": candidate, "strong_scales": list(strong)}
+    ratios = [ratio(o, a) for o, a in zip(rows[candidate], rows["art"])]
+    at = [i for i, sc in enumerate(SCALES) if sc in strong]
+    rest = [i for i, sc in enumerate(SCALES) if sc not in strong]
+    if at:
+        out["at_least_2x_art_at_0.3_0.4_0.5"] = all(ratios[i]["ratio"] >= 2 for i in at)
+        out["at_least_2x_art_at_0.3_0.4_0.5_interval_bound"] = all(ratios[i]["low"] >= 2 for i in at)
+    out["not_below_art_elsewhere_strictly"] = all(
+        rows[candidate][i]["targeted_success_rate"] >= rows["art"][i]["targeted_success_rate"] for i in rest)
+    out["not_below_art_elsewhere_intervals_overlap"] = all(
+        rows[candidate][i]["targeted_success"]["high"] >= rows["art"][i]["targeted_success"]["low"] for i in rest)
+    out["ratios"] = {str(sc): r for sc, r in zip(SCALES, ratios)}
+    return out
+
+
+def _cell(r, digits=3):
+    return f"{r['value']:.{digits}f} [{r['low']:.{digits}f}, {r['high']:.{digits}f}]"
+
+
+def worst_case_section(model, x_test, y_test, found, scales, stride, angles, rows):
+    """The worst-case figure of each candidate's patches (one per seed, pooled), beside its
+    random-placement figure from ``rows``."""
+    from advpatch import patches
+    from advpatch.evaluation import rate
+
+    classifier = classifier_of(model)
+    out = {}
+    for scale in scales:
+        out[str(scale)] = {}
+        for name, sets in found.items():
+            t0 = time.perf_counter()
+            runs = [patches.worst_case_success(classifier, x_test, y_test, ps, scale, stride=stride, angles=angles)
+                    for ps in sets]
+            random_row = next(r for r in rows[name] if r["scale"] == scale)
+            out[str(scale)][name] = {
+                "worst_case": rate(sum(r["successes"] for r in runs), sum(r["images"] for r in runs)),
+                "worst_case_misclassified": rate(sum(r["misclassified"] for r in runs), sum(r["images"] for r in runs)),
+                "random_placement": random_row["targeted_success"], "placements_per_image": runs[0][
+                    "placements_per_image"], "patches": len(sets), "seconds": time.perf_counter() - t0}
+            print(f"  worst case {name} at {scale}: {_cell(out[str(scale)][name]['worst_case'])} "
+                  f"({runs[0]['placements_per_image']} placements per image, "
+                  f"{out[str(scale)][name]['seconds']:.0f} s)", flush=True)
+    return out
+
+
+RESNET_AREAS = (0.01, 0.02, 0.05, 0.10, 0.15, 0.20)
+RESNET_TARGET = 859  # 'toaster', as in Brown et al.
+
+
+def resnet_area(gen_n, iters, batch, test_n=64, lr=0.1, seed=0):
+    """Targeted success against patch area (the share of the image a circular patch covers) at
+    224x224, for ART, our single patch and the canvas, against ResNet50 with random weights (no
+    download: a relative figure). Images: random crops of scikit-learn's two sample photographs,
+    generation and test crops drawn apart; labels: the clean predictions. Each attack: ``iters``
+    passes over ``gen_n`` images in batches of ``batch`` (``iters * gen_n`` model evaluations),
+    training scales covering the areas."""
+    import keras
+    import tensorflow as tf
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from advpatch import patches
+    from advpatch.evaluation import rate
+    from advpatch.models import ModelInfo
+    from advpatch.models.classifier import Classifier
+
+    photos = load_sample_images().images
+
+    def crops(n, rng):
+        out = []
+        for _ in range(n):
+            im = photos[rng.integers(len(photos))]
+            side = int(rng.integers(160, min(im.shape[:2]) + 1))
+            y0, x0 = rng.integers(0, im.shape[0] - side + 1), rng.integers(0, im.shape[1] - side + 1)
+            c = np.asarray(Image.fromarray(im[y0:y0 + side, x0:x0 + side]).resize((224, 224), Image.BILINEAR))
+            out.append(c[:, ::-1] if rng.random() < 0.5 else c)
+        return np.stack(out)
+
+    x_gen = crops(gen_n, np.random.default_rng(10)).astype(np.float32) / 255
+    x_test = crops(test_n, np.random.default_rng(11))
+    keras.utils.set_random_seed(seed)
+    model = keras.applications.ResNet50(weights=None)
+    names = [str(i) for i in range(1000)]
+    clf = Classifier(model, ModelInfo("resnet50", (224, 224, 3), names, logits_layer=None))
+    y_test = clf.predict_labels(x_test.astype(np.float32) / 255, batch_size=16)
+    smin, smax = (float(np.sqrt(4 * a / np.pi)) for a in (min(RESNET_AREAS) * 0.9, max(RESNET_AREAS) * 1.1))
+    circle = patches.make_mask(224, "circle")
+    found, seconds = {}, {}
+    print(f"ResNet50 224x224, random weights: {iters} passes over {gen_n} images, batch {batch} "
+          f"({iters * gen_n} model evaluations per patch), training scales {smin:.3f}-{smax:.3f} ...", flush=True)
+
+    from art.attacks.evasion import AdversarialPatchTensorFlowV2
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    art_clf = TensorFlowV2Classifier(model, nb_classes=1000, input_shape=(224, 224, 3), clip_values=(0.0, 1.0),
+                                     loss_object=tf.keras.losses.CategoricalCrossentropy())
+    attack = AdversarialPatchTensorFlowV2(art_clf, rotation_max=ROTATION, scale_min=smin, scale_max=smax,
+                                          learning_rate=lr, max_iter=iters, batch_size=batch,
+                                          patch_shape=(224, 224, 3), targeted=True, verbose=False)
+    y1h = np.zeros((gen_n, 1000), np.float32)
+    y1h[:, RESNET_TARGET] = 1
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
+    with ConstantFill():
+        t0 = time.perf_counter()
+        art_patch, art_mask = attack.generate(x_gen, y1h)
+        seconds["art"] = time.perf_counter() - t0
+    found["art"] = patches.PatchSet(art_patch[None].astype(np.float32), art_mask[None, ..., 0].astype(np.float32),
+                                    np.array([RESNET_TARGET]), names, (224, 224, 3))
+    kw = dict(max_iter=iters, batch_size=batch, rotation_max=ROTATION, scale_min=smin, scale_max=smax,
+              location="random")
+    t0 = time.perf_counter()
+    opt = patches.PatchOptimizer(clf, (224, 224, 3), 224, circle, lr, loss=patches.resolve_loss("auto", "random"))
+    patch, _ = patches.generate_patch(opt, x_gen, RESNET_TARGET, rng=np.random.default_rng(seed), **kw)
+    seconds["ours"] = time.perf_counter() - t0
+    found["ours"] = patches.PatchSet(patch[None], circle[None], np.array([RESNET_TARGET]), names, (224, 224, 3))
+    t0 = time.perf_counter()
+    cond = patches.Conditioning("canvas")
+    opt = patches.ConditionedPatchOptimizer(clf, (224, 224, 3), 224, circle, lr, cond,
+                                            loss=patches.resolve_loss("auto", "random", "canvas"))
+    canvas, _ = patches.generate_conditioned_patch(opt, x_gen, RESNET_TARGET, rng=np.random.default_rng(seed), **kw)
+    seconds["canvas"] = time.perf_counter() - t0
+    found["canvas"] = patches.PatchSet(canvas, circle[None], np.array([RESNET_TARGET]), names, (224, 224, 3),
+                                       {"conditioning": cond.to_dict()})
+    print("  generation seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), flush=True)
+    rows = []
+    eligible = y_test != RESNET_TARGET
+    for area in RESNET_AREAS:
+        scale = float(np.sqrt(4 * area / np.pi))
+        where = patches.sample_placements(np.random.default_rng(0), test_n, (224, 224), rotation_max=ROTATION,
+                                          scale_min=0.1, scale_max=1.0, patch_scale=scale, mask=circle)
+        row = {"area": area, "scale": scale}
+        for name, ps in found.items():
+            out = patches.apply_set(x_test, ps, np.zeros(test_n, np.int32), where)
+            pred = clf.predict_labels(out.astype(np.float32) / 255, batch_size=16)
+            row[name] = rate(int((pred[eligible] == RESNET_TARGET).sum()), int(eligible.sum()))
+        rows.append(row)
+        print(f"  area {area:.2f}: " + "  ".join(f"{k} {_cell(row[k], 2)}" for k in found), flush=True)
+    return {"model": "keras.applications.ResNet50(weights=None)", "target": RESNET_TARGET,
+            "model_evaluations_per_patch": iters * gen_n, "gen_images": gen_n, "iters": iters, "batch": batch,
+            "test_images": test_n, "train_scale_range": [smin, smax], "seconds": seconds, "rows": rows}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller budgets, for a smoke run")
     parser.add_argument("--output", default="outputs/bench")
+    parser.add_argument("--worst-case-stride", type=float, default=None,
+                        help="pixels between the positions the worst case tries (default 1, every pixel; --quick: 4)")
+    parser.add_argument("--resnet", action="store_true", help="the ResNet50 224x224 success-vs-area curve")
+    parser.add_argument("--resnet-budget", nargs=3, type=int, default=None, metavar=("GEN", "ITERS", "BATCH"),
+                        help="ResNet50: generation images, passes, batch (GEN * ITERS model evaluations per patch; "
+                             "default 32 8 8; --quick: 8 2 8)")
     args = parser.parse_args(argv)
     import tensorflow as tf
 
@@ -285,6 +497,8 @@ def main(argv=None):
     budget_iters, gen_n = (10, 400) if args.quick else (50, 400)
     repeats = 1 if args.quick else 2
     seeds = [0] if args.quick else [0, 1, 2]
+    found: dict = {}
+    models_and_tests: dict = {}
     for name, model, xtr, ytr, xte, yte in (("full_frame", model_full, xf_tr, yf_tr, xf_te, yf_te),
                                             ("mnist_framed", model_mnist, xm_tr, ym_tr, xm_te, ym_te)):
         r = np.random.default_rng(2)
@@ -292,27 +506,35 @@ def main(argv=None):
         print(f"strength on {name} digits: {len(seeds)} patches each, {budget_iters} iterations over {gen_n} "
               f"images ({budget_iters * gen_n // 40} steps) per patch ...", flush=True)
         per_seed = []
-        seconds = {"ours": 0.0, "art": 0.0}
+        seconds = {"ours": 0.0, "art": 0.0, "canvas": 0.0, "grid_7x7": 0.0}
+        found[name] = {"art": [], "ours": [], "canvas": []}
         for seed in seeds:
             ours_patch, ours_mask, ours_t = our_generate(model, gen, 0.1, budget_iters, 40, 0.1, 1.0, "random",
                                                          seed=seed)
             art_patch, art_mask, art_t, _ = art_generate(model, gen, 0.1, budget_iters, 40, 0.1, 1.0, seed=seed)
-            seconds["ours"] += ours_t
-            seconds["art"] += art_t
+            canvas, canvas_t = conditioned_generate(model, gen, 0.1, budget_iters, 40, 0.1, 1.0, "canvas", seed=seed)
+            grid, grid_t = conditioned_generate(model, gen, 0.1, budget_iters, 40, 0.1, 1.0, "grid", 7, seed=seed)
+            for k, t in (("ours", ours_t), ("art", art_t), ("canvas", canvas_t), ("grid_7x7", grid_t)):
+                seconds[k] += t
             # ablation: our engine with ART's objective (mean cross-entropy, constant learning rate)
             ce_patch, ce_mask, _ = our_generate(model, gen, 0.1, budget_iters, 40, 0.1, 1.0, "random", seed=seed,
                                                 loss="cross_entropy", lr_decay=0.0)
-            candidates = {"ours": (ours_patch, ours_mask, "random"), "art": (art_patch, art_mask, "random"),
-                          "ours_ce_constant_lr": (ce_patch, ce_mask, "random")}
+            candidates = {"ours": (single(ours_patch, ours_mask), "random"),
+                          "art": (single(art_patch, art_mask), "random"),
+                          "ours_ce_constant_lr": (single(ce_patch, ce_mask), "random"),
+                          "canvas": (canvas, "random"), "grid_7x7": (grid, "random")}
+            for k in found[name]:
+                found[name][k].append(candidates[k][0])
             if name == "mnist_framed":
                 c_patch, c_mask, _ = our_generate(model, gen, 0.1, budget_iters, 40, 0.1, 1.0, "center", seed=seed)
-                candidates["ours_center"] = (c_patch, c_mask, "center")
+                candidates["ours_center"] = (single(c_patch, c_mask), "center")
             per_seed.append(sweep(model, xte, yte, candidates, repeats))
-        rows = {c: [{k: (float(np.mean([ps[c][i][k] for ps in per_seed])) if k != "scale" else per_seed[0][c][i][k])
-                     for k in per_seed[0][c][i]} for i in range(len(SCALES))] for c in per_seed[0]}
-        n_eval = len(yte) * repeats * len(seeds)
+        rows = {c: pooled(per_seed, c) for c in per_seed[0]}
+        n_eval = rows["ours"][0]["targeted_success"]["count"]
         results["sweeps"][name] = {"generation_seconds": seconds, "patches_per_implementation": len(seeds),
-                                   "evaluations_per_point": n_eval, "rows": rows}
+                                   "model_evaluations_per_patch": budget_iters * gen_n,
+                                   "evaluations_per_point": n_eval, "rows": rows,
+                                   "issue_23": {c: issue_23_checks(rows, name, c) for c in ("canvas", "grid_7x7")}}
         succ = [o["targeted_success_rate"] for o in rows["ours"]]
         results["sweeps"][name]["checks"] = {
             "ours_success_not_below_art_beyond_noise": all(
@@ -329,6 +551,24 @@ def main(argv=None):
             "ours_success_at_scale_1": succ[-1],
             "ours_success_at_scale_1_at_least_0.95": bool(succ[-1] >= 0.95),
         }
+        if name == "mnist_framed":
+            models_and_tests[name] = (model, xte, yte)
+
+    # ---------------------------------------------------------------- worst-case placement
+    stride = args.worst_case_stride or (4.0 if args.quick else 1.0)
+    wc_scales = [0.4] if args.quick else [0.3, 0.4, 0.5]
+    angles = (-ROTATION, 0.0, ROTATION)
+    print(f"worst-case placement on mnist_framed digits: every position on a {stride:g}-pixel grid x rotations "
+          f"{list(angles)}, scales {wc_scales} ...", flush=True)
+    model, xte, yte = models_and_tests["mnist_framed"]
+    results["worst_case"] = {"dataset": "mnist_framed", "stride": stride, "angles": list(angles),
+                             "scales": worst_case_section(model, xte, yte, found["mnist_framed"], wc_scales, stride,
+                                                          angles, results["sweeps"]["mnist_framed"]["rows"])}
+
+    # ---------------------------------------------------------------- ResNet50 224x224, success vs area
+    if args.resnet:
+        gen_r, iters_r, batch_r = args.resnet_budget or ((8, 2, 8) if args.quick else (32, 8, 8))
+        results["resnet50_area"] = resnet_area(gen_r, iters_r, batch_r)
 
     # ---------------------------------------------------------------- report
     out = Path(args.output)
@@ -351,6 +591,41 @@ def main(argv=None):
                      for c in names]
             print(f"| {scale:.1f} | " + " | ".join(cells) + " |")
         print("checks:", json.dumps(sw["checks"]))
+        print(f"\nissue 23, {name} digits: targeted success at random placement, Wilson 95% intervals over "
+              f"{sw['evaluations_per_point']} image placements per point ({sw['patches_per_implementation']} patches, "
+              f"{sw['model_evaluations_per_patch']} model evaluations each); ratio to ART [interval bounds]:")
+        shown = ["art", "ours", "canvas", "grid_7x7"]
+        print("| scale | " + " | ".join(shown) + " | canvas / ART | grid_7x7 / ART |")
+        print("|---:|" + "---:|" * (len(shown) + 2))
+        for i, scale in enumerate(SCALES):
+            cells = [_cell(sw["rows"][c][i]["targeted_success"]) for c in shown]
+            for c in ("canvas", "grid_7x7"):
+                r = sw["issue_23"][c]["ratios"][str(scale)]
+                cells.append(f"{r['ratio']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]")
+            print(f"| {scale:.1f} | " + " | ".join(cells) + " |")
+        for c in ("canvas", "grid_7x7"):
+            checks = {k: v for k, v in sw["issue_23"][c].items() if isinstance(v, bool)}
+            print(f"issue 23 checks, {c}: " + json.dumps(checks))
+    if "worst_case" in results:
+        wc = results["worst_case"]
+        print(f"\nworst-case placement, {wc['dataset']} digits (every position on a {wc['stride']:g}-pixel grid x "
+              f"rotations {wc['angles']}; success if any placement wins), beside random placement:")
+        print("| scale | candidate | placements per image | worst case | random placement | any misclassified |")
+        print("|---:|---|---:|---:|---:|---:|")
+        for scale, by in wc["scales"].items():
+            for c, r in by.items():
+                print(f"| {scale} | {c} | {r['placements_per_image']} | {_cell(r['worst_case'])} | "
+                      f"{_cell(r['random_placement'])} | {_cell(r['worst_case_misclassified'])} |")
+    if "resnet50_area" in results:
+        rn = results["resnet50_area"]
+        print(f"\nResNet50 224x224, random weights (a relative figure): targeted success (target {rn['target']}) "
+              f"against patch area, {rn['model_evaluations_per_patch']} model evaluations per patch, "
+              f"{rn['test_images']} test crops:")
+        print("| area | scale | art | ours | canvas |")
+        print("|---:|---:|---:|---:|---:|")
+        for r in rn["rows"]:
+            print(f"| {r['area']:.0%} | {r['scale']:.3f} | " + " | ".join(_cell(r[c], 2) for c in ("art", "ours",
+                                                                                                   "canvas")) + " |")
     print(f"\nwritten: {out / 'results.json'}")
     return 0
 

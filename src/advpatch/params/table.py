@@ -3,9 +3,9 @@ allowed values and description.
 
 :data:`PARAMS` defines each parameter once. :data:`STEP_PARAMS` says which parameters each step takes,
 where a step's default or description differs from the common one. :mod:`advpatch.params.pipelines`
-does the same for the pipelines. Validation, the
-components' signatures and docstrings, their READMEs and the pipelines' signatures come from here
-(``make generate`` writes them; ``make test`` fails while they are stale).
+does the same for the pipelines (``of=`` names the step parameter a pipeline parameter feeds).
+Validation, the components' signatures and docstrings, their READMEs and the pipelines' signatures
+come from here (``make generate`` writes them; ``make test`` fails while they are stale).
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ PATCH_LOCATIONS = ("random", "center")
 """Where a patch goes: anywhere its mask fits wholly inside the image, or the image centre."""
 PATCH_SHAPES = ("square", "circle")
 PATCH_LOSSES = ("auto", "combined", "cross_entropy", "success")
+PATCH_CONDITIONINGS = ("none", "canvas", "grid")
+"""What a patch set is: one patch for every placement ('none'), or what deploy_patch pastes is a fixed
+function of the placement it draws (an image-sized 'canvas', or a 'grid' of patches by cell)."""
+PATCH_PLACEMENTS = ("random", "worst_case")
+"""Where deploy_patch puts each patch: drawn at random, or the placement worst for the model."""
 DEPLOYMENT_METHODS = ("corrupt", "augment")
 DATA_ROLES = ("fit", "predict")
 """What a dataset is used for: training (ART's apply_fit) or prediction (apply_predict)."""
@@ -152,7 +157,25 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("patch_loss", str, "auto", "'cross_entropy' (Brown et al., ART), 'success' (-log of the mean target "
        "probability), 'combined' (their sum) or 'auto' ('success' at the centre, else 'combined').",
        Choices(PATCH_LOSSES)),
+    _p("patch_conditioning", str, "none", "'none': universal patches, one for every placement. 'canvas' or 'grid': "
+       "a placement-conditioned set (deploy_patch pastes a fixed function of the placement it draws): 'canvas' is "
+       "one image-sized canvas aligned with the image, each placement showing it through the patch's mask; 'grid' "
+       "is patch_grid_size^2 patches, one per cell of the patch centre's position. Much stronger at random "
+       "placement, but a threat model of data corruption through deploy_patch, not of a sticker printed once: the "
+       "patch depends on where it lands. 'canvas' needs square images and is image-sized (patch_size 0).",
+       Choices(PATCH_CONDITIONINGS)),
+    _p("patch_grid_size", int, 7, "With patch_conditioning='grid': cells per side of the grid (patch_grid_size^2 "
+       "patches); unused otherwise.", Interval(1, 64, integer=True)),
     # ---- deploy_patch
+    _p("patch_placement", str, "random", "'random': each patch at a placement drawn at random. 'worst_case': per "
+       "image, the attacker picks the position (every worst_case_stride pixels over the positions patch_location "
+       "allows) and rotation (worst_case_angles of them) against the model (and the defence, if any) that makes it "
+       "say the target, surest first; else the one that lowers the true class's probability most. The scale stays "
+       "patch_scale. Needs the model.", Choices(PATCH_PLACEMENTS)),
+    _p("worst_case_stride", int, 2, "With patch_placement='worst_case': pixels between the patch centres tried.",
+       Interval(1, 4096, integer=True)),
+    _p("worst_case_angles", int, 3, "With patch_placement='worst_case': rotations tried at each position, evenly "
+       "spaced over [-rotation_max, rotation_max] (1: upright only).", Interval(1, 64, integer=True)),
     _p("patch_deployment_method", str, "corrupt", "'corrupt' (patched images replace their originals) or 'augment' "
        "(patched copies are added beside every original).", Choices(DEPLOYMENT_METHODS)),
     _p("patch_application_rate", float, 1.0, "Share of the images that get a patch (an exact count).", UNIT),
@@ -220,6 +243,9 @@ differs between runs would keep KFP's cache from ever reusing a task's outputs."
 RELATIONS: Tuple[Relation, ...] = (
     Relation(("scale_min", "scale_max"), lambda lo, hi: lo < hi,
              "scale_min must be smaller than scale_max, got scale_min={scale_min} and scale_max={scale_max}"),
+    Relation(("patch_placement", "defence"), lambda placement, defence: placement == "worst_case" or defence == "none",
+             "defence={defence!r} is what the worst-case search attacks: it needs patch_placement='worst_case', got "
+             "patch_placement={patch_placement!r}"),
     Relation(("gaussian_augmentation_perform_data_augmentation", "gaussian_augmentation_apply_fit",
               "gaussian_augmentation_apply_predict"), lambda augment, fit, predict: not augment or (fit and not predict),
              "gaussian_augmentation_perform_data_augmentation=True adds training images, so it needs "
@@ -235,6 +261,7 @@ def _t(*items):
 
 P = PARAMS
 _DEFENCE = ("data_role", P["batch_size"].but(default=256), "output_tar_name", "seed")
+_ATTACKED_DEFENCE = ("defence", *(own[0] for own in PREPROCESSING_DEFENCES.values()))
 _MODEL_CHOICE = ("model_uri", P["model_architecture"].but(
     default="", optional=True, doc="Optional check: the model's architecture must be this one."))
 _PLACEMENT = ("rotation_max", "scale_min", "scale_max", "patch_location")
@@ -274,12 +301,19 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         "max_iter", "patch_target", "patch_target_name", "num_patch", "num_patch_gen_samples", *_PLACEMENT,
         "patch_shape", "patch_size",
         P["batch_size"].but(default=40, doc="Generation images per optimization step."), "lr_decay", "patch_loss",
-        "defence", *(own[0] for own in PREPROCESSING_DEFENCES.values()),
+        "patch_conditioning", "patch_grid_size", *_ATTACKED_DEFENCE,
         P["seed"].but(doc="Seeds targets, generation images and placements: same seed, same patch bytes.")),
     "deploy_patch": _t(
         "patch_deployment_method", "patch_application_rate", "patch_scale",
-        P["batch_size"].but(default=256), *_PLACEMENT,
-        P["output_tar_name"].but(default="adv_testing.tar"), "output_dataset_name",
+        P["batch_size"].but(default=256, doc="Images per batch; with patch_placement='worst_case', also the patched "
+                                             "images the search scores at a time."), *_PLACEMENT,
+        P["output_tar_name"].but(default="adv_testing.tar"), "output_dataset_name", "patch_placement",
+        "worst_case_stride", "worst_case_angles",
+        P["model_uri"].but(doc="With patch_placement='worst_case': a registered MLflow model ('models:/NAME/VERSION') "
+                               "to search against instead of the model input."), _MODEL_CHOICE[1],
+        P["defence"].but(doc="With patch_placement='worst_case': a preprocessing defence in front of the model the "
+                             "search runs against (as gen_patch's, so the placement is the worst case for the "
+                             "defended classifier); 'none'."), *_ATTACKED_DEFENCE[1:],
         P["seed"].but(doc="Seeds which images get which patch where: same seed, same patched bytes.")),
     "derandomized_smoothing": _t(
         "ablation", "ablation_size", "vote_threshold", "certify_patch_sizes", "model_architecture",

@@ -17,8 +17,23 @@ accuracy but seldom yields the target class), while one trained and deployed at 
 (``location="center"``) learns target strokes that turn the rest of the digit into the target.
 Generation and deployment should use the same distribution; both record it. Size decides too: a
 patch covering most of the image (scale 0.8 and up) is read as the target wherever it is.
+
+Beyond one patch for every placement:
+
+* :mod:`~advpatch.patches.conditioned`: placement-conditioned patch sets (``canvas``, ``grid``),
+  where what deployment pastes is a fixed function of the placement it draws (data corruption
+  through deployment, not a sticker printed once);
+* :mod:`~advpatch.patches.worst_case`: the attacker picks each image's placement against the
+  model (every position on a grid, a few rotations), for deployment and for the figures.
 """
 
+from advpatch.patches.conditioned import (
+                                       ConditionedPatchOptimizer,
+                                       Conditioning,
+                                       apply_set,
+                                       conditioning_of,
+                                       generate_conditioned_patch,
+)
 from advpatch.patches.geometry import (
                                        Placements,
                                        inverse_transforms,
@@ -41,11 +56,30 @@ from advpatch.patches.optimizer import (
                                        resolve_loss,
                                        target_index,
 )
-from advpatch.patches.patchset import FORMAT, PATCH_COLUMNS, PatchSet, PatchSetError, apply_patches, check_fits, deploy
+from advpatch.patches.patchset import (
+                                       FORMAT,
+                                       PATCH_COLUMNS,
+                                       Deployed,
+                                       PatchSet,
+                                       PatchSetError,
+                                       apply_patches,
+                                       check_fits,
+                                       deploy,
+)
+from advpatch.patches.worst_case import (
+                                       Search,
+                                       WorstCase,
+                                       grid_placements,
+                                       search_angles,
+                                       search_placements,
+                                       worst_case_success,
+)
 
 __all__ = [
-    "FORMAT", "LOSSES", "PATCH_COLUMNS", "PatchOptimizer", "PatchSet", "PatchSetError", "Placements", "apply_patches",
-    "check_fits", "check_target", "deploy", "draw_targets", "generate_patch", "generate_patch_set", "inverse_transforms",
-    "learning_rates", "make_mask", "mask_outline", "overlay", "overlay_for_training", "resolve_loss",
-    "sample_placements", "target_index", "transforms", "warp",
+    "FORMAT", "LOSSES", "PATCH_COLUMNS", "ConditionedPatchOptimizer", "Conditioning", "Deployed", "PatchOptimizer",
+    "PatchSet", "PatchSetError", "Placements", "Search", "WorstCase", "apply_patches", "apply_set", "check_fits",
+    "check_target", "conditioning_of", "deploy", "draw_targets", "generate_conditioned_patch", "generate_patch",
+    "generate_patch_set", "grid_placements", "inverse_transforms", "learning_rates", "make_mask", "mask_outline",
+    "overlay", "overlay_for_training", "resolve_loss", "sample_placements", "search_angles", "search_placements",
+    "target_index", "transforms", "warp", "worst_case_success"
 ]

@@ -20,13 +20,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from advpatch import params
 from advpatch.patches.geometry import inverse_transforms, make_mask, sample_placements, transforms, warp
-from advpatch.patches.patchset import PatchSet, apply_patches
+from advpatch.patches.patchset import PatchSet
+
+if TYPE_CHECKING:
+    from advpatch.patches.conditioned import Conditioning
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +86,19 @@ placements that can succeed. ``combined``: their sum. ``gen_patch``'s ``auto`` p
 position distribution (:func:`resolve_loss`)."""
 
 
-def resolve_loss(loss: str, location: str) -> str:
-    """``auto`` -> ``success`` for a fixed position (``center``), ``combined`` for random ones.
+def resolve_loss(loss: str, location: str, conditioning: str = "none") -> str:
+    """``auto`` -> ``success`` for a fixed position (``center``) or a placement-conditioned set,
+    ``combined`` for a universal patch at random positions.
 
     At a fixed position, placements too small to flip the class have nothing to teach and only
     pull the patch away from the scales where it works: ``success`` does better at every scale.
-    At random positions the cross-entropy term is what makes small patches hide the object, as
-    ART's do, so ``combined`` keeps it (README, "Patch attacks", has the measurements)."""
-    params.check(patch_loss=loss, patch_location=location)
+    A conditioned set knows where it is, as a patch at a fixed position does. At random positions
+    the cross-entropy term is what makes small patches hide the object, as ART's do, so
+    ``combined`` keeps it (README, "Patch attacks", has the measurements)."""
+    params.check(patch_loss=loss, patch_location=location, patch_conditioning=conditioning)
     if loss != "auto":
         return loss
-    return "success" if location == "center" else "combined"
+    return "success" if location == "center" or conditioning != "none" else "combined"
 
 
 def learning_rates(learning_rate: float, steps: int, decay_fraction: float) -> np.ndarray:
@@ -169,7 +174,13 @@ class PatchOptimizer:
         with tf.GradientTape() as tape:
             out = self.net(overlay_for_training(x, self.patch, self.mask, rows, inverse_rows))
             loss, mean_ce = self._objective(out, weights, target)
-        grad = tape.gradient(loss, self.patch)
+        self._update(tape.gradient(loss, self.patch), rate)
+        return mean_ce
+
+    def _update(self, grad, rate) -> None:
+        """One Adam update of the patch variable, then the clip to [0, 1]."""
+        import tensorflow as tf
+
         b1, b2 = 0.9, 0.999
         self._t.assign_add(1.0)
         tf.raw_ops.ResourceApplyAdam(  # one fused op for the whole Adam update
@@ -177,7 +188,6 @@ class PatchOptimizer:
             beta1_power=tf.pow(b1, self._t), beta2_power=tf.pow(b2, self._t),
             lr=rate, beta1=b1, beta2=b2, epsilon=1e-7, grad=grad)
         self.patch.assign(tf.clip_by_value(self.patch, 0.0, 1.0))
-        return mean_ce
 
     def _run(self, x, index, rows, inverse_rows, weights, rates, target):
         """Every step in one compiled loop: step s uses images ``x[index[s]]`` at ``rows[s]`` with
@@ -294,21 +304,33 @@ def generate_patch_set(
     placement: Dict[str, Any],
     rng: np.random.Generator,
     settings: Dict[str, Any],
+    conditioning: Optional["Conditioning"] = None,
 ) -> Tuple[PatchSet, List[float]]:
     """One patch per target against ``classifier``, each on its own ``num_gen_samples`` images
     (uint8 ``images``, an array or a :class:`~advpatch.data.dataset.Dataset` of which only the drawn
     images are read; drawn among those whose ``labels`` are not the target), then scored on them at
     fresh placements from the same distribution. ``placement``: ``rotation_max``, ``scale_min``,
     ``scale_max``, ``location``. The patch set records ``settings`` and each patch's figures (the
-    same bytes for the same seed); the seconds each patch took come back beside it."""
+    same bytes for the same seed); the seconds each patch took come back beside it.
+
+    With ``conditioning`` (:mod:`~advpatch.patches.conditioned`), each target gets a conditioned
+    set instead of a patch, with the same budget (a canvas is image-sized: ``patch_size`` is the
+    image's side); ``settings["conditioning"]`` records it."""
     from advpatch.data.dataset import to_float
     from advpatch.evaluation import patch_metrics
+    from advpatch.patches import conditioned
 
     info = classifier.info
     h, w = info.input_shape[:2]
     mask = make_mask(patch_size, patch_shape)
-    optimizer = PatchOptimizer(classifier, info.input_shape, patch_size, mask, learning_rate, lr_decay=lr_decay,
-                               loss=loss)
+    if conditioning is None:
+        optimizer = PatchOptimizer(classifier, info.input_shape, patch_size, mask, learning_rate, lr_decay=lr_decay,
+                                   loss=loss)
+    else:
+        settings = {**settings, "conditioning": conditioning.to_dict()}
+        optimizer = conditioned.ConditionedPatchOptimizer(classifier, info.input_shape, patch_size, mask,
+                                                          learning_rate, conditioning, lr_decay=lr_decay, loss=loss)
+    cells = conditioning.num_cells if conditioning else 1
     results: List[Dict[str, float]] = []
     seconds_list: List[float] = []
     patch_list = []
@@ -318,12 +340,15 @@ def generate_patch_set(
         chosen = rng.choice(candidates, min(num_gen_samples, len(candidates)), replace=False)
         t0 = time.monotonic()
         drawn = images[chosen] if isinstance(images, np.ndarray) else images.take(chosen)
-        patch, history = generate_patch(optimizer, to_float(drawn), int(target), max_iter=max_iter,
-                                        batch_size=batch_size, rng=rng, **placement)
+        generate = generate_patch if conditioning is None else conditioned.generate_conditioned_patch
+        patch, history = generate(optimizer, to_float(drawn), int(target), max_iter=max_iter,
+                                  batch_size=batch_size, rng=rng, **placement)
         seconds = time.monotonic() - t0
-        one = PatchSet(patch[None], mask[None], np.array([target]), info.class_names, info.input_shape)
+        patch = patch if conditioning else patch[None]
+        one = PatchSet(patch, np.repeat(mask[None], cells, 0), np.full(cells, target), info.class_names,
+                       info.input_shape, {"conditioning": conditioning.to_dict()} if conditioning else {})
         where = sample_placements(rng, len(chosen), (h, w), mask=mask, **placement)
-        patched = apply_patches(drawn, one, np.zeros(len(chosen), np.int32), where)
+        patched = conditioned.apply_set(drawn, one, np.zeros(len(chosen), np.int32), where)
         predicted = classifier.predict_labels(to_float(patched))
         score = patch_metrics(labels[chosen], predicted, np.ones(len(chosen), bool), np.full(len(chosen), target))
         results.append({"target": int(target), "final_loss": history[-1], "first_loss": history[0],
@@ -333,6 +358,7 @@ def generate_patch_set(
         patch_list.append(patch)
         log.info("patch %d target %s: loss %.3f -> %.3f, success on its generation images %.3f (%.1f s)",
                  i, info.class_names[target], history[0], history[-1], score["targeted_success_rate"], seconds)
-    patch_set = PatchSet(np.stack(patch_list), np.repeat(mask[None], len(targets), 0), np.asarray(targets, np.int32),
-                         info.class_names, info.input_shape, settings, results)
+    patch_set = PatchSet(np.concatenate(patch_list), np.repeat(mask[None], len(targets) * cells, 0),
+                         np.repeat(np.asarray(targets, np.int32), cells), info.class_names, info.input_shape, settings,
+                         results)
     return patch_set, seconds_list

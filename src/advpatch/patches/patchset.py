@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -230,26 +230,45 @@ def check_fits(patch_set: PatchSet, image_shape, num_classes: int) -> None:
                             f"{num_classes} classes")
 
 
+class Deployed(NamedTuple):
+    """What :func:`deploy` did: how many images it patched, the distances between each patched
+    image and its original, and with a worst-case search, per patched image (in order) whether its
+    placement makes the model say the target (else None)."""
+
+    num_patched: int
+    distances: Dict[str, np.ndarray]
+    won: Optional[np.ndarray] = None
+
+
 def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rate: float, patch_scale: float,
-           placement: Dict[str, Any], batch_size: int, rng: np.random.Generator):
+           placement: Dict[str, Any], batch_size: int, rng: np.random.Generator, search: Any = None) -> Deployed:
     """Put patches on ``dataset`` into ``writer`` (a DatasetWriter with :data:`PATCH_COLUMNS`).
 
     Exactly ``round(application_rate * n)`` images (drawn from ``rng``) get a patch, each a patch of
     the set drawn at random, at ``patch_scale`` (0: a scale drawn from the placement's range), at a
     placement from ``placement`` (``rotation_max``, ``scale_min``, ``scale_max``, ``location``).
     ``corrupt`` replaces those images; ``augment`` keeps every original and adds the patched copies
-    after each batch's originals. Returns (number patched, {distance name: per-image values}).
+    after each batch's originals.
+
+    A placement-conditioned set (:mod:`~advpatch.patches.conditioned`) gives each image, of the set
+    drawn for it, the patch (or canvas) its placement picks; ``patch_index`` records that entry.
+    ``search`` (a :class:`~advpatch.patches.worst_case.Search`) replaces each drawn position and
+    rotation by the worst case for the model (:func:`~advpatch.patches.worst_case.search_placements`);
+    the scale stays as drawn.
     """
     from advpatch.evaluation import distance_stats
+    from advpatch.patches.conditioned import apply_set, entries, num_sets
 
     n = len(dataset)
     chosen = np.zeros(n, dtype=bool)
     chosen[rng.permutation(n)[: int(round(application_rate * n))]] = True
-    which = rng.integers(0, len(patch_set), n).astype(np.int16)
+    which = rng.integers(0, num_sets(patch_set), n).astype(np.int16)
     # every patch of the set must fit where its image's placement puts it: the union of the masks
     where = sample_placements(rng, n, dataset.image_shape[:2], patch_scale=patch_scale,
                               mask=patch_set.masks.max(axis=0), **placement)
+    index = which.copy()  # the entry each image gets (a conditioned set's cell is known once placed)
     distances: Dict[str, List[np.ndarray]] = {}
+    won: List[np.ndarray] = []
     start = 0
     for batch in dataset.batches(batch_size):
         x, y = batch["x"], batch["y"]
@@ -258,19 +277,27 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
         sel = idx[chosen[idx]]
         patched = x[:0]
         if len(sel):
-            patched = apply_patches(x[sel - idx[0]], patch_set, which[sel], where.take(sel), batch_size)
+            if search is not None:
+                found = search.find(x[sel - idx[0]], y[sel - idx[0]], patch_set, which[sel], where.scale[sel],
+                                    placement["location"], batch_size)
+                for f in ("angle", "x", "y"):
+                    getattr(where, f)[sel] = getattr(found.placements, f)
+                won.append(found.won)
+            index[sel] = entries(patch_set, which[sel], where.take(sel))
+            patched = apply_set(x[sel - idx[0]], patch_set, which[sel], where.take(sel), batch_size)
             for k, v in distance_stats(x[sel - idx[0]], patched).items():
                 distances.setdefault(k, []).append(v)
         if method == "corrupt":
             out = x.copy()
             out[sel - idx[0]] = patched
-            writer.write(out, y, **_provenance_columns(idx, chosen[idx], which, where, patch_set))
+            writer.write(out, y, **_provenance_columns(idx, chosen[idx], index, where, patch_set))
         else:
-            writer.write(x, y, **_provenance_columns(idx, np.zeros(len(idx), bool), which, where, patch_set))
+            writer.write(x, y, **_provenance_columns(idx, np.zeros(len(idx), bool), index, where, patch_set))
             if len(sel):
                 writer.write(patched, y[sel - idx[0]],
-                             **_provenance_columns(sel, np.ones(len(sel), bool), which, where, patch_set))
-    return int(chosen.sum()), {k: np.concatenate(v) for k, v in distances.items()}
+                             **_provenance_columns(sel, np.ones(len(sel), bool), index, where, patch_set))
+    return Deployed(int(chosen.sum()), {k: np.concatenate(v) for k, v in distances.items()},
+                    None if search is None else np.concatenate(won) if won else np.zeros(0, bool))
 
 
 def _provenance_columns(idx, patched, which, where, patch_set) -> Dict[str, np.ndarray]:

@@ -56,7 +56,8 @@ def patch_setting(provenance: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Where and how the data's patches were put (the last deploy_patch on its way), for sweeps."""
     for record in reversed(provenance):
         if record.get("step") == "deploy_patch":
-            return {k: record[k] for k in ("patch_scale", "patch_location", "rotation_max") if k in record}
+            return {k: record[k] for k in ("patch_scale", "patch_location", "rotation_max", "patch_placement")
+                    if k in record}
     return {}
 
 

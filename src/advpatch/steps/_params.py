@@ -42,6 +42,16 @@ class DeployPatchParams(StepParams):
     patch_location: str
     output_tar_name: str
     output_dataset_name: str
+    patch_placement: str
+    worst_case_stride: int
+    worst_case_angles: int
+    model_uri: str
+    model_architecture: str
+    defence: str
+    spatial_smoothing_window_size: int
+    jpeg_compression_quality: int
+    gaussian_augmentation_sigma: float
+    feature_squeezing_bit_depth: int
     seed: int
 
 
@@ -115,6 +125,8 @@ class GenPatchParams(StepParams):
     batch_size: int
     lr_decay: float
     patch_loss: str
+    patch_conditioning: str
+    patch_grid_size: int
     defence: str
     spatial_smoothing_window_size: int
     jpeg_compression_quality: int

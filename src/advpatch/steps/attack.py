@@ -17,36 +17,33 @@ def gen_patch(p: GenPatchParams, track: Tracker, *, data: str, patches: str, mod
     Each patch gets its target (``patch_target``, or a random class per patch when -1) and its own
     ``num_patch_gen_samples`` generation images, drawn from those whose label is not the target.
     With ``defence``, the attacker is adaptive: the patch is optimized, and its success on the
-    generation images measured, through that preprocessing defence in front of the model.
+    generation images measured, through that preprocessing defence in front of the model. With
+    ``patch_conditioning``, each target gets a placement-conditioned set (a canvas, or a grid of
+    patches), see :mod:`advpatch.patches.conditioned`.
     """
     import numpy as np
 
     from advpatch import patches as engine
     from advpatch.data.dataset import Dataset
     from advpatch.models import precheck
+    from advpatch.patches import conditioned
 
     dataset = Dataset(data)
     num_classes = len(dataset.class_names)
     precheck(model, p.model_uri, dataset.image_shape, num_classes, p.model_architecture)
     target = engine.target_index(p.patch_target, p.patch_target_name, dataset.class_names)
-    loss = engine.resolve_loss(p.patch_loss, p.patch_location)
+    conditioning, size = conditioned.for_images(p.patch_conditioning, p.patch_grid_size, dataset.image_shape,
+                                                p.patch_size)
+    loss = engine.resolve_loss(p.patch_loss, p.patch_location, p.patch_conditioning)
+    from advpatch.steps._attack import attacked_classifier
 
-    from advpatch.models import resolve, training
-    from advpatch.models.classifier import Classifier
-
-    training.seed_everything(p.seed)
-    net, info = resolve(model, p.model_uri, dataset.image_shape, num_classes, p.model_architecture)
-    classifier = Classifier(net, info)
-    if p.defence != "none":
-        from advpatch.defences.preprocessing import from_params
-
-        classifier = classifier.with_transforms(from_params(p.defence, p.all()))
+    classifier = attacked_classifier(p, model, dataset)
+    info = classifier.info
     labels = dataset.labels()  # the images themselves are read only where a patch draws them
     rng = np.random.default_rng(p.seed)
     targets = engine.draw_targets(target, p.num_patch, num_classes, rng)
     placement = dict(rotation_max=p.rotation_max, scale_min=p.scale_min, scale_max=p.scale_max,
                      location=p.patch_location)
-    size = p.patch_size or min(dataset.image_shape[:2])
     settings = {**p.pick("learning_rate", "max_iter", "patch_target", "patch_target_name", "num_patch",
                          "num_patch_gen_samples", "batch_size", "patch_shape", "lr_decay", "patch_loss", "seed"),
                 "defence": [t.settings() for t in classifier.transforms],
@@ -55,7 +52,8 @@ def gen_patch(p: GenPatchParams, track: Tracker, *, data: str, patches: str, mod
     patch_set, seconds = engine.generate_patch_set(
         classifier, dataset, labels, targets, num_gen_samples=p.num_patch_gen_samples,
         patch_size=size, patch_shape=p.patch_shape, learning_rate=p.learning_rate, lr_decay=p.lr_decay, loss=loss,
-        max_iter=p.max_iter, batch_size=p.batch_size, placement=placement, rng=rng, settings=settings)
+        max_iter=p.max_iter, batch_size=p.batch_size, placement=placement, rng=rng, settings=settings,
+        conditioning=conditioning)
     results = [{**r, "seconds": t} for r, t in zip(patch_set.metrics, seconds)]
     metrics: Dict[str, float] = {}
     for i, r in enumerate(patch_set.metrics):
@@ -67,7 +65,8 @@ def gen_patch(p: GenPatchParams, track: Tracker, *, data: str, patches: str, mod
     successes = [counts[f"patch_{i}_gen_targeted_success_rate"] for i in range(len(results))]
     counts["mean_gen_targeted_success_rate"] = [sum(k for k, _ in successes), sum(n for _, n in successes)]
     metrics["mean_final_loss"] = float(np.mean([r["final_loss"] for r in results]))
-    against = f" against {p.defence}" if p.defence != "none" else ""
+    against = (f" {p.patch_conditioning}" if conditioning else "") + (
+        f" against {p.defence}" if p.defence != "none" else "")
     with track.run(f"gen_patch: {p.num_patch} patches{against}", model=p.model_uri or model) as run:
         log_input(run, data, "generation")
         run.log_metrics(metrics)
@@ -76,7 +75,7 @@ def gen_patch(p: GenPatchParams, track: Tracker, *, data: str, patches: str, mod
     from advpatch.data.readers import png_base64
 
     target_names = [dataset.class_names[t] for t in targets]
-    previews = [png_base64(patch_set.rgba(i)) for i in range(len(patch_set))]
+    previews = [png_base64(conditioned.preview(patch_set, i)) for i in range(len(targets))]
     return StepResult(
         step="gen_patch",
         label=f"gen_patch x{p.num_patch}{against} ({p.patch_location}, scale {p.scale_min}-{p.scale_max})",
@@ -87,18 +86,25 @@ def gen_patch(p: GenPatchParams, track: Tracker, *, data: str, patches: str, mod
 
 
 @step("deploy_patch")
-def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: str, patched_data: str) -> StepResult:
+def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: str, patched_data: str,
+                 model: str = "") -> StepResult:
     """Put patches from a patch set on a dataset (see :func:`advpatch.patches.deploy`): the patched
-    dataset carries each image's provenance (was it patched, with which patch, where)."""
+    dataset carries each image's provenance (was it patched, with which patch, where). A
+    placement-conditioned set pastes what each placement picks. ``patch_placement='worst_case'``
+    searches each image's placement against the model (``model`` or ``model_uri``), with
+    ``defence`` in front (see :mod:`advpatch.patches.worst_case`)."""
     import numpy as np
 
     from advpatch import patches as engine
     from advpatch.data.dataset import Dataset, DatasetWriter
     from advpatch.evaluation import summarize
+    from advpatch.steps._attack import check_placement, worst_case_search
 
     dataset = Dataset(data)
     patch_set = engine.PatchSet.load(patches)
     engine.check_fits(patch_set, dataset.image_shape, len(dataset.class_names))
+    engine.conditioning_of(patch_set)  # a conditioned set must hold whole sets
+    worst = check_placement(p, model, dataset)
     if dataset.spec.columns:
         log.warning("deploy_patch: dropping the input's per-image columns %s", sorted(dataset.spec.columns))
     placement = dict(rotation_max=p.rotation_max, scale_min=p.scale_min, scale_max=p.scale_max,
@@ -107,18 +113,22 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
                                                "seed", "rotation_max", "scale_min", "scale_max", "patch_location",
                                                "patch_scale"),
               "patch_set": patch_set.settings.get("model", ""), "targets": [int(t) for t in patch_set.targets]}
+    search = worst_case_search(p, model, dataset, record) if worst else None
     with DatasetWriter(patched_data, dataset.image_shape, dataset.class_names, columns=engine.PATCH_COLUMNS,
                        provenance=dataset.spec.provenance + [record]) as writer:
-        num_patched, distances = engine.deploy(
+        num_patched, distances, won = engine.deploy(
             dataset, patch_set, writer, method=p.patch_deployment_method,
             application_rate=p.patch_application_rate, patch_scale=p.patch_scale, placement=placement,
-            batch_size=p.batch_size, rng=np.random.default_rng(p.seed))
+            batch_size=p.batch_size, rng=np.random.default_rng(p.seed), search=search)
     metrics: Dict[str, float] = {"num_patched": float(num_patched), "num_examples": float(writer.spec.num_examples)}
+    if won is not None:  # images whose chosen placement makes the model (as searched) say the target
+        metrics.update(worst_case_num_won=float(won.sum()), worst_case_won_rate=float(won.mean()) if len(won) else 0.0)
     for k, values in distances.items():
         metrics.update({f"{k}_{stat}": v for stat, v in summarize(values).items()})
     details: Dict[str, Any] = {**p.pick("patch_deployment_method", "patch_application_rate", "batch_size", "seed",
-                                        "patch_scale"), **placement}
-    with track.run(f"deploy_patch: {p.patch_deployment_method}") as run:
+                                        "patch_scale", "patch_placement"), **placement}
+    with track.run(f"deploy_patch: {p.patch_deployment_method}" + (", worst case" if worst else ""),
+                   **({"model": p.model_uri or model} if worst else {})) as run:
         log_input(run, data, "deployment")
         run.log_metrics(metrics)
         if p.output_tar_name:  # the seed's cross-run reuse: adv_testing.tar / adversarial_patched_data
@@ -127,8 +137,9 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
     log.info("deploy_patch: %d of %d images patched (%s), %d written", num_patched, len(dataset),
              p.patch_deployment_method, writer.spec.num_examples)
     scale = f"scale {p.patch_scale}" if p.patch_scale else f"scale {p.scale_min}-{p.scale_max}"
+    where = f"worst case of {p.patch_location}" if worst else p.patch_location
     return StepResult(
-        step="deploy_patch", label=f"deploy_patch {p.patch_deployment_method} ({p.patch_location}, {scale})",
+        step="deploy_patch", label=f"deploy_patch {p.patch_deployment_method} ({where}, {scale})",
         metrics=metrics, details=details,
         outputs={"patched_data": {"num_examples": writer.spec.num_examples, "num_patched": num_patched}},
     )
