@@ -14,6 +14,7 @@ from typing import Any, Dict, Mapping
 
 from advpatch.params.rules import Choices, Interval, Param, ParameterError, Pattern, Relation, parse_text, validate
 from advpatch.params.table import (
+    ABLATIONS,
     ARCHITECTURES,
     COLOR_MODES,
     CONDITIONS,
@@ -62,6 +63,7 @@ def require(condition: bool, message: str) -> None:
 
 
 __all__ = [
+    "ABLATIONS",
     "ARCHITECTURES",
     "COLOR_MODES",
     "CONDITIONS",
