@@ -106,8 +106,8 @@ def test_the_step_trains_certifies_and_every_certificate_holds(tmp_path, outputs
 
 def test_arts_derandomized_smoothing_agrees_image_by_image(tmp_path, outputs):
     """ART's TensorFlowV2DeRandomizedSmoothing on the same base model and images: the same views,
-    votes, predictions and certificates (tests/benchmarks/art_derandomized.py; `make bench` runs
-    it on the whole test set)."""
+    votes, predictions and certificates, with column views and with row views
+    (tests/benchmarks/art_derandomized.py; `make bench` runs it on the whole test set)."""
     import sys
     from pathlib import Path
 
@@ -127,6 +127,11 @@ def test_arts_derandomized_smoothing_agrees_image_by_image(tmp_path, outputs):
     assert found["views_identical_to_advpatch"] and found["art_wraps_around"]
     assert all(s["certified_disagree"] == 0 for s in found["per_size"].values())
     assert any(s["advpatch_certified"] for s in found["per_size"].values())
+    # row views (ART's row mode; one half of a cross model's views): the same views and votes too
+    rows = compare_with_art(str(tmp_path / "base"), str(tmp_path / "test"), patch_sizes=(3,), threshold=0.2,
+                            ablation="row")
+    assert rows["views_identical_to_advpatch"] and rows["art_wraps_around"] and rows["vote_counts_identical_per_image"]
+    assert rows["per_size"][3]["certified_disagree"] == 0
 
 
 def test_row_and_cross_views_and_their_bound_hold_in_the_worst_case():

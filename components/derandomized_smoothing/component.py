@@ -35,14 +35,15 @@ def derandomized_smoothing(
     """Certified patch robustness by derandomized smoothing (Levine and Feizi 2020) - train on ablated views, certify every test image.
 
     A certified defence against patches of a given size. A base classifier is trained on ablated
-    views of the training images (a band of ablation_size columns, or a square block, kept; each
-    kept pixel encoded as (x, 1 - x), removed ones as (0, 0)). The smoothed classifier classifies
-    every view of a test image (every position, wrapping around) and takes the class with the most
-    votes; the prediction is certified against any square patch of side p, anywhere, when its votes
-    lead every other class's by more than twice the number of views such a patch can touch. Reports
-    clean accuracy, certified accuracy at each of certify_patch_sizes, and a certificate per image;
-    on test data with patched copies (deploy_patch augment), also the smoothed classifier's accuracy
-    and targeted success on the patched images (its row of the comparison table).
+    views of the training images (a band of ablation_size columns or rows, or a square block, kept;
+    'cross' takes every column band and every row band; each kept pixel encoded as (x, 1 - x),
+    removed ones as (0, 0)). The smoothed classifier classifies every view of a test image (every
+    position, wrapping around) and takes the class with the most votes; the prediction is certified
+    against any square patch of side p, anywhere, when its votes lead every other class's by more
+    than twice the number of views such a patch can touch. Reports clean accuracy, certified
+    accuracy at each of certify_patch_sizes, and a certificate per image; on test data with patched
+    copies (deploy_patch augment), also the smoothed classifier's accuracy and targeted success on
+    the patched images (its row of the comparison table).
 
     Args:
         training_data: The training images (the base classifier sees ablated views of them).

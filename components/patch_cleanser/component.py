@@ -42,7 +42,9 @@ def patch_cleanser(
     every other mask, and wins if that round is unanimous; failing that, the majority. A prediction
     is certified against a patch of side p when the image is classified the same under every pair of
     masks of p's mask set. With masked_training_epochs > 0 the classifier is first trained on images
-    under two random masks of the set (the paper's masked training). Reports clean accuracy,
+    under two random masks of the set (the paper's masked training); with
+    masked_training_architecture, a fresh network of that architecture is trained so from scratch
+    and defended instead (the given model then fixes only the classes). Reports clean accuracy,
     certified accuracy at each of certify_patch_sizes, and a certificate per image; on test data
     with patched copies (deploy_patch augment), also accuracy and targeted success on the patched
     images (its row of the comparison table).
