@@ -64,8 +64,9 @@ def build(placement=None):
                 s3://BUCKET/PREFIX or mlflow-run://RUN_ID/TAR_NAME. Feeds load_dataset's source.
             image_size: Images are resized to this size (LeNet: 28). Allowed: an integer in [0,
                 4096].
-            model_architecture: The network: 'le_net', 'shallow_net', 'alex_net', 'resnet50' or
-                'vgg16'. Allowed: one of 'le_net', 'shallow_net', 'alex_net', 'resnet50', 'vgg16'.
+            model_architecture: The network: 'le_net', 'shallow_net', 'conv_net', 'alex_net',
+                'resnet50' or 'vgg16'. Allowed: one of 'le_net', 'shallow_net', 'conv_net',
+                'alex_net', 'resnet50', 'vgg16'.
             optimizer: 'rmsprop', 'adam', 'adagrad' or 'sgd'. Allowed: one of 'rmsprop', 'adam',
                 'adagrad', 'sgd'.
             epochs: Passes over the training data; may be fractional. Allowed: a number > 0.

@@ -31,7 +31,8 @@ def test_the_bound_and_its_tie_rule():
 
 
 @pytest.mark.parametrize("kind,size,patch,hw", [("column", 4, 5, (28, 28)), ("column", 2, 3, (12, 12)),
-                                                ("block", 3, 2, (12, 12))])
+                                                ("row", 2, 3, (12, 12)), ("cross", 2, 3, (12, 12)),
+                                                ("cross", 2, 5, (28, 28)), ("block", 3, 2, (12, 12))])
 def test_certificates_survive_the_worst_case_and_a_broken_one_does_not(kind, size, patch, hw):
     """View predictions with every margin around the bound: no patch position, with every view it
     touches voting for the best rival, changes a certified prediction; with the bound off by one,
@@ -105,8 +106,8 @@ def test_the_step_trains_certifies_and_every_certificate_holds(tmp_path, outputs
 
 def test_arts_derandomized_smoothing_agrees_image_by_image(tmp_path, outputs):
     """ART's TensorFlowV2DeRandomizedSmoothing on the same base model and images: the same views,
-    votes, predictions and certificates (tests/benchmarks/art_derandomized.py; `make bench` runs
-    it on the whole test set)."""
+    votes, predictions and certificates, with column views and with row views
+    (tests/benchmarks/art_derandomized.py; `make bench` runs it on the whole test set)."""
     import sys
     from pathlib import Path
 
@@ -126,3 +127,57 @@ def test_arts_derandomized_smoothing_agrees_image_by_image(tmp_path, outputs):
     assert found["views_identical_to_advpatch"] and found["art_wraps_around"]
     assert all(s["certified_disagree"] == 0 for s in found["per_size"].values())
     assert any(s["advpatch_certified"] for s in found["per_size"].values())
+    # row views (ART's row mode; one half of a cross model's views): the same views and votes too
+    rows = compare_with_art(str(tmp_path / "base"), str(tmp_path / "test"), patch_sizes=(3,), threshold=0.2,
+                            ablation="row")
+    assert rows["views_identical_to_advpatch"] and rows["art_wraps_around"] and rows["vote_counts_identical_per_image"]
+    assert rows["per_size"][3]["certified_disagree"] == 0
+
+
+def test_row_and_cross_views_and_their_bound_hold_in_the_worst_case():
+    """``row`` keeps a band of rows; ``cross`` takes every column band, then every row band, and a
+    square patch reaches as many of each (2 (p + b - 1)). On votes where the winner holds every view
+    but a few scattered ones, no certified image is flipped, and with the bound off by one some are."""
+    row = certified.kept_mask("row", 2, 27, (28, 28))
+    assert row.all(axis=1).tolist() == [r in (27, 0) for r in range(28)] and row.sum() == 56
+    cross = [certified.kept_mask("cross", 2, q, (28, 28)) for q in (3, 28 + 3)]
+    assert cross[0].all(axis=0)[3:5].all() and cross[1].all(axis=1)[3:5].all() and (cross[0] == cross[1].T).all()
+    assert certified.positions("cross", (28, 20)) == 48 and certified.delta("cross", 2, 5) == 12
+    assert certified.delta("row", 2, 5) == 6
+    rng = np.random.default_rng(0)
+    n, views = 400, certified.positions("cross", (28, 28))
+    winner_views = rng.integers(30, views + 1, n)  # how many views vote for class 0; the rest for class 1
+    view_votes = np.ones((n, views), np.int64)
+    for i, k in enumerate(winner_views):
+        view_votes[i, rng.permutation(views)[:k]] = 0
+    votes = certified.one_hot(view_votes, 3)
+    counts = certified.counts(votes)
+    proof = certified.certify(counts, "cross", 2, 5)
+    assert proof.any() and not proof.all()
+    assert certified.worst_case_flips(votes, "cross", 2, 5, (28, 28), proof).size == 0
+    broken = certified.certify(counts, "cross", 2, 5, margin=-1)
+    assert certified.worst_case_flips(votes, "cross", 2, 5, (28, 28), broken).size > 0
+
+
+def test_bad_settings_fail_before_tensorflow_and_write_nothing(tmp_path, outputs):
+    """The new settings (row and cross views, the learning-rate decay, conv_net) are checked with the
+    rest, before TensorFlow is imported: a clear error and nothing written."""
+    import re
+
+    from conftest import error_before_tensorflow
+
+    from advpatch import steps
+
+    steps.load_dataset(dataset=str(tmp_path / "train"), source="digits", split="train", max_examples=40)
+    steps.load_dataset(dataset=str(tmp_path / "test"), source="digits", split="test", max_examples=10)
+    cases = [(dict(ablation="diagonal"), r"ablation must be one of 'column', 'row', 'cross', 'block', got 'diagonal'"),
+             (dict(ablation="cross", ablation_size=29), r"ablation_size must be in \[1, 28\] for 28x28 images, got 29"),
+             (dict(lr_decay=-0.1), r"lr_decay must be in \[0, 1\], got -0.1"),
+             (dict(model_architecture="conv_net", learning_rate=0), r"learning_rate must be a number > 0, got 0"),
+             (dict(model_architecture="convnet"), r"model_architecture must be one of .*'conv_net'.*got 'convnet'")]
+    for case, message in cases:
+        args = {"training_data": str(tmp_path / "train"), "testing_data": str(tmp_path / "test"),
+                "model": str(tmp_path / "bad"), "certificates": str(tmp_path / "bad.csv"), **case}
+        out = error_before_tensorflow("derandomized_smoothing", args)
+        assert re.search(message, out), (case, out)
+        assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.csv").exists()

@@ -8,7 +8,7 @@ from advpatch.params import ParameterError
 
 @pytest.mark.parametrize(
     "architecture, shape",
-    [("le_net", (28, 28, 1)), ("shallow_net", (28, 28, 1)), ("alex_net", (28, 28, 1)),
+    [("le_net", (28, 28, 1)), ("shallow_net", (28, 28, 1)), ("conv_net", (28, 28, 1)), ("alex_net", (28, 28, 1)),
      ("resnet50", (32, 32, 3)), ("vgg16", (32, 32, 1))],
 )
 def test_each_architecture_outputs_class_probabilities(architecture, shape):

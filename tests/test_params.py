@@ -12,7 +12,7 @@ from advpatch.params import ParameterError
 @pytest.mark.parametrize(
     "name, value, message",
     [
-        ("model_architecture", "lenet", "model_architecture must be one of 'le_net', 'shallow_net', 'alex_net', 'resnet50', 'vgg16', got 'lenet'"),
+        ("model_architecture", "lenet", "model_architecture must be one of 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50', 'vgg16', got 'lenet'"),
         ("optimizer", "adamw", "optimizer must be one of 'rmsprop', 'adam', 'adagrad', 'sgd', got 'adamw'"),
         ("validation_split", 1.0, "validation_split must be in [0, 1), got 1.0"),
         ("validation_split", -0.1, "validation_split must be in [0, 1), got -0.1"),

@@ -133,7 +133,15 @@ def test_the_step_defends_a_trained_model_and_every_certificate_holds(tmp_path, 
     cases = [(dict(masks_per_side=30), r"masks_per_side must be in \[1, 24\] for 5-pixel patches on 28 pixels, got 30"),
              (dict(certify_patch_sizes=[3, 40]), r"certify_patch_sizes \[40\] do not fit 28x28 images"),
              (dict(mask_patch_size=0), r"mask_patch_size must be .*got 0"),
-             (dict(model=str(tmp_path / "test")), r"model")]
+             (dict(model=str(tmp_path / "test")), r"model"),
+             (dict(masked_training_architecture="lenet", masked_training_epochs=2),
+              r"masked_training_architecture must be one of 'le_net', .*'conv_net'.*, got 'lenet'"),
+             (dict(masked_training_architecture="conv_net"),
+              r"masked_training_architecture='conv_net' trains a fresh network, so it needs "
+              r"masked_training_epochs > 0, got 0"),
+             (dict(masked_training_architecture="resnet50", masked_training_epochs=2),
+              r"model_architecture 'resnet50' needs images of at least 32x32"),
+             (dict(lr_decay=1.5), r"lr_decay must be in \[0, 1\], got 1.5")]
     for case, message in cases:
         args = {"model": str(tmp_path / "model"), "training_data": str(tmp_path / "train"),
                 "testing_data": str(tmp_path / "test"), "defended_model": str(tmp_path / "bad"),
@@ -141,3 +149,30 @@ def test_the_step_defends_a_trained_model_and_every_certificate_holds(tmp_path, 
         out = error_before_tensorflow("patch_cleanser", args)
         assert re.search(message, out), (case, out)
         assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.csv").exists()
+
+
+def test_masked_training_can_start_from_a_fresh_wider_network(tmp_path, outputs):
+    """masked_training_architecture: the defended model is a fresh network of that architecture
+    trained on masked views (the given model fixes only the classes and the image shape), and its
+    certificates hold in the worst case."""
+    from advpatch import steps
+    from advpatch.data.dataset import Dataset, to_float
+    from advpatch.models import load_model
+
+    steps.load_dataset(dataset=str(tmp_path / "train"), source="digits", split="train", max_examples=300)
+    steps.load_dataset(dataset=str(tmp_path / "test"), source="digits", split="test", max_examples=40)
+    steps.train(training_data=str(tmp_path / "train"), testing_data=str(tmp_path / "test"),
+                model=str(tmp_path / "model"), epochs=1, register_model=False)
+    result = steps.patch_cleanser(
+        model=str(tmp_path / "model"), training_data=str(tmp_path / "train"), testing_data=str(tmp_path / "test"),
+        defended_model=str(tmp_path / "defended"), certificates=str(tmp_path / "certificates.csv"),
+        masked_training_epochs=6, masked_training_architecture="conv_net", certify_patch_sizes=[3],
+        masks_per_side=3, mask_patch_size=3)
+    assert result.details["masked_training_architecture"] == "conv_net"
+    net, info = load_model(tmp_path / "defended")
+    assert info.architecture == "conv_net" and info.class_names == [str(i) for i in range(10)]
+    x = to_float(Dataset(tmp_path / "test").take(range(40)))
+    masks = pc.mask_set((28, 28), 3, 3)
+    predicted = pc.predict(pc.MaskedClassifier(net, x, masks), 10)
+    certified = pc.certify(pc.MaskedClassifier(net, x, masks), predicted)
+    assert pc.worst_case_flips(net, x, predicted, certified, masks, 3, 10).size == 0

@@ -26,6 +26,7 @@ def derandomized_smoothing(
     epochs: int = 300,
     batch_size: int = 128,
     learning_rate: float = 0.004,
+    lr_decay: float = 0.0,
     row: str = "",
     seed: int = 0,
     experiment_name: str = "",
@@ -34,34 +35,39 @@ def derandomized_smoothing(
     """Certified patch robustness by derandomized smoothing (Levine and Feizi 2020) - train on ablated views, certify every test image.
 
     A certified defence against patches of a given size. A base classifier is trained on ablated
-    views of the training images (a band of ablation_size columns, or a square block, kept; each
-    kept pixel encoded as (x, 1 - x), removed ones as (0, 0)). The smoothed classifier classifies
-    every view of a test image (every position, wrapping around) and takes the class with the most
-    votes; the prediction is certified against any square patch of side p, anywhere, when its votes
-    lead every other class's by more than twice the number of views such a patch can touch. Reports
-    clean accuracy, certified accuracy at each of certify_patch_sizes, and a certificate per image;
-    on test data with patched copies (deploy_patch augment), also the smoothed classifier's accuracy
-    and targeted success on the patched images (its row of the comparison table).
+    views of the training images (a band of ablation_size columns or rows, or a square block, kept;
+    'cross' takes every column band and every row band; each kept pixel encoded as (x, 1 - x),
+    removed ones as (0, 0)). The smoothed classifier classifies every view of a test image (every
+    position, wrapping around) and takes the class with the most votes; the prediction is certified
+    against any square patch of side p, anywhere, when its votes lead every other class's by more
+    than twice the number of views such a patch can touch. Reports clean accuracy, certified
+    accuracy at each of certify_patch_sizes, and a certificate per image; on test data with patched
+    copies (deploy_patch augment), also the smoothed classifier's accuracy and targeted success on
+    the patched images (its row of the comparison table).
 
     Args:
         training_data: The training images (the base classifier sees ablated views of them).
         testing_data: The images to classify and certify (clean, or clean and patched copies from
             deploy_patch augment).
-        ablation: What each view keeps: a band of columns ('column') or a square block ('block').
-            Allowed: one of 'column', 'block'.
-        ablation_size: Width of the kept band (or side of the kept block), in pixels. Allowed: an
+        ablation: What each view keeps: a band of columns ('column') or rows ('row'), a square block
+            ('block'), or both kinds of band ('cross': twice the views; a patch reaches twice as
+            many). Allowed: one of 'column', 'row', 'cross', 'block'.
+        ablation_size: Width of the kept bands (or side of the kept block), in pixels. Allowed: an
             integer in [1, 4096].
         vote_threshold: A view votes for every class whose probability reaches this (0: one vote,
             for its most probable class); a view that sees nothing then votes for none. Allowed: in
             [0, 1).
         certify_patch_sizes: Sides of the square patches to certify against, in pixels. Allowed: a
             non-empty list of distinct numbers, each an integer in [1, 4096].
-        model_architecture: The network: 'le_net', 'shallow_net', 'alex_net', 'resnet50' or 'vgg16'.
-            Allowed: one of 'le_net', 'shallow_net', 'alex_net', 'resnet50', 'vgg16'.
+        model_architecture: The network: 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50'
+            or 'vgg16'. Allowed: one of 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50',
+            'vgg16'.
         epochs: Passes over the training images, each image at a fresh view each pass. Allowed: an
             integer >= 1.
         batch_size: Images per batch. Allowed: an integer >= 1.
         learning_rate: The optimizer's initial learning rate. Allowed: a number > 0.
+        lr_decay: Share of the training steps, at the end, over which the learning rate decays
+            (cosine) to 1%; 0 keeps it constant. Allowed: in [0, 1].
         row: Row of the comparison table; empty: 'derandomized smoothing (<ablation> <size>)'.
         seed: Seeds the weights and the views: same seed, same certificates. Allowed: an integer in
             [0, 2147483647].

@@ -56,7 +56,7 @@ def gen_patch(
         model_uri: A registered MLflow model ('models:/NAME/VERSION') to use instead of a Model
             artifact. Allowed: 'models:/NAME/VERSION' or 'runs:/RUN_ID/PATH', or empty.
         model_architecture: Optional check: the model's architecture must be this one. Allowed: one
-            of 'le_net', 'shallow_net', 'alex_net', 'resnet50', 'vgg16', or empty.
+            of 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50', 'vgg16', or empty.
         learning_rate: Adam step size on patch pixels in [0, 1]; the rate of the first steps.
             Allowed: a number > 0.
         max_iter: Passes over the generation images, as ART counts iterations. Allowed: an integer

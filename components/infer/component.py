@@ -41,7 +41,7 @@ def infer(
         model_uri: A registered MLflow model ('models:/NAME/VERSION') to use instead of a Model
             artifact. Allowed: 'models:/NAME/VERSION' or 'runs:/RUN_ID/PATH', or empty.
         model_architecture: Optional check: the model's architecture must be this one. Allowed: one
-            of 'le_net', 'shallow_net', 'alex_net', 'resnet50', 'vgg16', or empty.
+            of 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50', 'vgg16', or empty.
         batch_size: Images per forward pass. Allowed: an integer >= 1.
         row: Row of the comparison table this evaluation belongs to (e.g. 'baseline', 'JPEG
             compression'); empty: the model's architecture.

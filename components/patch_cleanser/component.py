@@ -23,8 +23,10 @@ def patch_cleanser(
     masks_per_side: int = 6,
     certify_patch_sizes: list = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
     masked_training_epochs: int = 0,
+    masked_training_architecture: str = "",
     batch_size: int = 64,
     learning_rate: float = 0.001,
+    lr_decay: float = 0.0,
     row: str = "",
     seed: int = 0,
     experiment_name: str = "",
@@ -40,7 +42,9 @@ def patch_cleanser(
     every other mask, and wins if that round is unanimous; failing that, the majority. A prediction
     is certified against a patch of side p when the image is classified the same under every pair of
     masks of p's mask set. With masked_training_epochs > 0 the classifier is first trained on images
-    under two random masks of the set (the paper's masked training). Reports clean accuracy,
+    under two random masks of the set (the paper's masked training); with
+    masked_training_architecture, a fresh network of that architecture is trained so from scratch
+    and defended instead (the given model then fixes only the classes). Reports clean accuracy,
     certified accuracy at each of certify_patch_sizes, and a certificate per image; on test data
     with patched copies (deploy_patch augment), also accuracy and targeted success on the patched
     images (its row of the comparison table).
@@ -60,8 +64,15 @@ def patch_cleanser(
             non-empty list of distinct numbers, each an integer in [1, 4096].
         masked_training_epochs: Passes of masked training over the training images before masking
             (two masks of the set on each image); 0: the model as given. Allowed: an integer >= 0.
+        masked_training_architecture: Masked training trains a fresh network of this architecture
+            (as model_architecture) from scratch, and it is defended: the given model then only
+            fixes the classes and the image shape (needs masked_training_epochs > 0). Empty: masked
+            training fine-tunes the given model. Allowed: one of 'le_net', 'shallow_net',
+            'conv_net', 'alex_net', 'resnet50', 'vgg16', or empty.
         batch_size: Images per masked-training step. Allowed: an integer >= 1.
         learning_rate: Adam's learning rate for masked training. Allowed: a number > 0.
+        lr_decay: Share of the training steps, at the end, over which the learning rate decays
+            (cosine) to 1%; 0 keeps it constant. Allowed: in [0, 1].
         row: Row of the comparison table; empty: 'PatchCleanser (masked training)' or 'PatchCleanser
             (no masked training)'.
         seed: Seeds masked training's masks and order: same seed, same certificates. Allowed: an

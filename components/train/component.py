@@ -46,8 +46,9 @@ def train(
             on patched data).
         testing_data: Images to evaluate the trained model on (test accuracy, loss and accuracy
             under PGD).
-        model_architecture: The network: 'le_net', 'shallow_net', 'alex_net', 'resnet50' or 'vgg16'.
-            Allowed: one of 'le_net', 'shallow_net', 'alex_net', 'resnet50', 'vgg16'.
+        model_architecture: The network: 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50'
+            or 'vgg16'. Allowed: one of 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50',
+            'vgg16'.
         optimizer: 'rmsprop', 'adam', 'adagrad' or 'sgd'. Allowed: one of 'rmsprop', 'adam',
             'adagrad', 'sgd'.
         epochs: Passes over the training data; may be fractional. Allowed: a number > 0.

@@ -3,11 +3,16 @@
 
     python tests/benchmarks/art_derandomized.py MODEL_DIR TEST_DATASET_DIR
 
-The base model takes advpatch's views [n, 28, 28, 2]: ``(x, 1 - x)`` where a column band of the
-ablation size is kept, ``(0, 0)`` elsewhere. ART's column ablator appends the ``1 - x`` channel
-itself (in the same order), so ART is given the images [n, 28, 28, 1] with ``input_shape=(28, 28, 1)``
-and ``channels_first=False``: it transposes to channels-first, ablates and transposes back, and
-the model receives exactly advpatch's views (checked here view by view, every position). Both
+The base model takes advpatch's views [n, 28, 28, 2]: ``(x, 1 - x)`` where a column (or row) band
+of the ablation size is kept, ``(0, 0)`` elsewhere. ART's column ablator appends the ``1 - x``
+channel itself (in the same order), so ART is given the images [n, 28, 28, 1] with
+``input_shape=(28, 28, 1)`` and ``channels_first=False``: it transposes to channels-first, ablates
+(in row mode, on the image transposed) and transposes back, and the model receives exactly
+advpatch's views (checked here view by view, every position). ART has column, row and block views
+but not advpatch's ``cross`` (every column band and every row band, one vote each, a patch reaching
+``2 (p + b - 1)`` views): a cross-trained base model is compared one half at a time (its column
+views with ``ablation="column"``, its row views with ``ablation="row"``: the views, the votes and
+each half's own certificate), and the cross certificate itself has no ART counterpart. Both
 sides are timed on the same images after a small warm-up (tracing excluded); each side's time
 covers every view's forward pass, the votes, the counts and the certificates at every patch size.
 ART's source lines are quoted from the installed package, so the notes name exact file:line.
@@ -45,33 +50,35 @@ def _failure(error: BaseException) -> dict:
             "traceback": traceback.format_exception(error)[-3:]}
 
 
-def _advpatch_side(net, x, patch_sizes, ablation_size, threshold) -> dict:
+def _advpatch_side(net, x, patch_sizes, ablation, ablation_size, threshold) -> dict:
     from advpatch.defences import smoothing as certified
 
-    certified.view_probabilities(net, x[:2], "column", ablation_size)  # warm-up
+    certified.view_probabilities(net, x[:2], ablation, ablation_size)  # warm-up
     start = time.perf_counter()
-    probs = certified.view_probabilities(net, x, "column", ablation_size)
+    probs = certified.view_probabilities(net, x, ablation, ablation_size)
     votes = certified.counts(certified.votes_from(probs, threshold))
-    certs = {p: certified.certify(votes, "column", ablation_size, p) for p in patch_sizes}
+    certs = {p: certified.certify(votes, ablation, ablation_size, p) for p in patch_sizes}
     seconds = time.perf_counter() - start
     return {"counts": votes, "predictions": certified.predict(votes), "certified": certs, "seconds": seconds}
 
 
-def _art_side(net, x, y, patch_sizes, ablation_size, threshold) -> dict:
+def _art_side(net, x, y, patch_sizes, ablation, ablation_size, threshold) -> dict:
     from art.estimators.certification.derandomized_smoothing import TensorFlowV2DeRandomizedSmoothing
 
     from advpatch.defences import smoothing as certified
 
     art = TensorFlowV2DeRandomizedSmoothing(
-        model=net, nb_classes=int(net.output_shape[-1]), ablation_type="column", ablation_size=ablation_size,
+        model=net, nb_classes=int(net.output_shape[-1]), ablation_type=ablation, ablation_size=ablation_size,
         threshold=threshold, logits=False, input_shape=x.shape[1:], channels_first=False, clip_values=(0.0, 1.0))
-    # the views ART feeds the model, against advpatch's, at every column position (wrap-around included)
+    # the views ART feeds the model, against advpatch's, at every band position (wrap-around included)
     h, w = x.shape[1:3]
+    bands = certified.positions(ablation, (h, w))
     views_identical = all(
         np.array_equal(art.ablator.forward(np.copy(x[:8]), column_pos=q),
-                       certified.ablate(x[:8], certified.kept_mask("column", ablation_size, q, (h, w))))
-        for q in range(w))
-    last = art.ablator.forward(np.ones_like(x[:1]), column_pos=w - 1)[0, 0, :, 0]
+                       certified.ablate(x[:8], certified.kept_mask(ablation, ablation_size, q, (h, w))))
+        for q in range(bands))
+    last = art.ablator.forward(np.ones_like(x[:1]), column_pos=bands - 1)[0]
+    last = last[0, :, 0] if ablation == "column" else last[:, 0, 0]
     art.predict(x[:2])  # warm-up (tracing)
     start = time.perf_counter()
     counts = np.asarray(art.predict(x))
@@ -84,18 +91,18 @@ def _art_side(net, x, y, patch_sizes, ablation_size, threshold) -> dict:
     evaluated = {p: [float(v) for v in art.eval_and_certify(x, y, size_to_certify=p, verbose=False)]
                  for p in patch_sizes}
     return {"counts": counts, "predictions": predictions, "certified": certs, "seconds": seconds,
-            "views_identical": bool(views_identical), "kept_columns_at_last_position": np.flatnonzero(last).tolist(),
+            "views_identical": bool(views_identical), "kept_bands_at_last_position": np.flatnonzero(last).tolist(),
             "eval_and_certify": evaluated, "ablator": art.ablator}
 
 
-def _bound_check(ablator, patch_sizes, ablation_size, classes=10, n=20000, seed=0) -> dict:
+def _bound_check(ablator, patch_sizes, ablation, ablation_size, classes=10, n=20000, seed=0) -> dict:
     """advpatch's ``certify`` and ART's ``ColumnAblator.certify`` on random counts with many ties."""
     from advpatch.defences import smoothing as certified
 
     counts = np.random.default_rng(seed).integers(0, 12, (n, classes)).astype(np.int64)
     out = {}
     for p in patch_sizes:
-        ours = certified.certify(counts, "column", ablation_size, p)
+        ours = certified.certify(counts, ablation, ablation_size, p)
         cert, _, top = ablator.certify(counts, size_to_certify=p, label=np.zeros(n, np.int64))
         out[p] = {"certified_disagree": int(np.sum(ours != np.asarray(cert))),
                   "prediction_disagree": int(np.sum(certified.predict(counts) != np.asarray(top)))}
@@ -103,9 +110,12 @@ def _bound_check(ablator, patch_sizes, ablation_size, classes=10, n=20000, seed=
 
 
 def compare_with_art(model_path: str, test_dataset_path: str, patch_sizes=(1, 2, 3, 4, 5), ablation_size=2,
-                     threshold=0.3, max_images=None) -> dict:
-    """advpatch vs ART on ``model_path``'s base model and ``test_dataset_path``'s images: certified
-    counts per patch size, disagreements, vote-count identity, images per second, and notes."""
+                     threshold=0.3, max_images=None, ablation="column") -> dict:
+    """advpatch vs ART on ``model_path``'s base model and ``test_dataset_path``'s images, with
+    ``ablation`` views ('column' or 'row'): certified counts per patch size, disagreements,
+    vote-count identity, images per second, and notes."""
+    if ablation not in ("column", "row"):
+        raise ValueError(f"ART's comparison takes 'column' or 'row' views, got {ablation!r}")
     from advpatch.data.dataset import Dataset, to_float
     from advpatch.models import load_model
 
@@ -115,12 +125,12 @@ def compare_with_art(model_path: str, test_dataset_path: str, patch_sizes=(1, 2,
     if max_images:
         x, y = x[:max_images], y[:max_images]
     patch_sizes = [int(p) for p in patch_sizes]
-    ours = _advpatch_side(net, x, patch_sizes, ablation_size, threshold)
-    result = {"images": len(x), "ablation": "column", "ablation_size": ablation_size, "threshold": threshold,
+    ours = _advpatch_side(net, x, patch_sizes, ablation, ablation_size, threshold)
+    result = {"images": len(x), "ablation": ablation, "ablation_size": ablation_size, "threshold": threshold,
               "advpatch_images_per_s": round(len(x) / ours["seconds"], 1),
               "advpatch_clean_accuracy": float(np.mean(ours["predictions"] == y))}
     try:
-        art = _art_side(net, x, y, patch_sizes, ablation_size, threshold)
+        art = _art_side(net, x, y, patch_sizes, ablation, ablation_size, threshold)
     except Exception as error:  # ART could not run: advpatch's side alone, and why
         result["art_failure"] = _failure(error)
         result["per_size"] = {p: {"advpatch_certified": int(ours["certified"][p].sum()),
@@ -136,8 +146,8 @@ def compare_with_art(model_path: str, test_dataset_path: str, patch_sizes=(1, 2,
         "images_with_different_vote_counts": int((~same_votes).sum()),
         "prediction_disagreements": int(np.sum(ours["predictions"] != art["predictions"])),
         "views_identical_to_advpatch": art["views_identical"],
-        "art_wraps_around": art["kept_columns_at_last_position"] == [0, x.shape[2] - 1],
-        "art_kept_columns_at_last_position": art["kept_columns_at_last_position"],
+        "art_wraps_around": art["kept_bands_at_last_position"] == [0, x.shape[2 if ablation == "column" else 1] - 1],
+        "art_kept_bands_at_last_position": art["kept_bands_at_last_position"],
         "per_size": {},
     })
     correct = ours["predictions"] == y
@@ -150,7 +160,7 @@ def compare_with_art(model_path: str, test_dataset_path: str, patch_sizes=(1, 2,
             "advpatch_certified_correct": int((a & correct).sum()),
             "art_certified_correct": int((b & (art["predictions"] == y)).sum()),
             "art_eval_and_certify_acc_certacc": art["eval_and_certify"][p]}
-    result["bound_check"] = _bound_check(art["ablator"], patch_sizes, ablation_size)
+    result["bound_check"] = _bound_check(art["ablator"], patch_sizes, ablation, ablation_size)
     result["notes"] = _notes()
     return result
 

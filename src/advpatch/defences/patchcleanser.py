@@ -210,7 +210,7 @@ def _attacked(clean: np.ndarray, covers, c: int, num_classes: int) -> bool:
 
 
 def fit_masked(model, x: np.ndarray, y: np.ndarray, masks: np.ndarray, *, epochs: int, batch_size: int,
-               learning_rate: float, seed: int) -> dict:
+               learning_rate: float, seed: int, lr_decay: float = 0.0) -> dict:
     """Masked training (the paper's Section 4.3): every image, every epoch, under two masks drawn
     from ``masks`` (the same twice: one). ``x``: uint8 images; ``model``: compiled here afresh."""
     import tensorflow as tf
@@ -219,4 +219,4 @@ def fit_masked(model, x: np.ndarray, y: np.ndarray, masks: np.ndarray, *, epochs
         return tf.where(union[..., None], tf.constant(FILL, images.dtype), images)
 
     return fit_views(model, x, y, masks, 2, view, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                     seed=seed)
+                     seed=seed, lr_decay=lr_decay)

@@ -1,7 +1,8 @@
 """Certified patch robustness: (de)randomized smoothing (Levine and Feizi, NeurIPS 2020).
 
 The base classifier sees one *ablated* view of an image at a time: a band of ``ablation_size``
-columns (``column``) or a square block of that side (``block``) kept, everything else removed.
+columns (``column``) or rows (``row``), or a square block of that side (``block``) kept, everything
+else removed; ``cross`` takes every column band and every row band (``w + h`` views).
 Each kept pixel is encoded as two channels per image channel, ``(x, 1 - x)``; a removed pixel is
 ``(0, 0)``, so the classifier can tell "removed" from "black". The smoothed classifier classifies
 every view (every position, wrapping around the image's edges) and takes the class with the most
@@ -9,7 +10,8 @@ votes, ties to the smaller class index. Derandomized: every position is used, so
 is exact, not probabilistic.
 
 A square patch of side ``p`` can only change the views it intersects: ``delta = p + b - 1`` column
-bands, or ``(p + b - 1)^2`` blocks. The prediction ``c`` is certified against every such patch,
+(or row) bands, ``2 (p + b - 1)`` for ``cross`` (as many column bands and row bands), or
+``(p + b - 1)^2`` blocks. The prediction ``c`` is certified against every such patch,
 anywhere, when ``n_c - delta > n_c' + delta`` for every other class ``c'`` (``>=`` when ``c < c'``:
 the tie goes to ``c``). :func:`worst_case_flips` checks certificates independently: it enumerates
 every patch position, finds the views it intersects by geometry, hands each of them to the
@@ -24,15 +26,14 @@ import numpy as np
 
 from advpatch import params
 from advpatch.errors import CertifiedError
-
-ABLATIONS = ("column", "block")
-
+from advpatch.params import ABLATIONS
 
 
 def positions(kind: str, image_hw: Tuple[int, int]) -> int:
-    """How many views the smoothed classifier takes: one per column, or one per pixel (block)."""
+    """How many views the smoothed classifier takes: one per column (row), one per column and one
+    per row (cross), or one per pixel (block)."""
     h, w = image_hw
-    return w if kind == "column" else h * w
+    return {"column": w, "row": h, "cross": w + h}.get(kind, h * w)
 
 
 def kept_mask(kind: str, size: int, position: int, image_hw: Tuple[int, int]) -> np.ndarray:
@@ -40,8 +41,12 @@ def kept_mask(kind: str, size: int, position: int, image_hw: Tuple[int, int]) ->
     _check(kind, size, image_hw)
     h, w = image_hw
     mask = np.zeros((h, w), bool)
+    if kind == "cross":  # the column bands, then the row bands
+        kind, position = ("column", position) if position < w else ("row", position - w)
     if kind == "column":
         mask[:, (position + np.arange(size)) % w] = True
+    elif kind == "row":
+        mask[(position + np.arange(size)) % h, :] = True
     else:
         top, left = divmod(position, w)
         mask[np.ix_((top + np.arange(size)) % h, (left + np.arange(size)) % w)] = True
@@ -59,7 +64,7 @@ def delta(kind: str, ablation_size: int, patch_size: int) -> int:
     """How many views a ``patch_size`` square patch can intersect (Levine and Feizi's Delta)."""
     params.require(patch_size >= 1, f"patch_size must be at least 1, got {patch_size}")
     band = patch_size + ablation_size - 1
-    return band if kind == "column" else band * band
+    return {"column": band, "row": band, "cross": 2 * band}.get(kind, band * band)
 
 
 def view_probabilities(model, x: np.ndarray, kind: str, size: int, batch_size: int = 512) -> np.ndarray:
@@ -90,7 +95,7 @@ def votes_from(probabilities: np.ndarray, threshold: float = 0.0) -> np.ndarray:
 
 
 def fit_ablated(model, x: np.ndarray, y: np.ndarray, *, kind: str, size: int, epochs: int, batch_size: int,
-                learning_rate: float, seed: int) -> dict:
+                learning_rate: float, seed: int, lr_decay: float = 0.0) -> dict:
     """Train the base classifier on ablated views: every image, every epoch, at a position drawn
     from ``seed`` (the same seed, the same views, the same weights). ``x``: uint8 images."""
     import tensorflow as tf
@@ -104,16 +109,18 @@ def fit_ablated(model, x: np.ndarray, y: np.ndarray, *, kind: str, size: int, ep
         return tf.concat([images * keep, (1 - images) * keep], axis=-1)
 
     return fit_views(model, x, y, masks, 1, view, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                     seed=seed)
+                     seed=seed, lr_decay=lr_decay)
 
 
 def fit_views(model, x: np.ndarray, y: np.ndarray, masks: np.ndarray, draws: int, view: Callable, *, epochs: int,
-              batch_size: int, learning_rate: float, seed: int) -> dict:
+              batch_size: int, learning_rate: float, seed: int, lr_decay: float = 0.0) -> dict:
     """Train ``model`` (compiled here afresh: Adam, cross-entropy) on views of the images: every
     image, every epoch, in an order drawn from ``seed``, each batch's images under the union of
     ``draws`` masks drawn from ``masks`` [K, H, W] per image, ``view(float images, union)`` making
     the view (TensorFlow ops). Every draw is made up front from one generator (the same seed, the
-    same views, the same weights); TensorFlow builds the batches. ``x``: uint8 images."""
+    same views, the same weights); TensorFlow builds the batches. ``lr_decay``: the share of the
+    steps, at the end, over which the learning rate decays (cosine) to 1% of ``learning_rate`` (0:
+    constant). ``x``: uint8 images."""
     import tensorflow as tf
 
     from advpatch.models import make_optimizer
@@ -137,7 +144,16 @@ def fit_views(model, x: np.ndarray, y: np.ndarray, masks: np.ndarray, draws: int
             .map(batch).prefetch(2))
     steps = int(np.ceil(n / batch_size))
     # an epoch per call into TensorFlow: a small model's step is mostly Python's time otherwise
-    model.compile(optimizer=make_optimizer("adam", learning_rate), loss="sparse_categorical_crossentropy",
+    optimizer = make_optimizer("adam", learning_rate)
+    decay_steps = int(round(steps * epochs * lr_decay))
+    if decay_steps:  # held, then cosine to 1%: Keras' warm-up from the rate to itself is the hold
+        import keras
+
+        hold = steps * epochs - decay_steps
+        optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps, alpha=0.01, **({"warmup_target": learning_rate, "warmup_steps": hold}
+                                                       if hold else {})))
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], steps_per_execution=steps)
     history = model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0)
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}

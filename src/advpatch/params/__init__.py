@@ -15,6 +15,7 @@ from typing import Any, Dict, Mapping
 from advpatch.params.pipelines import PIPELINE_PARAMS
 from advpatch.params.rules import Choices, Interval, Param, ParameterError, Pattern, Relation, parse_text, validate
 from advpatch.params.table import (
+    ABLATIONS,
     ARCHITECTURES,
     COLOR_MODES,
     CONDITIONS,
@@ -66,6 +67,7 @@ def require(condition: bool, message: str) -> None:
 
 
 __all__ = [
+    "ABLATIONS",
     "ARCHITECTURES",
     "COLOR_MODES",
     "CONDITIONS",

@@ -14,7 +14,7 @@ from typing import Dict, Tuple
 
 from advpatch.params.rules import Choices, Interval, Param, Pattern, Relation, table
 
-ARCHITECTURES = ("le_net", "shallow_net", "alex_net", "resnet50", "vgg16")
+ARCHITECTURES = ("le_net", "shallow_net", "conv_net", "alex_net", "resnet50", "vgg16")
 """Model architectures ``train`` builds and ``infer`` and ``gen_patch`` accept."""
 PRETRAINED = ("resnet50", "vgg16")
 """Architectures ``init_model`` makes from Keras' published ImageNet weights."""
@@ -38,6 +38,8 @@ DATA_ROLES = ("fit", "predict")
 """What a dataset is used for: training (ART's apply_fit) or prediction (apply_predict)."""
 CONDITIONS = ("auto", "clean", "patched", "split")
 """What an evaluation's images are; ``auto``: ``patched`` when the data carries patched images."""
+ABLATIONS = ("column", "row", "cross", "block")
+"""What a derandomized-smoothing view keeps: a band of columns or rows, either band ('cross'), or a block."""
 
 PREPROCESSING_DEFENCES: Dict[str, Tuple[str, ...]] = {
     "spatial_smoothing": ("spatial_smoothing_window_size", "spatial_smoothing_apply_fit",
@@ -76,8 +78,8 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("seed", int, 0, "Seeds every random choice of the step: same seed, same bytes.",
        Interval(0, 2**31 - 1, integer=True)),
     _p("batch_size", int, 32, "Images per batch.", POSITIVE_INT),
-    _p("model_architecture", str, "le_net", "The network: 'le_net', 'shallow_net', 'alex_net', 'resnet50' or 'vgg16'.",
-       Choices(ARCHITECTURES)),
+    _p("model_architecture", str, "le_net", "The network: 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50' "
+       "or 'vgg16'.", Choices(ARCHITECTURES)),
     _p("model_uri", str, "", "A registered MLflow model ('models:/NAME/VERSION') to use instead of a Model artifact.",
        MODEL_URI, optional=True),
     _p("output_tar_name", str, "", "Also log the output to this step's MLflow run as this tar file, for reuse by "
@@ -206,9 +208,9 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("feature_squeezing_apply_fit", bool, False, "Apply to training data."),
     _p("feature_squeezing_apply_predict", bool, True, "Apply to data used for prediction."),
     # ---- derandomized_smoothing
-    _p("ablation", str, "column", "What each view keeps: a band of columns ('column') or a square block ('block').",
-       Choices(("column", "block"))),
-    _p("ablation_size", int, 2, "Width of the kept band (or side of the kept block), in pixels.",
+    _p("ablation", str, "column", "What each view keeps: a band of columns ('column') or rows ('row'), a square block "
+       "('block'), or both kinds of band ('cross': twice the views; a patch reaches twice as many).", Choices(ABLATIONS)),
+    _p("ablation_size", int, 2, "Width of the kept bands (or side of the kept block), in pixels.",
        Interval(1, 4096, integer=True)),
     _p("vote_threshold", float, 0.2, "A view votes for every class whose probability reaches this (0: one vote, "
        "for its most probable class); a view that sees nothing then votes for none.", Interval(0.0, 1.0,
@@ -223,6 +225,10 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
        Interval(1, 4096, integer=True)),
     _p("masked_training_epochs", int, 0, "Passes of masked training over the training images before masking (two "
        "masks of the set on each image); 0: the model as given.", NON_NEGATIVE_INT),
+    _p("masked_training_architecture", str, "", "Masked training trains a fresh network of this architecture (as "
+       "model_architecture) from scratch, and it is defended: the given model then only fixes the classes and the "
+       "image shape (needs masked_training_epochs > 0). Empty: masked training fine-tunes the given model.",
+       Choices(ARCHITECTURES), optional=True),
     # ---- report
     _p("title", str, "advpatch results", "Heading of the report and its results table."),
     # ---- pipelines
@@ -241,6 +247,9 @@ comes from its environment (:mod:`advpatch.settings`), not from a task input: an
 differs between runs would keep KFP's cache from ever reusing a task's outputs."""
 
 RELATIONS: Tuple[Relation, ...] = (
+    Relation(("masked_training_architecture", "masked_training_epochs"), lambda fresh, epochs: not fresh or epochs > 0,
+             "masked_training_architecture={masked_training_architecture!r} trains a fresh network, so it needs "
+             "masked_training_epochs > 0, got {masked_training_epochs}"),
     Relation(("scale_min", "scale_max"), lambda lo, hi: lo < hi,
              "scale_min must be smaller than scale_max, got scale_min={scale_min} and scale_max={scale_max}"),
     Relation(("patch_placement", "defence"), lambda placement, defence: placement == "worst_case" or defence == "none",
@@ -265,6 +274,8 @@ _ATTACKED_DEFENCE = ("defence", *(own[0] for own in PREPROCESSING_DEFENCES.value
 _MODEL_CHOICE = ("model_uri", P["model_architecture"].but(
     default="", optional=True, doc="Optional check: the model's architecture must be this one."))
 _PLACEMENT = ("rotation_max", "scale_min", "scale_max", "patch_location")
+_TRAIN_DECAY = P["lr_decay"].but(default=0.0, doc="Share of the training steps, at the end, over which the learning "
+                                                  "rate decays (cosine) to 1%; 0 keeps it constant.")
 
 STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
     "load_dataset": _t("source", "split", "image_size", "color_mode", "max_examples", "class_index",
@@ -319,13 +330,14 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         "ablation", "ablation_size", "vote_threshold", "certify_patch_sizes", "model_architecture",
         P["epochs"].but(type=int, default=300, rule=POSITIVE_INT,
                         doc="Passes over the training images, each image at a fresh view each pass."),
-        P["batch_size"].but(default=128), P["learning_rate"].but(default=0.004),
+        P["batch_size"].but(default=128), P["learning_rate"].but(default=0.004), _TRAIN_DECAY,
         P["row"].but(doc="Row of the comparison table; empty: 'derandomized smoothing (<ablation> <size>)'."),
         P["seed"].but(doc="Seeds the weights and the views: same seed, same certificates.")),
     "patch_cleanser": _t(
         "mask_patch_size", "masks_per_side", "certify_patch_sizes", "masked_training_epochs",
+        "masked_training_architecture",
         P["batch_size"].but(default=64, doc="Images per masked-training step."),
-        P["learning_rate"].but(default=0.001, doc="Adam's learning rate for masked training."),
+        P["learning_rate"].but(default=0.001, doc="Adam's learning rate for masked training."), _TRAIN_DECAY,
         P["row"].but(doc="Row of the comparison table; empty: 'PatchCleanser (masked training)' or "
                          "'PatchCleanser (no masked training)'."),
         P["seed"].but(doc="Seeds masked training's masks and order: same seed, same certificates.")),

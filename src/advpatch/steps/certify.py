@@ -12,12 +12,13 @@ from advpatch.steps._params import DerandomizedSmoothingParams
 def derandomized_smoothing(p: DerandomizedSmoothingParams, track: Tracker, *, training_data: str, testing_data: str, model: str,
                            certificates: str) -> StepResult:
     """Train ``p.model_architecture`` on ablated views of the training images (a band of
-    ``ablation_size`` columns, or a block, kept; see :mod:`advpatch.defences.smoothing`), then classify
-    every view of every test image and certify each prediction against a square patch of each of
-    ``certify_patch_sizes``. Test data that holds clean images and patched copies (deploy_patch
-    ``augment``) gives the clean and the patched evaluations of the comparison table (``row``);
-    certified accuracy is over the clean images. The tests and ``make bench`` check every
-    certificate against the worst case (:func:`advpatch.defences.smoothing.worst_case_flips`)."""
+    ``ablation_size`` columns or rows, every column band and every row band (``cross``), or a block,
+    kept; see :mod:`advpatch.defences.smoothing`), then classify every view of every test image and
+    certify each prediction against a square patch of each of ``certify_patch_sizes``. Test data
+    that holds clean images and patched copies (deploy_patch ``augment``) gives the clean and the
+    patched evaluations of the comparison table (``row``); certified accuracy is over the clean
+    images. The tests and ``make bench`` check every certificate against the worst case
+    (:func:`advpatch.defences.smoothing.worst_case_flips`)."""
     import numpy as np
 
     from advpatch.defences import smoothing as certified
@@ -38,7 +39,7 @@ def derandomized_smoothing(p: DerandomizedSmoothingParams, track: Tracker, *, tr
     net = build_model(p.model_architecture, view_shape, len(train_set.class_names))
     history = certified.fit_ablated(net, data["x"], data["y"], kind=p.ablation, size=p.ablation_size,
                                     epochs=p.epochs, batch_size=p.batch_size, learning_rate=p.learning_rate,
-                                    seed=p.seed)
+                                    seed=p.seed, lr_decay=p.lr_decay)
     test = test_set.load()
     votes = certified.votes_from(certified.view_probabilities(net, to_float(test["x"]), p.ablation, p.ablation_size),
                                  p.vote_threshold)
@@ -58,7 +59,7 @@ def derandomized_smoothing(p: DerandomizedSmoothingParams, track: Tracker, *, tr
     info = ModelInfo(architecture=p.model_architecture, input_shape=view_shape, class_names=train_set.class_names,
                      preprocessing=f"derandomized smoothing views: {p.ablation} {p.ablation_size}, (x, 1 - x) kept",
                      provenance={"step": "derandomized_smoothing", "train_data": train_set.spec.provenance,
-                                 **settings, **p.pick("epochs", "batch_size", "learning_rate", "seed")})
+                                 **settings, **p.pick("epochs", "batch_size", "learning_rate", "lr_decay", "seed")})
     with track.run(f"derandomized_smoothing: {p.ablation} {p.ablation_size}") as run:
         log_input(run, training_data, "training")
         run.log_history(history)

@@ -15,16 +15,18 @@ def patch_cleanser(p: PatchCleanserParams, track: Tracker, *, model: str, traini
     """Wrap ``model`` (any Keras classifier advpatch can load) in PatchCleanser's double masking
     (see :mod:`advpatch.defences.patchcleanser`) with a mask set for ``mask_patch_size`` patches
     (``masks_per_side`` squared masks), after ``masked_training_epochs`` of masked training on the
-    training images (0: the model as it is). Classifies every test image and certifies each
-    prediction against a square patch of each of ``certify_patch_sizes`` (each size its own mask
-    set). Test data with patched copies (deploy_patch ``augment``) gives the clean and the patched
-    evaluations of the comparison table (``row``); certified accuracy is over the clean images. The
-    tests and ``make bench`` check every certificate against the worst case
+    training images (0: the model as it is; with ``masked_training_architecture``, a fresh network of
+    that architecture is trained from scratch instead, and defended, the given model fixing only the
+    classes and the image shape). Classifies every test image and certifies each prediction against
+    a square patch of each of ``certify_patch_sizes`` (each size its own mask set). Test data with
+    patched copies (deploy_patch ``augment``) gives the clean and the patched evaluations of the
+    comparison table (``row``); certified accuracy is over the clean images. The tests and ``make
+    bench`` check every certificate against the worst case
     (:func:`advpatch.defences.patchcleanser.worst_case_flips`)."""
     import numpy as np
 
     from advpatch.defences import patchcleanser
-    from advpatch.models import precheck
+    from advpatch.models import check_buildable, precheck
     from advpatch.steps import _certificates
 
     train_set, test_set = _certificates.check_data(training_data, testing_data,
@@ -34,18 +36,29 @@ def patch_cleanser(p: PatchCleanserParams, track: Tracker, *, model: str, traini
         patchcleanser.mask_set((h, w), int(size), p.masks_per_side)
     num_classes = len(test_set.class_names)
     precheck(model, "", test_set.image_shape, num_classes)
+    if p.masked_training_architecture:
+        check_buildable(p.masked_training_architecture, test_set.image_shape)
 
     from advpatch.data.dataset import to_float
     from advpatch.models import load_model, save_model, training
 
     training.seed_everything(p.seed)
     net, info = load_model(model)
+    if p.masked_training_architecture and p.masked_training_epochs:  # a fresh network, trained on masked views
+        from advpatch.models import ModelInfo, build_model
+
+        net = build_model(p.masked_training_architecture, test_set.image_shape, num_classes)
+        info = ModelInfo(architecture=p.masked_training_architecture, input_shape=tuple(test_set.image_shape),
+                         class_names=list(info.class_names),
+                         provenance={"step": "patch_cleanser", "train_data": train_set.spec.provenance,
+                                     "classes_from": info.architecture})
     masks = patchcleanser.mask_set((h, w), p.mask_patch_size, p.masks_per_side)
     history = {}
     if p.masked_training_epochs:
         data = train_set.load()
         history = patchcleanser.fit_masked(net, data["x"], data["y"], masks, epochs=p.masked_training_epochs,
-                                           batch_size=p.batch_size, learning_rate=p.learning_rate, seed=p.seed)
+                                           batch_size=p.batch_size, learning_rate=p.learning_rate, seed=p.seed,
+                                           lr_decay=p.lr_decay)
     test = test_set.load()
     x = to_float(test["x"])
     defended = patchcleanser.MaskedClassifier(net, x, masks)
@@ -66,9 +79,10 @@ def patch_cleanser(p: PatchCleanserParams, track: Tracker, *, model: str, traini
     row = p.row or f"PatchCleanser ({trained})"
     evaluations = _certificates.evaluations(row, test, np.eye(num_classes)[predicted], test_set,
                                             {k: v for k, v in metrics.items() if k.startswith("certified_")}, rates)
-    settings = p.pick("mask_patch_size", "masks_per_side", "masked_training_epochs", "certify_patch_sizes")
+    settings = p.pick("mask_patch_size", "masks_per_side", "masked_training_epochs", "masked_training_architecture",
+                      "certify_patch_sizes")
     info.provenance = {**info.provenance, "patch_cleanser": {**settings, **p.pick("batch_size", "learning_rate",
-                                                                                   "seed")}}
+                                                                                   "lr_decay", "seed")}}
     with track.run(f"patch_cleanser: {trained}") as run:
         log_input(run, testing_data, "testing")
         if history:
