@@ -91,7 +91,7 @@ def deploy_patch(
             ('models:/NAME/VERSION') to search against instead of the model input. Allowed:
             'models:/NAME/VERSION' or 'runs:/RUN_ID/PATH', or empty.
         model_architecture: Optional check: the model's architecture must be this one. Allowed: one
-            of 'le_net', 'shallow_net', 'alex_net', 'resnet50', 'vgg16', or empty.
+            of 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50', 'vgg16', or empty.
         defence: With patch_placement='worst_case': a preprocessing defence in front of the model
             the search runs against (as gen_patch's, so the placement is the worst case for the
             defended classifier); 'none'. Allowed: one of 'none', 'spatial_smoothing',

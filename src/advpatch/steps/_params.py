@@ -67,6 +67,7 @@ class DerandomizedSmoothingParams(StepParams):
     epochs: int
     batch_size: int
     learning_rate: float
+    lr_decay: float
     row: str
     seed: int
 
@@ -208,8 +209,10 @@ class PatchCleanserParams(StepParams):
     masks_per_side: int
     certify_patch_sizes: List[int]
     masked_training_epochs: int
+    masked_training_architecture: str
     batch_size: int
     learning_rate: float
+    lr_decay: float
     row: str
     seed: int
 
