@@ -158,7 +158,8 @@ def defence_experiment(v, title, color_mode="grayscale", adaptive=False):
                             **tested).set_display_name("train: PGD adversarial training")
         trained_rows = [on_patched_data, adversarial]
         if adaptive:
-            (rows, trained_rows), attacks = adaptive_rows(v, baseline, rows, trained_rows, train_data, test_data, track)
+            (rows, trained_rows), attacks = adaptive_rows(v, baseline, attack, rows, trained_rows, train_data,
+                                                          test_data, track)
             from advpatch.components import derandomized_smoothing, patch_cleanser
 
             trained_rows.append(derandomized_smoothing(
@@ -177,37 +178,53 @@ def defence_experiment(v, title, color_mode="grayscale", adaptive=False):
                title=title, **track)
 
 
-def adaptive_rows(v, baseline, rows, trained_rows, gen_data, test_data, track):
+def adaptive_rows(v, baseline, baseline_attack, rows, trained_rows, gen_data, test_data, track):
     """For each defence row, a row under an adaptive attacker with the baseline attack's budget:
     patches optimized through the preprocessing defence in front of the baseline model (gen_patch
-    ``defence``), or against the hardened model itself (trained on patched data, PGD). Returns the
-    rows interleaved (each adaptive row after its transferred one) and the new gen_patch tasks."""
+    ``defence``), or against the hardened model itself (trained on patched data, PGD); and a worst-case
+    row: the same patches, each image's placement searched against the defended model (deploy_patch
+    ``patch_placement='worst_case'``), the baseline's too. Returns the rows interleaved (transferred,
+    adaptive, worst case) and the new gen_patch tasks."""
     from advpatch import components
 
     budget = {**attack_budget(v), **track}
-    attacks, new_rows, new_trained = [], [rows[0]], []
+    attacks, new_rows, new_trained = [], [], []
+
+    def deployed(model_task, patches, row, worst, **defence):
+        how = "worst case" if worst else "adaptive"
+        search = {} if not worst else dict(
+            patch_placement="worst_case", model=model_task.outputs["model"], **defence,
+            worst_case_stride=v["worst_case_stride"], worst_case_angles=v["worst_case_angles"])
+        return components.deploy_patch(
+            data=test_data.outputs["dataset"], patches=patches, patch_deployment_method="augment",
+            patch_application_rate=1.0, patch_scale=v["patch_scale"], **placements(v), **search, **track,
+        ).set_display_name(f"deploy_patch: {how}, {row}").outputs["patched_data"]
 
     def attacked(model_task, row, **defence):
         attack = components.gen_patch(data=gen_data.outputs["dataset"], model=model_task.outputs["model"], **budget,
                                       **defence).set_display_name(f"gen_patch: adaptive, {row}")
         attacks.append(attack)
-        return components.deploy_patch(
-            data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
-            patch_application_rate=1.0, patch_scale=v["patch_scale"], **placements(v), **track,
-        ).set_display_name(f"deploy_patch: adaptive, {row}").outputs["patched_data"]
+        patches = attack.outputs["patches"]
+        return deployed(model_task, patches, row, False), deployed(model_task, patches, row, True, **defence)
 
+    def evaluate(model_task, images, row, name="", setting=""):
+        if name:
+            images = getattr(components, name)(
+                data=images, data_role="predict", seed=v["seed"], **{setting: v[setting]}, **track,
+            ).set_display_name(f"{row}: test set").outputs["defended_data"]
+        return components.infer(data=images, model=model_task.outputs["model"], row=row, condition="split",
+                                seed=v["seed"], **track).set_display_name(f"infer: {row}")
+
+    # the baseline's own patches, placed where they hurt most
+    new_rows += [rows[0], evaluate(baseline, deployed(baseline, baseline_attack.outputs["patches"], "baseline", True),
+                                   "baseline (worst case)")]
     for (row, name, setting), transferred in zip(defence_rows(), rows[1:]):
-        pairs = attacked(baseline, row, defence=name, **{setting: v[setting]})
-        defended = getattr(components, name)(data=pairs, data_role="predict", seed=v["seed"], **{setting: v[setting]},
-                                             **track).set_display_name(f"{row}: adaptive test set")
-        new_rows += [transferred, components.infer(
-            data=defended.outputs["defended_data"], model=baseline.outputs["model"], row=f"{row} (adaptive)",
-            condition="split", seed=v["seed"], **track).set_display_name(f"infer: {row} (adaptive)")]
+        random, worst = attacked(baseline, row, defence=name, **{setting: v[setting]})
+        new_rows += [transferred, evaluate(baseline, random, f"{row} (adaptive)", name, setting),
+                     evaluate(baseline, worst, f"{row} (worst case)", name, setting)]
     for task, row in zip(trained_rows, ("trained on patched data", "PGD adversarial training")):
-        pairs = attacked(task, row)
-        new_trained += [task, components.infer(data=pairs, model=task.outputs["model"], row=f"{row} (adaptive)",
-                                               condition="split", seed=v["seed"], **track
-                                               ).set_display_name(f"infer: {row} (adaptive)")]
+        random, worst = attacked(task, row)
+        new_trained += [task, evaluate(task, random, f"{row} (adaptive)"), evaluate(task, worst, f"{row} (worst case)")]
     return (new_rows, new_trained), attacks
 
 

@@ -50,6 +50,8 @@ def build(placement=None):
         pgd_eps: float = 0.1,
         pgd_eps_step: float = 0.025,
         pgd_max_iter: int = 10,
+        worst_case_stride: int = 2,
+        worst_case_angles: int = 3,
         masked_training_epochs: int = 40,
         seed: int = 0,
         experiment_name: str = "mnist",
@@ -119,6 +121,11 @@ def build(placement=None):
                 PGD. Allowed: in (0, 1].
             pgd_eps_step: PGD's step size on [0, 1] pixels. Allowed: in (0, 1].
             pgd_max_iter: PGD iterations. Allowed: an integer >= 1.
+            worst_case_stride: With patch_placement='worst_case': pixels between the patch centres
+                tried. Allowed: an integer in [1, 4096].
+            worst_case_angles: With patch_placement='worst_case': rotations tried at each position,
+                evenly spaced over [-rotation_max, rotation_max] (1: upright only). Allowed: an
+                integer in [1, 64].
             masked_training_epochs: PatchCleanser's masked training of the baseline (its second row;
                 the first has none). Allowed: an integer >= 0.
             seed: Seeds every step: same seed, same results. Allowed: an integer in [0, 2147483647].

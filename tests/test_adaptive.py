@@ -37,8 +37,9 @@ def test_gen_patch_optimizes_through_the_defence_it_is_given(tmp_path, outputs):
 @pytest.mark.pipeline
 def test_the_defences_pipeline_measures_every_defence_against_an_adaptive_attacker(mnist_folder, tmp_path):
     """`make demo-defences`' pipeline on a small MNIST folder: each adaptive row right after its
-    transferred one, and the model trained on the baseline's patches, which resists those, falls to
-    patches made against it."""
+    transferred one and its worst-case row after it, and the model trained on the baseline's patches,
+    which resists those, falls to patches made against it; where the attacker also picks each image's
+    placement, the attack does at least as well as at random placement, row by row."""
     from advpatch.app import cli
 
     with pytest.MonkeyPatch.context() as mp:
@@ -50,7 +51,8 @@ def test_the_defences_pipeline_measures_every_defence_against_an_adaptive_attack
     rows = {r["label"]: r for r in results["comparison"]}
     defences = [*[d.label for d in registered().values()], "trained on patched data",
                 "PGD adversarial training"]
-    assert list(rows) == ["baseline", *[name for d in defences for name in (d, f"{d} (adaptive)")],
+    assert list(rows) == ["baseline", "baseline (worst case)",
+                          *[name for d in defences for name in (d, f"{d} (adaptive)", f"{d} (worst case)")],
                           "derandomized smoothing (certified)", "PatchCleanser, no masked training (certified)",
                           "PatchCleanser, masked training (certified)"]
     for name in list(rows)[-3:]:
@@ -59,6 +61,10 @@ def test_the_defences_pipeline_measures_every_defence_against_an_adaptive_attack
     assert len(curves) == 3 and all(sorted(map(int, c)) == list(range(1, 11)) for c in curves.values())
     page = (tmp_path / "outputs" / "run" / "report.html").read_text()
     assert "<h2>Certified accuracy</h2>" in page and page.count("<th>10x10</th>") == 1
+    for d in defences:  # the same patches; the search keeps a random-like placement only when nothing beats it
+        worst, random = rows[f"{d} (worst case)"], rows[f"{d} (adaptive)"]
+        assert worst["targeted_success_rate"] >= random["targeted_success_rate"] - 0.05, d
+    assert rows["baseline (worst case)"]["targeted_success_rate"] >= rows["baseline"]["targeted_success_rate"]
     transferred, adaptive = rows["trained on patched data"], rows["trained on patched data (adaptive)"]
     assert adaptive["targeted_success_rate"] > transferred["targeted_success_rate"] + 0.2
     assert adaptive["patched_accuracy"] < transferred["patched_accuracy"] - 0.2

@@ -47,7 +47,7 @@ PIPELINE_PARAMS: Dict[str, Tuple[Param, ...]] = {
         "pgd_max_iter", "seed", "experiment_name"),
     "mnist-defences": _pipe(
         "data_dir", *_PIPE_TRAIN, *_PIPE_ATTACK, _TRAIN_PATCHED, *_PIPE_DEFENCES, "pgd_eps", "pgd_eps_step",
-        "pgd_max_iter", P["masked_training_epochs"].but(
+        "pgd_max_iter", "worst_case_stride", "worst_case_angles", P["masked_training_epochs"].but(
             default=40, doc="PatchCleanser's masked training of the baseline (its second row; the first has none)."),
         "seed", "experiment_name"),
     "fruits360-experiment": _pipe(
