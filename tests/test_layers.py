@@ -92,13 +92,15 @@ def test_each_module_imports_only_its_own_part_and_the_layers_below(module, path
 def test_importing_every_core_module_loads_no_kfp():
     modules = [".".join(("advpatch", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__")
                for p in CORE]
-    code = f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'kfp'))"
+    code = (f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'kfp'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_module_sizes():
-    steps = {p.name: len(p.read_text().splitlines()) for p in (SRC / "steps").glob("*.py")}
+    steps = {p.name: len(p.read_text().splitlines()) for p in (SRC / "steps").glob("*.py")
+             if p.name != "_params.py"}  # generated: a record per step, not a step
     assert max(steps.values()) <= 150, steps
     core = {str(p.relative_to(SRC)): len(p.read_text().splitlines()) for p in CORE if ENGINE not in p.parents}
     assert max(core.values()) <= 400, {k: v for k, v in core.items() if v > 400}

@@ -221,7 +221,8 @@ RELATIONS: Tuple[Relation, ...] = (
     Relation(("scale_min", "scale_max"), lambda lo, hi: lo < hi,
              "scale_min must be smaller than scale_max, got scale_min={scale_min} and scale_max={scale_max}"),
     Relation(("gaussian_augmentation_perform_data_augmentation", "gaussian_augmentation_apply_fit",
-              "gaussian_augmentation_apply_predict"), lambda augment, fit, predict: not augment or (fit and not predict),
+              "gaussian_augmentation_apply_predict"),
+             lambda augment, fit, predict: not augment or (fit and not predict),
              "gaussian_augmentation_perform_data_augmentation=True adds training images, so it needs "
              "gaussian_augmentation_apply_fit=True and gaussian_augmentation_apply_predict=False, got "
              "apply_fit={gaussian_augmentation_apply_fit} and apply_predict={gaussian_augmentation_apply_predict}"),
@@ -301,6 +302,7 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
     "collect": (),
     # each preprocessing defence's step: its own parameters, then those every defence step has
     **{name: _t(*own, *_DEFENCE[:-1], P["seed"].but(doc="Seeds the defence's random draws (if any): same seed, "
-                                                          "same bytes.")) for name, own in PREPROCESSING_DEFENCES.items()},
+                                                          "same bytes."))
+       for name, own in PREPROCESSING_DEFENCES.items()},
 }
 """Each step's parameters, in the order its component declares them."""
