@@ -13,7 +13,8 @@ from advpatch.pipelines import mnist_patch as _patch
 from advpatch.pipelines import mnist_sweep as _sweep
 
 _MODULES = {"mnist-experiment": _experiment, "mnist-patch": _patch, "mnist-sweep": _sweep,
-            "mnist-defences": _defences, "fruits360-experiment": _fruits, "imagenet-patch": _imagenet, "custom-model-patch": _custom}
+            "mnist-defences": _defences, "fruits360-experiment": _fruits, "imagenet-patch": _imagenet,
+            "custom-model-patch": _custom}
 
 mnist_experiment = _experiment.mnist_experiment
 mnist_patch = _patch.mnist_patch

@@ -124,7 +124,8 @@ def build(placement=None):
             placements = dict(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
                               patch_location=patch_location, seed=seed)
             attack = gen_patch(
-                data=train_data.outputs["dataset"], model=trained.outputs["model"], model_architecture=model_architecture,
+                data=train_data.outputs["dataset"], model=trained.outputs["model"],
+                model_architecture=model_architecture,
                 learning_rate=patch_learning_rate, lr_decay=patch_lr_decay, patch_loss=patch_loss, max_iter=max_iter,
                 patch_target=patch_target, patch_target_name=patch_target_name,
                 num_patch=num_patch, num_patch_gen_samples=num_patch_gen_samples,
@@ -136,9 +137,11 @@ def build(placement=None):
                 patch_scale=patch_scale, **placements, **track,
             ).set_display_name("deploy_patch: test set")
             evaluations = [
-                infer(data=images, model=trained.outputs["model"], model_architecture=model_architecture, row="baseline",
-                      condition=condition, seed=seed, **track).set_display_name(f"infer: baseline / {condition}")
-                for condition, images in (("clean", test_data.outputs["dataset"]), ("patched", patched.outputs["patched_data"]))
+                infer(data=images, model=trained.outputs["model"], model_architecture=model_architecture,
+                      row="baseline", condition=condition, seed=seed,
+                      **track).set_display_name(f"infer: baseline / {condition}")
+                for condition, images in (("clean", test_data.outputs["dataset"]),
+                                          ("patched", patched.outputs["patched_data"]))
             ]
             report(**report_inputs(trained, attack, patched, *evaluations),
                              title="MNIST adversarial patch experiment", **track)

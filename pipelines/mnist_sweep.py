@@ -111,7 +111,8 @@ def build(placement=None):
             placements = dict(rotation_max=rotation_max, scale_min=scale_min, scale_max=scale_max,
                               patch_location=patch_location, seed=seed)
             attack = gen_patch(
-                data=train_data.outputs["dataset"], model=baseline.outputs["model"], model_architecture=model_architecture,
+                data=train_data.outputs["dataset"], model=baseline.outputs["model"],
+                model_architecture=model_architecture,
                 learning_rate=patch_learning_rate, lr_decay=patch_lr_decay, patch_loss=patch_loss, max_iter=max_iter,
                 patch_target=patch_target, patch_target_name=patch_target_name,
                 num_patch=num_patch, num_patch_gen_samples=num_patch_gen_samples,
@@ -125,12 +126,14 @@ def build(placement=None):
                 ).set_display_name("deploy_patch: test set at this scale").outputs["patched_data"]
                 plain = infer(data=pairs, model=baseline.outputs["model"], row="baseline", condition="split", seed=seed,
                               **track).set_display_name("infer: baseline")
-                jpeg = jpeg_compression(data=pairs, data_role="predict", jpeg_compression_quality=jpeg_compression_quality,
+                jpeg = jpeg_compression(data=pairs, data_role="predict",
+                                        jpeg_compression_quality=jpeg_compression_quality,
                                         seed=seed, **track).set_display_name("JPEG compression: test set")
                 defended = infer(data=jpeg.outputs["defended_data"], model=baseline.outputs["model"],
                                  row="JPEG compression", condition="split", seed=seed,
                                  **track).set_display_name("infer: JPEG compression")
-            rows = [gather(summaries=dsl.Collected(task.outputs["summary"]), **track).set_display_name(f"gather: {name}")
+            rows = [gather(summaries=dsl.Collected(task.outputs["summary"]),
+                           **track).set_display_name(f"gather: {name}")
                     for name, task in (("baseline", plain), ("JPEG compression", defended))]
             report(**report_inputs(baseline, attack, *rows), title="MNIST patch: deployment scale sweep", **track)
         place_all(placement)

@@ -6,7 +6,11 @@ import gzip
 import json
 import os
 import shutil
+import socket
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +75,6 @@ def mnist_folder(tmp_path_factory) -> Path:
 
 
 # --------------------------------------------------------------------------- real servers
-import socket
-import subprocess
-import sys
-import time
-
 S3_ACCESS_KEY = "advpatch-test-access"
 S3_SECRET_KEY = "advpatch-test-secret-0123456789"
 S3_BUCKET = "advpatch-test"
@@ -269,9 +268,10 @@ def postgres_server():
                     "--pwfile", str(root / "pw"), "-E", "UTF8"], check=True, capture_output=True)
     port = free_port()
     log = root / "postgres.log"
-    proc = subprocess.Popen([*as_user, _postgres_bin("postgres"), "-D", str(root / "data"), "-p", str(port),
-                             "-h", "127.0.0.1", "-k", str(root), "-c", "max_connections=200", "-c", "fsync=off"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    with open(log, "w") as log_out:  # the server keeps its own copy of the file
+        proc = subprocess.Popen([*as_user, _postgres_bin("postgres"), "-D", str(root / "data"), "-p", str(port),
+                                 "-h", "127.0.0.1", "-k", str(root), "-c", "max_connections=200", "-c", "fsync=off"],
+                                stdout=log_out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while True:
         ready = subprocess.run([_postgres_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True)

@@ -27,8 +27,8 @@ def test_gen_patch_optimizes_through_the_defence_it_is_given(tmp_path, outputs):
     settings_ = PatchSet.load(tmp_path / "adaptive").settings
     assert settings_["defence"] == [{"name": "spatial_smoothing", "spatial_smoothing_window_size": 5}]
     assert "against spatial_smoothing" in adaptive.label
-    plain = steps.gen_patch(data=str(tmp_path / "train"), model=str(tmp_path / "model"),
-                            patches=str(tmp_path / "plain"), **budget)
+    steps.gen_patch(data=str(tmp_path / "train"), model=str(tmp_path / "model"), patches=str(tmp_path / "plain"),
+                    **budget)
     assert PatchSet.load(tmp_path / "plain").settings["defence"] == []
     # same seed, same generation images and placements: only the defence in the loop differs
     assert not np.array_equal(PatchSet.load(tmp_path / "plain").patches, PatchSet.load(tmp_path / "adaptive").patches)
@@ -57,7 +57,8 @@ def test_the_defences_pipeline_measures_every_defence_against_an_adaptive_attack
                           "PatchCleanser, masked training (certified)"]
     for name in list(rows)[-3:]:
         assert rows[name]["clean_accuracy"] > 0.7 and "patched_accuracy" in rows[name], name
-    curves = {s["label"]: s["details"]["certified_curve"] for s in results["steps"] if "certified_curve" in s["details"]}
+    curves = {s["label"]: s["details"]["certified_curve"] for s in results["steps"]
+              if "certified_curve" in s["details"]}
     assert len(curves) == 3 and all(sorted(map(int, c)) == list(range(1, 11)) for c in curves.values())
     page = (tmp_path / "outputs" / "run" / "report.html").read_text()
     assert "<h2>Certified accuracy</h2>" in page and page.count("<th>10x10</th>") == 1

@@ -286,7 +286,8 @@ def _case(tmp: Path, good: Path, case_id: str, component: str, parameters: dict,
     names_in, names_out = component_artifacts(component)
     given = {k: str(good / v) for k, v in GOOD_INPUTS.get(component, {}).items()}
     given.update({k: str(v) for k, v in inputs.items()})
-    return {"id": case_id, "component": component, "params": parameters, "out": str(tmp / "out" / f"{len(case_id)}-{abs(hash(case_id))}"),
+    out = tmp / "out" / f"{len(case_id)}-{abs(hash(case_id))}"
+    return {"id": case_id, "component": component, "params": parameters, "out": str(out),
             "inputs": {k: given.get(k, "") for k in names_in}, "outputs": names_out}
 
 
@@ -318,7 +319,8 @@ def test_the_command_line_refuses_every_bad_input_in_one_line_before_any_task(tm
              ("cli: no such pipeline", ["run", "mnist-pach"], "pipeline must be one of")]
     own = ["run", "custom-model-patch", "-p", f"data_dir={good / 'digits'}", "-p", "model_file="]
     runs += [("cli: model file missing", [*own[:-1], own[-1] + str(tmp_path / "none.keras")], "model_file"),
-             ("cli: model file not a Keras archive", [*own[:-1], own[-1] + str(tmp_path / "notes.keras")], "notes.keras"),
+             ("cli: model file not a Keras archive", [*own[:-1], own[-1] + str(tmp_path / "notes.keras")],
+              "notes.keras"),
              ("cli: model for 32x32 images, data 28x28", [*own[:-1], own[-1] + str(good / "rgb32.keras")],
               "takes 32x32x3 images but data_dir's are 28x28x3"),
              ("cli: weights file missing", ["run", "imagenet-patch", "-p", f"weights={tmp_path / 'none.h5'}"],
@@ -528,7 +530,7 @@ def test_a_kfp_task_fails_on_bad_input_with_its_last_line_saying_why(tmp_path, g
         out = Path(case["out"])
         out.mkdir(parents=True)
 
-        def artifacts(names, where):
+        def artifacts(names, where, out=out):
             return {n: {"artifacts": [{"name": n, "uri": str(Path(where[n]) if where is not None else out / n),
                                        "type": {"schemaTitle": "system.Artifact"}, "metadata": {}}]}
                     for n in names if where is None or where.get(n)}
@@ -545,7 +547,8 @@ def test_a_kfp_task_fails_on_bad_input_with_its_last_line_saying_why(tmp_path, g
         last = log[-1] if log else ""
         results.append({"id": case["id"], "rc": proc.returncode, "last": last, "seconds": seconds,
                         "left": _files_under(out),
-                        "clear": proc.returncode != 0 and last.startswith(f"advpatch: error: {component}: {p.name} must be")
+                        "clear": proc.returncode != 0
+                        and last.startswith(f"advpatch: error: {component}: {p.name} must be")
                         and "Traceback" in proc.stderr})  # the full story stays in the log, above the line
     _record("KFP executor", results)
     assert len(results) == len(ruled) >= 12

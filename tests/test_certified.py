@@ -90,7 +90,7 @@ def test_the_step_trains_certifies_and_every_certificate_holds(tmp_path, outputs
     (evaluation,) = result.evaluations
     assert evaluation.condition == "clean" and evaluation.metrics["accuracy"] > 0.7
     assert evaluation.counts["certified_accuracy_3"][1] == 120
-    rows = list(csv.DictReader(open(tmp_path / "certificates.csv")))
+    rows = list(csv.DictReader((tmp_path / "certificates.csv").read_text().splitlines()))
     assert len(rows) == 120 and {r["certified_patch_size"] for r in rows} <= {"0", "1", "3", "5"}
     net, info = load_model(tmp_path / "base")
     assert info.input_shape == (28, 28, 2) and info.provenance["ablation"] == "column"

@@ -49,7 +49,8 @@ def test_default_cluster_placement(tmp_path, monkeypatch):
     _strict_parse(spec, platform)
     executors = spec["deploymentSpec"]["executors"]
     tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert len(executors) == len(tasks) + 1 == 15 + len(PREPROCESSING_DEFENCES)  # one per task (and the exit task): KFP gives tasks with their own resources their own executor
+    # one per task (and the exit task): KFP gives tasks with their own resources their own executor
+    assert len(executors) == len(tasks) + 1 == 15 + len(PREPROCESSING_DEFENCES)
     for name, executor in executors.items():
         container = executor["container"]
         gpu = _kind(name) in GPU_EXECUTORS
@@ -124,7 +125,7 @@ def test_pull_secrets_no_selector_kfp_mlflow_and_no_cache(tmp_path):
     assert "tolerations" in platform["exec-train"]
     for name, executor in spec["deploymentSpec"]["executors"].items():  # each task knows KFP must hand it a run
         assert {"name": "ADVPATCH_KFP_MLFLOW", "value": "true"} in executor["container"]["env"], name
-    tasks = spec["root"]["dag"]["tasks"]["exit-handler-1"]
+    assert "exit-handler-1" in spec["root"]["dag"]["tasks"]
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert all(not t.get("cachingOptions", {}).get("enableCache") for t in inner.values())
 
@@ -220,7 +221,8 @@ def test_submit_uploads_starts_and_waits(tmp_path, capsys):
         assert calls.count(("GET", "/apis/v2beta1/runs/run-1")) == 3
         # a second submit of the same pipeline uploads a new version
         assert cli.main(["submit", "--host", kfp_api.url, "--package", package]) == 0
-        assert ("POST", "/apis/v2beta1/pipelines/upload_version") in [(r["method"], r["path"]) for r in kfp_api.requests]
+        requests = [(r["method"], r["path"]) for r in kfp_api.requests]
+        assert ("POST", "/apis/v2beta1/pipelines/upload_version") in requests
     assert "run run-1 SUCCEEDED" in capsys.readouterr().out
 
 
@@ -261,8 +263,8 @@ def test_under_kfp_mlflow_a_task_without_kfp_run_fails_before_its_work(tmp_path,
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("ADVPATCH_OUTPUT_DIR", str(tmp_path / "outputs"))
-    with pytest.raises(AdvpatchError, match="compiled with --kfp-mlflow, but KFP gave the task no MLFLOW_RUN_ID or "
-                                            "MLFLOW_TRACKING_URI.*injectUserEnvVars"):
+    with pytest.raises(AdvpatchError, match=r"compiled with --kfp-mlflow, but KFP gave the task no MLFLOW_RUN_ID or "
+                                            r"MLFLOW_TRACKING_URI.*injectUserEnvVars"):
         steps.load_dataset(dataset=str(tmp_path / "data"), source="digits", split="test", max_examples=20)
     assert not (tmp_path / "data").exists() and not (tmp_path / "outputs").exists()
 
@@ -278,7 +280,8 @@ def test_the_gpu_image_is_not_guessed_from_a_digest_or_an_untagged_image(image, 
     gpu = "reg.local/advpatch-gpu@sha256:" + "b" * 64
     assert cli.main(["compile", "mnist-patch", "--output", out, "--image", image, "--gpu-image", gpu]) == 0
     executors = next(yaml.safe_load_all(Path(out).read_text()))["deploymentSpec"]["executors"]
-    assert executors["exec-gen-patch"]["container"]["image"] == gpu and executors["exec-infer"]["container"]["image"] == image
+    assert executors["exec-gen-patch"]["container"]["image"] == gpu
+    assert executors["exec-infer"]["container"]["image"] == image
 
 
 def test_a_wait_cut_short_terminates_the_run_and_survives_a_passing_api_outage(tmp_path, capsys):

@@ -4,6 +4,7 @@ with real artifact folders (as kubeflow/pipelines-components tests them), withou
 import csv
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,11 @@ NAMES = list(params.STEP_PARAMS)
 
 def _words(text):
     return " ".join((text or "").split())
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_generated_files_are_up_to_date():
@@ -42,7 +48,8 @@ def test_component_interface_is_the_table_and_the_metadata(name):
     assert declared == [p.name for p in table]  # exact names, in order, nothing else
     for p in table:
         got = spec.inputs[p.name]
-        assert got.type == {int: "Integer", float: "Float", str: "String", bool: "Boolean", list: "List"}[p.type], p.name
+        kinds = {int: "Integer", float: "Float", str: "String", bool: "Boolean", list: "List"}
+        assert got.type == kinds[p.type], p.name
         assert got.default == p.default, p.name
         assert _words(got.description) == _words(codegen.describe(p)), p.name
     artifacts_in = {n: s for n, s in spec.inputs.items() if s.type.startswith("system.")}
@@ -82,7 +89,8 @@ def test_a_readme_lists_every_parameter_by_exact_name():
         listed = re.findall(r"^\| `([a-z_0-9]+)` \| (?:int|float|str|bool|list) \|", text, re.M)
         assert listed == [p.name for p in params.STEP_PARAMS[name]], name
     train = (codegen.components_dir() / "train" / "README.md").read_text()
-    assert all(f"| `{p.name}` |" in train for p in params.STEP_PARAMS["train"]) and len(params.STEP_PARAMS["train"]) == 15
+    assert all(f"| `{p.name}` |" in train for p in params.STEP_PARAMS["train"])
+    assert len(params.STEP_PARAMS["train"]) == 15
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -217,7 +225,7 @@ def test_infer_shell_fills_kfp_metrics_confusion_and_predictions(chain):
     assert sum(map(sum, (r["row"] for r in matrix["rows"]))) == 40
     assert clean["metrics"].metadata["accuracy"] == pytest.approx(
         sum(r["row"][i] for i, r in enumerate(matrix["rows"])) / 40)
-    rows = list(csv.DictReader(open(patched["predictions"].path)))
+    rows = _csv_rows(patched["predictions"].path)
     assert len(rows) == 40 and {"patched", "patch_target", "source_index"} <= set(rows[0])
     assert "targeted_success_rate" in patched["metrics"].metadata
 
@@ -232,13 +240,13 @@ def test_infer_split_shell_fills_both_confusion_matrices(chain):
     assert clean + patched == 40 and clean == evaluations[0]["counts"]["accuracy"][1]
     assert patched == evaluations[1]["counts"]["accuracy"][1]
     k, n = evaluations[1]["counts"]["targeted_success_rate"]  # the images whose label is not the target
-    rows = list(csv.DictReader(open(split["predictions"].path)))
+    rows = _csv_rows(split["predictions"].path)
     assert n == sum(r["patched"] == "True" and r["label"] != r["patch_target"] for r in rows)
     assert evaluations[1]["metrics"]["targeted_success_rate"] == k / n
 
 
 def test_gather_shell_bundles_the_summaries_in_order(chain):
-    bundle = json.loads(open(chain["gather"]["bundle"].path).read())
+    bundle = json.loads(Path(chain["gather"]["bundle"].path).read_text())
     assert bundle["format"] == "advpatch-step-results"
     assert [s["evaluations"][0]["condition"] for s in bundle["results"]] == ["clean", "patched"]
 
@@ -263,16 +271,16 @@ def test_close_run_shell_takes_the_final_status(chain):
 
 
 def test_report_shell_pairs_rows_by_field(chain):
-    results = json.loads(open(chain["report"]["results"].path).read())
+    results = json.loads(Path(chain["report"]["results"].path).read_text())
     # the gather bundle expands in place, in its order
     assert [s["step"] for s in results["steps"]] == ["train", "gen_patch", "deploy_patch", "infer", "infer", "infer"]
     jpeg, baseline = results["comparison"]
     assert jpeg["label"] == "JPEG compression" and baseline["label"] == "baseline"
     assert jpeg["clean_accuracy"] == chain["infer_clean"]["metrics"].metadata["accuracy"]
     assert jpeg["targeted_success_rate"] == chain["infer_patched"]["metrics"].metadata["targeted_success_rate"]
-    table = open(chain["report"]["table"].path).read()
+    table = Path(chain["report"]["table"].path).read_text()
     assert "| JPEG compression" in table and "| baseline" in table
-    page = open(chain["report"]["html"].path).read()
+    page = Path(chain["report"]["html"].path).read_text()
     assert page.startswith("<!DOCTYPE html>") and "JPEG compression" in page and "<script" not in page
 
 
@@ -284,7 +292,7 @@ def test_the_report_page_as_a_person_sees_it(chain, browser, tmp_path):
     from advpatch.report import format_rate
 
     page_file = chain["report"]["html"].path
-    results = json.loads(open(chain["report"]["results"].path).read())
+    results = json.loads(Path(chain["report"]["results"].path).read_text())
     page, requests, errors, pixels = look_at(browser, f"file://{page_file}", tmp_path / "report.png")
     try:
         assert requests == [f"file://{page_file}"]  # pictures are inline data: URIs; no CDN, no font

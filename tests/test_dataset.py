@@ -73,7 +73,7 @@ def test_writer_rejects_bad_input(tmp_path):
 
 
 def test_not_a_dataset(tmp_path):
-    with pytest.raises(DatasetError, match="dataset.json is missing"):
+    with pytest.raises(DatasetError, match=r"dataset\.json is missing"):
         Dataset(tmp_path)
     (tmp_path / "dataset.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(DatasetError, match="not an advpatch-dataset manifest"):

@@ -78,7 +78,7 @@ def test_gaussian_noise_equals_art_with_the_same_draws(tmp_path, outputs):
 
 
 def test_gaussian_augmentation_adds_exact_count_and_keeps_columns(tmp_path, outputs):
-    x, y, cols = _data(tmp_path, n=40)
+    x, _, _ = _data(tmp_path, n=40)
     result = _defend("gaussian_augmentation", tmp_path,
                      {"gaussian_augmentation_perform_data_augmentation": True, "gaussian_augmentation_ratio": 0.25,
                       "gaussian_augmentation_sigma": 0.2}, apply_fit=True, apply_predict=False, data_role="fit",
@@ -110,9 +110,12 @@ def test_apply_fit_and_apply_predict_follow_the_data_role(tmp_path, outputs):
      "gaussian_augmentation_sigma must be a number > 0, got 0.0"),
     ("gaussian_augmentation", {"gaussian_augmentation_ratio": 1.5, "gaussian_augmentation_sigma": 0.1}, {},
      r"gaussian_augmentation_ratio must be in \[0, 1\], got 1.5"),
-    ("jpeg_compression", {"jpeg_compression_quality": 101}, {}, r"jpeg_compression_quality must be an integer in \[1, 100\]"),
-    ("spatial_smoothing", {"spatial_smoothing_window_size": 0}, {}, "spatial_smoothing_window_size must be an integer in"),
-    ("spatial_smoothing", {"spatial_smoothing_window_size": 3}, {"data_role": "train"}, "data_role must be one of 'fit', 'predict'"),
+    ("jpeg_compression", {"jpeg_compression_quality": 101}, {},
+     r"jpeg_compression_quality must be an integer in \[1, 100\]"),
+    ("spatial_smoothing", {"spatial_smoothing_window_size": 0}, {},
+     "spatial_smoothing_window_size must be an integer in"),
+    ("spatial_smoothing", {"spatial_smoothing_window_size": 3}, {"data_role": "train"},
+     "data_role must be one of 'fit', 'predict'"),
 ])
 def test_invalid_defence_settings_are_rejected(tmp_path, outputs, kind, settings, kw, message):
     _data(tmp_path)
@@ -180,7 +183,7 @@ def test_datasets_come_back_by_mlflow_run_id(tmp_path, outputs):
                                        output_tar_name="smoothed.tar")
     assert len(Dataset(tmp_path / "smoothed")) == 90
     assert smoothed.details["mlflow_source"].endswith("/smoothed.tar#spatial_smoothing")
-    with pytest.raises(ParameterError, match="cannot fetch 'nothing.tar' from MLflow run"):
+    with pytest.raises(ParameterError, match=r"cannot fetch 'nothing\.tar' from MLflow run"):
         steps.load_dataset(dataset=str(tmp_path / "x"), source=f"mlflow-run://{run_id}/nothing.tar")
     with pytest.raises(ParameterError, match=r"source must look like mlflow-run://RUN_ID/TAR_NAME\[#FOLDER\]"):
         steps.load_dataset(dataset=str(tmp_path / "x"), source=f"mlflow-run://{run_id}/../x.tar")

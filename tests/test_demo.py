@@ -66,7 +66,8 @@ def test_demo_runs_the_full_experiment(demo_pair, mnist_folder, tmp_path, monkey
     assert f"{base['value']:.3f} ({base['low']:.3f}-{base['high']:.3f})" in printed
     # progress, one line per task as it ends, then where the report is
     done = [line for line in printed.splitlines() if "] ok " in line]
-    tasks = 11 + 2 * len(registered())  # 2 loads, 3 trainings, gen_patch, 2 deployments, a baseline infer, a task and an infer per defence, report, exit
+    # 2 loads, 3 trainings, gen_patch, 2 deployments, a baseline infer, a task and an infer per defence, report, exit
+    tasks = 11 + 2 * len(registered())
     assert len(done) == tasks and done[-1].lstrip().startswith(f"[{tasks}/{tasks}]"), printed
     page_file = work / "outputs" / "demo" / "report.html"
     assert page_file.is_file() and str(page_file) in printed
@@ -161,7 +162,8 @@ def test_make_demo_on_a_users_three_class_folder(tmp_path):
     assert "has 3 classes: the patch target is its last, 2 (zero), not the default 5" in done.stdout
     results = json.loads((tmp_path / "outputs" / "demo" / "results.json").read_text())
     rows = {r["label"]: r for r in results["comparison"]}
-    assert len(rows) == 3 + len(registered()) and rows["baseline"]["rates"]["clean_accuracy"]["count"] == 24  # 8 of each class's 40
+    # 8 of each class's 40 in the test split
+    assert len(rows) == 3 + len(registered()) and rows["baseline"]["rates"]["clean_accuracy"]["count"] == 24
     assert rows["baseline"]["clean_accuracy"] > 0.8
     gen = next(s for s in results["steps"] if s["step"] == "gen_patch")
     assert gen["details"]["targets"] == ["zero"] * 3  # the sorted folders: one, two, zero

@@ -9,6 +9,7 @@ retries run out is a success with the right bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import socket
@@ -109,10 +110,8 @@ class Proxy:
 
 def _close(s):
     if s is not None:
-        try:
+        with contextlib.suppress(OSError):
             s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         s.close()
 
 
@@ -252,8 +251,9 @@ def test_a_server_back_before_the_retries_run_out_is_a_success(weed, proxy, tmp_
     proxy.arm("sent", 8 * MiB, weed.kill_and_restart)
     start = time.monotonic()
     assert storage.upload(big, f"s3://{BUCKET}/transient") == ["transient/big.bin"]
-    print(f"\nupload: {time.monotonic() - start:.1f} s, {proxy.attempts('POST', f'/{BUCKET}/transient/big.bin?uploads=')}"
-          f" attempts, incomplete uploads left: {len(weed.incomplete_uploads('transient/'))}")
+    print(f"\nupload: {time.monotonic() - start:.1f} s, "
+          f"{proxy.attempts('POST', f'/{BUCKET}/transient/big.bin?uploads=')} attempts, "
+          f"incomplete uploads left: {len(weed.incomplete_uploads('transient/'))}")
     assert proxy.attempts("POST", f"/{BUCKET}/transient/big.bin?uploads=") >= 2
     assert weed.incomplete_uploads("transient/") == []  # the attempt cut off was aborted after the success
     assert weed.restarted.wait(30)
@@ -261,7 +261,8 @@ def test_a_server_back_before_the_retries_run_out_is_a_success(weed, proxy, tmp_
     proxy.arm("received", 8 * MiB, weed.kill_and_restart)
     start = time.monotonic()
     got = storage.download(f"s3://{BUCKET}/transient/big.bin", tmp_path / "down")
-    print(f"download: {time.monotonic() - start:.1f} s, {proxy.attempts('HEAD', f'/{BUCKET}/transient/big.bin')} attempts")
+    print(f"download: {time.monotonic() - start:.1f} s, "
+          f"{proxy.attempts('HEAD', f'/{BUCKET}/transient/big.bin')} attempts")
     assert proxy.attempts("HEAD", f"/{BUCKET}/transient/big.bin") >= 2
     assert _sha(got) == _sha(big) and sorted(p.name for p in (tmp_path / "down").iterdir()) == ["big.bin"]
     assert weed.restarted.wait(30)

@@ -67,14 +67,16 @@ def test_cpu_image_install_step_works_in_a_fresh_venv(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     resolved = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
                 for i in json.loads(report.read_text())["install"]}
-    pins = dict(line.lower().replace("_", "-").split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+    pins = dict(line.lower().replace("_", "-").split("==")
+                for line in (ROOT / "constraints.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
     assert resolved["advpatch"] == __version__ and resolved["tensorflow-cpu"] == "2.21.0" and len(resolved) > 100
     assert {k: v for k, v in resolved.items() if k in pins and pins[k] != v} == {}  # every pin held
     # installed: the wheel into a venv of its own, the dependencies from this environment
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", purelib],
                           check=True, capture_output=True, text=True).stdout.strip()
     (Path(site) / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
     wheel = tmp_path / f"advpatch-{__version__}-py3-none-any.whl"

@@ -92,7 +92,8 @@ def test_each_module_imports_only_its_own_part_and_the_layers_below(module, path
 def test_importing_every_core_module_loads_no_kfp():
     modules = [".".join(("advpatch", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__")
                for p in CORE]
-    code = f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'kfp'))"
+    code = (f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'kfp'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -77,7 +77,8 @@ def test_everything_lands_where_the_runs_execute_and_owns_no_namespace(overlay):
     config = _one(objs, "ConfigMap", "advpatch-config")["data"]
     assert config["MLFLOW_TRACKING_URI"] == f"http://advpatch-mlflow.{namespace}.svc:5000"
     hosts = config["MLFLOW_ALLOWED_HOSTS"].split(",")
-    assert f"advpatch-mlflow.{namespace}.svc:5000" in hosts and f"advpatch-mlflow.{namespace}.svc.cluster.local:5000" in hosts
+    assert f"advpatch-mlflow.{namespace}.svc:5000" in hosts
+    assert f"advpatch-mlflow.{namespace}.svc.cluster.local:5000" in hosts
     assert config["ADVPATCH_S3_ENDPOINT"] == config["MLFLOW_S3_ENDPOINT_URL"] == "http://seaweedfs.kubeflow.svc:8333"
     prefix = "artifacts/" if namespace == "kubeflow" else f"private/{namespace}/"
     assert config["MLFLOW_ARTIFACTS_DESTINATION"] == f"s3://mlpipeline/{prefix}mlflow"
@@ -251,7 +252,8 @@ def test_one_image_setting_in_an_overlay_moves_every_advpatch_container(overlay,
     images = {name: [c["image"] for c in spec["containers"]] for name, spec in _pod_specs(objs)}
     assert images["advpatch-mlflow"] == images["advpatch-smoke"] == ["registry.example.com/ml/advpatch:0.1.0-rc1"]
     job = _one(objs, "Job", "advpatch-smoke")["spec"]["template"]["spec"]["containers"][0]
-    assert {e["name"]: e.get("value") for e in job["env"]}["ADVPATCH_IMAGE"] == "registry.example.com/ml/advpatch:0.1.0-rc1"
+    env = {e["name"]: e.get("value") for e in job["env"]}
+    assert env["ADVPATCH_IMAGE"] == "registry.example.com/ml/advpatch:0.1.0-rc1"
     assert "ghcr.io/advpatch" not in render(overlay, manifests)
 
 

@@ -79,7 +79,7 @@ def test_model_artifact_round_trip(tmp_path):
     assert info2 == info
     x = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
     np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
-    with pytest.raises(ModelError, match="model.json is missing"):
+    with pytest.raises(ModelError, match=r"model\.json is missing"):
         models.read_model_info(tmp_path)
 
 
@@ -157,7 +157,7 @@ def test_class_index_files(tmp_path):
     with pytest.raises(SourceError, match="names a class twice"):
         read_class_index(tmp_path / "twice.txt")
     (tmp_path / "bad.json").write_text("[1, 2]")
-    with pytest.raises(SourceError, match="not in imagenet_class_index.json's format"):
+    with pytest.raises(SourceError, match=r"not in imagenet_class_index\.json's format"):
         read_class_index(tmp_path / "bad.json")
     with pytest.raises(SourceError, match="does not exist"):
         read_class_index(tmp_path / "missing.json")

@@ -30,7 +30,8 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_every_module_and_component_file(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    sources = {f"advpatch/{p.relative_to(ROOT / 'src' / 'advpatch')}" for p in (ROOT / "src" / "advpatch").rglob("*.py")}
+    package = ROOT / "src" / "advpatch"
+    sources = {f"advpatch/{p.relative_to(package)}" for p in package.rglob("*.py")}
     for folder in ("components", "pipelines"):
         sources |= {f"advpatch/{p.relative_to(ROOT)}" for p in (ROOT / folder).rglob("*")
                     if p.is_file() and p.suffix in (".py", ".yaml", ".md")}
@@ -47,7 +48,8 @@ def test_the_installed_wheel_lists_compiles_imports_and_runs_the_short_pipeline(
     kfp.local, whose tasks run the installed package too."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", purelib],
                                check=True, capture_output=True, text=True).stdout.strip())
     # the dependencies: this environment's packages after the venv's own (a .pth in a path added by
     # a .pth is not read, so this environment's editable advpatch does not come along)

@@ -12,7 +12,9 @@ from advpatch.params import ParameterError
 @pytest.mark.parametrize(
     "name, value, message",
     [
-        ("model_architecture", "lenet", "model_architecture must be one of 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50', 'vgg16', got 'lenet'"),
+        ("model_architecture", "lenet",
+         "model_architecture must be one of 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50', 'vgg16', "
+         "got 'lenet'"),
         ("optimizer", "adamw", "optimizer must be one of 'rmsprop', 'adam', 'adagrad', 'sgd', got 'adamw'"),
         ("validation_split", 1.0, "validation_split must be in [0, 1), got 1.0"),
         ("validation_split", -0.1, "validation_split must be in [0, 1), got -0.1"),
@@ -25,11 +27,14 @@ from advpatch.params import ParameterError
         ("seed", -1, "seed must be an integer in [0, 2147483647], got -1"),
         ("split", "validation", "split must be one of 'train', 'test', 'all', got 'validation'"),
         ("register_model", "yes", "register_model must be true or false, got 'yes'"),
-        ("model_tag", "a b", "model_tag must be letters, digits, _ . - (not starting with . or -), or empty, got 'a b'"),
+        ("model_tag", "a b",
+         "model_tag must be letters, digits, _ . - (not starting with . or -), or empty, got 'a b'"),
         ("model_uri", "mnist_le_net/1", "model_uri must be 'models:/NAME/VERSION' or 'runs:/RUN_ID/PATH', or empty, "
                                         "got 'mnist_le_net/1'"),
-        ("output_tar_name", "../x.tar", "output_tar_name must be a plain file name ending in .tar, or empty, got '../x.tar'"),
-        ("source", "", "source must be 'digits', a folder, an .npz file, s3://BUCKET/PREFIX or mlflow-run://RUN_ID/TAR_NAME, got ''"),
+        ("output_tar_name", "../x.tar",
+         "output_tar_name must be a plain file name ending in .tar, or empty, got '../x.tar'"),
+        ("source", "",
+         "source must be 'digits', a folder, an .npz file, s3://BUCKET/PREFIX or mlflow-run://RUN_ID/TAR_NAME, got ''"),
     ],
 )
 def test_bad_values_name_parameter_value_and_allowed(name, value, message):

@@ -115,7 +115,7 @@ def test_the_step_defends_a_trained_model_and_every_certificate_holds(tmp_path, 
     (evaluation,) = result.evaluations
     assert evaluation.condition == "clean" and evaluation.metrics["accuracy"] > 0.7
     assert evaluation.counts["certified_accuracy_5"][1] == 60
-    rows = list(csv.DictReader(open(tmp_path / "certificates.csv")))
+    rows = list(csv.DictReader((tmp_path / "certificates.csv").read_text().splitlines()))
     assert len(rows) == 60 and {r["certified_patch_size"] for r in rows} <= {"0", "1", "5"}
     net, info = load_model(tmp_path / "defended")
     assert info.provenance["patch_cleanser"]["masked_training_epochs"] == 8

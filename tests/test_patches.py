@@ -134,7 +134,8 @@ def test_patch_losses():
     from advpatch.models import ModelInfo
     from advpatch.models.classifier import Classifier
 
-    model = Classifier(keras.Model(inputs, keras.layers.Softmax()(logits_layer)), ModelInfo("tiny", (4, 4, 1), list("abc")))
+    model = Classifier(keras.Model(inputs, keras.layers.Softmax()(logits_layer)),
+                       ModelInfo("tiny", (4, 4, 1), list("abc")))
     logits = tf.constant([[2.0, 0.0, -1.0], [0.0, 3.0, 1.0], [1.0, 1.0, 1.0]])
     weights = tf.constant([1.0, 1.0, 0.0])  # the last row is padding
     p = tf.nn.softmax(logits).numpy()[:2, 0]
@@ -222,7 +223,8 @@ def test_patch_channels_must_match_images():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(scale_min=0.5, scale_max=0.5), "scale_min must be smaller than scale_max, got scale_min=0.5 and scale_max=0.5"),
+        (dict(scale_min=0.5, scale_max=0.5),
+         "scale_min must be smaller than scale_max, got scale_min=0.5 and scale_max=0.5"),
         (dict(scale_min=0.6, scale_max=0.5), "scale_min must be smaller than scale_max"),
         (dict(rotation_max=181), r"rotation_max must be in \[0, 180\], got 181"),
         (dict(rotation_max=-1), r"rotation_max must be in \[0, 180\], got -1"),
@@ -291,11 +293,12 @@ def test_gen_patch_random_targets_and_bad_input(attack_setup, tmp_path):
     ps = patches.PatchSet.load(tmp_path / "p")
     assert len(ps) == 4 and len(set(ps.targets.tolist())) > 1
     assert result.details["targets"] == [CLASSES[t] for t in ps.targets]
-    with pytest.raises(ParameterError, match=r"patch_target must be -1 \(random\) or a class index in \[0, 9\], got 10"):
+    with pytest.raises(ParameterError,
+                       match=r"patch_target must be -1 \(random\) or a class index in \[0, 9\], got 10"):
         steps.gen_patch(**gen, patches=str(tmp_path / "q"), patch_target=10)
     with pytest.raises(ParameterError, match="max_iter must be an integer >= 1, got 0"):
         steps.gen_patch(**gen, patches=str(tmp_path / "q"), max_iter=0)
-    with pytest.raises(ParameterError, match="patch_loss must be one of 'auto', .*, got 'hinge'"):
+    with pytest.raises(ParameterError, match=r"patch_loss must be one of 'auto', .*, got 'hinge'"):
         steps.gen_patch(**gen, patches=str(tmp_path / "q"), patch_loss="hinge")
     with pytest.raises(ParameterError, match=r"lr_decay must be in \[0, 1\], got -0.1"):
         steps.gen_patch(**gen, patches=str(tmp_path / "q"), lr_decay=-0.1)
@@ -308,7 +311,8 @@ def test_gen_patch_random_targets_and_bad_input(attack_setup, tmp_path):
 def test_deploy_counts_are_exact(attack_setup, tmp_path, method, rate, expected_total, expected_patched):
     root = attack_setup
     _patch_set(targets=(3, 5)).save(tmp_path / "ps")
-    result = steps.deploy_patch(data=str(root / "test"), patches=str(tmp_path / "ps"), patched_data=str(tmp_path / "out"),
+    result = steps.deploy_patch(data=str(root / "test"), patches=str(tmp_path / "ps"),
+                                patched_data=str(tmp_path / "out"),
                                 patch_deployment_method=method, patch_application_rate=rate, patch_scale=0.4,
                                 batch_size=32, seed=2)
     data = Dataset(tmp_path / "out").load()
@@ -350,7 +354,7 @@ def test_deploy_is_deterministic_and_checks_inputs(attack_setup, tmp_path):
         steps.deploy_patch(**c, patches=str(tmp_path / "ps"), patch_application_rate=1.2)
     with pytest.raises(ParameterError, match="patch_deployment_method must be one of 'corrupt', 'augment'"):
         steps.deploy_patch(**c, patches=str(tmp_path / "ps"), patch_deployment_method="x")
-    with pytest.raises(PatchSetError, match="is not a patch set: patchset.json is missing"):
+    with pytest.raises(PatchSetError, match=r"is not a patch set: patchset\.json is missing"):
         steps.deploy_patch(**c, patches=str(root / "test"))
     assert not (tmp_path / "c").exists()
 
@@ -364,7 +368,7 @@ def test_infer_reports_targeted_success_against_hand_count(attack_setup, tmp_pat
     result = steps.infer(data=str(tmp_path / "d"), predictions=str(tmp_path / "pred.csv"), model=str(root / "model"))
     import csv
 
-    rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
+    rows = list(csv.DictReader((tmp_path / "pred.csv").read_text().splitlines()))
     patched = [r for r in rows if r["patched"] == "True"]
     eligible = [r for r in patched if r["label"] != r["patch_target"]]
     assert len(patched) == 60

@@ -183,7 +183,8 @@ def test_mnist_patch_pipeline_end_to_end(short_run):
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(c.data.tags["kfp.task_name"] for c in children) == [
         "deploy-patch", "gen-patch", "infer", "infer-2", "load-dataset", "load-dataset-2", "train"]
-    assert mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/results.json")["evaluations"] == results["evaluations"]
+    logged = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/results.json")
+    assert logged["evaluations"] == results["evaluations"]
     # MLflow that reads well: the experiment opens on its training runs, runs are named after what
     # they are, the parent holds each row's figures, the inputs fill MLflow's Dataset column
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"

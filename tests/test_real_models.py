@@ -222,7 +222,7 @@ def parts(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("parts")
     rng = np.random.default_rng(2)
-    for c, name in enumerate(["bolt", "nut", "washer"]):
+    for name in ["bolt", "nut", "washer"]:
         (root / "data" / name).mkdir(parents=True)
         for k in range(10):
             Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / "data" / name / f"{k}.png")
@@ -315,7 +315,7 @@ def test_the_imagenet_pipeline_compiled_for_a_cluster_and_run_back_locally(image
     weights, _ = resnet50_weights
     out = tmp_path / "imagenet-patch.yaml"
     assert cli.main(["compile", "imagenet-patch", "--output", str(out), "--image", "registry.example/advpatch:1"]) == 0
-    spec, platform = yaml.safe_load_all(out.read_text())
+    spec, _platform = yaml.safe_load_all(out.read_text())
     executors = spec["deploymentSpec"]["executors"]
     on_gpu = {name for name, e in executors.items() if "accelerator" in e["container"]["resources"]}
     assert {"exec-init-model", "exec-gen-patch"} <= on_gpu and not any("infer" in n for n in on_gpu)
@@ -341,7 +341,8 @@ def test_the_imagenet_pipeline_compiled_for_a_cluster_and_run_back_locally(image
     assert [r["label"] for r in results["comparison"]] == [
         "pretrained", "baseline", *[d.label for d in registered().values()]]
     patched = [e for e in results["evaluations"] if e["condition"] == "patched"]
-    assert len(patched) == 1 + len(registered()) and all(e["num_examples"] == 8 for e in patched)  # the 20% held out: 2 of 10 a class
+    # the 20% held out: 2 of 10 a class
+    assert len(patched) == 1 + len(registered()) and all(e["num_examples"] == 8 for e in patched)
     assert all(e["num_patched"] == 8 for e in patched)
 
 

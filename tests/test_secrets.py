@@ -211,8 +211,8 @@ def _mlflow_records(client):
 
 
 @pytest.mark.pipeline
-def test_no_secret_in_any_log_record_pipeline_or_result(s3_env, mnist_folder, manifest_mlflow, tmp_path,
-                                                         tmp_path_factory, monkeypatch, capsys):
+def test_no_secret_in_any_log_record_pipeline_or_result(s3_env, mnist_folder, manifest_mlflow,  # noqa: F811 (the fixture)
+                                                         tmp_path, tmp_path_factory, monkeypatch, capsys):
     import mlflow
     from mlflow.server.auth.client import AuthServiceClient
 
@@ -258,8 +258,9 @@ def test_no_secret_in_any_log_record_pipeline_or_result(s3_env, mnist_folder, ma
         # 4. submitted to a KFP API with the service-account token
         with FakeKFP(final_state="SUCCEEDED") as kfp_api:
             for variant in ("default", "kfp-mlflow"):  # a new pipeline, then a new version of it
-                _run(["submit", "--host", kfp_api.url, "--package", str(work / "compiled" / variant / "mnist-patch.yaml"),
-                      "--namespace", "advpatch", *_params({"data_dir": data_dir, "epochs": 1}), "--wait", "--poll", "0.05"],
+                package = work / "compiled" / variant / "mnist-patch.yaml"
+                _run(["submit", "--host", kfp_api.url, "--package", str(package), "--namespace", "advpatch",
+                      *_params({"data_dir": data_dir, "epochs": 1}), "--wait", "--poll", "0.05"],
                      env, work, printed)
         scan = Scan()
         # the local store's database holds the user name in its owner fields (its records, those

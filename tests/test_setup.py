@@ -59,7 +59,8 @@ def test_as_root_the_set_up_step_installs_what_is_missing(tmp_path):
 def test_without_root_the_set_up_step_says_in_one_line_what_to_install(tmp_path):
     done = _setup_step(tmp_path, "1000")
     assert done.returncode != 0 and not (tmp_path / "apt.log").exists()
-    lines = [line for line in done.stderr.splitlines() if line.strip() and not re.match(r"make(\[\d+\])?: \*\*\*", line)]
+    lines = [line for line in done.stderr.splitlines()
+             if line.strip() and not re.match(r"make(\[\d+\])?: \*\*\*", line)]
     assert len(lines) == 1, done.stderr
     assert f"sudo apt-get install -y {' '.join(_packages())}" in lines[0] and "as root" in lines[0]
 

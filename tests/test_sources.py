@@ -9,7 +9,7 @@ from advpatch.params import ParameterError
 
 
 def test_embedded_digits_are_framed_like_mnist_with_a_fixed_split():
-    xtr, ytr, names = embedded_digits("train")
+    xtr, _, names = embedded_digits("train")
     xte, yte, _ = embedded_digits("test")
     assert names == [str(i) for i in range(10)]
     assert xtr.shape[1:] == (28, 28, 1) and xtr.dtype == np.uint8
@@ -69,7 +69,7 @@ def test_fruits360_layout_training_and_test_folders_with_class_names_with_spaces
     """Kaggle's Fruits360: Training/ and Test/ (capitalised), class folders such as 'Apple Braeburn'."""
     rng = np.random.default_rng(1)
     for split, n in (("Training", 4), ("Test", 2)):
-        for c, name in enumerate(("Apple Braeburn", "Banana", "Cherry Rainier")):
+        for name in ("Apple Braeburn", "Banana", "Cherry Rainier"):
             folder = tmp_path / "fruits-360" / split / name
             folder.mkdir(parents=True)
             for i in range(n):
@@ -144,7 +144,8 @@ def test_npz_with_objects_is_refused(tmp_path):
         (lambda p: None, "does not exist"),
         (lambda p: p.mkdir(), "has no class subfolders"),
         (lambda p: (p / "cat").mkdir(parents=True), "no images"),
-        (lambda p: ((p / "cat").mkdir(parents=True), (p / "cat" / "x.png").write_bytes(b"not a png")), "cannot read image"),
+        (lambda p: ((p / "cat").mkdir(parents=True), (p / "cat" / "x.png").write_bytes(b"not a png")),
+         "cannot read image"),
     ],
     ids=["missing", "empty", "no-images", "unreadable"],
 )

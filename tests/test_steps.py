@@ -110,7 +110,8 @@ def test_infer_writes_metrics_confusion_and_predictions(tiny_data, tmp_path, out
     assert matrix.shape == (10, 10) and matrix.sum() == 60
     assert evaluation.counts["accuracy"] == [int(np.trace(matrix)), 60]
     assert result.metrics["accuracy"] == pytest.approx(np.trace(matrix) / 60)
-    rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
+    with open(tmp_path / "pred.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 60
     assert np.mean([r["label"] == r["predicted"] for r in rows]) == pytest.approx(result.metrics["accuracy"])
     assert (evaluation.row, evaluation.condition) == ("mine", "clean")  # condition 'auto': no patched images
@@ -131,9 +132,9 @@ def test_train_rejects_bad_input_before_work_and_writes_nothing(tiny_data, tmp_p
         steps.train(training_data=data, model=str(out), optimizer="nadam")
     with pytest.raises(ParameterError, match="epochs must be a number > 0, got -1"):
         steps.train(training_data=data, model=str(out), epochs=-1)
-    with pytest.raises(ParameterError, match="^learning_rat is not a parameter of train; it takes "):
+    with pytest.raises(ParameterError, match=r"^learning_rat is not a parameter of train; it takes "):
         steps.train(training_data=data, model=str(out), learning_rat=0.1)
-    with pytest.raises(DatasetError, match="dataset.json is missing"):
+    with pytest.raises(DatasetError, match=r"dataset\.json is missing"):
         steps.train(training_data=str(tmp_path), model=str(out))
     assert not out.exists() and not (outputs / "mlflow").exists()
 

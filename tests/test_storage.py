@@ -21,11 +21,11 @@ def _objects(endpoint, bucket, prefix):
 
 
 def test_upload_and_load_a_dataset_from_s3(s3_env, mnist_folder, tmp_path):
-    endpoint, bucket = s3_env
+    _, bucket = s3_env
     names = storage.upload(mnist_folder, f"s3://{bucket}/datasets/mnist")
     assert len(names) == 380 and all(n.startswith("datasets/mnist/") for n in names)
     spec = import_dataset(f"s3://{bucket}/datasets/mnist", tmp_path / "train", split="train")
-    local = import_dataset(str(mnist_folder), tmp_path / "local", split="train")
+    import_dataset(str(mnist_folder), tmp_path / "local", split="train")
     assert spec.num_examples == 300 and spec.provenance[0]["source"] == f"s3://{bucket}/datasets/mnist"
     np.testing.assert_array_equal(Dataset(tmp_path / "train").load()["x"], Dataset(tmp_path / "local").load()["x"])
     manifest = json.loads((tmp_path / "train" / "dataset.json").read_text())
@@ -71,7 +71,8 @@ def test_missing_bucket_prefix_endpoint_and_settings(s3_env, monkeypatch, tmp_pa
     with pytest.raises(StorageInputError, match="must look like s3://bucket/prefix"):
         storage.download("s3:///nobucket", tmp_path)
     monkeypatch.setenv("ADVPATCH_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    monkeypatch.setattr(storage, "RETRY_DELAYS_S", (0.1,) * (storage.ATTEMPTS - 1))  # test_faults_s3 times the real ones
+    # test_faults_s3 times the real ones
+    monkeypatch.setattr(storage, "RETRY_DELAYS_S", (0.1,) * (storage.ATTEMPTS - 1))
     with pytest.raises(storage.StorageError, match="cannot reach the S3 endpoint"):
         storage.download(f"s3://{bucket}/datasets/mnist", tmp_path)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")

@@ -183,7 +183,8 @@ def _notes() -> list:
         "Bound: same delta = patch + ablation - 1 and the same tie rule (equality certifies only when the "
         "winner has the smaller index), but checked against the runner-up of tf.math.top_k only "
         "(ties in top_k go to the lower index, so the runner-up is the most demanding rival and this equals "
-        "advpatch's check against every class): " + _quote(ablators, "certs = (top_class_counts - second_class_counts) >")
+        "advpatch's check against every class): "
+        + _quote(ablators, "certs = (top_class_counts - second_class_counts) >")
         + " / " + _quote(ablators, ") & (top_predicted_class < second_predicted_class)"),
         "Latent bug (not hit here): the channel doubling ignores channels_first, so input_shape=(1, 28, 28) would "
         "become (1, 28, 56): " + _quote(smoothing, "input_shape[2] * 2"),

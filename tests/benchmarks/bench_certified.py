@@ -58,7 +58,8 @@ TARGET_SIZE = 5
 DERANDOMIZED = dict(ablation="cross", ablation_size=2, vote_threshold=0.2, model_architecture="conv_net", epochs=300,
                     batch_size=128, learning_rate=0.002, lr_decay=1.0)
 """derandomized_smoothing's settings (issue 23)."""
-CLEANSER = dict(mask_patch_size=5, masks_per_side=6, masked_training_epochs=300, masked_training_architecture="conv_net",
+CLEANSER = dict(mask_patch_size=5, masks_per_side=6, masked_training_epochs=300,
+                masked_training_architecture="conv_net",
                 batch_size=64, learning_rate=0.001, lr_decay=1.0)
 """patch_cleanser's settings with masked training (issue 23)."""
 TARGETS = {"derandomized smoothing": (0.70, 0.95), "PatchCleanser, masked training": (0.60, 0.95)}
@@ -259,7 +260,8 @@ def main(argv=None) -> int:
         if name in TARGETS:
             certified, clean = TARGETS[name]
             r["target"] = {"certified": certified, "clean": clean, "patch_side": TARGET_SIZE,
-                           "met": r["certified"][str(TARGET_SIZE)]["value"] >= certified and r["clean"]["value"] >= clean}
+                           "met": r["certified"][str(TARGET_SIZE)]["value"] >= certified
+                                  and r["clean"]["value"] >= clean}
         if name.startswith("PatchCleanser"):
             r["reference"] = "the base model's plain inference"
             r["reference_images_per_second"] = r["plain_inference_images_per_second"]

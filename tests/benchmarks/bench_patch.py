@@ -44,6 +44,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import itertools
+
 import numpy as np
 
 TARGET = 5
@@ -58,7 +60,7 @@ def full_frame_digits(split):
 
     from advpatch.data.sources import embedded_digits
 
-    framed, y, _ = embedded_digits(split)
+    _framed, _y, _ = embedded_digits(split)
     bunch = load_digits()
     # reuse the embedded split: match images by label order is not possible, so redo the split
     images = (bunch.images / 16.0 * 255).astype(np.uint8)
@@ -67,7 +69,7 @@ def full_frame_digits(split):
     for c in range(10):
         idx = np.flatnonzero(bunch.target == c)
         rng.shuffle(idx)
-        is_test[idx[: int(round(len(idx) * 0.2))]] = True
+        is_test[idx[: round(len(idx) * 0.2)]] = True
     keep = is_test if split == "test" else ~is_test
     x = np.stack([np.asarray(Image.fromarray(im).resize((28, 28), Image.BILINEAR)) for im in images[keep]])
     return x[..., None], bunch.target[keep].astype(np.int32)
@@ -148,7 +150,7 @@ def our_generate(model, x, lr, iters, batch, scale_min, scale_max, location, sha
               location=location)
     patches.generate_patch(opt, x, TARGET, rng=np.random.default_rng(seed), **{**kw, "max_iter": 1})  # trace
     t0 = time.perf_counter()
-    patch, history = patches.generate_patch(opt, x, TARGET, rng=np.random.default_rng(seed), **kw)
+    patch, _history = patches.generate_patch(opt, x, TARGET, rng=np.random.default_rng(seed), **kw)
     return patch, patches.make_mask(28, shape), time.perf_counter() - t0
 
 
@@ -168,7 +170,8 @@ def floor_step_seconds(model, x, steps):
         for _ in tf.range(n):
             with tf.GradientTape() as tape:
                 tape.watch(xx)
-                loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, net(xx), from_logits=from_logits))
+                loss = tf.reduce_mean(
+                    tf.keras.losses.sparse_categorical_crossentropy(y, net(xx), from_logits=from_logits))
             xx = xx + 1e-9 * tape.gradient(loss, xx)
         return xx
 
@@ -547,7 +550,7 @@ def main(argv=None):
                 o["targeted_success_rate"] >= a["targeted_success_rate"] for o, a in zip(rows["ours"], rows["art"])),
             "ours_accuracy_drop_strictly_at_least_art_every_scale": all(
                 o["patched_accuracy"] <= a["patched_accuracy"] for o, a in zip(rows["ours"], rows["art"])),
-            "ours_success_grows_with_scale": bool(all(b >= a - 0.02 for a, b in zip(succ, succ[1:]))),
+            "ours_success_grows_with_scale": bool(all(b >= a - 0.02 for a, b in itertools.pairwise(succ))),
             "ours_success_at_scale_1": succ[-1],
             "ours_success_at_scale_1_at_least_0.95": bool(succ[-1] >= 0.95),
         }

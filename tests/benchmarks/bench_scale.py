@@ -585,7 +585,8 @@ def main(argv=None) -> int:
                   f"{f['images_per_second_whole_process']:.1f} images/s, {f['rss_after_imports_mib']:.0f} MiB")
     if "deploy_patch floor: read each shard + copy x (images/s)" in figures:
         f = figures["deploy_patch floor: read each shard + copy x (images/s)"]
-        print(f"  deploy floor in memory only (np.copyto, same bytes): {f['memory_copy_images_per_second']:.0f} images/s")
+        print("  deploy floor in memory only (np.copyto, same bytes): "
+              f"{f['memory_copy_images_per_second']:.0f} images/s")
     print(f"\nwritten: {path} (key 'scale')")
     return 0
 

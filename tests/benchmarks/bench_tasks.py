@@ -36,7 +36,8 @@ ENV = {**os.environ, "_KFP_RUNTIME": "true", "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLO
 KERAS = "from advpatch import settings; settings.skip_keras_extras(); "
 CASES = {
     "kfp executor": "import kfp.dsl.executor_main",
-    "+ numpy steps": "import kfp.dsl.executor_main, advpatch.steps, advpatch.defences.preprocessing, advpatch.patches, PIL.Image",
+    "+ numpy steps": "import kfp.dsl.executor_main, advpatch.steps, advpatch.defences.preprocessing, advpatch.patches, "
+                     "PIL.Image",
     "+ TensorFlow": f"import kfp.dsl.executor_main, advpatch.steps; {KERAS}import tensorflow, keras",
     "+ MLflow": f"import kfp.dsl.executor_main, advpatch.steps; {KERAS}import tensorflow, keras, mlflow",
 }

@@ -236,7 +236,7 @@ def claim_output(output: Optional[Path], default: Path) -> Tuple[Path, IO]:
                                                      for i in range(2, MAX_FOLDERS + 1))]
     for folder in candidates:
         folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / LOCK_FILE, "w")
+        lock = open(folder / LOCK_FILE, "w")  # noqa: SIM115 (held open by the caller: the lock lasts as long)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -96,7 +96,8 @@ class Placement:
     def __post_init__(self) -> None:
         unknown = set(self.gpu_steps) - STEP_NAMES
         if unknown:
-            raise params.ParameterError(f"gpu steps must be among {', '.join(sorted(STEP_NAMES))}, got {sorted(unknown)}")
+            raise params.ParameterError(f"gpu steps must be among {', '.join(sorted(STEP_NAMES))}, "
+                                        f"got {sorted(unknown)}")
         if self.accelerator_limit < 1:
             raise params.ParameterError(f"accelerator_limit must be an integer >= 1, got {self.accelerator_limit}")
 

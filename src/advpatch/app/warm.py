@@ -36,7 +36,8 @@ from typing import Dict, Iterator
 from advpatch.components._warm import ACCEPTED, ENV_WARM_SOCKET, _receive, _send, error_reply
 
 PRELOAD = ("tensorflow", "keras", "mlflow", "mlflow.keras", "matplotlib.pyplot", "PIL.Image",
-           "advpatch.steps", "advpatch.models.training", "advpatch.models.classifier", "advpatch.patches", "advpatch.defences.preprocessing",
+           "advpatch.steps", "advpatch.models.training", "advpatch.models.classifier", "advpatch.patches",
+           "advpatch.defences.preprocessing",
            "advpatch.report", "advpatch.report.charts", "advpatch.report.html", "advpatch.tracking",
            "advpatch.tracking.registry", "advpatch.models")
 """What the warm process imports (and nothing it runs)."""

@@ -69,7 +69,8 @@ class DatasetSpec:
         for record in self.provenance:
             step = record.get("step", "?")
             if step == "load_dataset":
-                parts = [f"{Path(str(record.get('source', '?'))).name or record.get('source')}/{record.get('split', '')}"]
+                source = Path(str(record.get("source", "?"))).name or record.get("source")
+                parts = [f"{source}/{record.get('split', '')}"]
             elif step == "deploy_patch":
                 parts.append(f"deploy_patch {record.get('patch_deployment_method', '')}".strip())
             else:
@@ -128,7 +129,8 @@ class DatasetSpec:
             name = str(shard["file"])
             if Path(name).name != name or name in ("", ".", ".."):
                 raise DatasetError(f"shard name {name!r} in {where} is not a plain file name")
-            shard["file"], shard["num_examples"], shard["sha256"] = name, int(shard["num_examples"]), str(shard["sha256"])
+            shard["file"], shard["num_examples"] = name, int(shard["num_examples"])
+            shard["sha256"] = str(shard["sha256"])
             if shard["num_examples"] < 0:
                 raise DatasetError(f"{where}: shard {name} has {shard['num_examples']} examples")
         if sum(s["num_examples"] for s in spec.shards) != spec.num_examples:
@@ -381,7 +383,8 @@ def write_dataset(path: os.PathLike | str, x: np.ndarray, y: np.ndarray, class_n
                   shard_bytes: int = DEFAULT_SHARD_BYTES) -> DatasetSpec:
     """Write in-memory arrays as a dataset (convenience over :class:`DatasetWriter`)."""
     columns = dict(columns or {})
-    with DatasetWriter(path, x.shape[1:], class_names, columns={k: np.asarray(v).dtype.name for k, v in columns.items()},
-                       provenance=provenance, shard_bytes=shard_bytes) as writer:
+    dtypes = {k: np.asarray(v).dtype.name for k, v in columns.items()}
+    with DatasetWriter(path, x.shape[1:], class_names, columns=dtypes, provenance=provenance,
+                       shard_bytes=shard_bytes) as writer:
         writer.write(x, y, **columns)
     return writer.spec

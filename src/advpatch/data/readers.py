@@ -51,7 +51,7 @@ def embedded_digits(split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
-        is_test[idx[: int(round(len(idx) * DIGITS_TEST_FRACTION))]] = True
+        is_test[idx[: round(len(idx) * DIGITS_TEST_FRACTION)]] = True
     keep = {"train": ~is_test, "test": is_test, "all": np.ones_like(is_test)}[split]
     framed = np.zeros((int(keep.sum()), 28, 28, 1), dtype=np.uint8)
     for i, img in enumerate(images[keep]):
@@ -293,7 +293,7 @@ def write_image_folder(
     with DatasetWriter(output_path, shape, classes, provenance=provenance, shard_bytes=shard_bytes) as writer:
         for start in range(0, len(files), _CHUNK):
             chunk = files[start : start + _CHUNK]
-            x = np.empty((len(chunk),) + shape, dtype=np.uint8)
+            x = np.empty((len(chunk), *shape), dtype=np.uint8)
 
             def read(i: int, chunk=chunk, x=x) -> None:  # on every core: decoding releases Python's lock
                 f = chunk[i][0]

@@ -53,7 +53,7 @@ def masks_at(image_hw: Tuple[int, int], rows: Tuple[int, Sequence[int]], cols: T
     """The masks [K, H, W] (True: masked) of a grid: ``rows`` and ``cols`` are (side, offsets)."""
     (h_side, tops), (w_side, lefts) = rows, cols
     out = np.zeros((len(tops) * len(lefts), *image_hw), bool)
-    for i, (top, left) in enumerate((t, l) for t in tops for l in lefts):
+    for i, (top, left) in enumerate((t, lf) for t in tops for lf in lefts):
         out[i, top:top + h_side, left:left + w_side] = True
     return out
 

@@ -106,7 +106,8 @@ class SpatialSmoothing(Defence):
     label = "spatial smoothing"
     summary = "Median filtering over a window (ART SpatialSmoothing)"
     notes = """The seed's spatial_smoothing entry point. The filter is ART's NumPy `SpatialSmoothing` (its TF v2
-        version crashes with clip values); tests check the output equals ART's. The seed's `model`/`model_architecture` parameters are not needed (a defence on data does not
+        version crashes with clip values); tests check the output equals ART's. The seed's
+        `model`/`model_architecture` parameters are not needed (a defence on data does not
         use the model), and its `load_dataset_from_mlruns`, `dataset_run_id`, `dataset_tar_name` and
         `dataset_name` are a `load_dataset` source here (`mlflow-run://RUN_ID/TAR_NAME#FOLDER`)."""
     gradient = "straight_through"
@@ -140,7 +141,8 @@ class JpegCompression(Defence):
     summary = "JPEG compression and decompression (ART JpegCompression), grayscale or RGB"
     notes = """The seed's jpeg_compression entry point. The compression is ART's `JpegCompression`
         (channels-last; `jpeg_compression_channels_first` compresses in NCHW layout, the same images);
-        tests check the output equals ART's. The seed's `model`/`model_architecture` parameters are not needed (a defence on data does not
+        tests check the output equals ART's. The seed's `model`/`model_architecture` parameters are
+        not needed (a defence on data does not
         use the model), and its `load_dataset_from_mlruns`, `dataset_run_id`, `dataset_tar_name` and
         `dataset_name` are a `load_dataset` source here (`mlflow-run://RUN_ID/TAR_NAME#FOLDER`)."""
     gradient = "straight_through"
@@ -215,7 +217,8 @@ class GaussianNoise(Defence):
     notes = """The seed's gaussian_augmentation entry point. Noisy images replace the originals or, with data
         augmentation (training data only), noisy copies of round(ratio * n) images are added after the
         originals (an `augmented` column marks them). The noise is ART's `GaussianAugmentation`, drawn
-        from `seed`; tests check the output equals ART's. The seed's `model`/`model_architecture` parameters are not needed (a defence on data does not
+        from `seed`; tests check the output equals ART's. The seed's `model`/`model_architecture`
+        parameters are not needed (a defence on data does not
         use the model), and its `load_dataset_from_mlruns`, `dataset_run_id`, `dataset_tar_name` and
         `dataset_name` are a `load_dataset` source here (`mlflow-run://RUN_ID/TAR_NAME#FOLDER`)."""
     gradient = "expectation"
@@ -277,4 +280,4 @@ def augmentation_indices(n: int, ratio: float, rng: np.random.Generator) -> np.n
     """Which images get a noisy extra copy: ``round(ratio * n)`` of them, drawn with replacement
     as ART does."""
     params.check(gaussian_augmentation_ratio=ratio)
-    return np.sort(rng.integers(0, n, int(round(ratio * n))))
+    return np.sort(rng.integers(0, n, round(ratio * n)))

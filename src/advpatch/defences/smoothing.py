@@ -100,7 +100,7 @@ def fit_ablated(model, x: np.ndarray, y: np.ndarray, *, kind: str, size: int, ep
     from ``seed`` (the same seed, the same views, the same weights). ``x``: uint8 images."""
     import tensorflow as tf
 
-    n, h, w, c = x.shape
+    _n, h, w, _c = x.shape
     _check(kind, size, (h, w))
     masks = np.stack([kept_mask(kind, size, q, (h, w)) for q in range(positions(kind, (h, w)))])
 
@@ -145,7 +145,7 @@ def fit_views(model, x: np.ndarray, y: np.ndarray, masks: np.ndarray, draws: int
     steps = int(np.ceil(n / batch_size))
     # an epoch per call into TensorFlow: a small model's step is mostly Python's time otherwise
     optimizer = make_optimizer("adam", learning_rate)
-    decay_steps = int(round(steps * epochs * lr_decay))
+    decay_steps = round(steps * epochs * lr_decay)
     if decay_steps:  # held, then cosine to 1%: Keras' warm-up from the rate to itself is the hold
         import keras
 

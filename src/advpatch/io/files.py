@@ -107,7 +107,7 @@ def extract_tar(archive: PathLike, dest: PathLike, folder: str = "", *, where: s
     """
     where = where or str(archive)
     try:
-        tar = tarfile.open(archive)
+        tar = tarfile.open(archive)  # noqa: SIM115 (a `with` below: only opening it is a bad archive)
     except (tarfile.TarError, OSError) as e:
         raise ArchiveError(f"cannot read {where} as a tar archive: {e}") from None
     with tar:

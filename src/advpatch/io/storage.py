@@ -75,9 +75,11 @@ def check_settings() -> Tuple[str, str, str]:
     url = urlparse(endpoint())
     if url.scheme not in ("http", "https") or not url.netloc:
         raise StorageInputError(f"the S3 endpoint must be http(s)://host[:port], got {endpoint()!r}")
-    access, secret = os.environ.get(settings.ENV_S3_ACCESS_KEY, ""), os.environ.get(settings.ENV_S3_SECRET_KEY, "")
+    access = os.environ.get(settings.ENV_S3_ACCESS_KEY, "")
+    secret = os.environ.get(settings.ENV_S3_SECRET_KEY, "")
     if not access or not secret:
-        raise StorageInputError(f"S3 credentials missing: set {settings.ENV_S3_ACCESS_KEY} and {settings.ENV_S3_SECRET_KEY}")
+        raise StorageInputError(f"S3 credentials missing: set {settings.ENV_S3_ACCESS_KEY} and "
+                                f"{settings.ENV_S3_SECRET_KEY}")
     return endpoint(), access, secret
 
 
@@ -132,9 +134,9 @@ def _retry(fn, what: str, bucket: str):
             if isinstance(e, S3Error) and e.code == "NoSuchBucket":
                 raise StorageInputError(f"bucket {bucket!r} does not exist at {where}") from None
             if isinstance(e, S3Error) and e.code in CREDENTIAL_CODES:
-                raise StorageInputError(f"{where} rejected the S3 credentials ({e.code}): check {settings.ENV_S3_ACCESS_KEY} "
-                                   f"and {settings.ENV_S3_SECRET_KEY} (the mlpipeline-minio-artifact secret on a "
-                                   "cluster)") from None
+                raise StorageInputError(f"{where} rejected the S3 credentials ({e.code}): check "
+                                        f"{settings.ENV_S3_ACCESS_KEY} and {settings.ENV_S3_SECRET_KEY} (the "
+                                        "mlpipeline-minio-artifact secret on a cluster)") from None
             raise StorageError(f"{what}: failed at {where} on bucket {bucket!r}: "
                                f"{e.code if isinstance(e, S3Error) else _cause(e)}") from None
 
@@ -165,7 +167,9 @@ def download(uri: str, dest: os.PathLike | str) -> Path:
     base = PurePosixPath(prefix).parent if single else PurePosixPath(prefix)
     rels = []
     for obj in objects:
-        rel = PurePosixPath(obj.object_name).relative_to(base) if str(base) not in ("", ".") else PurePosixPath(obj.object_name)
+        rel = PurePosixPath(obj.object_name)
+        if str(base) not in ("", "."):
+            rel = rel.relative_to(base)
         if rel.is_absolute() or ".." in rel.parts:
             raise StorageInputError(f"refusing object {obj.object_name!r}: it would land outside {dest}")
         rels.append((obj.object_name, rel.parts))
@@ -173,7 +177,8 @@ def download(uri: str, dest: os.PathLike | str) -> Path:
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
         for name, parts in rels:
-            _retry(lambda: _get(c, bucket, name, stage.joinpath(*parts)), f"download of s3://{bucket}/{name}", bucket)
+            _retry(lambda name=name, parts=parts: _get(c, bucket, name, stage.joinpath(*parts)),
+                   f"download of s3://{bucket}/{name}", bucket)
         for _, parts in rels:  # all arrived: into place
             dest.joinpath(*parts).parent.mkdir(parents=True, exist_ok=True)
             os.replace(stage.joinpath(*parts), dest.joinpath(*parts))
@@ -200,7 +205,8 @@ def upload(src: os.PathLike | str, uri: str) -> List[str]:
         rel = f.name if src.is_file() else f.relative_to(src).as_posix()
         name = f"{prefix.rstrip('/')}/{rel}" if prefix else rel
         try:
-            _retry(lambda: c.fput_object(bucket, name, str(f)), f"upload of {f} to s3://{bucket}/{name}", bucket)
+            _retry(lambda name=name, f=f: c.fput_object(bucket, name, str(f)), f"upload of {f} to s3://{bucket}/{name}",
+                   bucket)
         except (StorageError, StorageInputError) as e:
             if not names:
                 raise

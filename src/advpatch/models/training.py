@@ -88,7 +88,7 @@ def split_validation(n: int, validation_split: float, seed: int):
     """Shuffled (train, validation) index arrays; the validation share is ``validation_split``."""
     params.check(validation_split=validation_split, seed=seed)
     order = np.random.default_rng(seed).permutation(n)
-    n_val = int(math.floor(n * validation_split))
+    n_val = math.floor(n * validation_split)
     if validation_split > 0 and n_val == 0:
         n_val = 1
     if n - n_val < 1:

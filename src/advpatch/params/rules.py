@@ -43,9 +43,7 @@ class Interval:
     def contains(self, value: float) -> bool:
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
-        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
-            return False
-        return True
+        return self.high is None or not (value >= self.high if self.high_open else value > self.high)
 
 
 @dataclass(frozen=True)

@@ -209,7 +209,8 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("feature_squeezing_apply_predict", bool, True, "Apply to data used for prediction."),
     # ---- derandomized_smoothing
     _p("ablation", str, "column", "What each view keeps: a band of columns ('column') or rows ('row'), a square block "
-       "('block'), or both kinds of band ('cross': twice the views; a patch reaches twice as many).", Choices(ABLATIONS)),
+       "('block'), or both kinds of band ('cross': twice the views; a patch reaches twice as many).",
+       Choices(ABLATIONS)),
     _p("ablation_size", int, 2, "Width of the kept bands (or side of the kept block), in pixels.",
        Interval(1, 4096, integer=True)),
     _p("vote_threshold", float, 0.2, "A view votes for every class whose probability reaches this (0: one vote, "
@@ -256,7 +257,8 @@ RELATIONS: Tuple[Relation, ...] = (
              "defence={defence!r} is what the worst-case search attacks: it needs patch_placement='worst_case', got "
              "patch_placement={patch_placement!r}"),
     Relation(("gaussian_augmentation_perform_data_augmentation", "gaussian_augmentation_apply_fit",
-              "gaussian_augmentation_apply_predict"), lambda augment, fit, predict: not augment or (fit and not predict),
+              "gaussian_augmentation_apply_predict"),
+             lambda augment, fit, predict: not augment or (fit and not predict),
              "gaussian_augmentation_perform_data_augmentation=True adds training images, so it needs "
              "gaussian_augmentation_apply_fit=True and gaussian_augmentation_apply_predict=False, got "
              "apply_fit={gaussian_augmentation_apply_fit} and apply_predict={gaussian_augmentation_apply_predict}"),
@@ -347,6 +349,7 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
     "collect": (),
     # each preprocessing defence's step: its own parameters, then those every defence step has
     **{name: _t(*own, *_DEFENCE[:-1], P["seed"].but(doc="Seeds the defence's random draws (if any): same seed, "
-                                                          "same bytes.")) for name, own in PREPROCESSING_DEFENCES.items()},
+                                                          "same bytes."))
+       for name, own in PREPROCESSING_DEFENCES.items()},
 }
 """Each step's parameters, in the order its component declares them."""

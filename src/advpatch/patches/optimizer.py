@@ -276,7 +276,8 @@ def target_index(patch_target: int, patch_target_name: str, class_names: Sequenc
     close = [c for c in class_names if patch_target_name.casefold() in c.casefold()][:5]
     raise params.ParameterError(
         f"patch_target_name {patch_target_name!r} is not a class of the data ({len(class_names)} classes"
-        + (f"; similar: {', '.join(repr(c) for c in close)}" if close else f", e.g. {', '.join(map(repr, class_names[:5]))}")
+        + (f"; similar: {', '.join(repr(c) for c in close)}" if close
+           else f", e.g. {', '.join(map(repr, class_names[:5]))}")
         + ")")
 
 

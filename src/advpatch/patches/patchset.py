@@ -224,7 +224,8 @@ def check_fits(patch_set: PatchSet, image_shape, num_classes: int) -> None:
     """The patch set against a dataset: channels and class count."""
     c = image_shape[-1]
     if patch_set.patches.shape[-1] != c:
-        raise PatchSetError(f"the patches have {patch_set.patches.shape[-1]} channels but the dataset's images have {c}")
+        raise PatchSetError(f"the patches have {patch_set.patches.shape[-1]} channels but the dataset's images "
+                            f"have {c}")
     if len(patch_set.class_names) != num_classes:
         raise PatchSetError(f"the patches target a {len(patch_set.class_names)}-class model but the dataset has "
                             f"{num_classes} classes")
@@ -261,7 +262,7 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
 
     n = len(dataset)
     chosen = np.zeros(n, dtype=bool)
-    chosen[rng.permutation(n)[: int(round(application_rate * n))]] = True
+    chosen[rng.permutation(n)[: round(application_rate * n)]] = True
     which = rng.integers(0, num_sets(patch_set), n).astype(np.int16)
     # every patch of the set must fit where its image's placement puts it: the union of the masks
     where = sample_placements(rng, n, dataset.image_shape[:2], patch_scale=patch_scale,

@@ -16,8 +16,8 @@ MAX_CONFUSION_CLASSES = 20
 """Confusion matrices with more classes than this are left out of the chart (unreadable)."""
 # text.parse_math off: a '$' in a row's name is a dollar sign, not TeX (which could fail to parse)
 _STYLE = {"text.parse_math": False, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
-          "axes.titlesize": 10, "axes.titleweight": "bold", "axes.grid": True, "grid.alpha": 0.3, "legend.frameon": False,
-          "font.family": "DejaVu Sans"}
+          "axes.titlesize": 10, "axes.titleweight": "bold", "axes.grid": True, "grid.alpha": 0.3,
+          "legend.frameon": False, "font.family": "DejaVu Sans"}
 
 
 def _figure(width: float, height: float):

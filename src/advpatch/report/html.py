@@ -31,7 +31,8 @@ td .ci{color:#6b7580;font-size:11.5px}img.chart{max-width:100%;height:auto;displ
 .grid .ok img{border-color:#2e9d57}.grid .bad img{border-color:#d64545}.grid .hit img{border-color:#8e44ad}
 .grid .cap{font-size:10.5px;color:#4a525b}.legend span{display:inline-block;margin-right:14px;font-size:12px}
 .sw{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px;vertical-align:-1px}
-.wide{overflow-x:auto;max-width:100%}details{margin:8px 0}summary{cursor:pointer;color:#2c5d9f}code{font-size:12px;background:#f3f5f7;padding:1px 4px}
+.wide{overflow-x:auto;max-width:100%}details{margin:8px 0}summary{cursor:pointer;color:#2c5d9f}
+code{font-size:12px;background:#f3f5f7;padding:1px 4px}
 """
 
 
@@ -49,7 +50,8 @@ def _rate_cell(r: Optional[Dict[str, Any]]) -> str:
         return "<td>-</td>"
     title = f"{r['successes']} of {r['count']}; 95% Wilson interval {r['low']:.4f}-{r['high']:.4f}"
     value, _, interval = format_rate(r).partition(" ")
-    return f'<td title="{_e(title)}">{_e(value)} <span class="ci">{_e(interval)} {r["successes"]}/{r["count"]}</span></td>'
+    counts = f'{r["successes"]}/{r["count"]}'
+    return f'<td title="{_e(title)}">{_e(value)} <span class="ci">{_e(interval)} {counts}</span></td>'
 
 
 def _table(rows: Sequence[Dict[str, Any]], columns: Sequence[Any]) -> str:

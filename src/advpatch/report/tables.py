@@ -53,7 +53,8 @@ def render_table(rows: List[Dict[str, Any]], columns: Sequence[Tuple[str, str, s
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
 
     def line(cells: List[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "| " + " | ".join(padded) + " |"
 
     sep = "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), sep, *[line(b) for b in body]])

@@ -44,15 +44,19 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+NO_CONTEXT = RunContext()
+"""A step's context when none is given (a frozen record: one instance serves every call)."""
+
 STEPS: Dict[str, Callable[..., StepResult]] = {}
 """Every step, by name, as :func:`step` makes them (the step modules register as they are imported)."""
 
 
 def step(name: str) -> Callable:
     """Make ``body(p, track, **paths)`` the step ``name`` (``p``: its parameters, typed, as
-    :mod:`advpatch.steps._params` declares them; ``track``: its :class:`Tracker`): called as ``step(**paths, **parameters,
-    ctx=RunContext())``, it validates the parameters against the table (``params.STEP_PARAMS[name]``)
-    before anything else, logs start and end with the duration, and returns the body's result.
+    :mod:`advpatch.steps._params` declares them; ``track``: its :class:`Tracker`): called as
+    ``step(**paths, **parameters, ctx=RunContext())``, it validates the parameters against the table
+    (``params.STEP_PARAMS[name]``) before anything else, logs start and end with the duration, and
+    returns the body's result.
 
     ``paths`` are the body's keyword-only arguments: the artifacts it reads and writes."""
 
@@ -62,7 +66,7 @@ def step(name: str) -> Callable:
         required = {p.name for p in body_params if p.default is inspect.Parameter.empty}
 
         @functools.wraps(body)
-        def run(*, ctx: RunContext = RunContext(), **kwargs: Any) -> StepResult:
+        def run(*, ctx: RunContext = NO_CONTEXT, **kwargs: Any) -> StepResult:
             paths = {k: kwargs.pop(k) for k in path_names if k in kwargs}
             missing = sorted(required - set(paths))
             if missing:
@@ -83,7 +87,7 @@ def step(name: str) -> Callable:
         run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [*body_params, *[inspect.Parameter(p.name, keyword, default=p.default, annotation=p.type)
                              for p in params.STEP_PARAMS[name]],
-             inspect.Parameter("ctx", keyword, default=RunContext(), annotation=RunContext)],
+             inspect.Parameter("ctx", keyword, default=NO_CONTEXT, annotation=RunContext)],
             return_annotation=StepResult)
         run.step_name = name  # type: ignore[attr-defined]
         run.path_names = path_names  # type: ignore[attr-defined]

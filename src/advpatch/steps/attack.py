@@ -59,7 +59,7 @@ def gen_patch(p: GenPatchParams, track: Tracker, *, data: str, patches: str, mod
     for i, r in enumerate(patch_set.metrics):
         metrics.update({f"patch_{i}_{k}": float(v) for k, v in r.items() if k not in ("target", "num_gen_samples")})
     metrics["mean_gen_targeted_success_rate"] = float(np.mean([r["gen_targeted_success_rate"] for r in results]))
-    counts = {f"patch_{i}_{k}": [int(round(r[k] * r["num_gen_samples"])), int(r["num_gen_samples"])]
+    counts = {f"patch_{i}_{k}": [round(r[k] * r["num_gen_samples"]), int(r["num_gen_samples"])]
               for i, r in enumerate(results) for k in ("gen_targeted_success_rate", "gen_patched_accuracy")}
     # every patch has its own generation images, all outside its target class: pooled counts
     successes = [counts[f"patch_{i}_gen_targeted_success_rate"] for i in range(len(results))]
@@ -115,7 +115,7 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
               "patch_set": patch_set.settings.get("model", ""), "targets": [int(t) for t in patch_set.targets]}
     search = worst_case_search(p, model, dataset, record) if worst else None
     with DatasetWriter(patched_data, dataset.image_shape, dataset.class_names, columns=engine.PATCH_COLUMNS,
-                       provenance=dataset.spec.provenance + [record]) as writer:
+                       provenance=[*dataset.spec.provenance, record]) as writer:
         num_patched, distances, won = engine.deploy(
             dataset, patch_set, writer, method=p.patch_deployment_method,
             application_rate=p.patch_application_rate, patch_scale=p.patch_scale, placement=placement,

@@ -9,7 +9,8 @@ from advpatch.steps._params import DerandomizedSmoothingParams
 
 
 @step("derandomized_smoothing")
-def derandomized_smoothing(p: DerandomizedSmoothingParams, track: Tracker, *, training_data: str, testing_data: str, model: str,
+def derandomized_smoothing(p: DerandomizedSmoothingParams, track: Tracker, *, training_data: str, testing_data: str,
+                           model: str,
                            certificates: str) -> StepResult:
     """Train ``p.model_architecture`` on ablated views of the training images (a band of
     ``ablation_size`` columns or rows, every column band and every row band (``cross``), or a block,

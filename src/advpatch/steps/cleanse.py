@@ -10,7 +10,8 @@ from advpatch.steps._params import PatchCleanserParams
 
 
 @step("patch_cleanser")
-def patch_cleanser(p: PatchCleanserParams, track: Tracker, *, model: str, training_data: str, testing_data: str, defended_model: str,
+def patch_cleanser(p: PatchCleanserParams, track: Tracker, *, model: str, training_data: str, testing_data: str,
+                   defended_model: str,
                    certificates: str) -> StepResult:
     """Wrap ``model`` (any Keras classifier advpatch can load) in PatchCleanser's double masking
     (see :mod:`advpatch.defences.patchcleanser`) with a mask set for ``mask_patch_size`` patches

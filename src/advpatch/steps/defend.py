@@ -31,11 +31,13 @@ def _defend(name: str, p: StepParams, track: Tracker, data: str, defended_data: 
     settings = {k: v for k, v in values.items() if k in defence.parameters()}
     record = {"step": name, **settings, "data_role": values["data_role"], "applied": active, "seed": values["seed"]}
     columns = dict(source.spec.columns, **({"augmented": "bool"} if augment else {}))
-    extra = (defences.augmentation_indices(len(source), ratio, np.random.default_rng(values["seed"])) if augment and active
-             else np.zeros(0, np.int64))
+    if ratio is not None and active:
+        extra = defences.augmentation_indices(len(source), ratio, np.random.default_rng(values["seed"]))
+    else:
+        extra = np.zeros(0, np.int64)
     changed, start = 0, 0
     with DatasetWriter(defended_data, source.image_shape, source.class_names, columns=columns,
-                       provenance=source.spec.provenance + [record]) as writer:
+                       provenance=[*source.spec.provenance, record]) as writer:
         for i, batch in enumerate(source.batches(values["batch_size"])):
             x, y = batch["x"], batch["y"]
             cols = {k: v for k, v in batch.items() if k not in ("x", "y")}

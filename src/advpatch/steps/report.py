@@ -1,7 +1,7 @@
 """report (the steps' summaries -> results.json, a Markdown table and an HTML report, attached to
 the pipeline's MLflow run), gather and collect (a ``dsl.Collected`` list, or a report's worth of
-slots, of summaries -> one summary file the report takes like any other) and close_run (the pipeline's exit task: its MLflow run FINISHED or
-FAILED)."""
+slots, of summaries -> one summary file the report takes like any other) and close_run (the
+pipeline's exit task: its MLflow run FINISHED or FAILED)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from advpatch.steps._params import CloseRunParams, CollectParams, GatherParams, 
 
 
 @step("report")
-def report(p: ReportParams, track: Tracker, *, summaries: List[str], results: str, table: str, html: str = "") -> StepResult:
+def report(p: ReportParams, track: Tracker, *, summaries: List[str], results: str, table: str,
+           html: str = "") -> StepResult:
     """Collect the steps' results (their ``summary`` outputs, or :func:`gather` bundles of them, in
     table order) into ``results.json`` (at ``results``), a Markdown table (at ``table``) and an HTML
     report (at ``html``); attach the three to the pipeline's MLflow run with each row's headline

@@ -85,7 +85,8 @@ def train(p: TrainParams, track: Tracker, *, training_data: str, model: str, tes
     log.info("train: model written to %s%s", model, f", registered as {uri}" if version else "")
     label = (f"train {p.model_architecture}" + (f" '{p.model_tag}'" if p.model_tag else "")
              + (" (PGD adversarial training)" if p.apply_defense else ""))
-    return StepResult(step="train", label=label, metrics=metrics, counts=counts, details=details, evaluations=evaluations,
+    return StepResult(step="train", label=label, metrics=metrics, counts=counts, details=details,
+                      evaluations=evaluations,
                       outputs={"model": {"architecture": p.model_architecture, "mlflow_model_uri": uri}})
 
 
@@ -118,7 +119,7 @@ def _test(net, info, test_set, p) -> Tuple[Dict[str, float], Dict[str, List[int]
     robust = robust_hits / n
     log.info("train: test accuracy %.4f, under PGD (eps %s) %.4f, on %d images", test["accuracy"], p.pgd_eps, robust,
              n)
-    counts = {"test_accuracy": [int(round(test["accuracy"] * n)), n], "test_pgd_accuracy": [robust_hits, n]}
+    counts = {"test_accuracy": [round(test["accuracy"] * n), n], "test_pgd_accuracy": [robust_hits, n]}
     evaluations = evaluate(p.row or p.model_tag or info.architecture, "split", out, info.class_names, test_set) \
         if split else []
     return ({"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_pgd_accuracy": robust}, counts,

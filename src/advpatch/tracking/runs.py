@@ -99,7 +99,8 @@ def artifact_uri(path: os.PathLike | str) -> str:
 def tracking_uri() -> str:
     missing = [v for v in (settings.ENV_MLFLOW_RUN_ID, settings.ENV_TRACKING_URI) if not os.environ.get(v)]
     if missing and os.environ.get(settings.ENV_KFP_MLFLOW) == "true":  # else a file in the pod would lose it all
-        raise TrackingError(f"this pipeline was compiled with --kfp-mlflow, but KFP gave the task no {' or '.join(missing)}: "
+        raise TrackingError("this pipeline was compiled with --kfp-mlflow, but KFP gave the task no "
+                            f"{' or '.join(missing)}: "
                             "KFP's MLflow plugin is off, failed at run creation (see its API server's log) or lacks "
                             "injectUserEnvVars; compile without --kfp-mlflow to use advpatch's own MLflow server")
     return os.environ.get(settings.ENV_TRACKING_URI) or settings.local_tracking_uri()
