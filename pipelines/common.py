@@ -164,12 +164,16 @@ def defence_experiment(v, title, color_mode="grayscale", adaptive=False):
 
             trained_rows.append(derandomized_smoothing(
                 training_data=train_data.outputs["dataset"], testing_data=patched_test.outputs["patched_data"],
+                ablation=v["ablation"], model_architecture=v["certified_architecture"],
+                learning_rate=v["smoothing_learning_rate"], lr_decay=v["certified_lr_decay"],
                 row="derandomized smoothing (certified)", seed=v["seed"], **track,
             ).set_display_name("derandomized smoothing: train, certify"))
-            for epochs, trained in ((0, "no masked training"), (v["masked_training_epochs"], "masked training")):
+            masked = dict(masked_training_epochs=v["masked_training_epochs"], lr_decay=v["certified_lr_decay"],
+                          masked_training_architecture=v["certified_architecture"])
+            for settings_, trained in (({}, "no masked training"), (masked, "masked training")):
                 trained_rows.append(patch_cleanser(
                     model=baseline.outputs["model"], training_data=train_data.outputs["dataset"],
-                    testing_data=patched_test.outputs["patched_data"], masked_training_epochs=epochs,
+                    testing_data=patched_test.outputs["patched_data"], **settings_,
                     row=f"PatchCleanser, {trained} (certified)", seed=v["seed"], **track,
                 ).set_display_name(f"PatchCleanser: {trained}, certify"))
         else:

@@ -52,7 +52,11 @@ def build(placement=None):
         pgd_max_iter: int = 10,
         worst_case_stride: int = 2,
         worst_case_angles: int = 3,
-        masked_training_epochs: int = 40,
+        ablation: str = "cross",
+        certified_architecture: str = "conv_net",
+        smoothing_learning_rate: float = 0.002,
+        certified_lr_decay: float = 1.0,
+        masked_training_epochs: int = 300,
         seed: int = 0,
         experiment_name: str = "mnist",
     ):
@@ -126,8 +130,22 @@ def build(placement=None):
             worst_case_angles: With patch_placement='worst_case': rotations tried at each position,
                 evenly spaced over [-rotation_max, rotation_max] (1: upright only). Allowed: an
                 integer in [1, 64].
-            masked_training_epochs: PatchCleanser's masked training of the baseline (its second row;
-                the first has none). Allowed: an integer >= 0.
+            ablation: What each view keeps: a band of columns ('column') or rows ('row'), a square
+                block ('block'), or both kinds of band ('cross': twice the views; a patch reaches
+                twice as many). Allowed: one of 'column', 'row', 'cross', 'block'. Feeds
+                derandomized_smoothing's ablation.
+            certified_architecture: The network derandomized smoothing trains on its views, and the
+                one PatchCleanser's masked training trains from scratch (its
+                masked_training_architecture). Allowed: one of 'le_net', 'shallow_net', 'conv_net',
+                'alex_net', 'resnet50', 'vgg16'. Feeds derandomized_smoothing's model_architecture.
+            smoothing_learning_rate: Adam's learning rate for derandomized smoothing's training.
+                Allowed: a number > 0. Feeds derandomized_smoothing's learning_rate.
+            certified_lr_decay: Share of both certified defences' training steps, at the end, over
+                which the learning rate decays (cosine) to 1%; 0 keeps it constant. Allowed: in [0,
+                1]. Feeds derandomized_smoothing's lr_decay.
+            masked_training_epochs: PatchCleanser's masked training of a fresh
+                certified_architecture network (its second row; the first is the baseline with
+                none). Allowed: an integer >= 1.
             seed: Seeds every step: same seed, same results. Allowed: an integer in [0, 2147483647].
             experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         """

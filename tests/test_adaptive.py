@@ -46,7 +46,8 @@ def test_the_defences_pipeline_measures_every_defence_against_an_adaptive_attack
         mp.delenv(settings.ENV_TRACKING_URI, raising=False)
         mp.delenv(settings.ENV_OUTPUT_DIR, raising=False)
         mp.chdir(tmp_path)
-        assert cli.main(["run", "mnist-defences", "-p", f"data_dir={mnist_folder}", "-p", "max_iter=200"]) == 0
+        assert cli.main(["run", "mnist-defences", "-p", f"data_dir={mnist_folder}", "-p", "max_iter=200",
+                         "-p", "masked_training_epochs=60"]) == 0
     results = json.loads((tmp_path / "outputs" / "run" / "results.json").read_text())
     rows = {r["label"]: r for r in results["comparison"]}
     defences = [*[d.label for d in registered().values()], "trained on patched data",

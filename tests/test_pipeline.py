@@ -46,12 +46,19 @@ def test_compiling_does_not_import_tensorflow(tmp_path, name):
     elif name == "mnist-defences":  # the experiment's rows, and an adaptive attack on each defence
         kinds = [re.sub(r"-\d+$", "", t["componentRef"]["name"]) for t in tasks.values()]
         n = len(DEFENCES)  # every preprocessing defence advpatch has, found without a list
-        assert kinds.count("comp-gen-patch") == 1 + n + 2 and kinds.count("comp-infer") == 1 + 2 * n + 2
-        assert kinds.count("comp-train") == 3 and all(kinds.count(f"comp-{d.replace('_', '-')}") == 2 for d in DEFENCES)
+        # infer: the baseline, each defence transferred, adaptive and at worst-case placement, the baseline's
+        # worst case, the two trained models adaptive and at worst case
+        assert kinds.count("comp-gen-patch") == 1 + n + 2 and kinds.count("comp-infer") == 2 + 3 * n + 4
+        assert kinds.count("comp-train") == 3 and all(kinds.count(f"comp-{d.replace('_', '-')}") == 3 for d in DEFENCES)
         assert kinds.count("comp-derandomized-smoothing") == 1 and kinds.count("comp-patch-cleanser") == 2
-        assert kinds.count("comp-deploy-patch") == 1 + n + 2 + 1
+        assert kinds.count("comp-deploy-patch") == 2 + 2 * (n + 2) + 1
+        worst = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-deploy-patch")
+                 and "patch_placement" in t["inputs"].get("parameters", {})]
+        assert len(worst) == 1 + n + 2 and all(
+            t["inputs"]["parameters"]["patch_placement"]["runtimeValue"]["constant"] == "worst_case"
+            and "model" in t["inputs"]["artifacts"] for t in worst)
         # more steps than the report's slots: collect tasks, a slot's worth each, then the report
-        summaries = 1 + (1 + n + 2) + 2 + (1 + 2 * n) + (4 + 3)  # baseline, attacks, deployments, rows
+        summaries = 1 + (1 + n + 2) + 2 + (2 + 3 * n) + (6 + 3)  # baseline, attacks, deployments, rows
         collects = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-collect")]
         report_slots = [k for k in tasks["report"]["inputs"]["artifacts"] if k.startswith("summary_")]
         slots_per_task = len([i for i in spec["components"]["comp-report"]["inputDefinitions"]["artifacts"]
@@ -60,7 +67,7 @@ def test_compiling_does_not_import_tensorflow(tmp_path, name):
         assert len(report_slots) == len(collects)
         assert sum(len(t["inputs"]["artifacts"]) for t in collects) == summaries
         cleansers = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-patch-cleanser")]
-        assert sorted("componentInputParameter" in t["inputs"]["parameters"]["masked_training_epochs"]
+        assert sorted("masked_training_epochs" in t["inputs"]["parameters"]
                       for t in cleansers) == [False, True]  # one without masked training, one with the pipeline's
         defended = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-gen-patch")
                     and "defence" in t["inputs"].get("parameters", {})]
