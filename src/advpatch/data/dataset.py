@@ -166,7 +166,7 @@ class DatasetWriter:
 
     def __init__(
         self,
-        path: os.PathLike | str,
+        path: os.PathLike[str] | str,
         image_shape: Sequence[int],
         class_names: Sequence[str],
         *,
@@ -276,7 +276,7 @@ class DatasetWriter:
 class Dataset:
     """A dataset folder opened for reading."""
 
-    def __init__(self, path: os.PathLike | str, *, verify: bool = True) -> None:
+    def __init__(self, path: os.PathLike[str] | str, *, verify: bool = True) -> None:
         self.path = Path(path)
         manifest = self.path / MANIFEST
         if not manifest.is_file():
@@ -378,7 +378,7 @@ def _concat(parts: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def write_dataset(path: os.PathLike | str, x: np.ndarray, y: np.ndarray, class_names: Sequence[str], *,
+def write_dataset(path: os.PathLike[str] | str, x: np.ndarray, y: np.ndarray, class_names: Sequence[str], *,
                   provenance: Optional[List[Dict[str, Any]]] = None, columns: Optional[Mapping[str, np.ndarray]] = None,
                   shard_bytes: int = DEFAULT_SHARD_BYTES) -> DatasetSpec:
     """Write in-memory arrays as a dataset (convenience over :class:`DatasetWriter`)."""

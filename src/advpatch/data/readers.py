@@ -260,7 +260,7 @@ def _read_image(path: Path, mode: str, size: Optional[Tuple[int, int]]) -> np.nd
 
 def write_image_folder(
     folder: Path,
-    output_path: os.PathLike | str,
+    output_path: os.PathLike[str] | str,
     image_size: int,
     color_mode: str,
     max_examples: int,
@@ -331,7 +331,7 @@ def write_arrays(
     x: np.ndarray,
     y: np.ndarray,
     class_names: Sequence[str],
-    output_path: os.PathLike | str,
+    output_path: os.PathLike[str] | str,
     image_size: int,
     color_mode: str,
     max_examples: int,

@@ -75,7 +75,7 @@ __all__ = ["EMBEDDED_DIGITS", "MLFLOW_RUN_PREFIX", "S3_PREFIX", "SourceError", "
 
 def import_dataset(
     source: str,
-    output_path: os.PathLike | str,
+    output_path: os.PathLike[str] | str,
     *,
     split: str = "train",
     image_size: int = 0,

@@ -5,7 +5,7 @@ docstrings are generated from here (``make generate``)."""
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Tuple, Union
 
 from advpatch.params.rules import Choices, Param, table
 from advpatch.params.table import PARAMS, PREPROCESSING_DEFENCES, PRETRAINED
@@ -34,7 +34,7 @@ _TRAIN_PATCHED = P["patch_application_rate"].but(
 _PIPE_DEFENCES = tuple(own[0] for own in PREPROCESSING_DEFENCES.values())
 
 
-def _pipe(*items):
+def _pipe(*items: Union[str, Param]) -> Tuple[Param, ...]:
     return table(*[_PIPE_COMMON.get(i, i) if isinstance(i, str) else i for i in items], base=PARAMS)
 
 
