@@ -13,7 +13,8 @@ from advpatch.steps._base import log
 
 def check_data(training_data: str, testing_data: str, sizes: Sequence[int]):
     """The two datasets (they must agree) and the patch sizes (they must fit the images)."""
-    from advpatch.data.dataset import Dataset, DatasetError
+    from advpatch.data.dataset import Dataset
+    from advpatch.errors import DatasetError
 
     train_set, test_set = Dataset(training_data), Dataset(testing_data)
     train_set.check_trainable(f"training_data ({training_data})")

@@ -22,7 +22,8 @@ def train(p: TrainParams, track: Tracker, *, training_data: str, model: str, tes
     Writes the Model artifact to ``model``; logs (and, with ``register_model``, registers) the
     model in MLflow as ``{experiment}_{model_tag}_{model_architecture}``.
     """
-    from advpatch.data.dataset import Dataset, DatasetError
+    from advpatch.data.dataset import Dataset
+    from advpatch.errors import DatasetError
     from advpatch.models import ModelInfo, check_buildable
 
     train_set = Dataset(training_data)
