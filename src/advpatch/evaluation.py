@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import csv
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from advpatch.data.dataset import Dataset, to_float
 from advpatch.io.files import atomic_file
+
+if TYPE_CHECKING:
+    from advpatch.models.classifier import Classifier
 
 EPS = 1e-7
 Z_95 = 1.959963984540054
@@ -62,7 +65,7 @@ def rate_counts(y_true: np.ndarray, y_pred: np.ndarray, patched: Optional[np.nda
     return out
 
 
-def predict(classifier, dataset: Dataset, batch_size: int) -> Dict[str, np.ndarray]:
+def predict(classifier: Classifier, dataset: Dataset, batch_size: int) -> Dict[str, np.ndarray]:
     """Run a :class:`~advpatch.models.classifier.Classifier` over ``dataset`` in batches:
     ``{"probabilities", "y", <columns>...}``."""
     import tensorflow as tf

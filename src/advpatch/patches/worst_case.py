@@ -12,7 +12,7 @@ print. The scale is not searched: larger is always easier, so it stays what the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -138,7 +138,7 @@ class Search:
 
     classifier: Any
     stride: float
-    angles: Sequence[float]
+    angles: Union[Sequence[float], np.ndarray]
 
     def find(self, images, labels, patch_set, set_index, scales, location, batch_size) -> WorstCase:
         return search_placements(self.classifier, images, labels, patch_set, set_index, scales, stride=self.stride,
