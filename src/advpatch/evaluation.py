@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import csv
 import math
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from advpatch.data.dataset import Dataset, to_float
 from advpatch.io.files import atomic_file
-
-if TYPE_CHECKING:
-    from advpatch.models.classifier import Classifier
 
 EPS = 1e-7
 Z_95 = 1.959963984540054
@@ -65,7 +62,7 @@ def rate_counts(y_true: np.ndarray, y_pred: np.ndarray, patched: Optional[np.nda
     return out
 
 
-def predict(classifier: Classifier, dataset: Dataset, batch_size: int) -> Dict[str, np.ndarray]:
+def predict(classifier: Any, dataset: Dataset, batch_size: int) -> Dict[str, np.ndarray]:
     """Run a :class:`~advpatch.models.classifier.Classifier` over ``dataset`` in batches:
     ``{"probabilities", "y", <columns>...}``."""
     import tensorflow as tf

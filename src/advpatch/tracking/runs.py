@@ -12,8 +12,8 @@ Two ways a step finds its place:
 * **Otherwise** (local runs, clusters without the integration): steps of one pipeline run share a
   parent run found by the tag ``advpatch.pipeline_run_id``. The first step to arrive creates it; if
   several race, the oldest wins, the others' step runs move under it and the others are deleted
-  (:func:`_settle_parents`). The pipeline's exit task marks it
-  FINISHED or FAILED (:func:`close_pipeline_run`), so a failed pipeline does not leave it RUNNING.
+  (:func:`_settle_parents`). The pipeline's exit task marks it FINISHED or FAILED
+  (:func:`close_pipeline_run`), so a failed pipeline does not leave it RUNNING.
 
 A retried task's run replaces its killed attempt's; a server that is down, failing or silent fails
 a step within 30 s with one :class:`TrackingError` (both: :mod:`advpatch.tracking.faults`).
@@ -163,8 +163,7 @@ def _experiment_id(name: str) -> str:
         # MLflow's UI opens an experiment of this kind on its training runs (not the GenAI overview)
         return mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
     except MlflowException:  # created meanwhile by a sibling step (else the error it was)
-        found = mlflow.get_experiment_by_name(name)
-        if found is None:
+        if (found := mlflow.get_experiment_by_name(name)) is None:
             raise
         return found.experiment_id
 
@@ -183,11 +182,9 @@ def _parent_run_id(client: MlflowClient, experiment_id: str, ctx: RunContext) ->
     found = _parents(client, experiment_id, ctx)
     if found:
         return str(found[0].info.run_id)
-    client.create_run(
-        experiment_id,
-        run_name=ctx.pipeline_run_name or f"pipeline-{ctx.pipeline_run_id}",
-        tags={TAG_PIPELINE_RUN_ID: ctx.pipeline_run_id, TAG_KIND: "pipeline", TAG_KFP_RUN: ctx.pipeline_run_name},
-    )
+    client.create_run(experiment_id, run_name=ctx.pipeline_run_name or f"pipeline-{ctx.pipeline_run_id}",
+                      tags={TAG_PIPELINE_RUN_ID: ctx.pipeline_run_id, TAG_KIND: "pipeline",
+                            TAG_KFP_RUN: ctx.pipeline_run_name})
     return _settle_parents(client, experiment_id, ctx)
 
 
@@ -272,23 +269,16 @@ class StepRun:
         return f"mlflow-run://{self.run_id}/{tar_name}#{dataset_name}"
 
     def log_model(self, model: Any, metadata: Dict[str, Any], registered_name: str = "") -> Tuple[str, str]:
-        """Log a Keras model (and register it when ``registered_name`` is given).
-
-        Returns ``(model_uri, registered_version)``; the version is ``""`` when not registered.
-        """
+        """Log a Keras model (and register it when ``registered_name`` is given). Returns
+        ``(model_uri, registered_version)``; the version is ``""`` when not registered."""
         import keras
         import mlflow
         import tensorflow as tf
 
         # Explicit requirements: MLflow's inference of them reloads the model in a subprocess.
         requirements = [f"advpatch=={__version__}", f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
-        info = mlflow.keras.log_model(
-            model,
-            name="model",
-            registered_model_name=registered_name or None,
-            pip_requirements=requirements,
-            metadata={MODEL_METADATA_KEY: metadata},
-        )
+        info = mlflow.keras.log_model(model, name="model", registered_model_name=registered_name or None,
+                                      pip_requirements=requirements, metadata={MODEL_METADATA_KEY: metadata})
         version = str(info.registered_model_version or "")
         uri = f"models:/{registered_name}/{version}" if version else info.model_uri
         return uri, version
@@ -393,9 +383,8 @@ def finish_pipeline_run(ctx: RunContext, *, dicts: Optional[Mapping[str, Any]] =
 
 @reported()
 def close_pipeline_run(ctx: RunContext, succeeded: bool) -> Optional[str]:
-    """Mark the pipeline's own parent run FINISHED (the pipeline ``succeeded``) or FAILED; the
-    pipeline's exit task calls this whatever happened. Under KFP's integration KFP closes its own
-    parent, and this does nothing."""
+    """Mark the pipeline's own parent run FINISHED (the pipeline ``succeeded``) or FAILED; the pipeline's exit
+    task calls this whatever happened. Under KFP's integration KFP closes its own parent, and this does nothing."""
     if kfp_mlflow_run() or not ctx.pipeline_run_id:
         return None
     configure()
