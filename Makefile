@@ -13,13 +13,14 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 OUTPUTS := $(or $(ADVPATCH_OUTPUT_DIR),outputs)
 
-.PHONY: help venv demo demo-defences test test-fast system-deps generate bench fuzz compile images mlflow-ui clean
+.PHONY: help venv demo demo-defences test test-fast lint system-deps generate bench fuzz compile images mlflow-ui clean
 
 help:
 	@echo "make demo [DATA=/path/to/Mnist]  run the MNIST experiment locally (kfp.local), print the results table"
 	@echo "make demo-defences [DATA=...]    the same with an adaptive attacker against every defence"
 	@echo "make test                        the whole test suite (what CI runs)"
 	@echo "make test-fast                   the tests that start no server and no pipeline (day-to-day, 2-3 min)"
+	@echo "make lint                        the linter (ruff) and the type checker (mypy, strict on the core)"
 	@echo "make generate                    rewrite the components and pipeline signatures from the parameter table"
 	@echo "make bench                       patch engine vs ART, certified defences, 50k images, steady memory (outputs/bench/)"
 	@echo "make fuzz [FUZZ_SECONDS=600]     the file readers under a coverage-guided fuzzer, each target in turn"
@@ -62,6 +63,10 @@ test: $(STAMP) system-deps
 test-fast: $(STAMP)
 	ADVPATCH_TEST_TIER=fast $(PY) -m pytest $(PARALLEL) -m "not pipeline and not server and not slow" \
 	  --durations=10 $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 generate: $(STAMP)
 	$(PY) -m advpatch.app.codegen

@@ -62,7 +62,7 @@ def rate_counts(y_true: np.ndarray, y_pred: np.ndarray, patched: Optional[np.nda
     return out
 
 
-def predict(classifier, dataset: Dataset, batch_size: int) -> Dict[str, np.ndarray]:
+def predict(classifier: Any, dataset: Dataset, batch_size: int) -> Dict[str, np.ndarray]:
     """Run a :class:`~advpatch.models.classifier.Classifier` over ``dataset`` in batches:
     ``{"probabilities", "y", <columns>...}``."""
     import tensorflow as tf

@@ -93,12 +93,14 @@ class _KerasExtras:
     """A meta-path finder that refuses :data:`KERAS_EXTRAS` to Keras's own modules (Keras treats
     them as absent, as it does when they are not installed); everyone else imports them as usual."""
 
-    def find_spec(self, name, path=None, target=None):
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
         if name not in KERAS_EXTRAS:
             return None
         import sys
+        from types import FrameType
+        from typing import Optional
 
-        frame = sys._getframe(1)
+        frame: Optional[FrameType] = sys._getframe(1)
         while frame is not None and frame.f_globals.get("__name__", "").startswith(("importlib", "_frozen_importlib")):
             frame = frame.f_back
         if frame is not None and frame.f_globals.get("__name__", "").startswith("keras."):

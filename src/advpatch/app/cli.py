@@ -107,7 +107,7 @@ def check_model_files(values: Dict[str, Any], specs: Dict[str, Any]) -> None:
     if model_file and not model_file.startswith(S3_PREFIX):
         shape = keras_file.check_model_file(model_file)
         spec = specs.get("test")
-        if spec is not None and not keras_file.fits(shape, spec.image_shape):
+        if spec is not None and shape is not None and not keras_file.fits(shape, spec.image_shape):
             raise ModelError(f"model_file {model_file} takes {'x'.join(str(d or '?') for d in shape)} images but "
                              f"data_dir's are {'x'.join(map(str, spec.image_shape))}: set image_size and color_mode "
                              "to the model's")

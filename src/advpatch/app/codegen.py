@@ -77,7 +77,10 @@ def _package_dir(name: str) -> Path:
     """Where a package's files are, without importing it (its modules may be what is being written)."""
     import importlib.util
 
-    return Path(importlib.util.find_spec(name).submodule_search_locations[0])
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"no package {name}")
+    return Path(spec.submodule_search_locations[0])
 
 
 def components_dir() -> Path:
@@ -257,7 +260,7 @@ def render_pipeline(text: str, name: str, function: str) -> str:
     """``text`` with the signature and the docstring's ``Args:`` of ``function`` from the table."""
     lines = text.split("\n")
     start = next(i for i, line in enumerate(lines) if re.match(rf"\s*def {function}\($", line))
-    indent = re.match(r"\s*", lines[start]).group(0)
+    indent = lines[start][:len(lines[start]) - len(lines[start].lstrip())]
     end = next(i for i in range(start, len(lines)) if re.match(rf"{indent}\)( -> .*)?:$", lines[i]))
     table = params.PIPELINE_PARAMS[name]
     lines[start + 1:end] = [f"{indent}    {p.name}: {p.type_name} = {literal(p.default)}," for p in table]

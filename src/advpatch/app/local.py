@@ -278,7 +278,7 @@ def run_pipeline(pipeline_name: str, arguments: Dict[str, Any], output: Optional
                     settings.ENV_PIPELINE_RUN_ID: run_id,
                     settings.ENV_PIPELINE_RUN_NAME: f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:6]}"}
         with contextlib.ExitStack() as stack:
-            terminal = stack.enter_context(_terminal()) if write is None else None
+            progress = write if write is not None else stack.enter_context(_terminal()).write
             if os.environ.get(settings.ENV_TRACKING_URI):
                 tracking_env = {settings.ENV_TRACKING_URI: os.environ[settings.ENV_TRACKING_URI]}
             else:  # the store's MLflow server, shared with the other runs using it
@@ -290,7 +290,7 @@ def run_pipeline(pipeline_name: str, arguments: Dict[str, Any], output: Optional
             from advpatch.pipelines import PIPELINES  # imports KFP: while the tracking server starts
 
             results = run_local(PIPELINES[pipeline_name], arguments, output / TASK_OUTPUTS, log_file=log_file,
-                                progress=write or terminal.write)
+                                progress=progress)
         results["wall_time_s"] = round(time.monotonic() - started, 1)
         page = Path(results.pop("run_folder")) / "report" / "html"
         if page.is_file():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 from advpatch.errors import SourceError
 
@@ -34,7 +34,7 @@ class ClassIndex:
         return [lookup[f] for f in folders]
 
 
-def read_class_index(path: os.PathLike | str) -> ClassIndex:
+def read_class_index(path: os.PathLike[str] | str) -> ClassIndex:
     """A class index file: Keras' ``imagenet_class_index.json`` format (``{"0": ["n01440764",
     "tench"], ...}``, any number of classes) or a text file with one class name per line. Names that
     repeat in an ImageNet index (two 'crane's) get their WordNet id added, so every name is unique."""
@@ -59,7 +59,7 @@ def read_class_index(path: os.PathLike | str) -> ClassIndex:
             raise SourceError(f"class index file {path} lists a class id twice")
         counts = {n: names.count(n) for n in set(names)}
         unique = [n if counts[n] == 1 else f"{n} ({w})" for w, n in zip(ids, names)]
-        aliases = [(w, u, n, str(i)) for i, (w, u, n) in enumerate(zip(ids, unique, names))]
+        aliases: List[Tuple[str, ...]] = [(w, u, n, str(i)) for i, (w, u, n) in enumerate(zip(ids, unique, names))]
     else:
         unique = [line.strip() for line in text.splitlines() if line.strip()]
         if len(set(unique)) != len(unique):

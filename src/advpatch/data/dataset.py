@@ -32,7 +32,8 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from types import TracebackType
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
@@ -141,12 +142,14 @@ class DatasetSpec:
 
 def to_float(x: np.ndarray) -> np.ndarray:
     """uint8 pixels -> float32 in [0, 1], the input every advpatch model takes."""
-    return x.astype(np.float32) * np.float32(1.0 / 255.0)
+    out: np.ndarray = x.astype(np.float32) * np.float32(1.0 / 255.0)
+    return out
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """float pixels in [0, 1] -> uint8, rounding to nearest."""
-    return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return out
 
 
 def _sha256(path: Path) -> str:
@@ -166,7 +169,7 @@ class DatasetWriter:
 
     def __init__(
         self,
-        path: os.PathLike | str,
+        path: os.PathLike[str] | str,
         image_shape: Sequence[int],
         class_names: Sequence[str],
         *,
@@ -181,7 +184,7 @@ class DatasetWriter:
             raise DatasetError("a dataset needs at least one class name")
         self.path = Path(path)
         self.spec = DatasetSpec(
-            image_shape=shape,  # type: ignore[arg-type]
+            image_shape=shape,
             class_names=[str(c) for c in class_names],
             columns={k: np.dtype(v).name for k, v in (columns or {}).items()},
             provenance=list(provenance or []),
@@ -266,7 +269,8 @@ class DatasetWriter:
     def __enter__(self) -> "DatasetWriter":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -276,7 +280,7 @@ class DatasetWriter:
 class Dataset:
     """A dataset folder opened for reading."""
 
-    def __init__(self, path: os.PathLike | str, *, verify: bool = True) -> None:
+    def __init__(self, path: os.PathLike[str] | str, *, verify: bool = True) -> None:
         self.path = Path(path)
         manifest = self.path / MANIFEST
         if not manifest.is_file():
@@ -338,15 +342,15 @@ class Dataset:
 
     def take(self, indices: Sequence[int]) -> np.ndarray:
         """The images at ``indices`` (in that order), reading one shard at a time."""
-        indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(indices), *self.image_shape), dtype=np.uint8)
+        at = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(at), *self.image_shape), dtype=np.uint8)
         start = 0
         for shard in self.shards():
             n = len(shard["y"])
-            hit = (indices >= start) & (indices < start + n)
-            out[hit] = shard["x"][indices[hit] - start]
+            hit = (at >= start) & (at < start + n)
+            out[hit] = shard["x"][at[hit] - start]
             start += n
-            if start > indices.max(initial=-1):
+            if start > at.max(initial=-1):
                 break
         return out
 
@@ -378,7 +382,7 @@ def _concat(parts: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def write_dataset(path: os.PathLike | str, x: np.ndarray, y: np.ndarray, class_names: Sequence[str], *,
+def write_dataset(path: os.PathLike[str] | str, x: np.ndarray, y: np.ndarray, class_names: Sequence[str], *,
                   provenance: Optional[List[Dict[str, Any]]] = None, columns: Optional[Mapping[str, np.ndarray]] = None,
                   shard_bytes: int = DEFAULT_SHARD_BYTES) -> DatasetSpec:
     """Write in-memory arrays as a dataset (convenience over :class:`DatasetWriter`)."""

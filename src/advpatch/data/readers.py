@@ -14,9 +14,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from advpatch import parallel
-from advpatch.data.classes import ClassIndex, read_class_index  # noqa: F401  (re-exported)
+from advpatch.data.classes import ClassIndex as ClassIndex  # re-exported
+from advpatch.data.classes import read_class_index as read_class_index  # re-exported
 from advpatch.data.dataset import DatasetSpec, DatasetWriter
-from advpatch.errors import SourceError
+from advpatch.errors import SourceError as SourceError  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def embedded_digits(split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     keep = {"train": ~is_test, "test": is_test, "all": np.ones_like(is_test)}[split]
     framed = np.zeros((int(keep.sum()), 28, 28, 1), dtype=np.uint8)
     for i, img in enumerate(images[keep]):
-        digit = Image.fromarray((img * 255).astype(np.uint8)).resize((20, 20), Image.BILINEAR)
+        digit = Image.fromarray((img * 255).astype(np.uint8)).resize((20, 20), Image.Resampling.BILINEAR)
         framed[i, 4:24, 4:24, 0] = np.asarray(digit)
     return framed, labels[keep], [str(i) for i in range(10)]
 
@@ -76,7 +77,7 @@ def read_npz(path: Path, split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]
         npz.close()
 
 
-def _read_npz_arrays(npz, path: Path, split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+def _read_npz_arrays(npz: Any, path: Path, split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     keys = set(npz.files)
     if split in ("train", "test") and {f"x_{split}", f"y_{split}"} <= keys:
         x, y = npz[f"x_{split}"], npz[f"y_{split}"]
@@ -246,7 +247,7 @@ def _read_image(path: Path, mode: str, size: Optional[Tuple[int, int]]) -> np.nd
         with Image.open(path) as img:
             img = img.convert("L" if mode == "grayscale" and img.mode in GRAY_MODES else "RGB")
             if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise SourceError(f"cannot read image {path}: {e}") from None
@@ -260,7 +261,7 @@ def _read_image(path: Path, mode: str, size: Optional[Tuple[int, int]]) -> np.nd
 
 def write_image_folder(
     folder: Path,
-    output_path: os.PathLike | str,
+    output_path: os.PathLike[str] | str,
     image_size: int,
     color_mode: str,
     max_examples: int,
@@ -295,7 +296,8 @@ def write_image_folder(
             chunk = files[start : start + _CHUNK]
             x = np.empty((len(chunk), *shape), dtype=np.uint8)
 
-            def read(i: int, chunk=chunk, x=x) -> None:  # on every core: decoding releases Python's lock
+            # on every core: decoding releases Python's lock
+            def read(i: int, chunk: List[Tuple[Path, int]] = chunk, x: np.ndarray = x) -> None:
                 f = chunk[i][0]
                 img = _read_image(f, mode, size)
                 if img.shape != shape:
@@ -321,7 +323,8 @@ def png_base64(image: np.ndarray, max_side: int = 128) -> str:
     img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     if max(img.size) > max_side:
         scale = max_side / max(img.size)
-        img = img.resize((max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))), Image.BILINEAR)
+        img = img.resize((max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))),
+                         Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -331,7 +334,7 @@ def write_arrays(
     x: np.ndarray,
     y: np.ndarray,
     class_names: Sequence[str],
-    output_path: os.PathLike | str,
+    output_path: os.PathLike[str] | str,
     image_size: int,
     color_mode: str,
     max_examples: int,
@@ -361,10 +364,10 @@ def convert_images(x: np.ndarray, image_size: int, color_mode: str) -> np.ndarra
     if image_size and x.shape[1:3] != (image_size, image_size):
         out = np.empty((len(x), image_size, image_size, x.shape[-1]), dtype=np.uint8)
 
-        def resize(i: int, x=x) -> None:
+        def resize(i: int, x: np.ndarray = x) -> None:
             img = x[i]
             pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-            arr = np.asarray(pil.resize((image_size, image_size), Image.BILINEAR))
+            arr = np.asarray(pil.resize((image_size, image_size), Image.Resampling.BILINEAR))
             out[i] = arr[..., None] if arr.ndim == 2 else arr
 
         parallel.in_parallel(resize, len(x))

@@ -75,7 +75,7 @@ __all__ = ["EMBEDDED_DIGITS", "MLFLOW_RUN_PREFIX", "S3_PREFIX", "SourceError", "
 
 def import_dataset(
     source: str,
-    output_path: os.PathLike | str,
+    output_path: os.PathLike[str] | str,
     *,
     split: str = "train",
     image_size: int = 0,
@@ -106,7 +106,7 @@ def import_dataset(
 
 
 def check_source(source: str, *, image_size: int = 0, color_mode: str = "auto", class_index: str = "",
-                 splits=("train", "test")) -> Dict[str, DatasetSpec]:
+                 splits: Tuple[str, ...] = ("train", "test")) -> Dict[str, DatasetSpec]:
     """Read a local ``source`` as ``load_dataset`` will, into a folder then thrown away: the checks
     that need the data's bytes (every image decodes, sizes agree, arrays hold numbers, a training
     split of two classes or more), made before a pipeline's first task. The embedded digits are
@@ -138,8 +138,8 @@ def _is_class_folder(source: str, split: str) -> bool:
             and find_idx(split_folder(path, split), split) is None)
 
 
-def _import(source: str, output_path, index: Optional[ClassIndex], recorded: str, options: Dict[str, Any]
-            ) -> DatasetSpec:
+def _import(source: str, output_path: os.PathLike[str] | str, index: Optional[ClassIndex], recorded: str,
+            options: Dict[str, Any]) -> DatasetSpec:
     split, image_size, color_mode, max_examples, seed, shard_bytes = (options[k] for k in (
         "split", "image_size", "color_mode", "max_examples", "seed", "shard_bytes"))
     if source.startswith((S3_PREFIX, MLFLOW_RUN_PREFIX)):
@@ -199,7 +199,8 @@ def class_names(source: str, split: str = "test", class_index: str = "") -> Opti
     return class_folders(folder) or None
 
 
-def _copy_dataset(source: Dataset, output_path, image_size: int, color_mode: str, max_examples: int, seed: int,
+def _copy_dataset(source: Dataset, output_path: os.PathLike[str] | str, image_size: int, color_mode: str,
+                  max_examples: int, seed: int,
                   record: Dict[str, Any], shard_bytes: int) -> DatasetSpec:
     """A dataset a step wrote, converted as asked, with its per-image columns and provenance."""
     n = len(source)
@@ -227,12 +228,20 @@ def parse_mlflow_run(source: str) -> Tuple[str, str, str]:
     body = source[len(MLFLOW_RUN_PREFIX):]
     location, _, folder = body.partition("#")
     run_id, _, tar_name = location.partition("/")
-    tar_rule, folder_rule = params.PARAMS["output_tar_name"].rule, params.PARAMS["output_dataset_name"].rule
+    tar_rule, folder_rule = _pattern("output_tar_name"), _pattern("output_dataset_name")
     if not run_id or not tar_rule.contains(tar_name) or (folder and not folder_rule.contains(folder)):
         raise params.ParameterError(
             f"source must look like {MLFLOW_RUN_PREFIX}RUN_ID/TAR_NAME[#FOLDER] (TAR_NAME {tar_rule.describe()}, "
             f"FOLDER {folder_rule.describe()}), got {source!r}")
     return run_id, tar_name, folder
+
+
+def _pattern(name: str) -> params.Pattern:
+    """The regular-expression rule of parameter ``name``."""
+    rule = params.PARAMS[name].rule
+    if not isinstance(rule, params.Pattern):
+        raise TypeError(f"parameter {name}'s rule is {rule!r}, not a Pattern")
+    return rule
 
 
 def fetch_file(location: str, tmp: Path, parameter: str) -> Path:

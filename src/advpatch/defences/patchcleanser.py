@@ -203,9 +203,9 @@ def _attacked(clean: np.ndarray, covers, c: int, num_classes: int) -> bool:
                 one[m, ~protected[m]] = rival
                 one[~protected[m], m] = rival
                 tables.append(one)
-    tables = np.stack(tables).astype(np.int16)
-    first = tables[:, np.arange(k), np.arange(k)]
-    out = decide(first, lambda mask, rows: tables[rows, mask], num_classes)
+    stacked = np.stack(tables).astype(np.int16)
+    first = stacked[:, np.arange(k), np.arange(k)]
+    out = decide(first, lambda mask, rows: stacked[rows, mask], num_classes)
     return bool(np.any(out != c))
 
 

@@ -78,6 +78,8 @@ def view_probabilities(model, x: np.ndarray, kind: str, size: int, batch_size: i
             if out is None:
                 out = np.empty((n, positions(kind, (h, w)), probs.shape[1]), np.float32)
             out[start:start + batch_size, position] = probs
+    if out is None:
+        raise CertifiedError(f"no views to classify: {n} images, {positions(kind, (h, w))} {kind} positions")
     return out
 
 

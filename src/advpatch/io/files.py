@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterator, Sequence, Type, TypeVar, Union
 
 from advpatch.errors import AdvpatchError, ArchiveError
 
-PathLike = Union[str, os.PathLike]
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _temporary_name(path: Path) -> Path:
@@ -78,7 +78,7 @@ def atomic_file(path: PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def save_npz(path: PathLike, **arrays) -> None:
+def save_npz(path: PathLike, **arrays: Any) -> None:
     """NumPy arrays as an ``.npz`` archive (readable by ``np.load(allow_pickle=False)``), byte for
     byte the same for the same arrays: ``np.savez`` stamps each member with the current time."""
     import zipfile
@@ -143,7 +143,7 @@ def create_tar(src: PathLike, archive: PathLike, folder: str) -> Path:
 T = TypeVar("T")
 
 
-def read_manifest(path: Union[str, os.PathLike], error: Type[AdvpatchError], what: str,
+def read_manifest(path: PathLike, error: Type[AdvpatchError], what: str,
                   parse: Callable[[Dict[str, Any]], T]) -> T:
     """A JSON manifest someone handed over, built with ``parse``: every way the file can be wrong
     (unreadable, not UTF-8, not JSON, not an object, a field missing or of the wrong type) is an
@@ -162,7 +162,7 @@ def read_manifest(path: Union[str, os.PathLike], error: Type[AdvpatchError], wha
         raise error(f"{path} is not a valid {what}: {type(e).__name__}: {e}") from None
 
 
-def read_arrays(path: Union[str, os.PathLike], names: Sequence[str], error: Type[AdvpatchError]) -> Dict[str, Any]:
+def read_arrays(path: PathLike, names: Sequence[str], error: Type[AdvpatchError]) -> Dict[str, Any]:
     """The arrays ``names`` of an ``.npz`` file someone handed over, never unpickling: every way
     the file can be wrong is an ``error`` naming it (``make fuzz`` checks it)."""
     import struct

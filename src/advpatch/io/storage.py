@@ -34,16 +34,20 @@ Nothing half-transferred is left behind:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import List, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, TypeVar
 from urllib.parse import urlparse
 
 from advpatch import settings
 from advpatch.errors import StorageError, StorageInputError
+
+if TYPE_CHECKING:
+    from minio import Minio
 
 CREDENTIAL_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken"}
 RETRY_DELAYS_S = (1.0, 3.0, 9.0, 20.0)  # waits before the 2nd, 3rd, 4th and 5th attempt
@@ -83,7 +87,7 @@ def check_settings() -> Tuple[str, str, str]:
     return endpoint(), access, secret
 
 
-def client():
+def client() -> Minio:
     """A minio client for :func:`endpoint`, with short timeouts."""
     import urllib3
     from minio import Minio
@@ -96,23 +100,30 @@ def client():
                  region=os.environ.get(settings.ENV_S3_REGION) or None, http_client=http)
 
 
-def _status(e: Exception):
+def _status(e: BaseException) -> Optional[int]:
     """The HTTP status of a minio error (InvalidResponseError: a non-XML answer, e.g. from a proxy)."""
-    return getattr(e, "status_code", None) or getattr(getattr(e, "response", None), "status", None) \
+    status: Optional[int] = getattr(e, "status_code", None) or getattr(getattr(e, "response", None), "status", None) \
         or getattr(e, "_code", None)
+    return status
 
 
 def _cause(e: BaseException) -> str:
     """``ProtocolError (ConnectionResetError)``: types down to the OS error, never a message (no
     header or query can leak)."""
-    names, seen = [type(e).__name__], e
-    while not isinstance(seen, OSError) and (seen := seen.__cause__ or seen.__context__) is not None:
-        names.append(type(seen).__name__)
+    names = [type(e).__name__]
+    seen: Optional[BaseException] = e
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__cause__ or seen.__context__
+        if seen is not None:
+            names.append(type(seen).__name__)
     status = f", HTTP {_status(e)}" if _status(e) else ""
     return names[0] + (f" ({', '.join(names[1:])})" if names[1:] else "") + status
 
 
-def _retry(fn, what: str, bucket: str):
+T = TypeVar("T")
+
+
+def _retry(fn: Callable[[], T], what: str, bucket: str) -> T:
     """``fn()``, tried up to :data:`ATTEMPTS` times while it fails transiently; a :class:`StorageError`
     about ``what`` otherwise."""
     import urllib3
@@ -139,16 +150,17 @@ def _retry(fn, what: str, bucket: str):
                                         "mlpipeline-minio-artifact secret on a cluster)") from None
             raise StorageError(f"{what}: failed at {where} on bucket {bucket!r}: "
                                f"{e.code if isinstance(e, S3Error) else _cause(e)}") from None
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _get(c, bucket: str, name: str, target: Path) -> None:
+def _get(c: Minio, bucket: str, name: str, target: Path) -> None:
     """One object into ``target``, checked complete (minio writes ``target.<etag>.part.minio`` first)."""
     stat = c.fget_object(bucket, name, str(target))
     if target.stat().st_size != stat.size:
         raise ConnectionError(f"{target.stat().st_size} of {stat.size} bytes arrived")
 
 
-def download(uri: str, dest: os.PathLike | str) -> Path:
+def download(uri: str, dest: os.PathLike[str] | str) -> Path:
     """Copy every object under ``uri`` into ``dest`` (keeping relative paths); returns the local
     path that corresponds to ``uri`` (a file when ``uri`` names one object)."""
     bucket, prefix = parse_uri(uri)
@@ -165,7 +177,7 @@ def download(uri: str, dest: os.PathLike | str) -> Path:
     if not objects:
         raise StorageInputError(f"no objects under {uri} at {endpoint()}")
     base = PurePosixPath(prefix).parent if single else PurePosixPath(prefix)
-    rels = []
+    rels: List[Tuple[str, Tuple[str, ...]]] = []
     for obj in objects:
         rel = PurePosixPath(obj.object_name)
         if str(base) not in ("", "."):
@@ -177,7 +189,7 @@ def download(uri: str, dest: os.PathLike | str) -> Path:
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
         for name, parts in rels:
-            _retry(lambda name=name, parts=parts: _get(c, bucket, name, stage.joinpath(*parts)),
+            _retry(functools.partial(_get, c, bucket, name, stage.joinpath(*parts)),
                    f"download of s3://{bucket}/{name}", bucket)
         for _, parts in rels:  # all arrived: into place
             dest.joinpath(*parts).parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +199,7 @@ def download(uri: str, dest: os.PathLike | str) -> Path:
     return dest / PurePosixPath(prefix).name if single else dest
 
 
-def upload(src: os.PathLike | str, uri: str) -> List[str]:
+def upload(src: os.PathLike[str] | str, uri: str) -> List[str]:
     """Copy a file, or every file under a folder, to ``uri``; returns the object names."""
     bucket, prefix = parse_uri(uri)
     c = client()
@@ -199,13 +211,17 @@ def upload(src: os.PathLike | str, uri: str) -> List[str]:
     begun: List[str] = []  # the multipart uploads begun for the current object (minio 7.2's private API,
     create = getattr(c, "_create_multipart_upload", None)  # pinned; without it, nothing is tracked)
     if create is not None:
-        c._create_multipart_upload = lambda *args, **kwargs: begun.append(create(*args, **kwargs)) or begun[-1]
-    names = []
+        def tracked(*args: Any, **kwargs: Any) -> str:
+            begun.append(create(*args, **kwargs))
+            return begun[-1]
+
+        c._create_multipart_upload = tracked  # type: ignore[method-assign]
+    names: List[str] = []
     for f in files:
         rel = f.name if src.is_file() else f.relative_to(src).as_posix()
         name = f"{prefix.rstrip('/')}/{rel}" if prefix else rel
         try:
-            _retry(lambda name=name, f=f: c.fput_object(bucket, name, str(f)), f"upload of {f} to s3://{bucket}/{name}",
+            _retry(functools.partial(c.fput_object, bucket, name, str(f)), f"upload of {f} to s3://{bucket}/{name}",
                    bucket)
         except (StorageError, StorageInputError) as e:
             if not names:

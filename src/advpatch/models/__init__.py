@@ -6,6 +6,7 @@ see, a model with input transforms in front (:mod:`.classifier`).
 The first three make the package's face: ``from advpatch import models; models.load_model(path)``.
 """
 
+from advpatch.errors import ModelError
 from advpatch.models.architectures import (
                                            LOGITS_LAYER,
                                            MIN_IMAGE_SIZE,
@@ -30,7 +31,6 @@ from advpatch.models.artifact import (
                                            resolve,
                                            save_model,
 )
-from advpatch.models.keras_file import ModelError
 from advpatch.models.pretrained import (
                                            CUSTOM,
                                            IMAGENET_MODE,

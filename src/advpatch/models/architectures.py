@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Dict, Sequence
 
 from advpatch import params
-from advpatch.models.keras_file import ModelError
+from advpatch.errors import ModelError
 
 LOGITS_LAYER = "logits"
 """The name of the layer whose output is the logits, in every model :func:`build_model` makes."""
@@ -29,7 +29,7 @@ def check_buildable(architecture: str, image_shape: Sequence[int]) -> None:
         )
 
 
-def build_model(architecture: str, input_shape: Sequence[int], num_classes: int):
+def build_model(architecture: str, input_shape: Sequence[int], num_classes: int) -> Any:
     """A fresh, randomly initialised Keras model (seed it with ``keras.utils.set_random_seed``)."""
     check_buildable(architecture, input_shape)
     import keras
@@ -87,7 +87,7 @@ def build_model(architecture: str, input_shape: Sequence[int], num_classes: int)
     return keras.Model(inputs, outputs, name=architecture)
 
 
-def make_optimizer(name: str, learning_rate: float):
+def make_optimizer(name: str, learning_rate: float) -> Any:
     params.check(optimizer=name, learning_rate=learning_rate)
     import keras
 
@@ -100,7 +100,7 @@ def make_optimizer(name: str, learning_rate: float):
     return cls(learning_rate=learning_rate)
 
 
-def preprocessing_layer():
+def preprocessing_layer() -> Any:
     """The layer class that does a model's input preprocessing inside it, differentiably, in one of
     :data:`~advpatch.params.PREPROCESSING_MODES` (Keras' ``imagenet_utils.preprocess_input``
     modes, on [0, 1] input); a registered Keras class, so a model file that has it loads with
@@ -113,12 +113,12 @@ def preprocessing_layer():
 
     @keras.saving.register_keras_serializable(package="advpatch")
     class Preprocessing(keras.layers.Layer):
-        def __init__(self, mode: str = "caffe", **kwargs):
+        def __init__(self, mode: str = "caffe", **kwargs: Any) -> None:
             super().__init__(**kwargs)
             params.check(preprocessing=mode)
             self.mode = mode
 
-        def call(self, x):
+        def call(self, x: Any) -> Any:
             ops = keras.ops
             if self.mode == "scale_255":
                 return x * 255.0
@@ -133,7 +133,7 @@ def preprocessing_layer():
                 return x - ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
             return x
 
-        def get_config(self):
+        def get_config(self) -> Dict[str, Any]:
             return {**super().get_config(), "mode": self.mode}
 
     return Preprocessing

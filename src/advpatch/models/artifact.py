@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from advpatch import params
+from advpatch.errors import ModelError
 from advpatch.io.files import atomic_dir, read_manifest
 from advpatch.models.architectures import LOGITS_LAYER, preprocessing_layer
-from advpatch.models.keras_file import ModelError, make_reproducible
+from advpatch.models.keras_file import make_reproducible
 
 FORMAT = "advpatch-model"
 VERSION = 1
@@ -71,7 +72,7 @@ class ModelInfo:
         return "x".join(map(str, self.input_shape))
 
 
-def save_model(model, info: ModelInfo, path: os.PathLike | str) -> None:
+def save_model(model: Any, info: ModelInfo, path: os.PathLike[str] | str) -> None:
     """Write the Model artifact folder atomically (a temporary folder renamed into place); the
     same weights give the same bytes (:func:`advpatch.models.keras_file.make_reproducible`)."""
     with atomic_dir(path) as tmp:
@@ -80,7 +81,7 @@ def save_model(model, info: ModelInfo, path: os.PathLike | str) -> None:
         (tmp / META_FILE).write_text(json.dumps(info.to_json(), indent=1))
 
 
-def read_model_info(path: os.PathLike | str) -> ModelInfo:
+def read_model_info(path: os.PathLike[str] | str) -> ModelInfo:
     """The metadata alone: cheap, no TensorFlow import."""
     meta = Path(path) / META_FILE
     if not meta.is_file():
@@ -88,7 +89,7 @@ def read_model_info(path: os.PathLike | str) -> ModelInfo:
     return read_manifest(meta, ModelError, "model manifest", lambda data: ModelInfo.from_json(data, str(meta)))
 
 
-def load_keras(path: os.PathLike | str):
+def load_keras(path: os.PathLike[str] | str) -> Any:
     """A ``.keras`` file, loaded with ``safe_mode=True`` (no Python lambdas, no pickle)."""
     import keras
 
@@ -99,7 +100,7 @@ def load_keras(path: os.PathLike | str):
         raise ModelError(f"cannot load {path} as a Keras model: {e}") from None
 
 
-def load_model(path: os.PathLike | str):
+def load_model(path: os.PathLike[str] | str) -> Tuple[Any, ModelInfo]:
     """(keras model, ModelInfo) from a Model artifact folder."""
     info = read_model_info(path)
     return load_keras(Path(path) / KERAS_FILE), info

@@ -21,7 +21,7 @@ back through it is its ``gradient``:
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -33,14 +33,14 @@ GRADIENTS = ("exact", "straight_through", "expectation")
 class Transform:
     """An input transform in front of a model; subclasses set :attr:`name` and :attr:`gradient`."""
 
-    name = "transform"
-    gradient = "exact"
+    name: ClassVar[str] = "transform"
+    gradient: ClassVar[str] = "exact"
 
     def numpy(self, x: np.ndarray) -> np.ndarray:
         """The reference forward pass on float32 images in [0, 1] (also what datasets go through)."""
         raise NotImplementedError
 
-    def graph(self, x):
+    def graph(self, x: Any) -> Any:
         """The forward pass as TensorFlow ops (``exact`` and ``expectation`` transforms)."""
         raise NotImplementedError
 
@@ -48,20 +48,20 @@ class Transform:
         """What the transform is, for provenance and reports."""
         return {"name": self.name}
 
-    def __call__(self, x):
+    def __call__(self, x: Any) -> Any:
         """The forward pass inside a TensorFlow graph, with the gradient :attr:`gradient` names."""
         if self.gradient == "straight_through":
             return straight_through(self.numpy, x)
         return self.graph(x)
 
 
-def straight_through(fn, x):
+def straight_through(fn: Callable[[np.ndarray], np.ndarray], x: Any) -> Any:
     """``fn`` (NumPy, float32 in and out, same shape) on tensor ``x``, with the identity as its
     gradient."""
     import tensorflow as tf
 
     @tf.custom_gradient
-    def op(t):
+    def op(t: Any) -> Any:
         out = tf.numpy_function(lambda a: np.asarray(fn(a), np.float32), [t], tf.float32, stateful=False)
         out.set_shape(t.shape)
         return out, lambda upstream: upstream
@@ -73,7 +73,7 @@ class Classifier:
     """A Keras model returning class probabilities, its metadata, and transforms applied in order
     to its input."""
 
-    def __init__(self, model, info: ModelInfo, transforms: Sequence[Transform] = ()) -> None:
+    def __init__(self, model: Any, info: ModelInfo, transforms: Sequence[Transform] = ()) -> None:
         self.model = model
         self.info = info
         self.transforms: List[Transform] = list(transforms)
@@ -92,16 +92,16 @@ class Classifier:
         """The same model with ``transforms`` added in front of this classifier's own."""
         return Classifier(self.model, self.info, [*transforms, *self.transforms])
 
-    def preprocess(self, x):
+    def preprocess(self, x: Any) -> Any:
         for t in self.transforms:
             x = t(x)
         return x
 
-    def probabilities(self, x):
+    def probabilities(self, x: Any) -> Any:
         """Class probabilities for float images ``x`` (a tensor), through the transforms."""
         return self.model(self.preprocess(x), training=False)
 
-    def scores(self, x):
+    def scores(self, x: Any) -> Any:
         """What an attack optimizes: logits where the model exposes them, else probabilities."""
         net = self._logits if self._logits is not None else self.model
         return net(self.preprocess(x), training=False)
@@ -115,21 +115,23 @@ class Classifier:
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, len(self.class_names)), np.float32)
 
     def predict_labels(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        return self.predict(x, batch_size).argmax(axis=1)
+        labels: np.ndarray = self.predict(x, batch_size).argmax(axis=1)
+        return labels
 
     def gradient(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """d(cross-entropy of the true labels)/d(input) for float images ``x``, through the transforms."""
         import tensorflow as tf
 
-        x = tf.constant(x, tf.float32)
+        t = tf.constant(x, tf.float32)
         with tf.GradientTape() as tape:
-            tape.watch(x)
+            tape.watch(t)
             loss = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(
-                tf.constant(y), self.scores(x), from_logits=self.from_logits))
-        return tape.gradient(loss, x).numpy()
+                tf.constant(y), self.scores(t), from_logits=self.from_logits))
+        grad: np.ndarray = tape.gradient(loss, t).numpy()
+        return grad
 
     @property
-    def forward(self):
+    def forward(self) -> Any:
         """:meth:`probabilities` compiled (a ``tf.function``): images tensor -> probabilities tensor."""
         if getattr(self, "_forward", None) is None:
             import tensorflow as tf
@@ -138,7 +140,7 @@ class Classifier:
         return self._forward
 
 
-def _logits_model(model, layer: Optional[str]):
+def _logits_model(model: Any, layer: Optional[str]) -> Any:
     """A model giving the logits, when ``layer`` names the layer before a final softmax."""
     import keras
 

@@ -8,12 +8,12 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from advpatch.errors import ModelError
 
 
-def check_model_file(path: os.PathLike | str) -> Optional[Tuple[Optional[int], ...]]:
+def check_model_file(path: os.PathLike[str] | str) -> Optional[Tuple[Optional[int], ...]]:
     """Refuse a ``path`` that is not a readable ``.keras`` archive; return the model's input shape
     (height, width, channels; ``None`` where any size goes) when its config says, else ``None``."""
     path = Path(path)
@@ -32,19 +32,22 @@ def check_model_file(path: os.PathLike | str) -> Optional[Tuple[Optional[int], .
     return tuple(None if d is None else int(d) for d in shape[1:]) if shape and len(shape) == 4 else None
 
 
-def _input_shape(node: Any, depth: int = 0) -> Optional[list]:
+def _input_shape(node: Any, depth: int = 0) -> Optional[List[Any]]:
     """The first input shape a Keras config names (an InputLayer's ``batch_shape``, or a model's
     ``build_config``), searched depth-first."""
     if depth > 50:
         return None
     if isinstance(node, dict):
         for key in ("batch_shape", "batch_input_shape"):
-            if isinstance(node.get(key), list):
-                return node[key]
+            value = node.get(key)
+            if isinstance(value, list):
+                return value
         build = node.get("build_config")
-        if isinstance(build, dict) and isinstance(build.get("input_shape"), list):
-            return build["input_shape"]
-        children = node.values()
+        if isinstance(build, dict):
+            shape = build.get("input_shape")
+            if isinstance(shape, list):
+                return shape
+        children: List[Any] = list(node.values())
     elif isinstance(node, list):
         children = node
     else:
@@ -56,7 +59,7 @@ def _input_shape(node: Any, depth: int = 0) -> Optional[list]:
     return None
 
 
-def make_reproducible(path: os.PathLike | str) -> None:
+def make_reproducible(path: os.PathLike[str] | str) -> None:
     """Rewrite a ``.keras`` archive Keras just saved without what differs from one save of the same
     model to the next: the save time (``metadata.json``'s ``date_saved``, the weights member's zip
     date) and memory addresses (``config.json``'s ``shared_object_id``, an object's ``id()``,
@@ -76,7 +79,7 @@ def make_reproducible(path: os.PathLike | str) -> None:
                              compress_type=info.compress_type)
 
 
-def _renumbered(node: Any, ids: dict) -> Any:
+def _renumbered(node: Any, ids: Dict[Any, int]) -> Any:
     if isinstance(node, dict):
         return {k: ids.setdefault(v, len(ids) + 1) if k == "shared_object_id" else _renumbered(v, ids)
                 for k, v in node.items()}
@@ -85,6 +88,6 @@ def _renumbered(node: Any, ids: dict) -> Any:
     return node
 
 
-def fits(shape: Optional[Tuple[Optional[int], ...]], image_shape) -> bool:
+def fits(shape: Optional[Tuple[Optional[int], ...]], image_shape: Sequence[int]) -> bool:
     """Whether a model taking ``shape`` takes images of ``image_shape`` (unknown sizes fit)."""
     return shape is None or (len(shape) == 3 and all(s in (None, d) for s, d in zip(shape, image_shape)))

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence, Tuple
 
 from advpatch import params
+from advpatch.errors import ModelError
 from advpatch.models.architectures import LOGITS_LAYER, preprocessing_layer
 from advpatch.models.artifact import PREPROCESSING, ModelInfo, load_keras
-from advpatch.models.keras_file import ModelError, check_model_file
+from advpatch.models.keras_file import check_model_file
 
 IMAGENET_SHAPE = (224, 224, 3)
 IMAGENET_WEIGHTS = {"resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
@@ -32,7 +33,7 @@ CUSTOM = "custom"
 """The architecture a user's own model is recorded as."""
 
 
-def check_weights(architecture: str, path: os.PathLike | str) -> None:
+def check_weights(architecture: str, path: os.PathLike[str] | str) -> None:
     """A Keras ImageNet weights file for ``architecture``, with its classification top: checked from
     the file's layer names alone (milliseconds, before TensorFlow is imported)."""
     import h5py
@@ -59,7 +60,8 @@ def check_weights(architecture: str, path: os.PathLike | str) -> None:
                          f"use {IMAGENET_WEIGHTS[architecture]}")
 
 
-def pretrained_model(architecture: str, weights: os.PathLike | str, class_names: Sequence[str]):
+def pretrained_model(architecture: str, weights: os.PathLike[str] | str,
+                     class_names: Sequence[str]) -> Tuple[Any, ModelInfo]:
     """(keras model, ModelInfo): a Keras application with ImageNet weights from a local file (or,
     with ``weights=""``, Keras' own download), its preprocessing inside (it takes float32 images in
     [0, 1], 224x224 RGB, as every advpatch model does) and its last Dense layer, ``predictions``,
@@ -89,7 +91,8 @@ def pretrained_model(architecture: str, weights: os.PathLike | str, class_names:
     return keras.Model(inputs, outputs, name=architecture), info
 
 
-def user_model(path: os.PathLike | str, preprocessing: str, image_shape: Sequence[int], class_names: Sequence[str]):
+def user_model(path: os.PathLike[str] | str, preprocessing: str, image_shape: Sequence[int],
+               class_names: Sequence[str]) -> Tuple[Any, ModelInfo]:
     """(keras model, ModelInfo): a user's ``.keras`` file, checked against the data (loads with
     ``safe_mode=True``; takes images of the data's size and channels; one output per class), wrapped
     so that it takes [0, 1] pixels (``preprocessing`` inside) and returns probabilities, with a

@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from advpatch import params
+
+if TYPE_CHECKING:
+    from advpatch.data.dataset import Dataset
+    from advpatch.models.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +22,7 @@ MEMORY_BUDGET = int(os.environ.get("ADVPATCH_MEMORY_BUDGET", str(1 << 30)))
 (``ADVPATCH_MEMORY_BUDGET`` sets it)."""
 
 
-def in_memory(dataset) -> bool:
+def in_memory(dataset: Dataset) -> bool:
     """Whether a Dataset's images fit :data:`MEMORY_BUDGET` (then training loads them)."""
     return len(dataset) * int(np.prod(dataset.image_shape)) <= MEMORY_BUDGET
 
@@ -29,7 +33,7 @@ class ShardStream:
     shuffles the images of each group together, so a batch mixes classes even where the shards
     hold one class each. Only the examples at ``indices`` (global, sorted) are used."""
 
-    def __init__(self, dataset, indices: np.ndarray, batch_size: int, seed: int) -> None:
+    def __init__(self, dataset: Dataset, indices: np.ndarray, batch_size: int, seed: int) -> None:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.keep = np.zeros(len(dataset), bool)
         self.keep[indices] = True
@@ -47,7 +51,8 @@ class ShardStream:
         rng = np.random.default_rng([self.seed, k])
         order = rng.permutation(len(self.starts))
         for g in range(0, len(order), self.group):
-            xs, ys = [], []
+            xs: List[np.ndarray] = []
+            ys: List[np.ndarray] = []
             for s in sorted(order[g:g + self.group]):
                 shard = self.dataset.read_shard(int(s))
                 sel = self.keep[self.starts[s]:self.starts[s] + len(shard["y"])]
@@ -65,7 +70,7 @@ class ShardStream:
             yield from self.epoch(k)
             k += 1
 
-    def tf_dataset(self):
+    def tf_dataset(self) -> Any:
         import tensorflow as tf
 
         h, w, c = self.dataset.image_shape
@@ -84,7 +89,7 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def split_validation(n: int, validation_split: float, seed: int):
+def split_validation(n: int, validation_split: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
     """Shuffled (train, validation) index arrays; the validation share is ``validation_split``."""
     params.check(validation_split=validation_split, seed=seed)
     order = np.random.default_rng(seed).permutation(n)
@@ -98,7 +103,7 @@ def split_validation(n: int, validation_split: float, seed: int):
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _as_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool):
+def _as_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool) -> Any:
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
@@ -109,7 +114,7 @@ def _as_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shu
 
 
 def fit(
-    model,
+    model: Any,
     x: Any,
     y: Any,
     *,
@@ -166,7 +171,8 @@ def fit(
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
-def _pgd(forward, x, y, eps: float, eps_step: float, max_iter: int, seed):
+def _pgd(forward: Callable[[Any], Any], x: Any, y: Any, eps: float, eps_step: float, max_iter: int,
+         seed: Any) -> Any:
     """Untargeted L-inf PGD (Madry et al.) with a random start, on float images in [0, 1];
     ``forward`` gives class probabilities."""
     import tensorflow as tf
@@ -182,7 +188,7 @@ def _pgd(forward, x, y, eps: float, eps_step: float, max_iter: int, seed):
     return tf.stop_gradient(x_adv)
 
 
-def pgd_accuracy(classifier, x: np.ndarray, y: np.ndarray, *, eps: float, eps_step: float, max_iter: int,
+def pgd_accuracy(classifier: Classifier, x: np.ndarray, y: np.ndarray, *, eps: float, eps_step: float, max_iter: int,
                  seed: int = 0, batch_size: int = 256, offset: int = 0) -> float:
     """Accuracy of a :class:`~advpatch.models.classifier.Classifier` on PGD adversarial examples of uint8
     images ``x`` (the attack goes through the classifier's transforms too). ``offset``: the index
@@ -193,7 +199,7 @@ def pgd_accuracy(classifier, x: np.ndarray, y: np.ndarray, *, eps: float, eps_st
     params.check(pgd_eps=eps, pgd_eps_step=eps_step, pgd_max_iter=max_iter)
 
     @tf.function(reduce_retracing=True)
-    def correct(xb, yb, s):
+    def correct(xb: Any, yb: Any, s: Any) -> Any:
         adv = _pgd(classifier.probabilities, xb, yb, eps, eps_step, max_iter, tf.stack([s, seed]))
         predicted = tf.argmax(classifier.probabilities(adv), -1, output_type=tf.int32)
         return tf.reduce_sum(tf.cast(predicted == yb, tf.int32))
@@ -206,7 +212,7 @@ def pgd_accuracy(classifier, x: np.ndarray, y: np.ndarray, *, eps: float, eps_st
 
 
 def fit_adversarial(
-    model,
+    model: Any,
     x: Any,
     y: Any,
     *,
@@ -237,7 +243,7 @@ def fit_adversarial(
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy()
 
     @tf.function(reduce_retracing=True)
-    def step(xb, yb, s):
+    def step(xb: Any, yb: Any, s: Any) -> Any:
         n_adv = tf.cast(tf.math.ceil(pgd_ratio * tf.cast(tf.shape(xb)[0], tf.float32)), tf.int32)
         adv = _pgd(lambda a: model(a, training=False), xb[:n_adv], yb[:n_adv], pgd_eps, pgd_eps_step, pgd_max_iter,
                    tf.stack([s, seed]))
@@ -251,7 +257,7 @@ def fit_adversarial(
         return loss, hits
 
     rng = np.random.default_rng(seed)
-    stream = None if isinstance(x, np.ndarray) else ShardStream(x, train_idx, batch_size, seed)
+    stream: Optional[ShardStream] = None if isinstance(x, np.ndarray) else ShardStream(x, train_idx, batch_size, seed)
 
     def epoch_batches(k: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         if stream is not None:

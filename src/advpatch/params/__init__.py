@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping
 
+from advpatch.errors import ParameterError
 from advpatch.params.pipelines import PIPELINE_PARAMS
-from advpatch.params.rules import Choices, Interval, Param, ParameterError, Pattern, Relation, parse_text, validate
+from advpatch.params.rules import Choices, Interval, Param, Pattern, Relation, parse_text, validate
 from advpatch.params.table import (
     ABLATIONS,
     ARCHITECTURES,

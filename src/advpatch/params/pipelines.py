@@ -5,7 +5,7 @@ docstrings are generated from here (``make generate``)."""
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Tuple, Union
 
 from advpatch.params.rules import Choices, Param, table
 from advpatch.params.table import PARAMS, POSITIVE_INT, PREPROCESSING_DEFENCES, PRETRAINED
@@ -53,7 +53,7 @@ _PIPE_CERTIFIED = (
 """mnist-defences' certified rows, with the settings that met issue 23's targets in make bench."""
 
 
-def _pipe(*items):
+def _pipe(*items: Union[str, Param]) -> Tuple[Param, ...]:
     return table(*[_PIPE_COMMON.get(i, i) if isinstance(i, str) else i for i in items], base=PARAMS)
 
 

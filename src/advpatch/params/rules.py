@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from advpatch.errors import ParameterError
 
@@ -128,7 +128,8 @@ class Param:
         if self.type is str:
             if not isinstance(value, str):
                 raise ParameterError(f"{self.name} must be a string, got {value!r}")
-            if (self.optional and value == "") or self.rule is None or self.rule.contains(value):
+            if (self.optional and value == "") or self.rule is None or (
+                    not isinstance(self.rule, Interval) and self.rule.contains(value)):
                 return value
             raise ParameterError(f"{self.name} must be {self.allowed()}, got {value!r}")
         interval = self.rule if isinstance(self.rule, Interval) else Interval(integer=self.type is int)
@@ -142,7 +143,7 @@ class Param:
         return int(value) if self.type is int else float(value)
 
 
-    def _check_list(self, value: Any) -> list:
+    def _check_list(self, value: Any) -> List[Any]:
         if not isinstance(value, (list, tuple)) or not value:
             raise ParameterError(f"{self.name} must be {self.allowed()}, got {value!r}")
         element = replace(self, type=float, name=f"{self.name}[]")

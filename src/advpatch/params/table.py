@@ -10,9 +10,9 @@ come from here (``make generate`` writes them; ``make test`` fails while they ar
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
-from advpatch.params.rules import Choices, Interval, Param, Pattern, Relation, table
+from advpatch.params.rules import Choices, Interval, Param, Pattern, Relation, Rule, table
 
 ARCHITECTURES = ("le_net", "shallow_net", "conv_net", "alex_net", "resnet50", "vgg16")
 """Model architectures ``train`` builds and ``infer`` and ``gen_patch`` accept."""
@@ -69,7 +69,7 @@ FILE = Pattern(r"\S+", "a local path or s3://BUCKET/KEY")
 MODEL_URI = Pattern(r"(models:/[^/\s]+/[^/\s]+|runs:/[^/\s]+/\S+)", "'models:/NAME/VERSION' or 'runs:/RUN_ID/PATH'")
 
 
-def _p(name, kind, default, doc, rule=None, **kw) -> Param:
+def _p(name: str, kind: type, default: Any, doc: str, rule: Optional[Rule] = None, **kw: Any) -> Param:
     return Param(name, kind, default, doc, rule, **kw)
 
 
@@ -266,7 +266,7 @@ RELATIONS: Tuple[Relation, ...] = (
 """Rules between parameters, checked wherever all of a rule's parameters are given together."""
 
 
-def _t(*items):
+def _t(*items: Union[str, Param]) -> Tuple[Param, ...]:
     return table(*items, base=PARAMS)
 
 

@@ -12,11 +12,14 @@ print. The scale is not searched: larger is always easier, so it stays what the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from advpatch.patches.geometry import Placements, _half_extents, mask_outline
+
+Angles = Union[Sequence[float], np.ndarray]
+"""Rotations in degrees: a sequence or an array of them (:func:`search_angles`)."""
 
 
 def search_angles(rotation_max: float, count: int) -> np.ndarray:
@@ -26,7 +29,7 @@ def search_angles(rotation_max: float, count: int) -> np.ndarray:
     return np.unique(np.linspace(-rotation_max, rotation_max, count))
 
 
-def grid_placements(image_hw: Tuple[int, int], scale: float, *, stride: float = 2.0, angles: Sequence[float] = (0.0,),
+def grid_placements(image_hw: Tuple[int, int], scale: float, *, stride: float = 2.0, angles: Angles = (0.0,),
                     mask: Optional[np.ndarray] = None, location: str = "random") -> Placements:
     """Every placement at ``scale`` whose centre lies on a ``stride``-pixel grid over the positions
     :func:`~advpatch.patches.sample_placements` can draw (``random``: the mask, rotated, wholly
@@ -78,7 +81,7 @@ def _segments(sizes: Sequence[int], batch: int) -> Iterator[List[Tuple[int, int,
 
 
 def search_placements(classifier, images: np.ndarray, labels: np.ndarray, patch_set, set_index: np.ndarray,
-                      scales: np.ndarray, *, stride: float, angles: Sequence[float], location: str = "random",
+                      scales: np.ndarray, *, stride: float, angles: Angles, location: str = "random",
                       batch_size: int = 1024) -> WorstCase:
     """For each uint8 image, every placement of :func:`grid_placements` at its scale, its patch
     ``set_index[i]`` of ``patch_set`` (ordinary, or conditioned: the cell's entry) pasted there and
@@ -138,7 +141,7 @@ class Search:
 
     classifier: Any
     stride: float
-    angles: Sequence[float]
+    angles: Angles
 
     def find(self, images, labels, patch_set, set_index, scales, location, batch_size) -> WorstCase:
         return search_placements(self.classifier, images, labels, patch_set, set_index, scales, stride=self.stride,
@@ -154,7 +157,7 @@ def _first_entries(patch_set, set_index: np.ndarray) -> np.ndarray:
 
 
 def worst_case_success(classifier, images: np.ndarray, labels: np.ndarray, patch_set, scale: float, *,
-                       stride: float = 2.0, angles: Sequence[float] = (0.0,), set_index: int = 0,
+                       stride: float = 2.0, angles: Angles = (0.0,), set_index: int = 0,
                        batch_size: int = 4096) -> Dict[str, Any]:
     """The worst-case figure of one patch (or conditioned set) ``set_index`` at ``scale``: over the
     uint8 images whose label is not its target, the share for which some placement of

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, ParamSpec, Sequence, TypeVar
 
 from advpatch.evaluation import decimals
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from matplotlib.typing import RcKeyType
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 COLORS = {"clean_accuracy": "#3b6fb6", "patched_accuracy": "#e08a2e", "targeted_success_rate": "#c0392b"}
 TITLES = {"clean_accuracy": "clean accuracy", "patched_accuracy": "accuracy on patched images",
@@ -15,12 +22,13 @@ TITLES = {"clean_accuracy": "clean accuracy", "patched_accuracy": "accuracy on p
 MAX_CONFUSION_CLASSES = 20
 """Confusion matrices with more classes than this are left out of the chart (unreadable)."""
 # text.parse_math off: a '$' in a row's name is a dollar sign, not TeX (which could fail to parse)
-_STYLE = {"text.parse_math": False, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
-          "axes.titlesize": 10, "axes.titleweight": "bold", "axes.grid": True, "grid.alpha": 0.3,
-          "legend.frameon": False, "font.family": "DejaVu Sans"}
+_STYLE: Dict[RcKeyType, Any] = {
+    "text.parse_math": False, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.titlesize": 10, "axes.titleweight": "bold", "axes.grid": True, "grid.alpha": 0.3,
+    "legend.frameon": False, "font.family": "DejaVu Sans"}
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Figure:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -29,14 +37,14 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _png(fig) -> str:
+def _png(fig: Figure) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=144, metadata={"Software": None})
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _styled(draw):
-    def wrapper(*args, **kwargs):
+def _styled(draw: Callable[_P, _R]) -> Callable[_P, _R]:
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         import matplotlib
 
         with matplotlib.rc_context(_STYLE):

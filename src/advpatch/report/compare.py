@@ -59,7 +59,8 @@ def fetch_runs(experiment: str = "", run_ids: Sequence[str] = (), max_runs: int 
 def parameters(results: Dict[str, Any]) -> Dict[str, Any]:
     """A run's parameters, ``task: name`` -> value, from every step's validated parameters (the
     KFP task names, ``train-2``, are the same in every run of a pipeline; the labels say settings)."""
-    out, seen = {}, {}
+    out: Dict[str, Any] = {}
+    seen: Dict[str, int] = {}
     for s in results["steps"]:
         task = s.get("task") or s["step"]
         seen[task] = seen.get(task, 0) + 1  # a ParallelFor's tasks share a name: number them in order
@@ -127,7 +128,7 @@ def render_html(doc: Dict[str, Any]) -> str:
         differing = f"<div class=wide><table><tr><th></th>{head}</tr>{body}</table></div>"
     else:
         differing = "<p class=note>none: the runs had the same parameters</p>"
-    bars = [{"label": f"{row['label']} · {column}", "rates": {t["metric"]: row["rates"][column]}}
+    bars: List[Dict[str, Any]] = [{"label": f"{row['label']} · {column}", "rates": {t["metric"]: row["rates"][column]}}
             for t in doc["tables"] for row in t["rows"] for column in row["rates"]]
     merged: Dict[str, Dict[str, Any]] = {}
     for b in bars:

@@ -130,7 +130,7 @@ def build_results(steps: Sequence[Any], title: str = "advpatch results") -> Dict
     }
 
 
-def headline_metrics(comparison) -> Dict[str, float]:
+def headline_metrics(comparison: Sequence[Dict[str, Any]]) -> Dict[str, float]:
     """The comparison rows' rates as MLflow metrics of the pipeline's run, ``<rate>/<row>`` (MLflow
     charts group them by rate), so MLflow's run comparison works across pipeline runs."""
     import re

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Dict, Union
 
-def attacked_classifier(p, model: str, dataset):
+if TYPE_CHECKING:
+    from advpatch.data.dataset import Dataset
+    from advpatch.models.classifier import Classifier
+    from advpatch.patches import Search
+    from advpatch.steps._params import DeployPatchParams, GenPatchParams
+
+def attacked_classifier(p: Union[GenPatchParams, DeployPatchParams], model: str, dataset: Dataset) -> Classifier:
     """The model (a Model artifact folder ``model`` or ``p.model_uri``), TensorFlow seeded from
     ``p.seed``, with ``p.defence`` in front when it is not 'none' (an adaptive attacker)."""
     from advpatch.models import resolve, training
@@ -19,7 +26,7 @@ def attacked_classifier(p, model: str, dataset):
     return classifier
 
 
-def check_placement(p, model: str, dataset) -> bool:
+def check_placement(p: DeployPatchParams, model: str, dataset: Dataset) -> bool:
     """deploy_patch's placement against its model inputs, before any work: whether the placement is
     the worst case (which needs a model; random placement takes none)."""
     from advpatch.models import precheck
@@ -35,7 +42,7 @@ def check_placement(p, model: str, dataset) -> bool:
     return worst
 
 
-def worst_case_search(p, model: str, dataset, record: dict):
+def worst_case_search(p: DeployPatchParams, model: str, dataset: Dataset, record: Dict[str, Any]) -> Search:
     """deploy_patch's worst-case search (:class:`advpatch.patches.Search`) against the attacked
     classifier; what it is goes into the provenance ``record``."""
     from advpatch.patches import Search, search_angles

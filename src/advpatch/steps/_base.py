@@ -7,12 +7,15 @@ import functools
 import inspect
 import logging
 import time
-from typing import Any, Callable, Dict, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator
 
 from advpatch import params, settings
 from advpatch.results import StepResult
 from advpatch.steps._params import PARAMS_OF
 from advpatch.tracking import RunContext, check_server
+
+if TYPE_CHECKING:
+    from advpatch.tracking.runs import StepRun
 
 log = logging.getLogger("advpatch")
 
@@ -25,7 +28,7 @@ class Tracker:
         self.step, self.values, self.ctx, self.artifacts = step, values, ctx, artifacts
 
     @contextlib.contextmanager
-    def run(self, name: str = "", *, part: bool = False, **extra: Any) -> Iterator[Any]:
+    def run(self, name: str = "", *, part: bool = False, **extra: Any) -> Iterator[StepRun]:
         """Open the step's MLflow run, called ``name`` (default: the step's name); ``extra``: more
         settings to log as parameters. A step that records several results (infer on clean and
         patched images) opens one run per result with ``part=True``."""
@@ -51,7 +54,7 @@ STEPS: Dict[str, Callable[..., StepResult]] = {}
 """Every step, by name, as :func:`step` makes them (the step modules register as they are imported)."""
 
 
-def step(name: str) -> Callable:
+def step(name: str) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
     """Make ``body(p, track, **paths)`` the step ``name`` (``p``: its parameters, typed, as
     :mod:`advpatch.steps._params` declares them; ``track``: its :class:`Tracker`): called as
     ``step(**paths, **parameters, ctx=RunContext())``, it validates the parameters against the table
@@ -99,7 +102,7 @@ def step(name: str) -> Callable:
     return wrap
 
 
-def log_input(run, path: str, context: str) -> None:
+def log_input(run: StepRun, path: str, context: str) -> None:
     """Log the Dataset artifact at ``path`` as an input of ``run`` (MLflow's Dataset column): its name
     and content digest from its manifest, ``context`` as the input's tag."""
     from advpatch.data.dataset import Dataset

@@ -3,17 +3,21 @@ per-image certificates file and the evaluations of the comparison table."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from advpatch.results import Evaluation
 from advpatch.steps._base import log
 
+if TYPE_CHECKING:
+    from advpatch.data.dataset import Dataset
 
-def check_data(training_data: str, testing_data: str, sizes: Sequence[int]):
+
+def check_data(training_data: str, testing_data: str, sizes: Sequence[int]) -> Tuple[Dataset, Dataset]:
     """The two datasets (they must agree) and the patch sizes (they must fit the images)."""
-    from advpatch.data.dataset import Dataset, DatasetError
+    from advpatch.data.dataset import Dataset
+    from advpatch.errors import DatasetError
 
     train_set, test_set = Dataset(training_data), Dataset(testing_data)
     train_set.check_trainable(f"training_data ({training_data})")
@@ -58,7 +62,7 @@ def as_curve(metrics: Dict[str, float]) -> Dict[str, float]:
     return {k.rsplit("_", 1)[1]: v for k, v in metrics.items() if k.startswith("certified_accuracy_")}
 
 
-def evaluations(row: str, test: Dict[str, np.ndarray], probabilities: np.ndarray, test_set,
+def evaluations(row: str, test: Dict[str, np.ndarray], probabilities: np.ndarray, test_set: Dataset,
                 metrics: Dict[str, float], rates: Dict[str, List[int]]) -> List[Evaluation]:
     """The defended classifier's evaluations (clean, and patched when the data has patched copies),
     the certified figures on the clean one."""

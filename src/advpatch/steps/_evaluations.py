@@ -4,12 +4,16 @@ evaluation of each."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence
 
 import numpy as np
 
 from advpatch.results import Evaluation
 from advpatch.steps._base import log, log_input
+
+if TYPE_CHECKING:
+    from advpatch.data.dataset import Dataset
+    from advpatch.steps._base import Tracker
 
 NUM_SAMPLES = 8
 """Images of each evaluation kept (as small PNGs) for the report."""
@@ -18,12 +22,12 @@ MAX_MATRIX_CLASSES = 100
 the predictions (every image is still counted)."""
 
 
-def has_patches(dataset) -> bool:
+def has_patches(dataset: Dataset) -> bool:
     return "patched" in dataset.spec.columns and "patch_target" in dataset.spec.columns
 
 
 def evaluate(row: str, condition: str, out: Dict[str, np.ndarray], class_names: Sequence[str],
-             dataset) -> List[Evaluation]:
+             dataset: Dataset) -> List[Evaluation]:
     """The evaluations of a model's predictions ``out`` (see :func:`advpatch.evaluation.predict`)
     on ``dataset``: ``condition`` 'split' makes one of the clean and one of the patched images;
     'auto' one, patched when the data has patches; 'clean' or 'patched' one, so named."""
@@ -36,7 +40,7 @@ def evaluate(row: str, condition: str, out: Dict[str, np.ndarray], class_names: 
     return [_evaluation(row, name, where, out, predicted, class_names, dataset) for name, where in parts]
 
 
-def log_evaluations(track, evaluations: Sequence[Evaluation], verb: str, data: str, *, part: bool = False,
+def log_evaluations(track: Tracker, evaluations: Sequence[Evaluation], verb: str, data: str, *, part: bool = False,
                     **extra: Any) -> None:
     """One MLflow run per evaluation, ``'<verb>: <row> / <condition>'``, with its metrics, rate
     counts and confusion matrix, and ``data`` (a Dataset artifact's path) as the run's input
@@ -61,7 +65,8 @@ def patch_setting(provenance: List[Dict[str, Any]]) -> Dict[str, Any]:
     return {}
 
 
-def _evaluation(row, condition, where, out, predicted, class_names, dataset) -> Evaluation:
+def _evaluation(row: str, condition: str, where: np.ndarray, out: Dict[str, np.ndarray], predicted: np.ndarray,
+                class_names: Sequence[str], dataset: Dataset) -> Evaluation:
     from advpatch.evaluation import classification_metrics, confusion_matrix, patch_metrics, rate_counts
 
     y, pred = out["y"][where], predicted[where]
@@ -72,7 +77,7 @@ def _evaluation(row, condition, where, out, predicted, class_names, dataset) -> 
     else:
         counts = rate_counts(y, pred)
     matrix = confusion_matrix(y, pred, len(class_names))
-    shown = np.arange(len(class_names))
+    shown: np.ndarray = np.arange(len(class_names))
     if len(class_names) > MAX_MATRIX_CLASSES:  # ImageNet: the classes that occur, not a 1000 x 1000 matrix
         shown = np.union1d(np.unique(y), np.unique(pred))
         matrix = matrix[np.ix_(shown, shown)]
@@ -81,7 +86,8 @@ def _evaluation(row, condition, where, out, predicted, class_names, dataset) -> 
                       samples=_samples(np.flatnonzero(where), out, predicted, class_names, dataset))
 
 
-def _samples(index, out, predicted, class_names, dataset) -> List[Dict[str, Any]]:
+def _samples(index: np.ndarray, out: Dict[str, np.ndarray], predicted: np.ndarray, class_names: Sequence[str],
+             dataset: Dataset) -> List[Dict[str, Any]]:
     """Up to :data:`NUM_SAMPLES` images spread evenly over the evaluation's source images (by
     ``source_index`` when the data has it, so clean and patched evaluations of the same test set
     show the same images), each a small PNG with its label and prediction."""

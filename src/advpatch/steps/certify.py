@@ -3,9 +3,14 @@ views, and the smoothed classifier's predictions with a certificate for every te
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from advpatch.results import StepResult
 from advpatch.steps._base import Tracker, log_input, step
 from advpatch.steps._params import DerandomizedSmoothingParams
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @step("derandomized_smoothing")
@@ -76,9 +81,10 @@ def derandomized_smoothing(p: DerandomizedSmoothingParams, track: Tracker, *, tr
                       outputs={"model": {"architecture": p.model_architecture, "ablation": p.ablation}})
 
 
-def _shares(counts):
+def _shares(counts: np.ndarray) -> np.ndarray:
     """Vote shares as the smoothed classifier's probabilities (uniform where no view voted)."""
     import numpy as np
 
     total = counts.sum(axis=1, keepdims=True)
-    return np.where(total > 0, counts / np.maximum(total, 1), 1.0 / counts.shape[1])
+    shares: np.ndarray = np.where(total > 0, counts / np.maximum(total, 1), 1.0 / counts.shape[1])
+    return shares

@@ -49,7 +49,7 @@ def patch_cleanser(p: PatchCleanserParams, track: Tracker, *, model: str, traini
         from advpatch.models import ModelInfo, build_model
 
         net = build_model(p.masked_training_architecture, test_set.image_shape, num_classes)
-        info = ModelInfo(architecture=p.masked_training_architecture, input_shape=tuple(test_set.image_shape),
+        info = ModelInfo(architecture=p.masked_training_architecture, input_shape=test_set.image_shape,
                          class_names=list(info.class_names),
                          provenance={"step": "patch_cleanser", "train_data": train_set.spec.provenance,
                                      "classes_from": info.architecture})
@@ -66,7 +66,7 @@ def patch_cleanser(p: PatchCleanserParams, track: Tracker, *, model: str, traini
     predicted = patchcleanser.predict(defended, num_classes)
     clean = ~test["patched"].astype(bool) if "patched" in test else np.ones(len(x), bool)
 
-    def certify(size):  # certificates are for clean images: a patched copy is never certified
+    def certify(size: int) -> np.ndarray:  # certificates are for clean images: a patched copy is never certified
         at = patchcleanser.MaskedClassifier(net, x[clean], patchcleanser.mask_set((h, w), size, p.masks_per_side))
         ok = np.zeros(len(x), bool)
         ok[clean] = patchcleanser.certify(at, predicted[clean])

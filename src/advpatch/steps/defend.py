@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 from advpatch.defences import preprocessing as defences
 from advpatch.results import StepResult
@@ -71,7 +71,7 @@ def _defend(name: str, p: StepParams, track: Tracker, data: str, defended_data: 
                       outputs={"defended_data": {"num_examples": writer.spec.num_examples, "defence_applied": active}})
 
 
-def _step(name: str):
+def _step(name: str) -> Callable[..., StepResult]:
     def body(p: StepParams, track: Tracker, *, data: str, defended_data: str) -> StepResult:
         return _defend(name, p, track, data, defended_data)
 

@@ -4,11 +4,15 @@ logged (and registered) in MLflow, as ``train`` does for the models it trains.""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import TYPE_CHECKING, Any, Dict, Union
 
 from advpatch.results import StepResult
 from advpatch.steps._base import Tracker, log, step
 from advpatch.steps._params import ImportModelParams, InitModelParams
+
+if TYPE_CHECKING:
+    from advpatch.data.dataset import Dataset
+    from advpatch.models import ModelInfo
 
 
 @step("init_model")
@@ -79,8 +83,8 @@ def import_model(p: ImportModelParams, track: Tracker, *, testing_data: str, mod
     return _finish(p, track, net, info, test_set, testing_data, model, "import_model", info.architecture)
 
 
-def _finish(p, track, net, info, test_set, testing_data: str, model: str, step_name: str, architecture: str
-            ) -> StepResult:
+def _finish(p: Union[InitModelParams, ImportModelParams], track: Tracker, net: Any, info: ModelInfo, test_set: Dataset,
+            testing_data: str, model: str, step_name: str, architecture: str) -> StepResult:
     """Evaluate on the test data, log and register in MLflow, write the Model artifact."""
     from advpatch.evaluation import predict
     from advpatch.models import save_model

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 from advpatch.results import StepResult
 from advpatch.steps._base import Tracker, log, log_input, step
 from advpatch.steps._params import TrainParams
+
+if TYPE_CHECKING:
+    from advpatch.data.dataset import Dataset
+    from advpatch.models import ModelInfo
 
 
 @step("train")
@@ -22,7 +26,8 @@ def train(p: TrainParams, track: Tracker, *, training_data: str, model: str, tes
     Writes the Model artifact to ``model``; logs (and, with ``register_model``, registers) the
     model in MLflow as ``{experiment}_{model_tag}_{model_architecture}``.
     """
-    from advpatch.data.dataset import Dataset, DatasetError
+    from advpatch.data.dataset import Dataset
+    from advpatch.errors import DatasetError
     from advpatch.models import ModelInfo, check_buildable
 
     train_set = Dataset(training_data)
@@ -40,6 +45,8 @@ def train(p: TrainParams, track: Tracker, *, training_data: str, model: str, tes
     fit = p.pick("model_architecture", "optimizer", "epochs", "batch_size", "learning_rate", "validation_split", "seed")
     pgd = p.pick("pgd_eps", "pgd_eps_step", "pgd_max_iter", "pgd_ratio")
     training.seed_everything(p.seed)
+    x: Any  # images in memory (uint8 array) or, streamed, the Dataset itself
+    y: Any
     if training.in_memory(train_set):
         data = train_set.load()
         x, y = data["x"], data["y"]
@@ -76,7 +83,7 @@ def train(p: TrainParams, track: Tracker, *, training_data: str, model: str, tes
         info.provenance["mlflow_model_uri"] = uri
         details.update({"mlflow_run_id": run.run_id, "model_uri": uri, "registered_model": name,
                         "registered_version": version})
-    if evaluations:
+    if evaluations and test_set is not None:
         from advpatch.steps._evaluations import log_evaluations, patch_setting
 
         details["setting"] = patch_setting(test_set.spec.provenance)
@@ -90,7 +97,8 @@ def train(p: TrainParams, track: Tracker, *, training_data: str, model: str, tes
                       outputs={"model": {"architecture": p.model_architecture, "mlflow_model_uri": uri}})
 
 
-def _test(net, info, test_set, p) -> Tuple[Dict[str, float], Dict[str, List[int]], List[Any]]:
+def _test(net: Any, info: ModelInfo, test_set: Dataset, p: TrainParams
+          ) -> Tuple[Dict[str, float], Dict[str, List[int]], List[Any]]:
     """Accuracy and loss on the test set's clean images and accuracy under PGD at the step's
     ``pgd_*`` settings, with the (correct, count) behind each accuracy; and, when the test set holds
     patched copies too, the clean and patched evaluations."""

@@ -2,7 +2,7 @@
 step), what happens when the server fails (:mod:`.faults`) and the model registry
 (:mod:`.registry`). The package's face is :mod:`.runs`: ``from advpatch.tracking import step_run``."""
 
-from advpatch.tracking.faults import TrackingError
+from advpatch.errors import TrackingError
 from advpatch.tracking.runs import (
                                     MODEL_METADATA_KEY,
                                     TAG_KFP_RUN,

@@ -32,10 +32,13 @@ import json
 import os
 import socket
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from advpatch.errors import TrackingError, TrackingInputError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -108,7 +111,7 @@ def _healthy(uri: str) -> bool:
 
     try:
         with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-            return r.status == 200
+            return bool(r.status == 200)
     except OSError:
         return False
 
@@ -195,9 +198,10 @@ def _failure(error: BaseException) -> Optional[Tuple[str, int]]:
             code = next((w for w in str(e).split() if w.isdigit()), "5xx")
             return f"HTTP {code} on every try", _tries()
     for e in chain:  # an answer MLflow does not retry
-        answered = isinstance(e, RestException) or (
-            isinstance(e, MlflowException) and "failed with error code" in e.message)
-        status = e.get_http_status_code() if answered else 0
+        answered = isinstance(e, MlflowException) and (
+            isinstance(e, RestException) or "failed with error code" in e.message)
+        # MLflow leaves get_http_status_code unannotated (it returns an int)
+        status: int = e.get_http_status_code() if isinstance(e, MlflowException) and answered else 0  # type: ignore[no-untyped-call]
         if status in (401, 403):
             return f"HTTP {status}, not allowed (check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)", 1
         if status >= 500:
@@ -235,7 +239,7 @@ def attempt_key(pipeline_run_id: str, task: str, step: str, run_name: str, param
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def retire_earlier_attempts(client, experiment_id: str, key: str) -> Dict[str, str]:
+def retire_earlier_attempts(client: MlflowClient, experiment_id: str, key: str) -> Dict[str, str]:
     """Delete the runs of earlier attempts of the run ``key`` names; returns the tags of this
     attempt's run (the key, and the ids of the runs it replaces).
 

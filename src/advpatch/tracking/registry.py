@@ -18,7 +18,7 @@ def registered_model_name(experiment_name: str, model_tag: str, architecture: st
 
 
 
-def download_registered_model(uri: str, dest: os.PathLike | str) -> Tuple[Path, Dict[str, Any]]:
+def download_registered_model(uri: str, dest: os.PathLike[str] | str) -> Tuple[Path, Dict[str, Any]]:
     """A registered model's ``.keras`` file, downloaded into ``dest``, and its advpatch metadata.
 
     Only the file is fetched: :func:`advpatch.models.resolve` loads it with ``safe_mode=True``, as
@@ -44,7 +44,7 @@ def download_registered_model(uri: str, dest: os.PathLike | str) -> Tuple[Path, 
     return Path(f"{data / 'model' if data.is_dir() else data}.keras"), meta[MODEL_METADATA_KEY]
 
 
-def download_run_artifact(run_id: str, artifact_path: str, dest: os.PathLike | str) -> Path:
+def download_run_artifact(run_id: str, artifact_path: str, dest: os.PathLike[str] | str) -> Path:
     """A file an MLflow run logged, downloaded into ``dest``."""
     configure()
     import mlflow

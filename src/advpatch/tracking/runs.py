@@ -12,8 +12,8 @@ Two ways a step finds its place:
 * **Otherwise** (local runs, clusters without the integration): steps of one pipeline run share a
   parent run found by the tag ``advpatch.pipeline_run_id``. The first step to arrive creates it; if
   several race, the oldest wins, the others' step runs move under it and the others are deleted
-  (:func:`_settle_parents`). The pipeline's exit task marks it
-  FINISHED or FAILED (:func:`close_pipeline_run`), so a failed pipeline does not leave it RUNNING.
+  (:func:`_settle_parents`). The pipeline's exit task marks it FINISHED or FAILED
+  (:func:`close_pipeline_run`), so a failed pipeline does not leave it RUNNING.
 
 A retried task's run replaces its killed attempt's; a server that is down, failing or silent fails
 a step within 30 s with one :class:`TrackingError` (both: :mod:`advpatch.tracking.faults`).
@@ -32,17 +32,21 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from advpatch import __version__, settings
+from advpatch.errors import TrackingError
 from advpatch.tracking.faults import (
-    TrackingError,
     attempt_key,
     bound_requests,
     reported,
     retire_earlier_attempts,
     wait_if_local_server,
 )
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,7 @@ KFP_MOUNTS = {"/s3/": "s3://", "/minio/": "s3://", "/gcs/": "gs://"}
 store URI each stands for (MinIO and SeaweedFS speak S3)."""
 
 
-def artifact_uri(path: os.PathLike | str) -> str:
+def artifact_uri(path: os.PathLike[str] | str) -> str:
     """The URI of the artifact at a task's local ``path``: its object-store URI on a cluster, a
     ``file://`` URI locally."""
     text = str(path)
@@ -158,11 +162,13 @@ def _experiment_id(name: str) -> str:
     try:
         # MLflow's UI opens an experiment of this kind on its training runs (not the GenAI overview)
         return mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
-    except MlflowException:  # created meanwhile by a sibling step
-        return mlflow.get_experiment_by_name(name).experiment_id
+    except MlflowException:  # created meanwhile by a sibling step (else the error it was)
+        if (found := mlflow.get_experiment_by_name(name)) is None:
+            raise
+        return found.experiment_id
 
 
-def _parents(client, experiment_id: str, ctx: RunContext, everyone: bool = False) -> list:
+def _parents(client: MlflowClient, experiment_id: str, ctx: RunContext, everyone: bool = False) -> List[Run]:
     """The pipeline run's parent runs, oldest first (start time, then run id: one order for all)."""
     from mlflow.entities import ViewType
 
@@ -172,19 +178,17 @@ def _parents(client, experiment_id: str, ctx: RunContext, everyone: bool = False
     return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
-def _parent_run_id(client, experiment_id: str, ctx: RunContext) -> str:
+def _parent_run_id(client: MlflowClient, experiment_id: str, ctx: RunContext) -> str:
     found = _parents(client, experiment_id, ctx)
     if found:
-        return found[0].info.run_id
-    client.create_run(
-        experiment_id,
-        run_name=ctx.pipeline_run_name or f"pipeline-{ctx.pipeline_run_id}",
-        tags={TAG_PIPELINE_RUN_ID: ctx.pipeline_run_id, TAG_KIND: "pipeline", TAG_KFP_RUN: ctx.pipeline_run_name},
-    )
+        return str(found[0].info.run_id)
+    client.create_run(experiment_id, run_name=ctx.pipeline_run_name or f"pipeline-{ctx.pipeline_run_id}",
+                      tags={TAG_PIPELINE_RUN_ID: ctx.pipeline_run_id, TAG_KIND: "pipeline",
+                            TAG_KFP_RUN: ctx.pipeline_run_name})
     return _settle_parents(client, experiment_id, ctx)
 
 
-def _settle_parents(client, experiment_id: str, ctx: RunContext) -> str:
+def _settle_parents(client: MlflowClient, experiment_id: str, ctx: RunContext) -> str:
     """One parent for the pipeline run: the oldest of all ever created wins; the others' step runs
     move under it and the others are deleted.
 
@@ -195,7 +199,7 @@ def _settle_parents(client, experiment_id: str, ctx: RunContext) -> str:
     pipeline has exactly one parent holding every step run."""
     everyone = _parents(client, experiment_id, ctx, everyone=True)
     # the oldest active one: a parent a person deleted (then re-ran the same KFP run) stays deleted
-    winner = next(r.info.run_id for r in everyone if r.info.lifecycle_stage == "active")
+    winner = str(next(r.info.run_id for r in everyone if r.info.lifecycle_stage == "active"))
     for loser in (r for r in everyone if r.info.run_id != winner):
         moved = client.search_runs([experiment_id], f"tags.`{TAG_PARENT}` = '{loser.info.run_id}'", max_results=1000)
         for child in moved:
@@ -248,7 +252,8 @@ class StepRun:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             source = resolve_dataset_source(artifact_uri(path))
-            mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context)
+            # MLflow's types call MetaDataset abstract (its profile property); the class is used as is
+            mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context)  # type: ignore[abstract]
 
     def log_dataset(self, path: str, tar_name: str, dataset_name: str) -> str:
         """Log a dataset folder as ``tar_name`` holding ``dataset_name/`` (the seed's layout, e.g.
@@ -263,24 +268,17 @@ class StepRun:
             mlflow.log_artifact(str(create_tar(path, Path(tmp) / tar_name, dataset_name)))
         return f"mlflow-run://{self.run_id}/{tar_name}#{dataset_name}"
 
-    def log_model(self, model, metadata: Dict[str, Any], registered_name: str = "") -> Tuple[str, str]:
-        """Log a Keras model (and register it when ``registered_name`` is given).
-
-        Returns ``(model_uri, registered_version)``; the version is ``""`` when not registered.
-        """
+    def log_model(self, model: Any, metadata: Dict[str, Any], registered_name: str = "") -> Tuple[str, str]:
+        """Log a Keras model (and register it when ``registered_name`` is given). Returns
+        ``(model_uri, registered_version)``; the version is ``""`` when not registered."""
         import keras
         import mlflow
         import tensorflow as tf
 
         # Explicit requirements: MLflow's inference of them reloads the model in a subprocess.
         requirements = [f"advpatch=={__version__}", f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
-        info = mlflow.keras.log_model(
-            model,
-            name="model",
-            registered_model_name=registered_name or None,
-            pip_requirements=requirements,
-            metadata={MODEL_METADATA_KEY: metadata},
-        )
+        info = mlflow.keras.log_model(model, name="model", registered_model_name=registered_name or None,
+                                      pip_requirements=requirements, metadata={MODEL_METADATA_KEY: metadata})
         version = str(info.registered_model_version or "")
         uri = f"models:/{registered_name}/{version}" if version else info.model_uri
         return uri, version
@@ -342,7 +340,7 @@ def step_run(step: str, ctx: RunContext, params: Mapping[str, Any], extra: Optio
                 os.environ[settings.ENV_MLFLOW_RUN_ID] = kfp_run
 
 
-def _pipeline_parent(client, ctx: RunContext) -> Optional[str]:
+def _pipeline_parent(client: MlflowClient, ctx: RunContext) -> Optional[str]:
     """The pipeline's parent run: KFP's (the parent of this task's run) or advpatch's own."""
     kfp_run = kfp_mlflow_run()
     if kfp_run:
@@ -385,9 +383,8 @@ def finish_pipeline_run(ctx: RunContext, *, dicts: Optional[Mapping[str, Any]] =
 
 @reported()
 def close_pipeline_run(ctx: RunContext, succeeded: bool) -> Optional[str]:
-    """Mark the pipeline's own parent run FINISHED (the pipeline ``succeeded``) or FAILED; the
-    pipeline's exit task calls this whatever happened. Under KFP's integration KFP closes its own
-    parent, and this does nothing."""
+    """Mark the pipeline's own parent run FINISHED (the pipeline ``succeeded``) or FAILED; the pipeline's exit
+    task calls this whatever happened. Under KFP's integration KFP closes its own parent, and this does nothing."""
     if kfp_mlflow_run() or not ctx.pipeline_run_id:
         return None
     configure()
@@ -395,6 +392,7 @@ def close_pipeline_run(ctx: RunContext, succeeded: bool) -> Optional[str]:
 
     client = mlflow.MlflowClient()
     parent = _pipeline_parent(client, ctx)
-    client.set_terminated(parent, status="FINISHED" if succeeded else "FAILED")
+    if parent is not None:  # always, without KFP's integration and with a pipeline run
+        client.set_terminated(parent, status="FINISHED" if succeeded else "FAILED")
     return parent
 
