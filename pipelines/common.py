@@ -215,7 +215,7 @@ def adaptive_rows(v, baseline, baseline_attack, rows, trained_rows, gen_data, te
         if name:
             images = getattr(components, name)(
                 data=images, data_role="predict", seed=v["seed"], **{setting: v[setting]}, **track,
-            ).set_display_name(f"{row}: test set").outputs["defended_data"]
+            ).set_display_name(row.replace(" (", ": ").replace(")", " test set")).outputs["defended_data"]
         return components.infer(data=images, model=model_task.outputs["model"], row=row, condition="split",
                                 seed=v["seed"], **track).set_display_name(f"infer: {row}")
 

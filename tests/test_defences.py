@@ -268,7 +268,7 @@ def test_every_defence_is_found_and_everything_follows_from_it(tmp_path):
         assert cls.setting() in spec["root"]["inputDefinitions"]["parameters"]  # the pipeline's knob
         assert cls.setting() in gen_patch  # the adaptive attacker's knob
         rows = [t for t in tasks.values() if t.get("taskInfo", {}).get("name", "").startswith(f"{cls.label}:")]
-        assert len(rows) == 2, name  # its transferred and adaptive test sets
+        assert len(rows) == 3, name  # its transferred, adaptive and worst-case test sets
         # behind the classifier interface: the forward pass a model sees is the one on data
         defence = cls.from_values({p.name: p.default for p in params.STEP_PARAMS[name]})
         images = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 1)).astype(np.float32)
