@@ -119,23 +119,30 @@ def apply_set(images: np.ndarray, patch_set: PatchSet, set_index: np.ndarray, pl
 
 
 def apply_canvas(images: np.ndarray, canvases: np.ndarray, mask: np.ndarray, index: np.ndarray,
-                 placements: Placements, batch_size: int = 256) -> np.ndarray:
+                 placements: Placements, batch_size: int = 256, n_workers: int = 0) -> np.ndarray:
     """uint8 ``images`` each showing canvas ``canvases[index[i]]`` ([H, W, C], image-aligned)
-    through ``mask`` ([H, H]) warped to ``placements[i]``; rounding as :func:`apply_patches`."""
-    import tensorflow as tf
+    through ``mask`` ([H, H]) warped to ``placements[i]``; rounding as :func:`apply_patches`. Only
+    the window around each warped mask is computed (outside it the mask is 0: the image is kept)."""
+    from advpatch.patches.paste import blend, padded, paste, warp_windows
+    from advpatch.patches.patchset import _windows
 
     hw = images.shape[1:3]
-    rows = transforms(placements, mask.shape[0], hw)
-    out = np.empty_like(images)
-    m = tf.constant(np.asarray(mask, np.float32)[None, ..., None])
-    all_canvases = tf.constant(canvases, tf.float32)
-    for start in range(0, len(images), batch_size):
-        sl = slice(start, start + batch_size)
-        n = len(images[sl])
-        warped = warp(tf.broadcast_to(m, (n, *m.shape[1:])), tf.constant(rows[sl]), hw)
-        base = tf.cast(images[sl], tf.float32) / 255
-        blended = base + warped * (tf.gather(all_canvases, index[sl]) - base)
-        out[sl] = tf.cast(tf.round(tf.clip_by_value(blended, 0.0, 1.0) * 255), tf.uint8).numpy()
+    out = images.copy()
+    if not len(images):
+        return out
+    flat, side = padded(np.asarray(mask, np.float32)[None, ..., None])
+    rows = transforms(placements, mask.shape[0], hw)  # image coordinates, as TensorFlow warped the whole image
+    oy, ox, wh, ww = _windows(placements, hw)
+    canvases = np.asarray(canvases, np.float32)
+    index = np.asarray(index)
+
+    def patched(sl, windows):
+        warped = warp_windows(flat, side, np.zeros(len(windows), np.intp), rows[sl], wh, ww, (oy[sl], ox[sl]))
+        pixels = np.stack([canvases[index[i], oy[i]:oy[i] + wh, ox[i]:ox[i] + ww]
+                           for i in range(sl.start, sl.stop)])
+        return blend(windows, warped, pixels, divide=True)
+
+    paste(images, out, oy, ox, wh, ww, patched, n_workers)
     return out
 
 

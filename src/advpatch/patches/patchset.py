@@ -25,7 +25,7 @@ import numpy as np
 
 from advpatch.errors import PatchSetError
 from advpatch.io.files import atomic_dir, read_arrays, read_manifest, save_npz
-from advpatch.patches.geometry import Placements, sample_placements, transforms, warp
+from advpatch.patches.geometry import Placements, sample_placements, transforms
 
 FORMAT = "advpatch-patchset"
 VERSION = 1
@@ -152,72 +152,53 @@ def _windows(placements: Placements, image_hw: Tuple[int, int], size: int = 0
     return oy, ox, wh, ww
 
 
-PATCH_CHUNK = 64
-"""Images whose patch windows are warped in one TensorFlow call: bounds the call's memory whatever
-the batch size (at 224x224 a chunk's float windows take tens of MB)."""
-
-
 def apply_patches(
     images: np.ndarray,
     patch_set: PatchSet,
     patch_index: np.ndarray,
     placements: Placements,
     batch_size: int = 1024,
+    n_workers: int = 0,
 ) -> np.ndarray:
     """Apply ``patch_set.patches[patch_index[i]]`` at ``placements[i]`` to uint8 ``images[i]``.
 
     Needs only the patch set: no model, no attack object. Returns uint8 images. The warp and blend
     run on a window around each patch (the same transform, shifted), not the whole image: at scale
-    0.4 that is about a quarter of the pixels. Pixels outside the window are copied unchanged.
+    0.4 that is about a quarter of the pixels. Pixels outside the window are copied unchanged. In
+    NumPy on threads (:mod:`~advpatch.patches.paste`), the bytes TensorFlow's warp gave.
+    ``batch_size`` is kept for callers; the work goes in chunks of bounded memory whatever it is.
     """
-    import tensorflow as tf
+    from advpatch.patches.paste import blend, padded, paste, warp_windows
 
     if images.shape[-1] != patch_set.patches.shape[-1]:
         raise PatchSetError(
             f"the patches have {patch_set.patches.shape[-1]} channels but the images have {images.shape[-1]}"
         )
     hw = images.shape[1:3]
-    canvases = tf.constant(patch_set.canvases())
-    rows = transforms(placements, patch_set.patch_size, hw)
     out = images.copy()
-    size = _windows(placements, hw)[2] if len(images) else 0  # one window size per call: one compiled graph
-    chunk = min(batch_size, PATCH_CHUNK)
-    for start in range(0, len(images), chunk):
-        sl = slice(start, start + chunk)
-        oy, ox, wh, ww = _windows(placements.take(sl), hw, size)
-        shifted = rows[sl].copy()  # window pixel (j, i) is image pixel (ox + j, oy + i)
-        shifted[:, 2] += shifted[:, 0] * ox + shifted[:, 1] * oy
-        shifted[:, 5] += shifted[:, 3] * ox + shifted[:, 4] * oy
-        n = len(oy)
-        ii = oy[:, None, None] + np.arange(wh)[None, :, None]
-        jj = ox[:, None, None] + np.arange(ww)[None, None, :]
-        bb = np.arange(start, start + n)[:, None, None]
-        window = images[bb, ii, jj]  # [n, wh, ww, C] uint8
-        out[bb, ii, jj] = _patch_windows(canvases, tf.constant(patch_index[sl], tf.int32), tf.constant(shifted),
-                                         tf.constant(window)).numpy()
+    if not len(images):
+        return out
+    flat, side = padded(patch_set.canvases())
+    rows = _shifted(transforms(placements, patch_set.patch_size, hw), placements, hw)
+    oy, ox, wh, ww = _windows(placements, hw)
+    index = np.asarray(patch_index)
+
+    def patched(sl, windows):
+        warped = warp_windows(flat, side, index[sl], rows[sl], wh, ww)
+        return blend(windows, warped[..., -1:], warped[..., :-1])  # the mask is the last channel
+
+    paste(images, out, oy, ox, wh, ww, patched, n_workers)
     return out
 
 
-def _patch_windows_impl(canvases, patch_index, rows, window):
-    """uint8 windows -> patched uint8 windows (one compiled graph per window size)."""
-    import tensorflow as tf
-
-    warped = warp(tf.gather(canvases, patch_index), rows, tf.shape(window)[1:3])
-    base = tf.cast(window, tf.float32) * (1 / 255)
-    blended = base + warped[..., -1:] * (warped[..., :-1] - base)  # the mask is the last channel
-    return tf.cast(tf.round(tf.clip_by_value(blended, 0.0, 1.0) * 255), tf.uint8)
-
-
-_compiled_patch_windows = None
-
-
-def _patch_windows(*args):
-    global _compiled_patch_windows
-    if _compiled_patch_windows is None:
-        import tensorflow as tf
-
-        _compiled_patch_windows = tf.function(_patch_windows_impl, reduce_retracing=True)
-    return _compiled_patch_windows(*args)
+def _shifted(rows: np.ndarray, placements: Placements, hw, size: int = 0) -> np.ndarray:
+    """The transforms of :func:`transforms`, for each image's window: window pixel (j, i) is
+    image pixel (ox + j, oy + i)."""
+    oy, ox, _, _ = _windows(placements, hw, size)
+    shifted = rows.copy()
+    shifted[:, 2] += shifted[:, 0] * ox + shifted[:, 1] * oy
+    shifted[:, 5] += shifted[:, 3] * ox + shifted[:, 4] * oy
+    return shifted
 
 
 def check_fits(patch_set: PatchSet, image_shape, num_classes: int) -> None:
