@@ -108,39 +108,43 @@ def num_sets(patch_set: PatchSet) -> int:
 
 
 def apply_set(images: np.ndarray, patch_set: PatchSet, set_index: np.ndarray, placements: Placements,
-              batch_size: int = 1024) -> np.ndarray:
+              batch_size: int = 1024, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Patched uint8 ``images``: each with patch ``set_index[i]`` (ordinary set: exactly
-    :func:`apply_patches`) or, conditioned, the entry of its set its placement picks."""
+    :func:`apply_patches`) or, conditioned, the entry of its set its placement picks. ``out``: as
+    :func:`apply_patches`'s."""
     cond = conditioning_of(patch_set)
     index = entries(patch_set, set_index, placements)
     if cond is not None and cond.mode == "canvas":
-        return apply_canvas(images, patch_set.patches, patch_set.masks[0], index, placements, batch_size)
-    return apply_patches(images, patch_set, index, placements, batch_size)
+        return apply_canvas(images, patch_set.patches, patch_set.masks[0], index, placements, batch_size, out=out)
+    return apply_patches(images, patch_set, index, placements, batch_size, out=out)
 
 
 def apply_canvas(images: np.ndarray, canvases: np.ndarray, mask: np.ndarray, index: np.ndarray,
-                 placements: Placements, batch_size: int = 256, n_workers: int = 0) -> np.ndarray:
+                 placements: Placements, batch_size: int = 256, n_workers: int = 0,
+                 out: Optional[np.ndarray] = None) -> np.ndarray:
     """uint8 ``images`` each showing canvas ``canvases[index[i]]`` ([H, W, C], image-aligned)
     through ``mask`` ([H, H]) warped to ``placements[i]``; rounding as :func:`apply_patches`. Only
     the window around each warped mask is computed (outside it the mask is 0: the image is kept)."""
-    from advpatch.patches.paste import blend, padded, paste, warp_windows
+    from advpatch.patches.paste import masked, padded, paste
     from advpatch.patches.patchset import _windows
 
     hw = images.shape[1:3]
-    out = images.copy()
+    out = images.copy() if out is None else out
     if not len(images):
         return out
     flat, side = padded(np.asarray(mask, np.float32)[None, ..., None])
     rows = transforms(placements, mask.shape[0], hw)  # image coordinates, as TensorFlow warped the whole image
     oy, ox, wh, ww = _windows(placements, hw)
     canvases = np.asarray(canvases, np.float32)
-    index = np.asarray(index)
+    index = np.asarray(index, np.intp)
 
     def patched(sl, windows):
-        warped = warp_windows(flat, side, np.zeros(len(windows), np.intp), rows[sl], wh, ww, (oy[sl], ox[sl]))
-        pixels = np.stack([canvases[index[i], oy[i]:oy[i] + wh, ox[i]:ox[i] + ww]
-                           for i in range(sl.start, sl.stop)])
-        return blend(windows, warped, pixels, divide=True)
+        def pixels(points, image, x, y):  # the canvas's own pixel under each point
+            at = np.unravel_index(points, windows.shape[:3])
+            return canvases[index[sl][image], oy[sl][image] + at[1], ox[sl][image] + at[2]]
+
+        zero = np.zeros(len(windows), np.intp)
+        return masked(windows, flat, side, zero, rows[sl], pixels, (oy[sl], ox[sl]), divide=True)
 
     paste(images, out, oy, ox, wh, ww, patched, n_workers)
     return out

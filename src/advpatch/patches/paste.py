@@ -38,12 +38,11 @@ def padded(canvases: np.ndarray) -> Tuple[np.ndarray, int]:
     return np.ascontiguousarray(c.reshape(-1, c.shape[-1])), c.shape[1]
 
 
-def warp_windows(flat: np.ndarray, side: int, index: np.ndarray, rows: np.ndarray, wh: int, ww: int,
-                 origin: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
-    """[n, wh, ww, K] float32: canvas ``index[i]`` of ``flat`` (see :func:`padded`; ``side`` its
-    padded side) warped by ``rows[i]`` (output pixel -> canvas pixel) onto a wh x ww window.
-    ``origin`` (oy, ox): window pixel (j, i) is output pixel (ox + j, oy + i) of ``rows`` (else
-    ``rows`` are the window's own)."""
+def coordinates(rows: np.ndarray, wh: int, ww: int, origin: Optional[Tuple[np.ndarray, np.ndarray]] = None
+                ) -> Tuple[np.ndarray, np.ndarray]:
+    """Where each pixel of each wh x ww window reads the canvas: (x, y) float32 [n, wh, ww], by
+    ``rows[i]`` (output pixel -> canvas pixel). ``origin`` (oy, ox): window pixel (j, i) is output
+    pixel (ox + j, oy + i) of ``rows`` (else ``rows`` are the window's own)."""
     r = rows.astype(F32)[:, :, None, None]
     col, row = np.arange(ww, dtype=F32), np.arange(wh, dtype=F32)[:, None]
     if origin is not None:
@@ -53,9 +52,15 @@ def warp_windows(flat: np.ndarray, side: int, index: np.ndarray, rows: np.ndarra
     x += r[:, 2]
     y = r[:, 3] * col + r[:, 4] * row
     y += r[:, 5]
+    return x, y
+
+
+def sample(flat: np.ndarray, side: int, index: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """[m, K] float32: canvas ``index`` of ``flat`` (see :func:`padded`; ``side`` its padded
+    side) read bilinearly at points (``x``, ``y``) ([m] each), 0 outside it."""
     x0, y0 = np.floor(x), np.floor(y)
     hi = side - 2 * PAD  # the canvas's own side: indices -2 .. side read zeros beyond it
-    at = (np.clip(y0, -PAD, hi).astype(np.intp) + PAD + np.asarray(index, np.intp)[:, None, None] * side) * side
+    at = (np.clip(y0, -PAD, hi).astype(np.intp) + PAD + np.asarray(index, np.intp) * side) * side
     at += np.clip(x0, -PAD, hi).astype(np.intp) + PAD
     wx1 = x - x0
     wx0 = x0 + 1
@@ -63,8 +68,7 @@ def warp_windows(flat: np.ndarray, side: int, index: np.ndarray, rows: np.ndarra
     wy1 = y - y0
     wy0 = y0 + 1
     wy0 -= y
-    del x, y, x0, y0
-    wx0, wx1, wy0, wy1 = (w[..., None] for w in (wx0, wx1, wy0, wy1))
+    wx0, wx1, wy0, wy1 = (w[:, None] for w in (wx0, wx1, wy0, wy1))
     top = np.take(flat, at, axis=0)
     top *= wx0
     top += np.take(flat, at + 1, axis=0) * wx1
@@ -77,6 +81,35 @@ def warp_windows(flat: np.ndarray, side: int, index: np.ndarray, rows: np.ndarra
     bottom *= wy1
     top += bottom
     return top
+
+
+def warp_windows(flat: np.ndarray, side: int, index: np.ndarray, rows: np.ndarray, wh: int, ww: int,
+                 origin: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
+    """[n, wh, ww, K] float32: canvas ``index[i]`` warped by ``rows[i]`` onto a wh x ww window
+    (see :func:`coordinates` and :func:`sample`), every pixel."""
+    x, y = coordinates(rows, wh, ww, origin)
+    k = np.repeat(np.asarray(index, np.intp), wh * ww)
+    return sample(flat, side, k, x.ravel(), y.ravel()).reshape(len(rows), wh, ww, -1)
+
+
+def masked(windows: np.ndarray, mask_flat: np.ndarray, side: int, index: np.ndarray, rows: np.ndarray,
+           pixels: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+           origin: Optional[Tuple[np.ndarray, np.ndarray]] = None, divide: bool = False) -> np.ndarray:
+    """uint8 ``windows`` [n, wh, ww, C] patched: the mask (``mask_flat``, one channel) warped by
+    ``rows``, and where it is not 0 (elsewhere the blend gives back the image's own byte) the
+    blend with ``pixels(points, image, x, y)`` ([m, C] float32 at those points: flat window
+    indices, their image in the chunk, where they read the canvas)."""
+    n, wh, ww, c = windows.shape
+    x, y = coordinates(rows, wh, ww, origin)
+    x, y = x.ravel(), y.ravel()
+    image = np.repeat(np.arange(n), wh * ww)
+    m = sample(mask_flat, side, np.asarray(index, np.intp)[image], x, y)[:, 0]
+    points = np.flatnonzero(m)
+    out = windows.copy()
+    flat_out = out.reshape(-1, c)
+    flat_out[points] = blend(flat_out[points], m[points, None], pixels(points, image[points], x[points], y[points]),
+                             divide)
+    return out
 
 
 def blend(window: np.ndarray, mask: np.ndarray, pixels: np.ndarray, divide: bool = False) -> np.ndarray:

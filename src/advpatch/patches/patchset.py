@@ -159,6 +159,7 @@ def apply_patches(
     placements: Placements,
     batch_size: int = 1024,
     n_workers: int = 0,
+    out: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Apply ``patch_set.patches[patch_index[i]]`` at ``placements[i]`` to uint8 ``images[i]``.
 
@@ -167,25 +168,28 @@ def apply_patches(
     0.4 that is about a quarter of the pixels. Pixels outside the window are copied unchanged. In
     NumPy on threads (:mod:`~advpatch.patches.paste`), the bytes TensorFlow's warp gave.
     ``batch_size`` is kept for callers; the work goes in chunks of bounded memory whatever it is.
+    ``out``: where the patched images go (``images`` itself patches them in place; default a copy).
     """
-    from advpatch.patches.paste import blend, padded, paste, warp_windows
+    from advpatch.patches.paste import masked, padded, paste, sample
 
     if images.shape[-1] != patch_set.patches.shape[-1]:
         raise PatchSetError(
             f"the patches have {patch_set.patches.shape[-1]} channels but the images have {images.shape[-1]}"
         )
     hw = images.shape[1:3]
-    out = images.copy()
+    out = images.copy() if out is None else out
     if not len(images):
         return out
-    flat, side = padded(patch_set.canvases())
+    mask_flat, side = padded(patch_set.masks[..., None])
+    patch_flat, _ = padded(patch_set.patches)
     rows = _shifted(transforms(placements, patch_set.patch_size, hw), placements, hw)
     oy, ox, wh, ww = _windows(placements, hw)
     index = np.asarray(patch_index)
 
     def patched(sl, windows):
-        warped = warp_windows(flat, side, index[sl], rows[sl], wh, ww)
-        return blend(windows, warped[..., -1:], warped[..., :-1])  # the mask is the last channel
+        chunk_index = index[sl]
+        return masked(windows, mask_flat, side, chunk_index, rows[sl],
+                      lambda points, image, x, y: sample(patch_flat, side, chunk_index[image].astype(np.intp), x, y))
 
     paste(images, out, oy, ox, wh, ww, patched, n_workers)
     return out
@@ -237,7 +241,6 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
     rotation by the worst case for the model (:func:`~advpatch.patches.worst_case.search_placements`);
     the scale stays as drawn.
     """
-    from advpatch.evaluation import distance_stats
     from advpatch.patches.conditioned import apply_set, entries, num_sets
 
     n = len(dataset)
@@ -265,13 +268,15 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
                     getattr(where, f)[sel] = getattr(found.placements, f)
                 won.append(found.won)
             index[sel] = entries(patch_set, which[sel], where.take(sel))
-            patched = apply_set(x[sel - idx[0]], patch_set, which[sel], where.take(sel), batch_size)
-            for k, v in distance_stats(x[sel - idx[0]], patched).items():
+            patched = x[sel - idx[0]]  # a copy, patched in place
+            clean = _clean_windows(patched, where.take(sel))
+            apply_set(patched, patch_set, which[sel], where.take(sel), batch_size, out=patched)
+            for k, v in window_distances(clean, patched, where.take(sel)).items():
                 distances.setdefault(k, []).append(v)
         if method == "corrupt":
-            out = x.copy()
-            out[sel - idx[0]] = patched
-            writer.write(out, y, **_provenance_columns(idx, chosen[idx], index, where, patch_set))
+            x = x if x.flags.writeable else x.copy()
+            x[sel - idx[0]] = patched  # the batch is this loop's own
+            writer.write(x, y, **_provenance_columns(idx, chosen[idx], index, where, patch_set))
         else:
             writer.write(x, y, **_provenance_columns(idx, np.zeros(len(idx), bool), index, where, patch_set))
             if len(sel):
@@ -279,6 +284,37 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
                              **_provenance_columns(sel, np.ones(len(sel), bool), index, where, patch_set))
     return Deployed(int(chosen.sum()), {k: np.concatenate(v) for k, v in distances.items()},
                     None if search is None else np.concatenate(won) if won else np.zeros(0, bool))
+
+
+def _clean_windows(images: np.ndarray, placements: Placements):
+    """What :func:`window_distances` needs of the clean images: |x|^2 of each, and the windows
+    around their patches (every pixel a patch can change)."""
+    from advpatch.evaluation import squares_of
+
+    return squares_of(images), _cut(images, placements)
+
+
+def _cut(images: np.ndarray, placements: Placements) -> np.ndarray:
+    """[n, window pixels] each image's window (see :func:`_windows`)."""
+    if not len(images):
+        return images.reshape(0, 0)
+    oy, ox, wh, ww = _windows(placements, images.shape[1:3])
+    return np.stack([images[i, oy[i]:oy[i] + wh, ox[i]:ox[i] + ww] for i in range(len(images))]).reshape(
+        len(images), -1)
+
+
+def window_distances(clean, patched: np.ndarray, placements: Placements) -> Dict[str, np.ndarray]:
+    """:func:`~advpatch.evaluation.distance_stats` of clean and patched images, exactly, from
+    ``clean`` (:func:`_clean_windows`) and the patched images' windows: nothing outside a window
+    changed."""
+    from advpatch.evaluation import DISTANCE_CHUNK, _uint8_distances
+
+    squares, before = clean
+    after = _cut(patched, placements)
+    size = int(np.prod(patched.shape[1:]))
+    parts = [_uint8_distances(before[i:i + DISTANCE_CHUNK], after[i:i + DISTANCE_CHUNK], squares[i:i + DISTANCE_CHUNK],
+                              size) for i in range(0, len(before), DISTANCE_CHUNK)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
 def _provenance_columns(idx, patched, which, where, patch_set) -> Dict[str, np.ndarray]:
