@@ -20,7 +20,7 @@ def deploy_patch(
     patch_application_rate: float = 1.0,
     patch_scale: float = 0.4,
     batch_size: int = 256,
-    memory_budget_mb: int = 256,
+    memory_budget_mb: int = 128,
     rotation_max: float = 22.5,
     scale_min: float = 0.1,
     scale_max: float = 1.0,

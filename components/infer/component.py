@@ -20,7 +20,7 @@ def infer(
     model_uri: str = "",
     model_architecture: str = "",
     batch_size: int = 256,
-    memory_budget_mb: int = 256,
+    memory_budget_mb: int = 128,
     row: str = "",
     condition: str = "auto",
     seed: int = 0,

@@ -59,16 +59,23 @@ def deploy_bytes(image_shape: Sequence[int]) -> float:
 
 
 def model_bytes(model, image_shape: Sequence[int]) -> float:
-    """Per image of a forward pass: the uint8 batch, its float32 copy and every layer's float32
-    output (an upper bound: TensorFlow frees most of them as it goes)."""
-    pixels = float(np.prod(image_shape))
-    activations = 0.0
-    for layer in getattr(model, "layers", []):
+    """Per image of a forward pass: the uint8 batch, its float32 copy, and three times the largest
+    layer output in float32 (a layer's input, its output and its work space: TensorFlow frees the
+    outputs of the layers before)."""
+    largest = 0.0
+    for layer in _layers(model):
         try:
             shapes = layer.output.shape
         except (AttributeError, ValueError):
             continue
         for shape in (shapes if isinstance(shapes, (list, tuple)) and shapes and not isinstance(
                 shapes[0], (int, type(None))) else [shapes]):
-            activations += float(np.prod([d for d in shape[1:] if d]))
-    return pixels * (1 + 4) + 4 * activations
+            largest = max(largest, float(np.prod([d for d in shape[1:] if d])))
+    return float(np.prod(image_shape)) * (1 + 4) + 3 * 4 * largest
+
+
+def _layers(model):
+    """Every layer of ``model``, those of nested models included."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _layers(layer)

@@ -78,7 +78,7 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("seed", int, 0, "Seeds every random choice of the step: same seed, same bytes.",
        Interval(0, 2**31 - 1, integer=True)),
     _p("batch_size", int, 32, "Images per batch.", POSITIVE_INT),
-    _p("memory_budget_mb", int, 256, "Memory (MiB) a batch may take: batch_size is capped to the images that fit "
+    _p("memory_budget_mb", int, 128, "Memory (MiB) a batch may take: batch_size is capped to the images that fit "
        "(estimated from the image size and, for a model, its layers' outputs), so the peak stays within the pod's "
        "memory whatever batch_size asks. Results do not depend on it.", POSITIVE_INT),
     _p("model_architecture", str, "le_net", "The network: 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50' "
