@@ -66,8 +66,9 @@ def deploy_patch(
             search scores at a time. Allowed: an integer >= 1.
         memory_budget_mb: Memory (MiB) a batch may take: batch_size is capped to the images that fit
             (estimated from the image size and, for a model, its layers' outputs), so the peak stays
-            within the pod's memory whatever batch_size asks. Results do not depend on it. Allowed:
-            an integer >= 1.
+            within the pod's memory whatever batch_size asks. Results do not depend on it
+            (deploy_patch's 'augment' is not capped: it writes each batch's patched copies after its
+            originals). Allowed: an integer >= 1.
         rotation_max: Random rotation in [-rotation_max, rotation_max] degrees. Allowed: in [0,
             180].
         scale_min: Smallest patch side, as a share of the image's shorter side. Allowed: in (0, 1).

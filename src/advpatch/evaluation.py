@@ -208,20 +208,21 @@ def _uint8_distances(a: np.ndarray, b: np.ndarray, squares: Optional[np.ndarray]
     starts = np.searchsorted(at, np.arange(m) * q)
     counts = np.diff(np.append(starts, len(at)))
     has = counts > 0
-    ai, bi = a.ravel()[at].astype(np.int64), b.ravel()[at].astype(np.int64)
+    ai, bi = a.ravel()[at].astype(np.int32), b.ravel()[at].astype(np.int32)  # products fit: |v| <= 255^2
     d = bi - ai
 
     def per_image(v, op=np.add):  # integer sums (and maxima) of each image's changed pixels: exact
         out = np.zeros(m, np.int64)
         if len(at):
-            out[has] = op.reduceat(v, starts[has])
+            out[has] = op.reduceat(v, starts[has], dtype=np.int64)
         return out
 
     ad = np.abs(d)
     out = {"l_inf": per_image(ad, np.maximum) / 255, "l1": per_image(ad) / 255,
            "l2": np.sqrt(per_image(d * d).astype(np.float64)) / 255}
     dot, b_squares = squares + per_image(ai * d), squares + per_image(bi * bi - ai * ai)
-    r = np.repeat(np.arange(m, dtype=np.int64) * 256, counts)
+    r = np.repeat(np.arange(m, dtype=np.int32) * 256, counts) if m < 2**23 else np.repeat(
+        np.arange(m, dtype=np.int64) * 256, counts)
     ok = has & (squares > 0) & (b_squares > 0)
     cos = np.ones(m)
     cos[ok] = dot[ok] / np.sqrt(squares[ok].astype(np.float64) * b_squares[ok].astype(np.float64))

@@ -80,7 +80,8 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("batch_size", int, 32, "Images per batch.", POSITIVE_INT),
     _p("memory_budget_mb", int, 128, "Memory (MiB) a batch may take: batch_size is capped to the images that fit "
        "(estimated from the image size and, for a model, its layers' outputs), so the peak stays within the pod's "
-       "memory whatever batch_size asks. Results do not depend on it.", POSITIVE_INT),
+       "memory whatever batch_size asks. Results do not depend on it (deploy_patch's 'augment' is not capped: it "
+       "writes each batch's patched copies after its originals).", POSITIVE_INT),
     _p("model_architecture", str, "le_net", "The network: 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50' "
        "or 'vgg16'.", Choices(ARCHITECTURES)),
     _p("model_uri", str, "", "A registered MLflow model ('models:/NAME/VERSION') to use instead of a Model artifact.",
