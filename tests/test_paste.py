@@ -36,9 +36,10 @@ def test_warp_is_tensorflows_bit_for_bit(side, out_hw):
     canvases = rng.random((3, side, side, 4), dtype=np.float32)
     canvases[..., -1] = patches.make_mask(side, "circle")
     index = rng.integers(0, 3, n)
-    where = patches.Placements(rng.uniform(-180, 180, n).astype(np.float32), rng.uniform(0.1, 1.5, n).astype(np.float32),
-                               rng.uniform(-5, out_hw[1] + 5, n).astype(np.float32),
-                               rng.uniform(-5, out_hw[0] + 5, n).astype(np.float32))
+    f32 = np.float32
+    where = patches.Placements(rng.uniform(-180, 180, n).astype(f32), rng.uniform(0.1, 1.5, n).astype(f32),
+                               rng.uniform(-5, out_hw[1] + 5, n).astype(f32),
+                               rng.uniform(-5, out_hw[0] + 5, n).astype(f32))
     rows = patches.transforms(where, side, out_hw)
     expected = warp(tf.gather(canvases, index), tf.constant(rows), out_hw).numpy()
     flat, padded_side = paste.padded(canvases)

@@ -8,8 +8,8 @@ Reads bench_scale.py's generated class folder (``outputs/bench/scale-data/n<N>/i
 ``make bench``) into a dataset of all its images and one of ``--small`` of them (once, kept in
 ``--work``), then runs each step on each in a process of its own (a fixed random 224-pixel patch;
 a LeNet-5 at 224x224 with random weights, as bench_scale.py does; both made in a process before),
-reading its peak RSS with ``os.wait4``. Steady memory: the peak on 50,000 images over the peak on 2,000, for each step (1.0:
-the data's size does not show). Prints the figures and writes outputs/bench/memory.json.
+reading its peak RSS with ``os.wait4``. Steady memory: the peak on 50,000 images over the peak on
+2,000, for each step (1.0: the data's size does not show). Prints the figures and writes outputs/bench/memory.json.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def main() -> None:
     args = parser.parse_args()
     from advpatch.data.sources import import_dataset
 
-    folder = Path(args.folder) if args.folder else ROOT / "outputs" / "bench" / "scale-data" / f"n{args.images}" / "images"
+    default = ROOT / "outputs" / "bench" / "scale-data" / f"n{args.images}" / "images"
+    folder = Path(args.folder) if args.folder else default
     if not folder.is_dir():
         raise SystemExit(f"{folder} is missing: run tests/benchmarks/bench_scale.py --images {args.images} first")
     work = Path(args.work).resolve()

@@ -96,9 +96,9 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
     import numpy as np
 
     from advpatch import patches as engine
-    from advpatch.parallel import capped, deploy_bytes
     from advpatch.data.dataset import Dataset, DatasetWriter
     from advpatch.evaluation import summarize
+    from advpatch.parallel import capped, deploy_bytes
     from advpatch.steps._attack import check_placement, worst_case_search
 
     dataset = Dataset(data)
