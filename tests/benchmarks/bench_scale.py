@@ -460,7 +460,9 @@ def tensorflow_version() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2,000 images and one gen step: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="2,000 images, two runs of each comparison, no gen "
+                                                                 "(--with-gen: one gen step): a smoke run, under 2 minutes")
+    parser.add_argument("--with-gen", action="store_true", help="with --quick, the gen_patch comparison too")
     parser.add_argument("--images", type=int, default=None, help="images in the generated class folder (50000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images")
     parser.add_argument("--data", default=None, help="cache of generated images (outputs/bench/scale-data/n<N>)")
@@ -490,6 +492,9 @@ def main(argv=None) -> int:
     n = args.images or (2000 if args.quick else 50000)
     gen_steps = args.gen_steps or (1 if args.quick else 3)
     repeats = args.repeats or (2 if args.quick else 3)
+    if args.quick and not args.with_gen and not args.skip_gen:
+        print("--quick: no gen_patch comparison (--with-gen for one gen step); the previous run's is kept", flush=True)
+        args.skip_gen = True
     n28 = args.images_28 or (5000 if args.quick else 10000)
     gen_repeats = args.gen_repeats or (1 if args.quick else 2)
     data_dir = Path(args.data or f"outputs/bench/scale-data/n{n}").resolve()
@@ -561,7 +566,7 @@ def main(argv=None) -> int:
                 kwargs = dict(data=paths["loaded"], patches=paths["patches"], patched_data=target, output_tar_name="")
                 if bs != "default":
                     kwargs["batch_size"] = int(bs)
-                runs[bs].append(step(f"deploy_patch-{bs}-{r}", "deploy_patch", tensorflow=True, **kwargs))
+                runs[bs].append(step(f"deploy_patch-{bs}-{r}", "deploy_patch", **kwargs))  # no TensorFlow
                 if patched is None:
                     patched = target
                     disk["patched_dataset_bytes"] = du_bytes(Path(target))
