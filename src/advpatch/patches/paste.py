@@ -101,14 +101,16 @@ def masked(windows: np.ndarray, mask_flat: np.ndarray, side: int, index: np.ndar
     indices, their image in the chunk, where they read the canvas)."""
     n, wh, ww, c = windows.shape
     x, y = coordinates(rows, wh, ww, origin)
-    x, y = x.ravel(), y.ravel()
-    image = np.repeat(np.arange(n), wh * ww)
+    hi = side - 2 * PAD  # beyond (-1, hi) on either axis all four neighbours are off the canvas: the mask is 0
+    points = np.flatnonzero((x > -1) & (x < hi) & (y > -1) & (y < hi))
+    x, y = x.ravel()[points], y.ravel()[points]
+    image = points // (wh * ww)
     m = sample(mask_flat, side, np.asarray(index, np.intp)[image], x, y)[:, 0]
-    points = np.flatnonzero(m)
+    keep = np.flatnonzero(m)
+    points, image, x, y, m = points[keep], image[keep], x[keep], y[keep], m[keep]
     out = windows.copy()
     flat_out = out.reshape(-1, c)
-    flat_out[points] = blend(flat_out[points], m[points, None], pixels(points, image[points], x[points], y[points]),
-                             divide)
+    flat_out[points] = blend(flat_out[points], m[:, None], pixels(points, image, x, y), divide)
     return out
 
 
