@@ -99,3 +99,23 @@ def test_float_conversion_round_trips():
     f = to_float(x)
     assert f.dtype == np.float32 and f.min() == 0.0 and f.max() == 1.0
     np.testing.assert_array_equal(to_uint8(f), x)
+
+
+def test_a_shard_written_in_the_background_raises_its_error_and_waits_in_order():
+    from advpatch.io.files import Background
+
+    done = []
+    bg = Background()
+    for i in range(3):
+        bg.submit(done.append, i)
+    bg.wait()
+    assert done == [0, 1, 2]
+
+    def fail():
+        raise OSError("disk full")
+
+    bg.submit(fail)
+    with pytest.raises(OSError, match="disk full"):
+        bg.wait()
+    bg.submit(fail)
+    bg.wait(raise_error=False)  # abort: the folder goes anyway

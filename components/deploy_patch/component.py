@@ -20,6 +20,7 @@ def deploy_patch(
     patch_application_rate: float = 1.0,
     patch_scale: float = 0.4,
     batch_size: int = 256,
+    memory_budget_mb: int = 128,
     rotation_max: float = 22.5,
     scale_min: float = 0.1,
     scale_max: float = 1.0,
@@ -63,6 +64,11 @@ def deploy_patch(
             from [scale_min, scale_max]. Allowed: in [0, 1].
         batch_size: Images per batch; with patch_placement='worst_case', also the patched images the
             search scores at a time. Allowed: an integer >= 1.
+        memory_budget_mb: Memory (MiB) a batch may take: batch_size is capped to the images that fit
+            (estimated from the image size and, for a model, its layers' outputs), so the peak stays
+            within the pod's memory whatever batch_size asks. Results do not depend on it
+            (deploy_patch's 'augment' is not capped: it writes each batch's patched copies after its
+            originals). Allowed: an integer >= 1.
         rotation_max: Random rotation in [-rotation_max, rotation_max] degrees. Allowed: in [0,
             180].
         scale_min: Smallest patch side, as a share of the image's shorter side. Allowed: in (0, 1).

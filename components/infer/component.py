@@ -20,6 +20,7 @@ def infer(
     model_uri: str = "",
     model_architecture: str = "",
     batch_size: int = 256,
+    memory_budget_mb: int = 128,
     row: str = "",
     condition: str = "auto",
     seed: int = 0,
@@ -43,6 +44,11 @@ def infer(
         model_architecture: Optional check: the model's architecture must be this one. Allowed: one
             of 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50', 'vgg16', or empty.
         batch_size: Images per forward pass. Allowed: an integer >= 1.
+        memory_budget_mb: Memory (MiB) a batch may take: batch_size is capped to the images that fit
+            (estimated from the image size and, for a model, its layers' outputs), so the peak stays
+            within the pod's memory whatever batch_size asks. Results do not depend on it
+            (deploy_patch's 'augment' is not capped: it writes each batch's patched copies after its
+            originals). Allowed: an integer >= 1.
         row: Row of the comparison table this evaluation belongs to (e.g. 'baseline', 'JPEG
             compression'); empty: the model's architecture.
         condition: What the images are: 'clean', 'patched', 'auto' (patched when the data carries

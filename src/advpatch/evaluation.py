@@ -193,28 +193,58 @@ def _distances(clean: np.ndarray, patched: np.ndarray) -> Dict[str, np.ndarray]:
             "cosine_similarity": cos, "wasserstein": np.abs(np.sort(a, axis=1) - np.sort(b, axis=1)).mean(axis=1)}
 
 
-def _uint8_distances(a: np.ndarray, b: np.ndarray) -> Dict[str, np.ndarray]:
+def _uint8_distances(a: np.ndarray, b: np.ndarray, squares: Optional[np.ndarray] = None,
+                     pixels: int = 0) -> Dict[str, np.ndarray]:
     """The same figures for uint8 images [m, pixels], exactly, from the pixels that differ (a patch
     changes a small part of an image): integer sums, and the Wasserstein distance from the two
-    256-bin histograms, whose difference only the changed pixels make."""
-    m, n = a.shape
-    squares = np.einsum("ij,ij->i", a, a, dtype=np.int64)  # |a|^2, the one pass over every pixel
-    out = {k: np.zeros(m) for k in ("l_inf", "l1", "l2", "wasserstein")}
-    out["cosine_similarity"] = np.ones(m)
-    for i in range(m):
-        changed = np.flatnonzero(a[i] != b[i])
-        if not len(changed):
-            continue
-        ai, bi = a[i, changed].astype(np.int64), b[i, changed].astype(np.int64)
-        d = bi - ai
-        out["l_inf"][i] = np.abs(d).max() / 255
-        out["l1"][i] = np.abs(d).sum() / 255
-        out["l2"][i] = np.sqrt(float((d * d).sum())) / 255
-        dot, b_squares = squares[i] + (ai * d).sum(), squares[i] + (bi * bi - ai * ai).sum()
-        if squares[i] > 0 and b_squares > 0:
-            out["cosine_similarity"][i] = dot / np.sqrt(float(squares[i]) * float(b_squares))
-        gap = np.cumsum(np.bincount(ai, minlength=256) - np.bincount(bi, minlength=256))[:255]
-        out["wasserstein"][i] = np.abs(gap).sum() / (n * 255.0)  # the CDFs step at k / 255
+    256-bin histograms, whose difference only the changed pixels make. ``a`` and ``b`` may be
+    only a part of each image that holds every pixel that differs (a patch's window), with
+    ``squares`` (|a|^2 over the whole images, :func:`squares_of`) and ``pixels`` (their size)."""
+    m, q = a.shape
+    n = pixels or q
+    squares = np.asarray(squares_of(a) if squares is None else squares, np.int64)
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    at = np.flatnonzero(a != b)  # row-major: each image's changed pixels together
+    starts = np.searchsorted(at, np.arange(m) * q)
+    counts = np.diff(np.append(starts, len(at)))
+    has = counts > 0
+    ai, bi = a.ravel()[at].astype(np.int32), b.ravel()[at].astype(np.int32)  # products fit: |v| <= 255^2
+    d = bi - ai
+
+    # integer sums (and maxima) of each image's changed pixels: exact
+    def per_image(v: np.ndarray, op: Any = np.add) -> np.ndarray:
+        out = np.zeros(m, np.int64)
+        if len(at):
+            out[has] = op.reduceat(v, starts[has], dtype=np.int64)
+        return out
+
+    ad = np.abs(d)
+    out = {"l_inf": per_image(ad, np.maximum) / 255, "l1": per_image(ad) / 255,
+           "l2": np.sqrt(per_image(d * d).astype(np.float64)) / 255}
+    dot, b_squares = squares + per_image(ai * d), squares + per_image(bi * bi - ai * ai)
+    r = np.repeat(np.arange(m, dtype=np.int32) * 256, counts) if m < 2**23 else np.repeat(
+        np.arange(m, dtype=np.int64) * 256, counts)
+    ok = has & (squares > 0) & (b_squares > 0)
+    cos = np.ones(m)
+    cos[ok] = dot[ok] / np.sqrt(squares[ok].astype(np.float64) * b_squares[ok].astype(np.float64))
+    out["cosine_similarity"] = cos
+    hist = (np.bincount(r + ai, minlength=m * 256) - np.bincount(r + bi, minlength=m * 256)).reshape(m, 256)
+    gap = np.cumsum(hist, axis=1)[:, :255]
+    out["wasserstein"] = np.abs(gap).sum(axis=1) / (n * 255.0)  # the CDFs step at k / 255
+    return {k: out[k] for k in ("l_inf", "l1", "l2", "cosine_similarity", "wasserstein")}
+
+
+def squares_of(a: np.ndarray) -> np.ndarray:
+    """[m] int64 |a_i|^2 of uint8 images ``a`` [m, ...], exactly: float32 sums of 256 squares (each
+    below 2^24, so exact), then int64."""
+    a = a.reshape(len(a), -1)
+    main = a.shape[1] // 256 * 256
+    out = np.zeros(len(a), np.int64)
+    for i in range(0, len(a), 16):
+        block = a[i:i + 16, :main].astype(np.float32).reshape(len(a[i:i + 16]), -1, 256)
+        out[i:i + 16] = np.einsum("ijk,ijk->ij", block, block).astype(np.int64).sum(axis=1)
+    if main < a.shape[1]:
+        out += np.einsum("ij,ij->i", a[:, main:], a[:, main:], dtype=np.int64)
     return out
 
 

@@ -1,11 +1,18 @@
 """Work per image on every core a step has: threads, for work that releases Python's lock (image
 codecs, resizing, NumPy), each call writing its own part of a shared result, so the result is the
-same bytes whatever the number of threads."""
+same bytes whatever the number of threads.
+
+And batches sized to a memory budget: a step's ``memory_budget_mb`` caps its ``batch_size`` to what
+fits (:func:`capped`), so its peak memory does not grow with the batch size asked for (nor with the
+data's size: the data streams). The figures are estimates from the arrays a batch holds; results do
+not depend on the batch size, only the peak memory and the speed do."""
 
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Sequence
+
+import numpy as np
 
 from advpatch import settings
 
@@ -34,3 +41,41 @@ def in_parallel(fn: Callable[[int], None], n: int, n_workers: int = 0) -> None:
 
     with ThreadPoolExecutor(min(count, n)) as pool:
         list(pool.map(fn, range(n)))
+
+
+MIB = 2**20
+
+
+def capped(batch_size: int, budget_mb: float, per_image_bytes: float) -> int:
+    """``min(batch_size, what fits in budget_mb)``, at least 1."""
+    fits = int(budget_mb * MIB // max(per_image_bytes, 1.0))
+    return max(1, min(int(batch_size), fits))
+
+
+def deploy_bytes(image_shape: Sequence[int]) -> float:
+    """Per image of a deploy_patch batch: the batch as read, its patched copies, and the writer's
+    share of them (uint8)."""
+    return 3.0 * float(np.prod(image_shape))
+
+
+def model_bytes(model, image_shape: Sequence[int]) -> float:
+    """Per image of a forward pass: the uint8 batch, its float32 copy, and three times the largest
+    layer output in float32 (a layer's input, its output and its work space: TensorFlow frees the
+    outputs of the layers before)."""
+    largest = 0.0
+    for layer in _layers(model):
+        try:
+            shapes = layer.output.shape
+        except (AttributeError, ValueError):
+            continue
+        for shape in (shapes if isinstance(shapes, (list, tuple)) and shapes and not isinstance(
+                shapes[0], (int, type(None))) else [shapes]):
+            largest = max(largest, float(np.prod([d for d in shape[1:] if d])))
+    return float(np.prod(image_shape)) * (1 + 4) + 3 * 4 * largest
+
+
+def _layers(model):
+    """Every layer of ``model``, those of nested models included."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _layers(layer)

@@ -21,8 +21,15 @@ What is measured, and against what:
   deploy_patch runs with ``output_tar_name=""`` (its default also logs a tar copy of the whole
   patched dataset to MLflow: a second copy of the data, not measured here).
 * deploy_patch's floor: the same bytes read shard by shard from the input dataset (``np.load``)
-  and copied (``x.copy()``), in a process of its own; the figure is ours / floor (images/s). A
-  pure in-memory ``np.copyto`` of the same bytes is reported beside it.
+  and copied (``x.copy()``), in a process of its own; the figure is ours / floor (images/s), target
+  0.5 (issue 24). deploy_patch and its floor run ``--repeats`` times, interleaved, each run in a
+  process of its own; the figures are the medians. A pure in-memory ``np.copyto`` of the same bytes
+  is reported beside it.
+* deploy_patch at 28x28 against ART 1.20.1's ``apply_patch`` (target 100x, issue 24): the engine
+  (:func:`advpatch.patches.deploy`: read ``--images-28`` embedded test digits, patch every one at
+  scale 0.4 with rotation, exact distances, write the patched dataset; no MLflow) against ART's
+  ``apply_patch`` on the same images in memory (fill mode CONSTANT, as bench_patch.py), each run
+  in a process of its own, ``--repeats`` interleaved runs, medians.
 * gen_patch step time at 224x224, ResNet50 (random weights, 10 classes, ``build_model``), batch
   16, a circular patch of 224 pixels, random placement at scales 0.1-1.0 with rotation up to 22.5
   degrees: ours (``PatchOptimizer`` through ``generate_patch``, as bench_patch.py measures it,
@@ -62,6 +69,8 @@ CLASSES = 10
 TARGET = 5
 ROTATION = 22.5
 RSS_LIMIT_MIB = 2048  # "peak RSS under 2 GB": 2 GiB
+ART_TARGET = 100.0  # issue 24: deploy_patch at least 100x ART's apply_patch at 28x28
+FLOOR_TARGET = 0.5  # issue 24: deploy_patch at least half its read-and-copy floor at 224x224
 MARKER = "complete.json"
 HERE = Path(__file__).resolve().parent
 
@@ -320,7 +329,66 @@ def child_gen(spec: dict) -> dict:
             "batch": batch, "model_params": int(model.count_params()), "tensorflow": tf.__version__}
 
 
-CHILDREN = {"prepare": child_prepare, "step": child_step, "floor": child_floor, "gen": child_gen}
+def child_prepare28(spec: dict) -> dict:
+    """The 28x28 comparison's data (the embedded test digits, repeated to ``n``) and patch set (one
+    random 28-pixel circular patch)."""
+    from advpatch import patches
+    from advpatch.data.dataset import write_dataset
+    from advpatch.data.sources import embedded_digits
+
+    x, y, _ = embedded_digits("test")
+    reps = spec["n"] // len(x) + 1
+    names = [str(i) for i in range(10)]
+    write_dataset(spec["data"], np.concatenate([x] * reps)[:spec["n"]], np.concatenate([y] * reps)[:spec["n"]], names)
+    patch = np.random.default_rng(1).uniform(0, 1, (28, 28, 1)).astype(np.float32)
+    patches.PatchSet(patch[None], patches.make_mask(28, "circle")[None], np.array([TARGET], np.int32), names,
+                     (28, 28, 1)).save(spec["patches"])
+    return {}
+
+
+def child_deploy28(spec: dict) -> dict:
+    """deploy_patch's engine at 28x28 (:func:`advpatch.patches.deploy`: read, patch every image at
+    scale 0.4, exact distances, write the patched dataset), without the step's MLflow logging."""
+    from advpatch import patches
+    from advpatch.data.dataset import Dataset, DatasetWriter
+
+    dataset, patch_set = Dataset(spec["data"]), patches.PatchSet.load(spec["patches"])
+    placement = dict(rotation_max=ROTATION, scale_min=0.1, scale_max=1.0, location="random")
+
+    def run(target):
+        with DatasetWriter(target, dataset.image_shape, dataset.class_names, columns=patches.PATCH_COLUMNS) as w:
+            patches.deploy(dataset, patch_set, w, method="corrupt", application_rate=1.0, patch_scale=0.4,
+                           placement=placement, batch_size=256, rng=np.random.default_rng(0))
+        shutil.rmtree(target)
+
+    run(spec["out"] + "-warm")
+    t0 = time.perf_counter()
+    run(spec["out"])
+    return {"images": len(dataset), "seconds": time.perf_counter() - t0}
+
+
+def child_art28(spec: dict) -> dict:
+    """ART 1.20.1's ``apply_patch`` on the same images (float [0, 1], scale 0.4, fill mode CONSTANT
+    as bench_patch.py corrects it), warmed up on 100 images first."""
+    _child_settings()
+    sys.path.insert(0, str(HERE))
+    from bench_patch import ConstantFill, art_attack
+
+    from advpatch import models
+    from advpatch.data.dataset import Dataset, to_float
+
+    x = to_float(Dataset(spec["data"]).load()["x"])
+    attack = art_attack(models.build_model("le_net", (28, 28, 1), 10), 0.1, 1, 40, 0.1, 1.0)
+    patch = np.random.default_rng(1).uniform(0, 1, (28, 28, 1)).astype(np.float32)
+    with ConstantFill():
+        attack.apply_patch(x[:100], scale=0.4, patch_external=patch)
+        t0 = time.perf_counter()
+        attack.apply_patch(x, scale=0.4, patch_external=patch)
+        return {"images": len(x), "seconds": time.perf_counter() - t0}
+
+
+CHILDREN = {"prepare": child_prepare, "step": child_step, "floor": child_floor, "gen": child_gen,
+            "prepare28": child_prepare28, "deploy28": child_deploy28, "art28": child_art28}
 
 
 def child_main(kind: str, spec_path: str) -> int:
@@ -392,7 +460,9 @@ def tensorflow_version() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2,000 images and one gen step: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="2,000 images, two runs of each comparison, no "
+                        "gen (--with-gen: one gen step): a smoke run, under 2 minutes")
+    parser.add_argument("--with-gen", action="store_true", help="with --quick, the gen_patch comparison too")
     parser.add_argument("--images", type=int, default=None, help="images in the generated class folder (50000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images")
     parser.add_argument("--data", default=None, help="cache of generated images (outputs/bench/scale-data/n<N>)")
@@ -402,6 +472,12 @@ def main(argv=None) -> int:
     parser.add_argument("--deploy-batch-sizes", default="default",
                         help="deploy_patch batch_size values, comma-separated ('default': the step's own); the "
                              "first feeds the chain, the others are measured beside it")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved runs of deploy_patch and its reference, each in its own process, median "
+                             "taken (3; quick 2)")
+    parser.add_argument("--images-28", type=int, default=None, help="images of the 28x28 comparison with ART "
+                                                                    "(10000; quick 5000)")
+    parser.add_argument("--skip-28", action="store_true", help="no 28x28 comparison with ART")
     parser.add_argument("--gen-steps", type=int, default=None, help="timed gen steps per run (3; quick 1)")
     parser.add_argument("--gen-repeats", type=int, default=None, help="interleaved runs, median taken (2; quick 1)")
     parser.add_argument("--gen-batch", type=int, default=16)
@@ -415,6 +491,11 @@ def main(argv=None) -> int:
 
     n = args.images or (2000 if args.quick else 50000)
     gen_steps = args.gen_steps or (1 if args.quick else 3)
+    repeats = args.repeats or (2 if args.quick else 3)
+    if args.quick and not args.with_gen and not args.skip_gen:
+        print("--quick: no gen_patch comparison (--with-gen for one gen step); the previous run's is kept", flush=True)
+        args.skip_gen = True
+    n28 = args.images_28 or (5000 if args.quick else 10000)
     gen_repeats = args.gen_repeats or (1 if args.quick else 2)
     data_dir = Path(args.data or f"outputs/bench/scale-data/n{n}").resolve()
     work = Path(args.work).resolve()
@@ -430,14 +511,16 @@ def main(argv=None) -> int:
     raw: dict = {}
     disk: dict = {}
 
-    def figure(name, value, unit, *, reference=None, ratio=None, ratio_means=None, rss=None, limit=True, extra=None):
+    def figure(name, value, unit, *, reference=None, ratio=None, ratio_means=None, rss=None, limit=True, extra=None,
+               target=None):
         """``limit``: the 2 GiB limit applies to this figure's process (the steps, not the gen
         comparison, whose process holds ResNet50 under three implementations)."""
         checked = rss is not None and limit
         figures[name] = {"value": value, "unit": unit, "reference": reference, "ratio": ratio,
                          "ratio_means": ratio_means, "peak_rss_mib": rss,
                          "rss_limit_mib": RSS_LIMIT_MIB if checked else None,
-                         "met": bool(rss < RSS_LIMIT_MIB) if checked else None, **(extra or {})}
+                         "met": bool(rss < RSS_LIMIT_MIB) if checked else None, "target": target,
+                         "target_met": None if target is None else bool(ratio >= target), **(extra or {})}
 
     data = ensure_data(data_dir, n, args.seed, args.workers)
     images = data_dir / "images"
@@ -470,36 +553,45 @@ def main(argv=None) -> int:
         step_figure("load_dataset", "load_dataset", out)
         disk["dataset_bytes"] = du_bytes(Path(paths["loaded"]))
 
-        floor = run_child("floor", {"data": paths["loaded"]}, work, "deploy_floor", env)
-        raw["deploy_floor"] = floor
-        floor_ips = floor["images"] / floor["seconds"]
-        figure("deploy_patch floor: read each shard + copy x (images/s)", floor_ips, "images/s",
-               rss=floor["peak_rss_mib"],
-               extra={"memory_copy_images_per_second": floor["images"] / floor["memory_copy_seconds"],
-                      "gib_per_second_read_copy": floor["bytes"] / floor["seconds"] / 2**30})
-
+        # deploy_patch against its floor: each run in its own process, the two interleaved, medians
         sizes = [s.strip() for s in args.deploy_batch_sizes.split(",") if s.strip()]
         patched = None
-        for i, bs in enumerate(sizes):
-            target = str(work / f"patched-{bs}")
-            kwargs = dict(data=paths["loaded"], patches=paths["patches"], patched_data=target, output_tar_name="")
-            if bs != "default":
-                kwargs["batch_size"] = int(bs)
-            label = f"deploy_patch-{bs}"
-            out = step(label, "deploy_patch", tensorflow=True, **kwargs)
+        floors, runs = [], {bs: [] for bs in sizes}
+        for r in range(repeats):
+            floor = run_child("floor", {"data": paths["loaded"]}, work, f"deploy_floor-{r}", env)
+            raw[f"deploy_floor-{r}"] = floor
+            floors.append(floor)
+            for bs in sizes:
+                target = str(work / f"patched-{bs}-{r}")
+                kwargs = dict(data=paths["loaded"], patches=paths["patches"], patched_data=target, output_tar_name="")
+                if bs != "default":
+                    kwargs["batch_size"] = int(bs)
+                runs[bs].append(step(f"deploy_patch-{bs}-{r}", "deploy_patch", **kwargs))  # no TensorFlow
+                if patched is None:
+                    patched = target
+                    disk["patched_dataset_bytes"] = du_bytes(Path(target))
+                elif not args.keep:
+                    shutil.rmtree(target)
+        floor_ips = float(np.median([f["images"] / f["seconds"] for f in floors]))
+        figure("deploy_patch floor: read each shard + copy x (images/s)", floor_ips, "images/s",
+               rss=max(f["peak_rss_mib"] for f in floors),
+               extra={"memory_copy_images_per_second": float(np.median(
+                          [f["images"] / f["memory_copy_seconds"] for f in floors])),
+                      "runs_images_per_second": [f["images"] / f["seconds"] for f in floors]})
+        for bs in sizes:
+            outs = runs[bs]
+            ips = float(np.median([o["images_per_second"] for o in outs]))
             suffix = "" if bs == "default" else f", batch_size={bs}"
-            figure(f"deploy_patch throughput{suffix} (images/s)", out["images_per_second"], "images/s",
-                   reference=floor_ips, ratio=out["images_per_second"] / floor_ips,
-                   ratio_means="ours / floor (read + copy the same bytes)", rss=out["peak_rss_mib"],
-                   extra={"images_per_second_whole_process": out["images_per_second_whole_process"],
-                          "step_seconds": out["step_seconds"], "process_seconds": out["wall_seconds"],
-                          "rss_after_imports_mib": out["rss_after_imports_mib"], "raw": label,
-                          "batch_size": 1024 if bs == "default" else int(bs)})
-            if i == 0:
-                patched = target
-                disk["patched_dataset_bytes"] = du_bytes(Path(target))
-            elif not args.keep:
-                shutil.rmtree(target)
+            figure(f"deploy_patch throughput{suffix} (images/s)", ips, "images/s", reference=floor_ips,
+                   ratio=ips / floor_ips, ratio_means="ours / floor (read + copy the same bytes)",
+                   rss=max(o["peak_rss_mib"] for o in outs), target=FLOOR_TARGET,
+                   extra={"runs_images_per_second": [o["images_per_second"] for o in outs],
+                          "images_per_second_whole_process": float(np.median(
+                              [o["images_per_second_whole_process"] for o in outs])),
+                          "step_seconds": float(np.median([o["step_seconds"] for o in outs])),
+                          "process_seconds": float(np.median([o["wall_seconds"] for o in outs])),
+                          "rss_after_imports_mib": outs[0]["rss_after_imports_mib"], "raw": f"deploy_patch-{bs}-0",
+                          "batch_size": "default" if bs == "default" else int(bs)})
         if not args.keep:
             shutil.rmtree(paths["loaded"])
 
@@ -513,6 +605,24 @@ def main(argv=None) -> int:
         step_figure("infer", "infer (LeNet-5 at 224x224)", out)
         if not args.keep:
             shutil.rmtree(paths["defended"])
+
+    if not args.skip_28:
+        d28 = {"data": str(work / "digits28"), "patches": str(work / "patches28"), "n": n28}
+        run_child("prepare28", d28, work, "prepare28", env)
+        ours28, art28 = [], []
+        for r in range(repeats):  # interleaved, each in its own process
+            ours28.append(run_child("deploy28", {**d28, "out": str(work / "patched28")}, work, f"deploy28-{r}", env))
+            art28.append(run_child("art28", d28, work, f"art28-{r}", env))
+        raw["deploy28"], raw["art28"] = ours28, art28
+        ours_ips = float(np.median([o["images"] / o["seconds"] for o in ours28]))
+        art_ips = float(np.median([o["images"] / o["seconds"] for o in art28]))
+        figure("deploy_patch engine 28x28 vs ART apply_patch (images/s)", ours_ips, "images/s", reference=art_ips,
+               ratio=ours_ips / art_ips, ratio_means="ours / ART (speed-up)", target=ART_TARGET,
+               rss=max(o["peak_rss_mib"] for o in ours28), limit=False,
+               extra={"images": n28, "runs_images_per_second": [o["images"] / o["seconds"] for o in ours28],
+                      "art_runs_images_per_second": [o["images"] / o["seconds"] for o in art28]})
+        if not args.keep:
+            shutil.rmtree(d28["data"], ignore_errors=True)
 
     if not args.skip_gen:
         gen = run_child("gen", {"images": str(images), "steps": gen_steps, "repeats": gen_repeats,
@@ -533,6 +643,7 @@ def main(argv=None) -> int:
     results = {
         "machine": {**machine_info(), "tensorflow": tensorflow_version()}, "source": source_state(),
         "settings": {"images": n, "image_shape": [SIZE, SIZE, 3], "classes": CLASSES, "quick": args.quick,
+                     "repeats": repeats, "images_28": n28,
                      "gen_steps": gen_steps, "gen_repeats": gen_repeats, "gen_batch": args.gen_batch,
                      "deploy_batch_sizes": args.deploy_batch_sizes, "rss_limit_mib": RSS_LIMIT_MIB},
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -567,15 +678,16 @@ def main(argv=None) -> int:
           f"{'reused' if data['reused'] else 'generated'} (generation {data['generation_seconds']} s, "
           f"{disk['jpeg_folder_bytes'] / 2**20:.0f} MiB of JPEGs"
           + (f", {disk['dataset_bytes'] / 2**30:.2f} GiB per dataset" if "dataset_bytes" in disk else "") + ")")
-    print("| figure | value | reference | ratio | peak RSS MiB | RSS < 2 GiB |")
-    print("|---|---:|---:|---:|---:|:-:|")
+    print("| figure | value | reference | ratio | target met | peak RSS MiB | RSS < 2 GiB |")
+    print("|---|---:|---:|---:|:-:|---:|:-:|")
     for name, f in figures.items():
         ref = "" if f["reference"] is None else f"{f['reference']:.1f}"
         ratio = "" if f["ratio"] is None else f"{f['ratio']:.3g} ({f['ratio_means']})"
         rss = "" if f["peak_rss_mib"] is None else f"{f['peak_rss_mib']:.0f}"
         met = "n/a" if f["met"] is None else ("yes" if f["met"] else "NO")
         shown = name + (" (previous run)" if f.get("carried_over") else "")
-        print(f"| {shown} | {f['value']:.1f} {f['unit']} | {ref} | {ratio} | {rss} | {met} |")
+        goal = "" if f.get("target") is None else f"{'yes' if f['target_met'] else 'NO'} (>= {f['target']:g})"
+        print(f"| {shown} | {f['value']:.1f} {f['unit']} | {ref} | {ratio} | {goal} | {rss} | {met} |")
     rows = [(k, f) for k, f in figures.items() if "images_per_second_whole_process" in f]
     if rows:
         print("\nper step: step seconds (imports excluded) / whole process seconds, images/s over the process, "

@@ -38,7 +38,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from advpatch.errors import DatasetError
-from advpatch.io.files import AtomicDir, read_arrays, read_manifest, save_npz
+from advpatch.io.files import AtomicDir, Background, read_arrays, read_manifest, save_npz
 
 FORMAT = "advpatch-dataset"
 VERSION = 1
@@ -152,6 +152,11 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _save_shard(path: Path, arrays: Dict[str, np.ndarray], entry: Dict[str, Any]) -> None:
+    save_npz(path, **arrays)
+    entry["sha256"] = _sha256(path)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -195,6 +200,7 @@ class DatasetWriter:
         self._pending: List[Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]] = []
         self._pending_n = 0
         self._closed = False
+        self._background = Background()
 
     def write(self, x: np.ndarray, y: np.ndarray, **columns: np.ndarray) -> None:
         """Append a batch: ``x`` uint8 ``[n, H, W, C]``, ``y`` integer labels ``[n]``."""
@@ -239,18 +245,22 @@ class DatasetWriter:
         for name in self.spec.columns:
             arrays[f"col_{name}"] = np.concatenate([p[2][name] for p in self._pending])
         name = f"shard-{len(self.spec.shards):05d}.npz"
-        save_npz(self._tmp / name, **arrays)
-        self.spec.shards.append(
-            {"file": name, "num_examples": self._pending_n, "sha256": _sha256(self._tmp / name)}
-        )
+        entry = {"file": name, "num_examples": self._pending_n, "sha256": ""}
+        self.spec.shards.append(entry)
         self.spec.num_examples += self._pending_n
         self._pending, self._pending_n = [], 0
+        self._background.submit(_save_shard, self._tmp / name, arrays, entry)  # while the next shard fills
 
     def close(self) -> "DatasetSpec":
         """Flush, write the manifest and move the folder into place."""
         if self._closed:
             return self.spec
         self._flush()
+        try:
+            self._background.wait()
+        except BaseException:
+            self.abort()
+            raise
         if self.spec.num_examples == 0:
             self.abort()
             raise DatasetError(f"refusing to write an empty dataset to {self.path}")
@@ -264,6 +274,7 @@ class DatasetWriter:
 
     def abort(self) -> None:
         self._closed = True
+        self._background.wait(raise_error=False)
         self._folder.abort()
 
     def __enter__(self) -> "DatasetWriter":

@@ -78,6 +78,35 @@ def atomic_file(path: PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+class Background:
+    """One task at a time on a thread of its own (writing a file while the caller computes the
+    next): :meth:`submit` waits for the task before, :meth:`wait` for the last (raising its error)."""
+
+    def __init__(self) -> None:
+        self._pool: Any = None
+        self._task: Any = None
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self.wait()
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = self._pool or ThreadPoolExecutor(1)
+        self._task = self._pool.submit(fn, *args)
+
+    def wait(self, raise_error: bool = True) -> None:
+        task, self._task = self._task, None
+        try:
+            if task is not None:
+                task.result()
+        except BaseException:
+            if raise_error:
+                raise
+        finally:
+            if self._task is None and self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+
 def save_npz(path: PathLike, **arrays: Any) -> None:
     """NumPy arrays as an ``.npz`` archive (readable by ``np.load(allow_pickle=False)``), byte for
     byte the same for the same arrays: ``np.savez`` stamps each member with the current time."""

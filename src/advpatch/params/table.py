@@ -78,6 +78,10 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("seed", int, 0, "Seeds every random choice of the step: same seed, same bytes.",
        Interval(0, 2**31 - 1, integer=True)),
     _p("batch_size", int, 32, "Images per batch.", POSITIVE_INT),
+    _p("memory_budget_mb", int, 128, "Memory (MiB) a batch may take: batch_size is capped to the images that fit "
+       "(estimated from the image size and, for a model, its layers' outputs), so the peak stays within the pod's "
+       "memory whatever batch_size asks. Results do not depend on it (deploy_patch's 'augment' is not capped: it "
+       "writes each batch's patched copies after its originals).", POSITIVE_INT),
     _p("model_architecture", str, "le_net", "The network: 'le_net', 'shallow_net', 'conv_net', 'alex_net', 'resnet50' "
        "or 'vgg16'.", Choices(ARCHITECTURES)),
     _p("model_uri", str, "", "A registered MLflow model ('models:/NAME/VERSION') to use instead of a Model artifact.",
@@ -305,7 +309,8 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         P["row"].but(doc="Row of the comparison table for the evaluation on the test data; empty: the model_tag, "
                          "else 'custom'."),
         P["seed"].but(doc="Seeds TensorFlow (the evaluation is deterministic).")),
-    "infer": _t(*_MODEL_CHOICE, P["batch_size"].but(default=256, doc="Images per forward pass."), "row", "condition",
+    "infer": _t(*_MODEL_CHOICE, P["batch_size"].but(default=256, doc="Images per forward pass."), "memory_budget_mb",
+                "row", "condition",
                 P["seed"].but(doc="Seeds TensorFlow (inference itself is deterministic).")),
     "gen_patch": _t(
         *_MODEL_CHOICE,
@@ -319,7 +324,7 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
     "deploy_patch": _t(
         "patch_deployment_method", "patch_application_rate", "patch_scale",
         P["batch_size"].but(default=256, doc="Images per batch; with patch_placement='worst_case', also the patched "
-                                             "images the search scores at a time."), *_PLACEMENT,
+                                             "images the search scores at a time."), "memory_budget_mb", *_PLACEMENT,
         P["output_tar_name"].but(default="adv_testing.tar"), "output_dataset_name", "patch_placement",
         "worst_case_stride", "worst_case_angles",
         P["model_uri"].but(doc="With patch_placement='worst_case': a registered MLflow model ('models:/NAME/VERSION') "

@@ -108,34 +108,45 @@ def num_sets(patch_set: PatchSet) -> int:
 
 
 def apply_set(images: np.ndarray, patch_set: PatchSet, set_index: np.ndarray, placements: Placements,
-              batch_size: int = 1024) -> np.ndarray:
+              batch_size: int = 1024, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Patched uint8 ``images``: each with patch ``set_index[i]`` (ordinary set: exactly
-    :func:`apply_patches`) or, conditioned, the entry of its set its placement picks."""
+    :func:`apply_patches`) or, conditioned, the entry of its set its placement picks. ``out``: as
+    :func:`apply_patches`'s."""
     cond = conditioning_of(patch_set)
     index = entries(patch_set, set_index, placements)
     if cond is not None and cond.mode == "canvas":
-        return apply_canvas(images, patch_set.patches, patch_set.masks[0], index, placements, batch_size)
-    return apply_patches(images, patch_set, index, placements, batch_size)
+        return apply_canvas(images, patch_set.patches, patch_set.masks[0], index, placements, batch_size, out=out)
+    return apply_patches(images, patch_set, index, placements, batch_size, out=out)
 
 
 def apply_canvas(images: np.ndarray, canvases: np.ndarray, mask: np.ndarray, index: np.ndarray,
-                 placements: Placements, batch_size: int = 256) -> np.ndarray:
+                 placements: Placements, batch_size: int = 256, n_workers: int = 0,
+                 out: Optional[np.ndarray] = None) -> np.ndarray:
     """uint8 ``images`` each showing canvas ``canvases[index[i]]`` ([H, W, C], image-aligned)
-    through ``mask`` ([H, H]) warped to ``placements[i]``; rounding as :func:`apply_patches`."""
-    import tensorflow as tf
+    through ``mask`` ([H, H]) warped to ``placements[i]``; rounding as :func:`apply_patches`. Only
+    the window around each warped mask is computed (outside it the mask is 0: the image is kept)."""
+    from advpatch.patches.paste import masked, padded, paste
+    from advpatch.patches.patchset import _windows
 
     hw = images.shape[1:3]
-    rows = transforms(placements, mask.shape[0], hw)
-    out = np.empty_like(images)
-    m = tf.constant(np.asarray(mask, np.float32)[None, ..., None])
-    all_canvases = tf.constant(canvases, tf.float32)
-    for start in range(0, len(images), batch_size):
-        sl = slice(start, start + batch_size)
-        n = len(images[sl])
-        warped = warp(tf.broadcast_to(m, (n, *m.shape[1:])), tf.constant(rows[sl]), hw)
-        base = tf.cast(images[sl], tf.float32) / 255
-        blended = base + warped * (tf.gather(all_canvases, index[sl]) - base)
-        out[sl] = tf.cast(tf.round(tf.clip_by_value(blended, 0.0, 1.0) * 255), tf.uint8).numpy()
+    out = images.copy() if out is None else out
+    if not len(images):
+        return out
+    flat, side = padded(np.asarray(mask, np.float32)[None, ..., None])
+    rows = transforms(placements, mask.shape[0], hw)  # image coordinates, as TensorFlow warped the whole image
+    oy, ox, wh, ww = _windows(placements, hw)
+    canvases = np.asarray(canvases, np.float32)
+    index = np.asarray(index, np.intp)
+
+    def patched(sl, windows):
+        def pixels(points, image, x, y):  # the canvas's own pixel under each point
+            at = np.unravel_index(points, windows.shape[:3])
+            return canvases[index[sl][image], oy[sl][image] + at[1], ox[sl][image] + at[2]]
+
+        zero = np.zeros(len(windows), np.intp)
+        return masked(windows, flat, side, zero, rows[sl], pixels, (oy[sl], ox[sl]), divide=True)
+
+    paste(images, out, oy, ox, wh, ww, patched, n_workers)
     return out
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from advpatch.errors import PatchSetError
 from advpatch.io.files import atomic_dir, read_arrays, read_manifest, save_npz
-from advpatch.patches.geometry import Placements, sample_placements, transforms, warp
+from advpatch.patches.geometry import Placements, sample_placements, transforms
 
 FORMAT = "advpatch-patchset"
 VERSION = 1
@@ -152,72 +152,57 @@ def _windows(placements: Placements, image_hw: Tuple[int, int], size: int = 0
     return oy, ox, wh, ww
 
 
-PATCH_CHUNK = 64
-"""Images whose patch windows are warped in one TensorFlow call: bounds the call's memory whatever
-the batch size (at 224x224 a chunk's float windows take tens of MB)."""
-
-
 def apply_patches(
     images: np.ndarray,
     patch_set: PatchSet,
     patch_index: np.ndarray,
     placements: Placements,
     batch_size: int = 1024,
+    n_workers: int = 0,
+    out: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Apply ``patch_set.patches[patch_index[i]]`` at ``placements[i]`` to uint8 ``images[i]``.
 
     Needs only the patch set: no model, no attack object. Returns uint8 images. The warp and blend
     run on a window around each patch (the same transform, shifted), not the whole image: at scale
-    0.4 that is about a quarter of the pixels. Pixels outside the window are copied unchanged.
+    0.4 that is about a quarter of the pixels. Pixels outside the window are copied unchanged. In
+    NumPy on threads (:mod:`~advpatch.patches.paste`), the bytes TensorFlow's warp gave.
+    ``batch_size`` is kept for callers; the work goes in chunks of bounded memory whatever it is.
+    ``out``: where the patched images go (``images`` itself patches them in place; default a copy).
     """
-    import tensorflow as tf
+    from advpatch.patches.paste import masked, padded, paste, sample
 
     if images.shape[-1] != patch_set.patches.shape[-1]:
         raise PatchSetError(
             f"the patches have {patch_set.patches.shape[-1]} channels but the images have {images.shape[-1]}"
         )
     hw = images.shape[1:3]
-    canvases = tf.constant(patch_set.canvases())
-    rows = transforms(placements, patch_set.patch_size, hw)
-    out = images.copy()
-    size = _windows(placements, hw)[2] if len(images) else 0  # one window size per call: one compiled graph
-    chunk = min(batch_size, PATCH_CHUNK)
-    for start in range(0, len(images), chunk):
-        sl = slice(start, start + chunk)
-        oy, ox, wh, ww = _windows(placements.take(sl), hw, size)
-        shifted = rows[sl].copy()  # window pixel (j, i) is image pixel (ox + j, oy + i)
-        shifted[:, 2] += shifted[:, 0] * ox + shifted[:, 1] * oy
-        shifted[:, 5] += shifted[:, 3] * ox + shifted[:, 4] * oy
-        n = len(oy)
-        ii = oy[:, None, None] + np.arange(wh)[None, :, None]
-        jj = ox[:, None, None] + np.arange(ww)[None, None, :]
-        bb = np.arange(start, start + n)[:, None, None]
-        window = images[bb, ii, jj]  # [n, wh, ww, C] uint8
-        out[bb, ii, jj] = _patch_windows(canvases, tf.constant(patch_index[sl], tf.int32), tf.constant(shifted),
-                                         tf.constant(window)).numpy()
+    out = images.copy() if out is None else out
+    if not len(images):
+        return out
+    mask_flat, side = padded(patch_set.masks[..., None])
+    patch_flat, _ = padded(patch_set.patches)
+    rows = _shifted(transforms(placements, patch_set.patch_size, hw), placements, hw)
+    oy, ox, wh, ww = _windows(placements, hw)
+    index = np.asarray(patch_index)
+
+    def patched(sl, windows):
+        chunk_index = index[sl]
+        return masked(windows, mask_flat, side, chunk_index, rows[sl],
+                      lambda points, image, x, y: sample(patch_flat, side, chunk_index[image].astype(np.intp), x, y))
+
+    paste(images, out, oy, ox, wh, ww, patched, n_workers)
     return out
 
 
-def _patch_windows_impl(canvases, patch_index, rows, window):
-    """uint8 windows -> patched uint8 windows (one compiled graph per window size)."""
-    import tensorflow as tf
-
-    warped = warp(tf.gather(canvases, patch_index), rows, tf.shape(window)[1:3])
-    base = tf.cast(window, tf.float32) * (1 / 255)
-    blended = base + warped[..., -1:] * (warped[..., :-1] - base)  # the mask is the last channel
-    return tf.cast(tf.round(tf.clip_by_value(blended, 0.0, 1.0) * 255), tf.uint8)
-
-
-_compiled_patch_windows = None
-
-
-def _patch_windows(*args):
-    global _compiled_patch_windows
-    if _compiled_patch_windows is None:
-        import tensorflow as tf
-
-        _compiled_patch_windows = tf.function(_patch_windows_impl, reduce_retracing=True)
-    return _compiled_patch_windows(*args)
+def _shifted(rows: np.ndarray, placements: Placements, hw, size: int = 0) -> np.ndarray:
+    """The transforms of :func:`transforms`, for each image's window: window pixel (j, i) is
+    image pixel (ox + j, oy + i)."""
+    oy, ox, _, _ = _windows(placements, hw, size)
+    shifted = rows.copy()
+    shifted[:, 2] += shifted[:, 0] * ox + shifted[:, 1] * oy
+    shifted[:, 5] += shifted[:, 3] * ox + shifted[:, 4] * oy
+    return shifted
 
 
 def check_fits(patch_set: PatchSet, image_shape, num_classes: int) -> None:
@@ -257,7 +242,6 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
     rotation by the worst case for the model (:func:`~advpatch.patches.worst_case.search_placements`);
     the scale stays as drawn.
     """
-    from advpatch.evaluation import distance_stats
     from advpatch.patches.conditioned import apply_set, entries, num_sets
 
     n = len(dataset)
@@ -285,13 +269,15 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
                     getattr(where, f)[sel] = getattr(found.placements, f)
                 won.append(found.won)
             index[sel] = entries(patch_set, which[sel], where.take(sel))
-            patched = apply_set(x[sel - idx[0]], patch_set, which[sel], where.take(sel), batch_size)
-            for k, v in distance_stats(x[sel - idx[0]], patched).items():
+            patched = x[sel - idx[0]]  # a copy, patched in place
+            clean = _clean_windows(patched, where.take(sel))
+            apply_set(patched, patch_set, which[sel], where.take(sel), batch_size, out=patched)
+            for k, v in window_distances(clean, patched, where.take(sel)).items():
                 distances.setdefault(k, []).append(v)
         if method == "corrupt":
-            out = x.copy()
-            out[sel - idx[0]] = patched
-            writer.write(out, y, **_provenance_columns(idx, chosen[idx], index, where, patch_set))
+            x = x if x.flags.writeable else x.copy()
+            x[sel - idx[0]] = patched  # the batch is this loop's own
+            writer.write(x, y, **_provenance_columns(idx, chosen[idx], index, where, patch_set))
         else:
             writer.write(x, y, **_provenance_columns(idx, np.zeros(len(idx), bool), index, where, patch_set))
             if len(sel):
@@ -299,6 +285,42 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
                              **_provenance_columns(sel, np.ones(len(sel), bool), index, where, patch_set))
     return Deployed(int(chosen.sum()), {k: np.concatenate(v) for k, v in distances.items()},
                     None if search is None else np.concatenate(won) if won else np.zeros(0, bool))
+
+
+def _clean_windows(images: np.ndarray, placements: Placements):
+    """What :func:`window_distances` needs of the clean images: |x|^2 of each, and the windows
+    around their patches (every pixel a patch can change)."""
+    from advpatch.evaluation import squares_of
+
+    return squares_of(images), _cut(images, placements)
+
+
+def _cut(images: np.ndarray, placements: Placements) -> np.ndarray:
+    """[n, window pixels] each image's window (see :func:`_windows`)."""
+    if not len(images):
+        return images.reshape(0, 0)
+    oy, ox, wh, ww = _windows(placements, images.shape[1:3])
+    if wh * ww < 1024:  # small windows: one fancy index
+        ii = oy[:, None, None] + np.arange(wh)[None, :, None]
+        jj = ox[:, None, None] + np.arange(ww)[None, None, :]
+        return images[np.arange(len(images))[:, None, None], ii, jj].reshape(len(images), -1)
+    return np.stack([images[i, oy[i]:oy[i] + wh, ox[i]:ox[i] + ww] for i in range(len(images))]).reshape(
+        len(images), -1)
+
+
+def window_distances(clean, patched: np.ndarray, placements: Placements) -> Dict[str, np.ndarray]:
+    """:func:`~advpatch.evaluation.distance_stats` of clean and patched images, exactly, from
+    ``clean`` (:func:`_clean_windows`) and the patched images' windows: nothing outside a window
+    changed."""
+    from advpatch.evaluation import _uint8_distances
+
+    squares, before = clean
+    after = _cut(patched, placements)
+    size = int(np.prod(patched.shape[1:]))
+    chunk = max(1, (1 << 20) // max(before.shape[1], 1))  # a million window pixels at a time
+    parts = [_uint8_distances(before[i:i + chunk], after[i:i + chunk], squares[i:i + chunk], size)
+             for i in range(0, len(before), chunk)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
 def _provenance_columns(idx, patched, which, where, patch_set) -> Dict[str, np.ndarray]:

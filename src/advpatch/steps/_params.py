@@ -36,6 +36,7 @@ class DeployPatchParams(StepParams):
     patch_application_rate: float
     patch_scale: float
     batch_size: int
+    memory_budget_mb: int
     rotation_max: float
     scale_min: float
     scale_max: float
@@ -156,6 +157,7 @@ class InferParams(StepParams):
     model_uri: str
     model_architecture: str
     batch_size: int
+    memory_budget_mb: int
     row: str
     condition: str
     seed: int

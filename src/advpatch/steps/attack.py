@@ -98,6 +98,7 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
     from advpatch import patches as engine
     from advpatch.data.dataset import Dataset, DatasetWriter
     from advpatch.evaluation import summarize
+    from advpatch.parallel import capped, deploy_bytes
     from advpatch.steps._attack import check_placement, worst_case_search
 
     dataset = Dataset(data)
@@ -119,7 +120,9 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
         num_patched, distances, won = engine.deploy(
             dataset, patch_set, writer, method=p.patch_deployment_method,
             application_rate=p.patch_application_rate, patch_scale=p.patch_scale, placement=placement,
-            batch_size=p.batch_size, rng=np.random.default_rng(p.seed), search=search)
+            batch_size=p.batch_size if p.patch_deployment_method == "augment" else  # augment's layout is per batch
+            capped(p.batch_size, p.memory_budget_mb, deploy_bytes(dataset.image_shape)),
+            rng=np.random.default_rng(p.seed), search=search)
     metrics: Dict[str, float] = {"num_patched": float(num_patched), "num_examples": float(writer.spec.num_examples)}
     if won is not None:  # images whose chosen placement makes the model (as searched) say the target
         metrics.update(worst_case_num_won=float(won.sum()), worst_case_won_rate=float(won.mean()) if len(won) else 0.0)

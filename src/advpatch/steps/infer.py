@@ -39,7 +39,13 @@ def infer(p: InferParams, track: Tracker, *, data: str, predictions: str, model:
     training.seed_everything(p.seed)
     net, info = resolve(model, p.model_uri, dataset.image_shape, len(dataset.class_names), p.model_architecture)
     log.info("infer: %s model on %s", info.architecture, dataset.summary())
-    out = predict(Classifier(net, info), dataset, p.batch_size)
+    from advpatch.parallel import capped, model_bytes
+
+    batch = capped(p.batch_size, p.memory_budget_mb, model_bytes(net, dataset.image_shape))
+    if batch < p.batch_size:
+        log.info("infer: batches of %d images, what memory_budget_mb=%d holds (batch_size %d)", batch,
+                 p.memory_budget_mb, p.batch_size)
+    out = predict(Classifier(net, info), dataset, batch)
     write_predictions(predictions, out, out["probabilities"].argmax(axis=1), info.class_names)
     row = p.row or info.architecture
     evaluations = evaluate(row, p.condition, out, info.class_names, dataset)

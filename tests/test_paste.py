@@ -1,0 +1,115 @@
+"""The NumPy paste (advpatch.patches.paste) against TensorFlow's warp and blend, bit for bit; its
+independence of threads and batch size; the exact distances from windows; batches sized to a memory
+budget (issue 24)."""
+
+import numpy as np
+import pytest
+
+from advpatch import patches
+from advpatch.evaluation import distance_stats
+from advpatch.parallel import capped, deploy_bytes
+from advpatch.patches import paste
+from advpatch.patches.patchset import _clean_windows, window_distances
+
+CLASSES = [str(i) for i in range(10)]
+
+
+def _tf_blend(window, warped, divide=False):
+    import tensorflow as tf
+
+    x = tf.cast(window, tf.float32)
+    base = x / 255 if divide else x * (1 / 255)
+    blended = base + warped[..., -1:] * (warped[..., :-1] - base)
+    return tf.cast(tf.round(tf.clip_by_value(blended, 0.0, 1.0) * 255), tf.uint8).numpy()
+
+
+@pytest.mark.parametrize("side, out_hw", [(26, (30, 26)), (12, (28, 28)), (64, (40, 48))])
+def test_warp_is_tensorflows_bit_for_bit(side, out_hw):
+    """Rotations, down- and up-scaling, windows partly off the canvas: the same float32 bits as
+    ImageProjectiveTransformV3, and the same uint8 blend."""
+    import tensorflow as tf
+
+    from advpatch.patches.geometry import warp
+
+    rng = np.random.default_rng(side)
+    n = 48
+    canvases = rng.random((3, side, side, 4), dtype=np.float32)
+    canvases[..., -1] = patches.make_mask(side, "circle")
+    index = rng.integers(0, 3, n)
+    f32 = np.float32
+    where = patches.Placements(rng.uniform(-180, 180, n).astype(f32), rng.uniform(0.1, 1.5, n).astype(f32),
+                               rng.uniform(-5, out_hw[1] + 5, n).astype(f32),
+                               rng.uniform(-5, out_hw[0] + 5, n).astype(f32))
+    rows = patches.transforms(where, side, out_hw)
+    expected = warp(tf.gather(canvases, index), tf.constant(rows), out_hw).numpy()
+    flat, padded_side = paste.padded(canvases)
+    got = paste.warp_windows(flat, padded_side, index, rows, *out_hw)
+    np.testing.assert_array_equal(got, expected)
+    window = rng.integers(0, 256, (n, *out_hw, 3), dtype=np.uint8)
+    for divide in (False, True):
+        np.testing.assert_array_equal(paste.blend(window, got[..., -1:], got[..., :-1], divide),
+                                      _tf_blend(window, expected, divide))
+
+
+@pytest.mark.parametrize("shape, scale", [((28, 28, 1), 0.0), ((64, 56, 3), 0.4)])
+def test_apply_patches_is_the_same_bytes_whatever_the_threads_chunks_and_batches(shape, scale):
+    rng = np.random.default_rng(5)
+    n = 70
+    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    side = min(shape[:2])
+    ps = patches.PatchSet(rng.random((2, side, side, shape[2]), dtype=np.float32),
+                          np.stack([patches.make_mask(side, "circle")] * 2), np.array([1, 2]), CLASSES, shape)
+    which = rng.integers(0, 2, n).astype(np.int32)
+    where = patches.sample_placements(rng, n, shape[:2], rotation_max=40, scale_min=0.1, scale_max=1.0,
+                                      patch_scale=scale)
+    one = patches.apply_patches(images, ps, which, where, n_workers=1)
+    many = patches.apply_patches(images, ps, which, where, batch_size=7, n_workers=3)
+    np.testing.assert_array_equal(one, many)
+    in_place = images.copy()
+    patches.apply_patches(in_place, ps, which, where, out=in_place)
+    np.testing.assert_array_equal(one, in_place)
+    chunked = images.copy()
+    paste_chunk = paste.CHUNK_PIXELS
+    try:
+        paste.CHUNK_PIXELS = 1  # one image per chunk
+        chunked = patches.apply_patches(images, ps, which, where, n_workers=2)
+    finally:
+        paste.CHUNK_PIXELS = paste_chunk
+    np.testing.assert_array_equal(one, chunked)
+    # the distances from the windows alone are the exact distances over the whole images
+    exact = distance_stats(images, one)
+    from_windows = window_distances(_clean_windows(images, where), one, where)
+    for k, v in exact.items():
+        np.testing.assert_array_equal(from_windows[k], v, err_msg=k)
+
+
+def test_batches_are_capped_to_the_budget():
+    assert capped(256, 128, deploy_bytes((224, 224, 3))) == 256  # 441 KiB an image: 297 fit
+    assert capped(256, 64, deploy_bytes((224, 224, 3))) == 148
+    assert capped(256, 1, 10 * 2**20) == 1  # at least one image
+    assert capped(32, 10_000, 1.0) == 32
+
+
+def test_corrupt_deploy_bytes_do_not_depend_on_the_batch_size(tmp_path):
+    """What memory_budget_mb may change (augment's layout is per batch: the step does not cap it)."""
+    from advpatch.data.dataset import Dataset, DatasetWriter, write_dataset
+
+    rng = np.random.default_rng(2)
+    write_dataset(tmp_path / "in", rng.integers(0, 256, (90, 28, 28, 1), dtype=np.uint8),
+                  rng.integers(0, 10, 90).astype(np.int32), CLASSES)
+    ps = patches.PatchSet(rng.random((2, 28, 28, 1), dtype=np.float32),
+                          np.stack([patches.make_mask(28, "circle")] * 2), np.array([1, 2]), CLASSES, (28, 28, 1))
+    outs = []
+    for batch in (7, 64):
+        target = tmp_path / f"out-{batch}"
+        with DatasetWriter(target, (28, 28, 1), CLASSES, columns=patches.PATCH_COLUMNS) as w:
+            done = patches.deploy(Dataset(tmp_path / "in"), ps, w, method="corrupt", application_rate=0.6,
+                                  patch_scale=0.0, placement=dict(rotation_max=22.5, scale_min=0.1, scale_max=1.0,
+                                                                  location="random"),
+                                  batch_size=batch, rng=np.random.default_rng(0))
+        outs.append((Dataset(target).load(), done.distances))
+    (a, da), (b, db) = outs
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for k in da:
+        np.testing.assert_array_equal(da[k], db[k], err_msg=k)
