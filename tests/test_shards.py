@@ -5,6 +5,7 @@ evaluation to the bit."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 
 import numpy as np
@@ -26,7 +27,7 @@ def _as_json(evaluations):
 @pytest.mark.parametrize("n, count", [(10, 3), (7, 7), (359, 4)])
 def test_shard_bounds_cover_the_rows_once_in_order(n, count):
     spans = [_shards.bounds(n, i, count) for i in range(count)]
-    assert spans[0][0] == 0 and spans[-1][1] == n and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert spans[0][0] == 0 and spans[-1][1] == n and all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     assert max(b - a for a, b in spans) - min(b - a for a, b in spans) <= 1
     with pytest.raises(ParameterError, match="shard_index must be smaller than shard_count"):
         _shards.bounds(n, count, count)

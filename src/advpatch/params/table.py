@@ -234,8 +234,8 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
        "same bytes and predictions per image as unsharded, for merge_evaluations to merge.", NON_NEGATIVE_INT),
     _p("shard_count", int, 1, "Shards the images are split into (a pipeline's eval_shards); 1: all the images.",
        Interval(1, 4096, integer=True)),
-    _p("eval_shards", int, 1, "Evaluation shards (a build option of the pipelines: advpatch run, compile --eval-shards): "
-       "the test set's deploy_patch, each defence and infer run per shard, each shard its own task (pod), in a "
+    _p("eval_shards", int, 1, "Evaluation shards (a build option of the pipelines: advpatch run and compile "
+       "--eval-shards): the test set's deploy_patch, each defence and infer run per shard, each shard its own task (pod), in a "
        "ParallelFor, and merge_evaluations gives each row's evaluation exactly as unsharded; 1: no shards.",
        Interval(1, 4096, integer=True)),
     # ---- report
@@ -260,7 +260,8 @@ RELATIONS: Tuple[Relation, ...] = (
              "masked_training_architecture={masked_training_architecture!r} trains a fresh network, so it needs "
              "masked_training_epochs > 0, got {masked_training_epochs}"),
     Relation(("shard_index", "shard_count"), lambda index, count: index < count,
-             "shard_index must be smaller than shard_count, got shard_index={shard_index} and shard_count={shard_count}"),
+             "shard_index must be smaller than shard_count, got shard_index={shard_index} and "
+             "shard_count={shard_count}"),
     Relation(("scale_min", "scale_max"), lambda lo, hi: lo < hi,
              "scale_min must be smaller than scale_max, got scale_min={scale_min} and scale_max={scale_max}"),
     Relation(("patch_placement", "defence"), lambda placement, defence: placement == "worst_case" or defence == "none",

@@ -27,9 +27,8 @@ def infer(p: InferParams, track: Tracker, *, data: str, predictions: str, model:
     from advpatch.data.dataset import Dataset
     from advpatch.models import check_choice, precheck
     from advpatch.params import ParameterError
-    from advpatch.steps._evaluations import evaluate, has_patches, log_evaluations, patch_setting
-
     from advpatch.steps import _shards
+    from advpatch.steps._evaluations import evaluate, has_patches, log_evaluations, patch_setting
 
     check_choice(model, p.model_uri)
     dataset = Dataset(data)
