@@ -44,5 +44,6 @@ def build(name: str, placement=None, eval_shards: int = 1):
         raise params.ParameterError(f"eval_shards: pipeline {name} has no sharded evaluation, got {eval_shards}")
     return BUILDERS[name](placement, eval_shards=eval_shards)
 
-__all__ = ["BUILDERS", "PIPELINES", "build", "custom_model_patch", "fruits360_experiment", "imagenet_patch", "mnist_defences",
+__all__ = ["BUILDERS", "PIPELINES", "build", "custom_model_patch", "fruits360_experiment", "imagenet_patch",
+           "mnist_defences",
            "mnist_experiment", "mnist_patch", "mnist_sweep"]

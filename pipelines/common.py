@@ -95,8 +95,9 @@ def attack_and_defend(v, model_task, gen_data, test_data, track, batch_size=None
     with dsl.ParallelFor(list(range(eval_shards)), name="eval-shards") as shard:
         patched_test = deploy_test(v, attack, test_data, track, shard_index=shard, shard_count=eval_shards)
         shards = rows_of(patched_test.outputs["patched_data"], ", a shard")
+    labels = ["baseline", *[row for row, _, _ in defence_rows()]]
     rows = [components.merge_evaluations(shard_results=dsl.Collected(task.outputs["shard_result"]), **track)
-            .set_display_name(f"merge: {row}") for task, row in zip(shards, ["baseline", *[r[0] for r in defence_rows()]])]
+            .set_display_name(f"merge: {row}") for task, row in zip(shards, labels)]
     return attack, patched_test, rows
 
 

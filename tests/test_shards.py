@@ -166,3 +166,71 @@ def test_infer_shards_of_whole_data_merge_to_its_evaluation(trained, tmp_path):
                        shard_index=0, shard_count=2, seed=1)
     with pytest.raises(ParameterError, match="is already shard 0 of 2"):
         _infer(root, tmp_path / "s0", tmp_path / "bad", shard_index=0, shard_count=2)
+
+
+@pytest.mark.parametrize("name, rows", [("mnist-patch", 2), ("imagenet-patch", 1 + 4), ("mnist-experiment", 1 + 4)])
+def test_a_sharded_pipeline_gives_each_shard_its_own_tasks(tmp_path, name, rows):
+    """Compiled with --eval-shards 3: a ParallelFor over the 3 shard indices (KFP runs each iteration
+    as its own pods), deploy_patch and infer told their shard, and one merge_evaluations per row
+    collecting the loop's shard_results; 1 compiles today's graph, with no loop."""
+    import re
+
+    import yaml
+
+    from advpatch.app import cli
+    from advpatch.params import PREPROCESSING_DEFENCES
+
+    assert rows == 2 or rows == 1 + len(PREPROCESSING_DEFENCES)
+    for shards in (1, 3):
+        out = tmp_path / f"{shards}.yaml"
+        assert cli.main(["compile", name, "--output", str(out), "--eval-shards", str(shards)]) == 0
+        spec, _ = yaml.safe_load_all(out.read_text())
+        tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+        loops = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-for-loop")]
+        merges = {k: t for k, t in tasks.items() if t["componentRef"]["name"].startswith("comp-merge-evaluations")}
+        if shards == 1:
+            assert not loops and not merges
+            continue
+        (loop,) = loops
+        assert json.loads(loop["parameterIterator"]["items"]["raw"]) == [0, 1, 2]
+        body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+        kinds = [re.sub(r"-\d+$", "", t["componentRef"]["name"]) for t in body.values()]
+        assert kinds.count("comp-infer") == rows and kinds.count("comp-deploy-patch") == 1
+        for task in body.values():
+            if task["componentRef"]["name"].startswith("comp-deploy-patch"):
+                parameters = task["inputs"]["parameters"]
+                assert parameters["shard_count"]["runtimeValue"]["constant"] == 3
+                assert parameters["shard_index"]["componentInputParameter"].startswith("pipelinechannel--loop-item")
+        assert len(merges) == rows
+        for merge in merges.values():
+            (collected,) = merge["inputs"]["artifacts"].values()
+            assert collected["taskOutputArtifact"]["outputArtifactKey"].endswith("shard_result")
+    assert cli.main(["compile", "mnist-sweep", "--output", str(tmp_path / "s.yaml"), "--eval-shards", "2"]) == 2
+
+
+@pytest.mark.pipeline
+def test_the_short_pipeline_in_shards_gives_the_unsharded_evaluations(mnist_folder, tmp_path_factory):
+    """mnist-patch through kfp.local (advpatch run), with 1 and with 3 evaluation shards: the same
+    evaluations, every figure of them, and the patched images' bytes."""
+    import contextlib
+    import io
+
+    from advpatch import settings
+    from advpatch.app import cli
+
+    results = {}
+    for shards in (1, 3):
+        root = tmp_path_factory.mktemp(f"shards-{shards}")
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
+            mp.delenv(settings.ENV_TRACKING_URI, raising=False)
+            mp.delenv(settings.ENV_OUTPUT_DIR, raising=False)
+            mp.chdir(root)
+            args = ["-p", f"data_dir={mnist_folder}", "-p", "max_iter=100", "-p", "epochs=5"]
+            assert cli.main(["run", "mnist-patch", *args, "--eval-shards", str(shards)]) == 0
+        results[shards] = json.loads((root / "outputs" / "run" / "results.json").read_text())
+    one, three = results[1], results[3]
+    assert [e["label"] for e in one["evaluations"]] == ["baseline / clean", "baseline / patched"]
+    assert json.dumps(three["evaluations"], sort_keys=True) == json.dumps(one["evaluations"], sort_keys=True)
+    assert json.dumps(three["comparison"], sort_keys=True) == json.dumps(one["comparison"], sort_keys=True)
+    deployed = [s for s in three["steps"] if s["step"] == "deploy_patch"]
+    assert len(deployed) == 3 and sum(s["metrics"]["num_patched"] for s in deployed) == 80

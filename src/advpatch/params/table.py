@@ -235,8 +235,9 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     _p("shard_count", int, 1, "Shards the images are split into (a pipeline's eval_shards); 1: all the images.",
        Interval(1, 4096, integer=True)),
     _p("eval_shards", int, 1, "Evaluation shards (a build option of the pipelines: advpatch run and compile "
-       "--eval-shards): the test set's deploy_patch, each defence and infer run per shard, each shard its own task (pod), in a "
-       "ParallelFor, and merge_evaluations gives each row's evaluation exactly as unsharded; 1: no shards.",
+       "--eval-shards): the test set's deploy_patch, each defence and infer run per shard, each shard its own "
+       "task (pod), in a ParallelFor, and merge_evaluations gives each row's evaluation exactly as unsharded; 1: "
+       "no shards.",
        Interval(1, 4096, integer=True)),
     # ---- report
     _p("title", str, "advpatch results", "Heading of the report and its results table."),

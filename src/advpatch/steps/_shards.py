@@ -78,3 +78,23 @@ def save(path: str, layout_: Dict[str, Any], out: Dict[str, Any], evaluations, d
             "format": FORMAT, "layout": layout_, "condition": condition, "class_names": list(class_names),
             "image_shape": list(image_shape), "details": details,
             "evaluations": [dataclasses.asdict(e) for e in evaluations] if layout_ else []}))
+
+
+def of_deployment(p, n: int, record: Dict[str, Any]) -> Tuple[int, int]:
+    """deploy_patch's rows of its ``n`` images (``p``: its parameters); with ``augment`` (each batch's
+    originals, then their copies) a shard is whole batches. A shard's provenance ``record`` gets its
+    layout once the draws are made (:func:`record_deployment`), before the writer closes."""
+    kept = p.patch_deployment_method == "augment"
+    if p.shard_count > 1:
+        record["shard"] = {}
+    return bounds(n, p.shard_index, p.shard_count, p.batch_size if kept else 1)
+
+
+def record_deployment(p, record: Dict[str, Any], chosen, start: int) -> None:
+    """A deploy_patch shard's layout from which of all the images got a patch (``chosen``)."""
+    if p.shard_count == 1:
+        return
+    patched = [int(chosen[:start].sum()), int(chosen.sum())]
+    kept = p.patch_deployment_method == "augment"  # every original stays beside its copy
+    record["shard"].update(layout(p.shard_index, p.shard_count, [start - (0 if kept else patched[0]), patched[0]],
+                                  [len(chosen) - (0 if kept else patched[1]), patched[1]]))

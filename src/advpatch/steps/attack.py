@@ -99,6 +99,7 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
     from advpatch import patches as engine
     from advpatch.data.dataset import Dataset, DatasetWriter
     from advpatch.evaluation import summarize
+    from advpatch.steps import _shards
     from advpatch.steps._attack import check_placement, worst_case_search
 
     dataset = Dataset(data)
@@ -115,24 +116,14 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
                                                "patch_scale"),
               "patch_set": patch_set.settings.get("model", ""), "targets": [int(t) for t in patch_set.targets]}
     search = worst_case_search(p, model, dataset, record) if worst else None
-    from advpatch.steps import _shards
-
-    kept = p.patch_deployment_method == "augment"  # a batch's originals, then their copies: shards of whole batches
-    start, stop = _shards.bounds(len(dataset), p.shard_index, p.shard_count, p.batch_size if kept else 1)
-    if p.shard_count > 1:  # its layout, known once the draws are made: the record is written at close
-        record["shard"] = {}
+    start, stop = _shards.of_deployment(p, len(dataset), record)
     with DatasetWriter(patched_data, dataset.image_shape, dataset.class_names, columns=engine.PATCH_COLUMNS,
                        provenance=dataset.spec.provenance + [record]) as writer:
         deployed = engine.deploy(
             dataset, patch_set, writer, method=p.patch_deployment_method,
             application_rate=p.patch_application_rate, patch_scale=p.patch_scale, placement=placement,
             batch_size=p.batch_size, rng=np.random.default_rng(p.seed), search=search, start=start, stop=stop)
-        if p.shard_count > 1:
-            chosen = deployed.chosen
-            patched = [int(chosen[:start].sum()), int(chosen.sum())]
-            record["shard"].update(_shards.layout(p.shard_index, p.shard_count, [
-                start - (0 if kept else patched[0]), patched[0]], [len(dataset) - (0 if kept else patched[1]),
-                                                                   patched[1]]))
+        _shards.record_deployment(p, record, deployed.chosen, start)
         num_patched, distances, won = deployed[:3]
     metrics: Dict[str, float] = {"num_patched": float(num_patched), "num_examples": float(writer.spec.num_examples)}
     if won is not None:  # images whose chosen placement makes the model (as searched) say the target
