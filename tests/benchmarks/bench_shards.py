@@ -52,10 +52,10 @@ def _data(root: Path, n: int) -> None:
     models.save_model(net, models.ModelInfo("le_net", (SIZE, SIZE, 3), names), root / "model")
 
 
-def _shard(root: Path, index: int, count: int) -> dict:
+def _shard(root: Path, index: int, count: int, tag: str = "") -> dict:
     from advpatch import steps
 
-    out = root / f"shard-{index}-of-{count}"
+    out = root / f"shard-{index}-of-{count}{tag}"
     started = time.monotonic()
     deployed = steps.deploy_patch(data=str(root / "test"), patches=str(root / "patches"), patched_data=str(out),
                                   patch_deployment_method="augment", patch_scale=0.4, output_tar_name="",
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     os.environ["ADVPATCH_OUTPUT_DIR"] = str(root / "outputs")
     _data(root, args.images)
-    _shard(root, 0, 1)  # warm: TensorFlow's first graphs
+    _shard(root, 0, 1, "-warm")  # warm: TensorFlow's first graphs
     figures = {"whole": _shard(root, 0, 1), "shard": _shard(root, 0, args.shards), "shards": args.shards,
                "load_1min": round(os.getloadavg()[0], 2), "cpus": len(os.sched_getaffinity(0))}
     rate = figures["shard"]["images_per_s"]
