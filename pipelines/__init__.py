@@ -30,5 +30,21 @@ PIPELINES = {name: getattr(module, name.replace("-", "_")) for name, module in _
 BUILDERS = {name: module.build for name, module in _MODULES.items()}
 """CLI name -> ``build(placement)``, for compiling with a placement."""
 
-__all__ = ["BUILDERS", "PIPELINES", "custom_model_patch", "fruits360_experiment", "imagenet_patch", "mnist_defences",
+
+def build(name: str, placement=None, eval_shards: int = 1):
+    """The pipeline ``name`` with ``placement``, its evaluation in ``eval_shards`` shards (a build
+    option: KFP's loop over the shards is fixed when the pipeline is compiled); 1: as ``PIPELINES``."""
+    import inspect
+
+    from advpatch import params
+
+    params.check(eval_shards=eval_shards)
+    if eval_shards == 1:
+        return BUILDERS[name](placement)
+    if "eval_shards" not in inspect.signature(BUILDERS[name]).parameters:
+        raise params.ParameterError(f"eval_shards: pipeline {name} has no sharded evaluation, got {eval_shards}")
+    return BUILDERS[name](placement, eval_shards=eval_shards)
+
+__all__ = ["BUILDERS", "PIPELINES", "build", "custom_model_patch", "fruits360_experiment", "imagenet_patch",
+           "mnist_defences",
            "mnist_experiment", "mnist_patch", "mnist_sweep"]

@@ -49,33 +49,55 @@ def attack_budget(v):
                 **target, **placements(v))
 
 
-def attack_and_defend(v, model_task, gen_data, test_data, track, batch_size=None):
+def deploy_test(v, attack, test_data, track, **shard):
+    """deploy_patch on ``test_data``: each image and a patched copy of it (``shard``: shard_index and
+    shard_count, one shard of the images)."""
+    from advpatch import components
+
+    return components.deploy_patch(
+        data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
+        patch_application_rate=1.0, patch_scale=v["patch_scale"], **placements(v), **shard, **track,
+    ).set_display_name("deploy_patch: test set (clean + patched copies)" + (", a shard" if shard else ""))
+
+
+def attack_and_defend(v, model_task, gen_data, test_data, track, batch_size=None, eval_shards=1):
     """What every pipeline does once it has a model: gen_patch on ``gen_data`` -> deploy_patch on
     ``test_data`` (each image and a patched copy of it) -> the baseline and each preprocessing
     defence (:func:`defence_rows`), one infer task each, evaluating the clean and the patched images
     separately. ``v``: the pipeline's parameters (its ``locals()``); ``batch_size``, when given,
-    is gen_patch's and infer's (a large model at 224x224 needs a small one). Returns (gen_patch
-    task, the test set's deploy_patch task, the infer tasks)."""
+    is gen_patch's and infer's (a large model at 224x224 needs a small one). With ``eval_shards`` > 1
+    the deploy_patch, defence and infer tasks run once per shard of the test set, in a ParallelFor
+    (each shard its own pod), and one merge_evaluations task per row gives its evaluation, exactly as
+    unsharded. Returns (gen_patch task, the test set's deploy_patch task (in the loop when sharded),
+    the rows' infer or merge_evaluations tasks)."""
     from advpatch import components
 
     batch = {} if batch_size is None else {"batch_size": batch_size}
     attack = components.gen_patch(data=gen_data.outputs["dataset"], model=model_task.outputs["model"],
                                   **attack_budget(v), **batch, **track)
-    patched_test = components.deploy_patch(
-        data=test_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
-        patch_application_rate=1.0, patch_scale=v["patch_scale"], **placements(v), **track,
-    ).set_display_name("deploy_patch: test set (clean + patched copies)")
-    pairs = patched_test.outputs["patched_data"]
 
-    def evaluate(row, images):
+    def evaluate(row, images, shard):
         return components.infer(data=images, model=model_task.outputs["model"], row=row, condition="split",
-                                seed=v["seed"], **batch, **track).set_display_name(f"infer: {row}")
+                                seed=v["seed"], **batch, **track).set_display_name(f"infer: {row}{shard}")
 
-    rows = [evaluate("baseline", pairs)]
-    for row, name, setting in defence_rows():
-        defended = getattr(components, name)(data=pairs, data_role="predict", seed=v["seed"], **{setting: v[setting]},
-                                             **track).set_display_name(f"{row}: test set")
-        rows.append(evaluate(row, defended.outputs["defended_data"]))
+    def rows_of(pairs, shard=""):
+        rows = [evaluate("baseline", pairs, shard)]
+        for row, name, setting in defence_rows():
+            defended = getattr(components, name)(data=pairs, data_role="predict", seed=v["seed"],
+                                                 **{setting: v[setting]}, **track).set_display_name(
+                f"{row}: test set{shard}")
+            rows.append(evaluate(row, defended.outputs["defended_data"], shard))
+        return rows
+
+    if eval_shards == 1:
+        patched_test = deploy_test(v, attack, test_data, track)
+        return attack, patched_test, rows_of(patched_test.outputs["patched_data"])
+    with dsl.ParallelFor(list(range(eval_shards)), name="eval-shards") as shard:
+        patched_test = deploy_test(v, attack, test_data, track, shard_index=shard, shard_count=eval_shards)
+        shards = rows_of(patched_test.outputs["patched_data"], ", a shard")
+    labels = ["baseline", *[row for row, _, _ in defence_rows()]]
+    rows = [components.merge_evaluations(shard_results=dsl.Collected(task.outputs["shard_result"]), **track)
+            .set_display_name(f"merge: {row}") for task, row in zip(shards, labels)]
     return attack, patched_test, rows
 
 
@@ -124,14 +146,15 @@ def place_all(placement) -> None:
             placement.apply(task, component)
 
 
-def defence_experiment(v, title, color_mode="grayscale", adaptive=False):
+def defence_experiment(v, title, color_mode="grayscale", adaptive=False, eval_shards=1):
     """The seed's patch experiment with a model trained here (``mnist-experiment``,
     ``fruits360-experiment``): load -> train a baseline -> :func:`attack_and_defend` -> training on
     patched data (the training set augmented with patched copies) and PGD adversarial training,
     each evaluating its model on the clean and patched test images itself -> report. ``v``: the
     pipeline's parameters (its ``locals()``). With ``adaptive`` (``mnist-defences``), every defence
     row also faces an adaptive attacker (:func:`adaptive_rows`), its row right after the
-    transferred one."""
+    transferred one. ``eval_shards``: see :func:`attack_and_defend` (the trained rows evaluate on the
+    whole patched test set, deployed once more whole)."""
     from advpatch.components import close_run, deploy_patch, report, train
 
     track = tracking(v["experiment_name"])
@@ -143,7 +166,10 @@ def defence_experiment(v, title, color_mode="grayscale", adaptive=False):
                        "model_architecture", "optimizer", "epochs", "batch_size", "learning_rate", "pgd_eps",
                        "pgd_eps_step", "pgd_max_iter", "seed")}, **track)
         baseline = train(model_tag="baseline", **fit).set_display_name("train: baseline")
-        attack, patched_test, rows = attack_and_defend(v, baseline, train_data, test_data, track)
+        attack, patched_test, rows = attack_and_defend(v, baseline, train_data, test_data, track,
+                                                       eval_shards=eval_shards)
+        if eval_shards > 1:
+            patched_test = deploy_test(v, attack, test_data, track)
         patched_train = deploy_patch(
             data=train_data.outputs["dataset"], patches=attack.outputs["patches"], patch_deployment_method="augment",
             patch_application_rate=v["train_patch_application_rate"], patch_scale=v["patch_scale"],
@@ -232,11 +258,12 @@ def adaptive_rows(v, baseline, baseline_attack, rows, trained_rows, gen_data, te
     return (new_rows, new_trained), attacks
 
 
-def model_experiment(v, make_model, title, color_mode, class_index=""):
+def model_experiment(v, make_model, title, color_mode, class_index="", eval_shards=1):
     """The patch experiment on a model made by ``make_model(test_data, track)`` (init_model's
     pretrained weights, import_model's user file): load -> the model, evaluated on the test split ->
-    :func:`attack_and_defend`, the patches drawn from the training split -> report."""
-    from advpatch.components import close_run, report
+    :func:`attack_and_defend`, the patches drawn from the training split -> report. ``eval_shards``: see
+    :func:`attack_and_defend` (the report lists each shard's deploy_patch)."""
+    from advpatch.components import close_run, gather, report
 
     track = tracking(v["experiment_name"])
     with dsl.ExitHandler(close_run(**track).set_display_name("close the MLflow run")):
@@ -244,5 +271,9 @@ def model_experiment(v, make_model, title, color_mode, class_index=""):
                                           class_index=class_index, max_examples=v["max_examples"])
         gen_data.set_display_name("load patch generation data")
         model = make_model(test_data, track)
-        attack, patched_test, rows = attack_and_defend(v, model, gen_data, test_data, track, v["batch_size"])
+        attack, patched_test, rows = attack_and_defend(v, model, gen_data, test_data, track, v["batch_size"],
+                                                       eval_shards)
+        if eval_shards > 1:
+            patched_test = gather(summaries=dsl.Collected(patched_test.outputs["summary"]), **track).set_display_name(
+                "gather: deploy_patch shards")
         report(**report_inputs(model, attack, patched_test, *rows), title=title, **track)

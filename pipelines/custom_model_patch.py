@@ -13,8 +13,9 @@ from kfp import dsl
 from advpatch.pipelines.common import model_experiment, place_all
 
 
-def build(placement=None):
-    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.app.placement`)."""
+def build(placement=None, eval_shards=1):
+    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.app.placement`), its
+    evaluation in ``eval_shards`` shards (see :func:`advpatch.pipelines.common.attack_and_defend`)."""
 
     @dsl.pipeline(name="advpatch-custom-model-patch")
     def custom_model_patch(
@@ -125,7 +126,8 @@ def build(placement=None):
                                 preprocessing=preprocessing, model_tag=model_tag, batch_size=batch_size, seed=seed,
                                 **track)
 
-        model_experiment(locals(), imported, "Adversarial patch experiment on your model", color_mode, class_index)
+        model_experiment(locals(), imported, "Adversarial patch experiment on your model", color_mode, class_index,
+                         eval_shards)
         place_all(placement)
 
     return custom_model_patch

@@ -16,8 +16,9 @@ from kfp import dsl
 from advpatch.pipelines.common import defence_experiment, place_all
 
 
-def build(placement=None):
-    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.app.placement`)."""
+def build(placement=None, eval_shards=1):
+    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.app.placement`), its
+    evaluation in ``eval_shards`` shards (see :func:`advpatch.pipelines.common.attack_and_defend`)."""
 
     @dsl.pipeline(name="advpatch-fruits360-experiment")
     def fruits360_experiment(
@@ -118,7 +119,8 @@ def build(placement=None):
             seed: Seeds every step: same seed, same results. Allowed: an integer in [0, 2147483647].
             experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         """
-        defence_experiment(locals(), "Fruits360 adversarial patch experiment: defences", color_mode="rgb")
+        defence_experiment(locals(), "Fruits360 adversarial patch experiment: defences", color_mode="rgb",
+                           eval_shards=eval_shards)
         place_all(placement)
 
     return fruits360_experiment

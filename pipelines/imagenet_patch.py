@@ -17,8 +17,9 @@ from kfp import dsl
 from advpatch.pipelines.common import model_experiment, place_all
 
 
-def build(placement=None):
-    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.app.placement`)."""
+def build(placement=None, eval_shards=1):
+    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.app.placement`), its
+    evaluation in ``eval_shards`` shards (see :func:`advpatch.pipelines.common.attack_and_defend`)."""
 
     @dsl.pipeline(name="advpatch-imagenet-patch")
     def imagenet_patch(
@@ -118,7 +119,8 @@ def build(placement=None):
             return init_model(testing_data=test_data.outputs["dataset"], model_architecture=model_architecture,
                               weights=weights, model_tag="pretrained", batch_size=batch_size, seed=seed, **track)
 
-        model_experiment(locals(), pretrained, "ImageNet adversarial patch experiment", "rgb", class_index)
+        model_experiment(locals(), pretrained, "ImageNet adversarial patch experiment", "rgb", class_index,
+                         eval_shards)
         place_all(placement)
 
     return imagenet_patch

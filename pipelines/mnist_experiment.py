@@ -18,8 +18,9 @@ from kfp import dsl
 from advpatch.pipelines.common import defence_experiment, place_all
 
 
-def build(placement=None):
-    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.app.placement`)."""
+def build(placement=None, eval_shards=1):
+    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.app.placement`), its
+    evaluation in ``eval_shards`` shards (see :func:`advpatch.pipelines.common.attack_and_defend`)."""
 
     @dsl.pipeline(name="advpatch-mnist-experiment")
     def mnist_experiment(
@@ -119,7 +120,7 @@ def build(placement=None):
             seed: Seeds every step: same seed, same results. Allowed: an integer in [0, 2147483647].
             experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         """
-        defence_experiment(locals(), "MNIST adversarial patch experiment: defences")
+        defence_experiment(locals(), "MNIST adversarial patch experiment: defences", eval_shards=eval_shards)
         place_all(placement)
 
     return mnist_experiment

@@ -13,12 +13,13 @@ mostly hide strokes (lower accuracy, little targeted success). See README, "Patc
 
 from kfp import dsl
 
-from advpatch.components import close_run, deploy_patch, gen_patch, infer, report, train
+from advpatch.components import close_run, deploy_patch, gather, gen_patch, infer, merge_evaluations, report, train
 from advpatch.pipelines.common import load_splits, place_all, report_inputs, tracking
 
 
-def build(placement=None):
-    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.app.placement`)."""
+def build(placement=None, eval_shards=1):
+    """The pipeline, with ``placement`` applied to every task (see :mod:`advpatch.app.placement`), its
+    evaluation in ``eval_shards`` shards (see :func:`advpatch.pipelines.common.attack_and_defend`)."""
 
     @dsl.pipeline(name="advpatch-mnist-patch")
     def mnist_patch(
@@ -131,20 +132,34 @@ def build(placement=None):
                 num_patch=num_patch, num_patch_gen_samples=num_patch_gen_samples,
                 **placements, **track,
             )
-            patched = deploy_patch(
-                data=test_data.outputs["dataset"], patches=attack.outputs["patches"],
-                patch_deployment_method=patch_deployment_method, patch_application_rate=patch_application_rate,
-                patch_scale=patch_scale, **placements, **track,
-            ).set_display_name("deploy_patch: test set")
-            evaluations = [
-                infer(data=images, model=trained.outputs["model"], model_architecture=model_architecture,
-                      row="baseline", condition=condition, seed=seed,
-                      **track).set_display_name(f"infer: baseline / {condition}")
-                for condition, images in (("clean", test_data.outputs["dataset"]),
-                                          ("patched", patched.outputs["patched_data"]))
-            ]
+            deploy = dict(data=test_data.outputs["dataset"], patches=attack.outputs["patches"],
+                          patch_deployment_method=patch_deployment_method,
+                          patch_application_rate=patch_application_rate, patch_scale=patch_scale, **placements,
+                          **track)
+
+            def evaluate(condition, images, **shard):
+                return infer(data=images, model=trained.outputs["model"], model_architecture=model_architecture,
+                             row="baseline", condition=condition, seed=seed, **shard, **track,
+                             ).set_display_name(f"infer: baseline / {condition}" + (", a shard" if shard else ""))
+
+            if eval_shards == 1:
+                patched = deploy_patch(**deploy).set_display_name("deploy_patch: test set")
+                evaluations = [evaluate(condition, images) for condition, images in (
+                    ("clean", test_data.outputs["dataset"]), ("patched", patched.outputs["patched_data"]))]
+            else:  # each shard its own tasks (pods); each evaluation merged exactly as unsharded
+                shards = dict(shard_count=eval_shards)
+                with dsl.ParallelFor(list(range(eval_shards)), name="eval-shards") as shard:
+                    patched = deploy_patch(**deploy, shard_index=shard, **shards).set_display_name(
+                        "deploy_patch: test set, a shard")
+                    parts = [evaluate("clean", test_data.outputs["dataset"], shard_index=shard, **shards),
+                             evaluate("patched", patched.outputs["patched_data"])]
+                evaluations = [merge_evaluations(shard_results=dsl.Collected(part.outputs["shard_result"]), **track)
+                               .set_display_name(f"merge: baseline / {condition}")
+                               for part, condition in zip(parts, ("clean", "patched"))]
+                patched = gather(summaries=dsl.Collected(patched.outputs["summary"]), **track).set_display_name(
+                    "gather: deploy_patch shards")
             report(**report_inputs(trained, attack, patched, *evaluations),
-                             title="MNIST adversarial patch experiment", **track)
+                   title="MNIST adversarial patch experiment", **track)
         place_all(placement)
 
     return mnist_patch

@@ -151,13 +151,15 @@ def chain(tmp_path_factory):
             arts = dict(data=data, model=out["train"]["model"], metrics=dsl.Metrics(),
                         confusion=dsl.ClassificationMetrics(), confusion_patched=dsl.ClassificationMetrics(),
                         predictions=_art(dsl.Dataset, root / f"{condition}.csv"),
+                        shard_result=_art(dsl.Artifact, root / f"shard-{condition}"),
                         summary=_art(dsl.Artifact, root / f"infer-{condition}.json"))
             components.infer.python_func(**arts, row="JPEG compression", experiment_name="shells",
                                          task_name=f"infer-{condition}")
             out[f"infer_{condition}"] = arts
         arts = dict(data=out["deploy_patch"]["patched_data"], model=out["train"]["model"], metrics=dsl.Metrics(),
                     confusion=dsl.ClassificationMetrics(), confusion_patched=dsl.ClassificationMetrics(),
-                    predictions=_art(dsl.Dataset, root / "split.csv"), summary=_art(dsl.Artifact, root / "split.json"))
+                    predictions=_art(dsl.Dataset, root / "split.csv"), summary=_art(dsl.Artifact, root / "split.json"),
+                    shard_result=_art(dsl.Artifact, root / "shard-split"))
         components.infer.python_func(**arts, row="baseline", condition="split", experiment_name="shells",
                                      task_name="infer-split")
         out["infer_split"] = arts

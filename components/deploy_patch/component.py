@@ -38,6 +38,8 @@ def deploy_patch(
     gaussian_augmentation_sigma: float = 0.1,
     feature_squeezing_bit_depth: int = 4,
     seed: int = 0,
+    shard_index: int = 0,
+    shard_count: int = 1,
     experiment_name: str = "",
     task_name: str = "",
 ):
@@ -112,6 +114,11 @@ def deploy_patch(
             binarized images). Allowed: an integer in [1, 64].
         seed: Seeds which images get which patch where: same seed, same patched bytes. Allowed: an
             integer in [0, 2147483647].
+        shard_index: Which shard of the images to process, of shard_count (contiguous, in order):
+            the same bytes and predictions per image as unsharded, for merge_evaluations to merge.
+            Allowed: an integer >= 0.
+        shard_count: Shards the images are split into (a pipeline's eval_shards); 1: all the images.
+            Allowed: an integer in [1, 4096].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         task_name: KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run.
 

@@ -15,6 +15,7 @@ def infer(
     confusion: Output[ClassificationMetrics],
     confusion_patched: Output[ClassificationMetrics],
     predictions: Output[Dataset],
+    shard_result: Output[Artifact],
     summary: Output[Artifact],
     model: Input[Model] = None,
     model_uri: str = "",
@@ -24,6 +25,8 @@ def infer(
     row: str = "",
     condition: str = "auto",
     seed: int = 0,
+    shard_index: int = 0,
+    shard_count: int = 1,
     experiment_name: str = "",
     task_name: str = "",
 ):
@@ -57,6 +60,11 @@ def infer(
             'patched', 'split'.
         seed: Seeds TensorFlow (inference itself is deterministic). Allowed: an integer in [0,
             2147483647].
+        shard_index: Which shard of the images to process, of shard_count (contiguous, in order):
+            the same bytes and predictions per image as unsharded, for merge_evaluations to merge.
+            Allowed: an integer >= 0.
+        shard_count: Shards the images are split into (a pipeline's eval_shards); 1: all the images.
+            Allowed: an integer in [1, 4096].
         experiment_name: MLflow experiment; empty: $ADVPATCH_EXPERIMENT or 'advpatch'.
         task_name: KFP task name (dsl.PIPELINE_TASK_NAME_PLACEHOLDER): names the step's MLflow run.
 
@@ -69,6 +77,9 @@ def infer(
             otherwise empty.
         predictions: One CSV row per image, label, prediction, confidence and the data's per-image
             provenance columns.
+        shard_result: Of a shard (shard_count > 1, or data from deploy_patch's shard), the per-image
+            probabilities, labels and provenance columns and the evaluations, for merge_evaluations;
+            of whole data, a manifest that says so.
         summary: This step's result as JSON (advpatch-step-result), for the report step.
     """
     from advpatch.components._shell import run_step

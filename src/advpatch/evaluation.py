@@ -62,16 +62,28 @@ def rate_counts(y_true: np.ndarray, y_pred: np.ndarray, patched: Optional[np.nda
     return out
 
 
-def predict(classifier: Any, dataset: Dataset, batch_size: int) -> Dict[str, np.ndarray]:
-    """Run a :class:`~advpatch.models.classifier.Classifier` over ``dataset`` in batches:
-    ``{"probabilities", "y", <columns>...}``."""
+def predict(classifier: Any, dataset: Dataset, batch_size: int, start: int = 0, stop: Optional[int] = None,
+            layout: Optional[Dict[str, Any]] = None) -> Dict[str, np.ndarray]:
+    """Run a :class:`~advpatch.models.classifier.Classifier` over ``dataset`` (rows ``start:stop``) in
+    batches: ``{"probabilities", "y", <columns>...}``. Of a shard (``layout``, see
+    :mod:`advpatch.steps._shards`), the batches are the whole's (:meth:`Dataset.batches`), each run with
+    blank images around it to its size in the whole: a kernel's arithmetic may depend on the batch's
+    shape, never on its other images, so each image gets the probabilities it gets in the whole."""
     import tensorflow as tf
 
     forward = classifier.forward
     probs: List[np.ndarray] = []
     rest: Dict[str, List[np.ndarray]] = {}
-    for batch in dataset.batches(batch_size):
-        probs.append(forward(tf.constant(to_float(batch["x"]))).numpy())
+    at, total = (layout["offset"], sum(layout["total"])) if layout else (0, 0)
+    for batch in dataset.batches(batch_size, start, stop):
+        x, n = batch["x"], len(batch["y"])
+        front = back = 0
+        if layout:
+            front = at % batch_size
+            back = min(total, at - front + batch_size) - at - n
+            x = np.concatenate([np.zeros((front, *x.shape[1:]), x.dtype), x, np.zeros((back, *x.shape[1:]), x.dtype)])
+        probs.append(forward(tf.constant(to_float(x))).numpy()[front:front + n])
+        at += n
         for k, v in batch.items():
             if k != "x":
                 rest.setdefault(k, []).append(v)

@@ -133,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="a pipeline parameter (advpatch list shows them); repeat for more")
     runp.add_argument("--output", type=Path, default=None,
                       help="where results.json and pipeline.log go (default: $ADVPATCH_OUTPUT_DIR/run)")
+    runp.add_argument("--eval-shards", type=int, default=1, metavar="N",
+                      help="evaluate the test set in N shards, each its own tasks, merged exactly (default: 1)")
     sub.add_parser("list", help="list pipelines and their parameters")
     comp = sub.add_parser("compare", help="pipeline runs side by side: parameters that differ, every row")
     comp.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="MLflow ids of pipeline runs (default: the "
@@ -232,12 +234,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise params.ParameterError(
                     f"pipeline must be one of {', '.join(params.PIPELINE_PARAMS)}, got {args.pipeline!r}")
             name, output, default_name = args.pipeline, args.output, "run"
+            params.check(eval_shards=args.eval_shards)
             arguments = parse_arguments(args.pipeline, args.param)
             check_environment(arguments)
             arguments = fit_to_data(name, arguments)
         from advpatch.app.local import run_pipeline
 
-        results = run_pipeline(name, arguments, output, default_name)
+        results = run_pipeline(name, arguments, output, default_name,
+                               eval_shards=getattr(args, "eval_shards", 1))
     except ServiceError as e:  # a service failed after its retries: 3, so that a script can tell it from bad input
         print(f"{ERROR_PREFIX}{e}", file=sys.stderr)
         return 3

@@ -20,6 +20,8 @@ def add_arguments(comp: argparse.ArgumentParser) -> None:
 
     comp.add_argument("pipelines", nargs="*", help=f"names (default: all of {', '.join(params.PIPELINE_PARAMS)})")
     comp.add_argument("--output", default="outputs/compiled", help="a folder (one <name>.yaml each) or a .yaml file")
+    comp.add_argument("--eval-shards", type=int, default=1, metavar="N",
+                      help="evaluate the test set in N shards, each its own pods, merged exactly (default: 1)")
     comp.add_argument("--no-gpu", action="store_true", help="place no step on a GPU")
     comp.add_argument("--gpu-steps", default="", help="comma-separated component names "
                       f"(default: {','.join(sorted(GPU_STEPS_DEFAULT))})")
@@ -66,7 +68,7 @@ def compile_pipelines(args) -> List[Path]:
     from kfp import compiler
 
     from advpatch.app.placement import cluster
-    from advpatch.pipelines import BUILDERS
+    from advpatch.pipelines import BUILDERS, build
 
     names = args.pipelines or sorted(BUILDERS)
     for name in names:
@@ -100,7 +102,7 @@ def compile_pipelines(args) -> List[Path]:
     for name in names:
         path = out if out.suffix in (".yaml", ".yml") else out / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        pipeline = BUILDERS[name](placement)
+        pipeline = build(name, placement, getattr(args, "eval_shards", 1))
         if args.kubernetes_manifests:
             compiler.Compiler().compile(pipeline, str(path), kubernetes_manifest_format=True,
                                         kubernetes_manifest_options=_manifest_options(args, pipeline.name))

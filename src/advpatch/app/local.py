@@ -249,10 +249,11 @@ def claim_output(output: Optional[Path], default: Path) -> Tuple[Path, IO]:
 
 
 def run_pipeline(pipeline_name: str, arguments: Dict[str, Any], output: Optional[Path], default_name: str = "run",
-                 write=None) -> Dict[str, Any]:
+                 write=None, eval_shards: int = 1) -> Dict[str, Any]:
     """Run a pipeline locally; write ``results.json``, ``report.html``, ``pipeline.log`` and the
     tasks' artifacts (``kfp/``) to ``output`` (default: ``$ADVPATCH_OUTPUT_DIR/<default_name>``, or
-    the next free folder beside it: :func:`claim_output`). Progress lines go to ``write``."""
+    the next free folder beside it: :func:`claim_output`). Progress lines go to ``write``.
+    ``eval_shards``: the pipeline built with its evaluation in that many shards."""
     from advpatch.app.tracking_server import shared_server
     from advpatch.app.warm import warm_starter
     from advpatch.tracking.faults import ENV_OWN_SERVER, ENV_OWN_SERVER_LOG, ENV_OWN_SERVER_PID
@@ -287,10 +288,10 @@ def run_pipeline(pipeline_name: str, arguments: Dict[str, Any], output: Optional
                                 ENV_OWN_SERVER_PID: server["pid"], ENV_OWN_SERVER_LOG: server["log"]}
             warm_env = stack.enter_context(warm_starter(output / "warm.log"))
             stack.enter_context(_environment({**task_env, **tracking_env, **warm_env}))
-            from advpatch.pipelines import PIPELINES  # imports KFP: while the tracking server starts
+            from advpatch.pipelines import build  # imports KFP: while the tracking server starts
 
-            results = run_local(PIPELINES[pipeline_name], arguments, output / TASK_OUTPUTS, log_file=log_file,
-                                progress=progress)
+            results = run_local(build(pipeline_name, eval_shards=eval_shards), arguments, output / TASK_OUTPUTS,
+                                log_file=log_file, progress=progress)
         results["wall_time_s"] = round(time.monotonic() - started, 1)
         page = Path(results.pop("run_folder")) / "report" / "html"
         if page.is_file():

@@ -335,19 +335,31 @@ class Dataset:
             raise DatasetError(f"{file} has labels outside [0, {self.spec.num_classes - 1}]")
         return {"x": x, "y": y, **{name[4:]: a for name, a in arrays.items()}}
 
-    def batches(self, batch_size: int) -> Iterator[Dict[str, np.ndarray]]:
-        """Yield batches of ``batch_size`` examples (the last may be smaller), in order."""
+    @property
+    def layout(self) -> Dict[str, Any]:
+        """Where this data sits in the data it is a shard of (deploy_patch's or infer's ``shard_index``):
+        ``{}`` when whole, else ``offset`` (its first row's position there), ``before`` and ``total``
+        ([unpatched, patched] rows before it and in all), ``index`` and ``count``."""
+        return next((dict(r["shard"]) for r in reversed(self.spec.provenance) if "shard" in r), {})
+
+    def batches(self, batch_size: int, start: int = 0, stop: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+        """Yield rows ``start:stop`` in batches cut where the whole data's batches of ``batch_size`` are
+        cut (of a shard, :attr:`layout`: a shard's batches are the whole's), in order."""
+        stop = len(self) if stop is None else stop
+        cut = self.layout.get("offset", 0) + start  # the whole's position of the next row to yield
         buf: List[Dict[str, np.ndarray]] = []
-        n = 0
-        for shard in self.shards():
-            buf.append(shard)
-            n += len(shard["y"])
-            while n >= batch_size:
+        n, at = 0, 0
+        for i, shard in enumerate(self.spec.shards):
+            first, at = at, at + shard["num_examples"]
+            if at <= start or first >= stop:
+                continue
+            part = self.read_shard(i)
+            buf.append({k: v[max(start - first, 0):stop - first] for k, v in part.items()})
+            n += len(buf[-1]["y"])
+            while n and n >= (size := batch_size - cut % batch_size):
                 merged = _concat(buf)
-                yield {k: v[:batch_size] for k, v in merged.items()}
-                rest = {k: v[batch_size:] for k, v in merged.items()}
-                n -= batch_size
-                buf = [rest] if n else []
+                yield {k: v[:size] for k, v in merged.items()}
+                buf, n, cut = [{k: v[size:] for k, v in merged.items()}], n - size, cut + size
         if n:
             yield _concat(buf)
 

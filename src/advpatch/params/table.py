@@ -234,6 +234,16 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
        "model_architecture) from scratch, and it is defended: the given model then only fixes the classes and the "
        "image shape (needs masked_training_epochs > 0). Empty: masked training fine-tunes the given model.",
        Choices(ARCHITECTURES), optional=True),
+    # ---- evaluation shards (deploy_patch, infer)
+    _p("shard_index", int, 0, "Which shard of the images to process, of shard_count (contiguous, in order): the "
+       "same bytes and predictions per image as unsharded, for merge_evaluations to merge.", NON_NEGATIVE_INT),
+    _p("shard_count", int, 1, "Shards the images are split into (a pipeline's eval_shards); 1: all the images.",
+       Interval(1, 4096, integer=True)),
+    _p("eval_shards", int, 1, "Evaluation shards (a build option of the pipelines: advpatch run and compile "
+       "--eval-shards): the test set's deploy_patch, each defence and infer run per shard, each shard its own "
+       "task (pod), in a ParallelFor, and merge_evaluations gives each row's evaluation exactly as unsharded; 1: "
+       "no shards.",
+       Interval(1, 4096, integer=True)),
     # ---- report
     _p("title", str, "advpatch results", "Heading of the report and its results table."),
     # ---- pipelines
@@ -255,6 +265,9 @@ RELATIONS: Tuple[Relation, ...] = (
     Relation(("masked_training_architecture", "masked_training_epochs"), lambda fresh, epochs: not fresh or epochs > 0,
              "masked_training_architecture={masked_training_architecture!r} trains a fresh network, so it needs "
              "masked_training_epochs > 0, got {masked_training_epochs}"),
+    Relation(("shard_index", "shard_count"), lambda index, count: index < count,
+             "shard_index must be smaller than shard_count, got shard_index={shard_index} and "
+             "shard_count={shard_count}"),
     Relation(("scale_min", "scale_max"), lambda lo, hi: lo < hi,
              "scale_min must be smaller than scale_max, got scale_min={scale_min} and scale_max={scale_max}"),
     Relation(("patch_placement", "defence"), lambda placement, defence: placement == "worst_case" or defence == "none",
@@ -279,6 +292,7 @@ _DEFENCE = ("data_role", P["batch_size"].but(default=256), "output_tar_name", "s
 _ATTACKED_DEFENCE = ("defence", *(own[0] for own in PREPROCESSING_DEFENCES.values()))
 _MODEL_CHOICE = ("model_uri", P["model_architecture"].but(
     default="", optional=True, doc="Optional check: the model's architecture must be this one."))
+_SHARD = ("shard_index", "shard_count")
 _PLACEMENT = ("rotation_max", "scale_min", "scale_max", "patch_location")
 _TRAIN_DECAY = P["lr_decay"].but(default=0.0, doc="Share of the training steps, at the end, over which the learning "
                                                   "rate decays (cosine) to 1%; 0 keeps it constant.")
@@ -311,7 +325,7 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         P["seed"].but(doc="Seeds TensorFlow (the evaluation is deterministic).")),
     "infer": _t(*_MODEL_CHOICE, P["batch_size"].but(default=256, doc="Images per forward pass."), "memory_budget_mb",
                 "row", "condition",
-                P["seed"].but(doc="Seeds TensorFlow (inference itself is deterministic).")),
+                P["seed"].but(doc="Seeds TensorFlow (inference itself is deterministic)."), *_SHARD),
     "gen_patch": _t(
         *_MODEL_CHOICE,
         P["learning_rate"].but(default=0.1, doc="Adam step size on patch pixels in [0, 1]; the rate of the first "
@@ -332,7 +346,7 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         P["defence"].but(doc="With patch_placement='worst_case': a preprocessing defence in front of the model the "
                              "search runs against (as gen_patch's, so the placement is the worst case for the "
                              "defended classifier); 'none'."), *_ATTACKED_DEFENCE[1:],
-        P["seed"].but(doc="Seeds which images get which patch where: same seed, same patched bytes.")),
+        P["seed"].but(doc="Seeds which images get which patch where: same seed, same patched bytes."), *_SHARD),
     "derandomized_smoothing": _t(
         "ablation", "ablation_size", "vote_threshold", "certify_patch_sizes", "model_architecture",
         P["epochs"].but(type=int, default=300, rule=POSITIVE_INT,
@@ -351,6 +365,7 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
     "report": _t("title"),
     "close_run": (),
     "gather": (),
+    "merge_evaluations": (),
     "collect": (),
     # each preprocessing defence's step: its own parameters, then those every defence step has
     **{name: _t(*own, *_DEFENCE[:-1], P["seed"].but(doc="Seeds the defence's random draws (if any): same seed, "

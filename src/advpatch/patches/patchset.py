@@ -224,10 +224,12 @@ class Deployed(NamedTuple):
     num_patched: int
     distances: Dict[str, np.ndarray]
     won: Optional[np.ndarray] = None
+    chosen: Optional[np.ndarray] = None  # which of all the images get a patch
 
 
 def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rate: float, patch_scale: float,
-           placement: Dict[str, Any], batch_size: int, rng: np.random.Generator, search: Any = None) -> Deployed:
+           placement: Dict[str, Any], batch_size: int, rng: np.random.Generator, search: Any = None,
+           start: int = 0, stop: Optional[int] = None) -> Deployed:
     """Put patches on ``dataset`` into ``writer`` (a DatasetWriter with :data:`PATCH_COLUMNS`).
 
     Exactly ``round(application_rate * n)`` images (drawn from ``rng``) get a patch, each a patch of
@@ -240,7 +242,8 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
     drawn for it, the patch (or canvas) its placement picks; ``patch_index`` records that entry.
     ``search`` (a :class:`~advpatch.patches.worst_case.Search`) replaces each drawn position and
     rotation by the worst case for the model (:func:`~advpatch.patches.worst_case.search_placements`);
-    the scale stays as drawn.
+    the scale stays as drawn. ``start:stop``: only those images are written (a shard), each patched as
+    when all are (every draw is made for all of them, and the batches are the whole's).
     """
     from advpatch.patches.conditioned import apply_set, entries, num_sets
 
@@ -254,12 +257,14 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
     index = which.copy()  # the entry each image gets (a conditioned set's cell is known once placed)
     distances: Dict[str, List[np.ndarray]] = {}
     won: List[np.ndarray] = []
-    start = 0
-    for batch in dataset.batches(batch_size):
+    stop = n if stop is None else stop
+    at = start // batch_size * batch_size  # the whole's batches around the shard are patched whole, then cut
+    for batch in dataset.batches(batch_size, at, min(n, -(-stop // batch_size) * batch_size)):
         x, y = batch["x"], batch["y"]
-        idx = np.arange(start, start + len(y))
-        start += len(y)
+        idx = np.arange(at, at + len(y))
+        at += len(y)
         sel = idx[chosen[idx]]
+        mine = (sel >= start) & (sel < stop)
         patched = x[:0]
         if len(sel):
             if search is not None:
@@ -267,24 +272,27 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
                                     placement["location"], batch_size)
                 for f in ("angle", "x", "y"):
                     getattr(where, f)[sel] = getattr(found.placements, f)
-                won.append(found.won)
+                won.append(found.won[mine])
             index[sel] = entries(patch_set, which[sel], where.take(sel))
             patched = x[sel - idx[0]]  # a copy, patched in place
             clean = _clean_windows(patched, where.take(sel))
             apply_set(patched, patch_set, which[sel], where.take(sel), batch_size, out=patched)
             for k, v in window_distances(clean, patched, where.take(sel)).items():
-                distances.setdefault(k, []).append(v)
+                distances.setdefault(k, []).append(v[mine])
+        keep = (idx >= start) & (idx < stop)
         if method == "corrupt":
             x = x if x.flags.writeable else x.copy()
             x[sel - idx[0]] = patched  # the batch is this loop's own
+            if not keep.all():  # a shard: the whole's batch, cut
+                x, y, idx = x[keep], y[keep], idx[keep]
             writer.write(x, y, **_provenance_columns(idx, chosen[idx], index, where, patch_set))
-        else:
+        else:  # augment: shards are whole batches (the originals, then their copies)
             writer.write(x, y, **_provenance_columns(idx, np.zeros(len(idx), bool), index, where, patch_set))
             if len(sel):
                 writer.write(patched, y[sel - idx[0]],
                              **_provenance_columns(sel, np.ones(len(sel), bool), index, where, patch_set))
-    return Deployed(int(chosen.sum()), {k: np.concatenate(v) for k, v in distances.items()},
-                    None if search is None else np.concatenate(won) if won else np.zeros(0, bool))
+    return Deployed(int(chosen[start:stop].sum()), {k: np.concatenate(v) for k, v in distances.items()},
+                    None if search is None else np.concatenate(won) if won else np.zeros(0, bool), chosen)
 
 
 def _clean_windows(images: np.ndarray, placements: Placements):

@@ -4,7 +4,7 @@ evaluation of each."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,17 +27,26 @@ def has_patches(dataset: Dataset) -> bool:
 
 
 def evaluate(row: str, condition: str, out: Dict[str, np.ndarray], class_names: Sequence[str],
-             dataset: Dataset) -> List[Evaluation]:
+             dataset: Any, layout: Optional[Dict[str, Any]] = None, first: int = 0,
+             samples: Optional[Dict[str, List[Dict[str, Any]]]] = None) -> List[Evaluation]:
     """The evaluations of a model's predictions ``out`` (see :func:`advpatch.evaluation.predict`)
     on ``dataset``: ``condition`` 'split' makes one of the clean and one of the patched images;
-    'auto' one, patched when the data has patches; 'clean' or 'patched' one, so named."""
+    'auto' one, patched when the data has patches; 'clean' or 'patched' one, so named. Of a shard
+    (``layout``, rows from ``first`` of ``dataset``), the samples are those of the whole that it holds;
+    ``samples`` (by condition), when given, are the evaluations' (merge_evaluations: no images)."""
     predicted = out["probabilities"].argmax(axis=1)
     if condition == "split":
-        parts = [("clean", ~out["patched"].astype(bool)), ("patched", out["patched"].astype(bool))]
+        parts: List[Tuple[str, np.ndarray, Optional[bool]]] = [
+            ("clean", ~out["patched"].astype(bool), False), ("patched", out["patched"].astype(bool), True)]
     else:
         named = condition if condition != "auto" else ("patched" if "patched" in out else "clean")
-        parts = [(named, np.ones(len(predicted), bool))]
-    return [_evaluation(row, name, where, out, predicted, class_names, dataset) for name, where in parts]
+        parts = [(named, np.ones(len(predicted), bool), None)]
+    from advpatch.steps._shards import part
+
+    return [_evaluation(row, name, where, out, predicted, class_names, samples[name] if samples is not None else
+                        _samples(np.flatnonzero(where), out, predicted, class_names, dataset, first,
+                                 layout and {**layout, "part": part(layout, flag)}))
+            for name, where, flag in parts]
 
 
 def log_evaluations(track: Tracker, evaluations: Sequence[Evaluation], verb: str, data: str, *, part: bool = False,
@@ -52,7 +61,8 @@ def log_evaluations(track: Tracker, evaluations: Sequence[Evaluation], verb: str
             run.log_metrics(e.metrics)
             run.log_metrics({f"{k}_count": n for k, (_, n) in e.counts.items()})
             run.log_dict({"categories": e.categories, "matrix": e.matrix}, "confusion_matrix.json")
-            log_input(run, data, "evaluation")
+            if data:  # merged shards: their data are the shards'
+                log_input(run, data, "evaluation")
         log.info("%s: accuracy %.4f on %d images (%s)", verb, e.metrics["accuracy"], e.counts["accuracy"][1], e.label)
 
 
@@ -66,7 +76,7 @@ def patch_setting(provenance: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def _evaluation(row: str, condition: str, where: np.ndarray, out: Dict[str, np.ndarray], predicted: np.ndarray,
-                class_names: Sequence[str], dataset: Dataset) -> Evaluation:
+                class_names: Sequence[str], samples: List[Dict[str, Any]]) -> Evaluation:
     from advpatch.evaluation import classification_metrics, confusion_matrix, patch_metrics, rate_counts
 
     y, pred = out["y"][where], predicted[where]
@@ -83,26 +93,31 @@ def _evaluation(row: str, condition: str, where: np.ndarray, out: Dict[str, np.n
         matrix = matrix[np.ix_(shown, shown)]
     return Evaluation(row=row, condition=condition, metrics=metrics, counts={k: list(v) for k, v in counts.items()},
                       categories=[class_names[i] for i in shown], matrix=matrix.tolist(),
-                      samples=_samples(np.flatnonzero(where), out, predicted, class_names, dataset))
+                      samples=samples)
 
 
 def _samples(index: np.ndarray, out: Dict[str, np.ndarray], predicted: np.ndarray, class_names: Sequence[str],
-             dataset: Dataset) -> List[Dict[str, Any]]:
+             dataset: Dataset, first: int = 0, layout: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
     """Up to :data:`NUM_SAMPLES` images spread evenly over the evaluation's source images (by
     ``source_index`` when the data has it, so clean and patched evaluations of the same test set
-    show the same images), each a small PNG with its label and prediction."""
+    show the same images), each a small PNG with its label and prediction. Of a shard (``layout``),
+    those of the whole's that it holds, with the whole's indices."""
     from advpatch.data.readers import png_base64
 
-    if not len(index):
+    before, total = layout["part"] if layout else (0, len(index))
+    if not total:
         return []
-    source = out["source_index"][index] if "source_index" in out else index
+    source = out["source_index"][index] if "source_index" in out else index + (layout["offset"] if layout else 0)
     order = np.argsort(source, kind="stable")
-    chosen = index[order[np.unique(np.linspace(0, len(order) - 1, min(NUM_SAMPLES, len(order))).round().astype(int))]]
+    spread = np.unique(np.linspace(0, total - 1, min(NUM_SAMPLES, total)).round().astype(int)) - before
+    chosen = index[order[spread[(spread >= 0) & (spread < len(order))]]]
+    shift = layout["offset"] if layout else 0
     samples = []
-    for i, image in zip(chosen, dataset.take(chosen)):
+    for i, image in zip(chosen, dataset.take(chosen + first)):
         p = int(predicted[i])
         samples.append({
-            "index": int(i), "source_index": int(out["source_index"][i]) if "source_index" in out else int(i),
+            "index": int(i) + shift,
+            "source_index": int(out["source_index"][i]) if "source_index" in out else int(i) + shift,
             "label": class_names[int(out["y"][i])], "predicted": class_names[p],
             "confidence": round(float(out["probabilities"][i, p]), 4),
             "patched": bool(out["patched"][i]) if "patched" in out else False, "png": png_base64(image),

@@ -54,6 +54,8 @@ class DeployPatchParams(StepParams):
     gaussian_augmentation_sigma: float
     feature_squeezing_bit_depth: int
     seed: int
+    shard_index: int
+    shard_count: int
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,8 @@ class InferParams(StepParams):
     row: str
     condition: str
     seed: int
+    shard_index: int
+    shard_count: int
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,11 @@ class LoadDatasetParams(StepParams):
     max_examples: int
     class_index: str
     seed: int
+
+
+@dataclass(frozen=True)
+class MergeEvaluationsParams(StepParams):
+    """merge_evaluations's parameters."""
 
 
 @dataclass(frozen=True)
@@ -274,6 +283,7 @@ PARAMS_OF: Dict[str, Type[StepParams]] = {
     "init_model": InitModelParams,
     "jpeg_compression": JpegCompressionParams,
     "load_dataset": LoadDatasetParams,
+    "merge_evaluations": MergeEvaluationsParams,
     "patch_cleanser": PatchCleanserParams,
     "report": ReportParams,
     "spatial_smoothing": SpatialSmoothingParams,

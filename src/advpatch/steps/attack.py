@@ -92,13 +92,15 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
     dataset carries each image's provenance (was it patched, with which patch, where). A
     placement-conditioned set pastes what each placement picks. ``patch_placement='worst_case'``
     searches each image's placement against the model (``model`` or ``model_uri``), with
-    ``defence`` in front (see :mod:`advpatch.patches.worst_case`)."""
+    ``defence`` in front (see :mod:`advpatch.patches.worst_case`). ``shard_index`` of ``shard_count``:
+    only that shard of the images, each patched as when all are (its layout in the provenance)."""
     import numpy as np
 
     from advpatch import patches as engine
     from advpatch.data.dataset import Dataset, DatasetWriter
     from advpatch.evaluation import summarize
     from advpatch.parallel import capped, deploy_bytes
+    from advpatch.steps import _shards
     from advpatch.steps._attack import check_placement, worst_case_search
 
     dataset = Dataset(data)
@@ -115,19 +117,21 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
                                                "patch_scale"),
               "patch_set": patch_set.settings.get("model", ""), "targets": [int(t) for t in patch_set.targets]}
     search = worst_case_search(p, model, dataset, record) if worst else None
+    start, stop = _shards.of_deployment(p, len(dataset), record)
+    batch = p.batch_size if p.patch_deployment_method == "augment" else (  # augment's layout is per batch
+        capped(p.batch_size, p.memory_budget_mb, deploy_bytes(dataset.image_shape)))
     with DatasetWriter(patched_data, dataset.image_shape, dataset.class_names, columns=engine.PATCH_COLUMNS,
                        provenance=[*dataset.spec.provenance, record]) as writer:
-        num_patched, distances, won = engine.deploy(
+        deployed = engine.deploy(
             dataset, patch_set, writer, method=p.patch_deployment_method,
             application_rate=p.patch_application_rate, patch_scale=p.patch_scale, placement=placement,
-            batch_size=p.batch_size if p.patch_deployment_method == "augment" else  # augment's layout is per batch
-            capped(p.batch_size, p.memory_budget_mb, deploy_bytes(dataset.image_shape)),
-            rng=np.random.default_rng(p.seed), search=search)
+            batch_size=batch, rng=np.random.default_rng(p.seed), search=search, start=start, stop=stop)
+        _shards.record_deployment(p, record, deployed.chosen, start)
+        num_patched, distances, won = deployed[:3]
     metrics: Dict[str, float] = {"num_patched": float(num_patched), "num_examples": float(writer.spec.num_examples)}
     if won is not None:  # images whose chosen placement makes the model (as searched) say the target
         metrics.update(worst_case_num_won=float(won.sum()), worst_case_won_rate=float(won.mean()) if len(won) else 0.0)
-    for k, values in distances.items():
-        metrics.update({f"{k}_{stat}": v for stat, v in summarize(values).items()})
+    metrics.update({f"{k}_{stat}": v for k, values in distances.items() for stat, v in summarize(values).items()})
     details: Dict[str, Any] = {**p.pick("patch_deployment_method", "patch_application_rate", "batch_size", "seed",
                                         "patch_scale", "patch_placement"), **placement}
     with track.run(f"deploy_patch: {p.patch_deployment_method}" + (", worst case" if worst else ""),
@@ -141,8 +145,6 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
              p.patch_deployment_method, writer.spec.num_examples)
     scale = f"scale {p.patch_scale}" if p.patch_scale else f"scale {p.scale_min}-{p.scale_max}"
     where = f"worst case of {p.patch_location}" if worst else p.patch_location
-    return StepResult(
-        step="deploy_patch", label=f"deploy_patch {p.patch_deployment_method} ({where}, {scale})",
-        metrics=metrics, details=details,
-        outputs={"patched_data": {"num_examples": writer.spec.num_examples, "num_patched": num_patched}},
-    )
+    return StepResult(step="deploy_patch", label=f"deploy_patch {p.patch_deployment_method} ({where}, {scale})",
+                      metrics=metrics, details=details,
+                      outputs={"patched_data": {"num_examples": writer.spec.num_examples, "num_patched": num_patched}})

@@ -36,13 +36,20 @@ def _defend(name: str, p: StepParams, track: Tracker, data: str, defended_data: 
     else:
         extra = np.zeros(0, np.int64)
     changed, start = 0, 0
+    # a shard's batches are numbered as the whole's, and its first batch, when it starts inside one of the
+    # whole's, goes in behind as many blank images as the whole's has before it: the same draws per image
+    first, pad = divmod(source.layout.get("offset", 0), values["batch_size"])
+    if augment and active and source.layout:
+        from advpatch.params import ParameterError
+
+        raise ParameterError(f"{name}: adding images (data augmentation) to a shard of data is not supported")
     with DatasetWriter(defended_data, source.image_shape, source.class_names, columns=columns,
                        provenance=[*source.spec.provenance, record]) as writer:
         for i, batch in enumerate(source.batches(values["batch_size"])):
             x, y = batch["x"], batch["y"]
             cols = {k: v for k, v in batch.items() if k not in ("x", "y")}
             n = len(y)
-            seed = values["seed"] * 100003 + i
+            seed = values["seed"] * 100003 + first + i
             if augment:
                 writer.write(x, y, **cols, augmented=np.zeros(n, bool))
                 pick = extra[(extra >= start) & (extra < start + n)] - start
@@ -51,7 +58,8 @@ def _defend(name: str, p: StepParams, track: Tracker, data: str, defended_data: 
                                  augmented=np.ones(len(pick), bool))
                     changed += len(pick)
             elif active:
-                out = transform.on_images(x, seed)
+                blank = np.zeros((pad if i == 0 else 0, *x.shape[1:]), x.dtype)
+                out = transform.on_images(np.concatenate([blank, x]), seed)[len(blank):]
                 changed += int((out != x).reshape(n, -1).any(axis=1).sum())
                 writer.write(out, y, **cols)
             else:

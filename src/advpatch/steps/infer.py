@@ -3,13 +3,16 @@ per-image predictions."""
 
 from __future__ import annotations
 
-from advpatch.results import StepResult
+from typing import Any, Dict, List
+
+from advpatch.results import Evaluation, StepResult
 from advpatch.steps._base import Tracker, log, step
 from advpatch.steps._params import InferParams
 
 
 @step("infer")
-def infer(p: InferParams, track: Tracker, *, data: str, predictions: str, model: str = "") -> StepResult:
+def infer(p: InferParams, track: Tracker, *, data: str, predictions: str, model: str = "",
+          shard_result: str = "") -> StepResult:
     """Evaluate a model on the dataset at ``data``: metrics, a confusion matrix and per-image
     predictions (CSV at ``predictions``). On patched data, also accuracy on patched and unpatched
     images and the targeted success rate. Every rate comes with its count.
@@ -19,14 +22,20 @@ def infer(p: InferParams, track: Tracker, *, data: str, predictions: str, model:
     ``condition`` place the evaluation in the comparison table; ``condition='split'`` makes two
     evaluations of data that holds clean images and patched copies of them (deploy_patch's
     ``augment``): one of the clean images, one of the patched.
+
+    Of a shard (deploy_patch's ``shard_index``, or infer's own: this shard of ``data``'s rows), the
+    per-image predictions and the evaluations go to ``shard_result`` too, for merge_evaluations.
     """
     from advpatch.data.dataset import Dataset
     from advpatch.models import check_choice, precheck
     from advpatch.params import ParameterError
+    from advpatch.steps import _shards
     from advpatch.steps._evaluations import evaluate, has_patches, log_evaluations, patch_setting
 
     check_choice(model, p.model_uri)
     dataset = Dataset(data)
+    start, stop = _shards.bounds(len(dataset), p.shard_index, p.shard_count)
+    layout = _shards.of_rows(dataset, p.shard_index, p.shard_count, start, stop)
     precheck(model, p.model_uri, dataset.image_shape, len(dataset.class_names), p.model_architecture)
     if p.condition == "split" and not has_patches(dataset):
         raise ParameterError(f"condition='split' needs data with patched images and their provenance "
@@ -45,16 +54,22 @@ def infer(p: InferParams, track: Tracker, *, data: str, predictions: str, model:
     if batch < p.batch_size:
         log.info("infer: batches of %d images, what memory_budget_mb=%d holds (batch_size %d)", batch,
                  p.memory_budget_mb, p.batch_size)
-    out = predict(Classifier(net, info), dataset, batch)
+    out = predict(Classifier(net, info), dataset, batch, start, stop, layout or None)
     write_predictions(predictions, out, out["probabilities"].argmax(axis=1), info.class_names)
     row = p.row or info.architecture
-    evaluations = evaluate(row, p.condition, out, info.class_names, dataset)
+    evaluations = evaluate(row, p.condition, out, info.class_names, dataset, layout or None, start)
     setting = patch_setting(dataset.spec.provenance)
     log_evaluations(track, evaluations, "infer", model=p.model_uri or model, data=data, **setting)
+    details = {"model_architecture": info.architecture, "dataset": dataset.summary(), "setting": setting}
+    if shard_result:
+        _shards.save(shard_result, layout, out, evaluations, details, p.condition, info.class_names,
+                     dataset.image_shape)
+    return result(row, evaluations, details)
+
+
+def result(row: str, evaluations: List[Evaluation], details: Dict[str, Any]) -> StepResult:
+    """infer's result: its evaluations, their metrics (prefixed with the condition where there are two)."""
     metrics = evaluations[0].metrics if len(evaluations) == 1 else {
         f"{e.condition}_{k}": v for e in evaluations for k, v in e.metrics.items()}
-    return StepResult(
-        step="infer", label=f"{row} / {'+'.join(e.condition for e in evaluations)}", metrics=metrics,
-        evaluations=evaluations,
-        details={"model_architecture": info.architecture, "dataset": dataset.summary(), "setting": setting},
-    )
+    return StepResult(step="infer", label=f"{row} / {'+'.join(e.condition for e in evaluations)}", metrics=metrics,
+                      evaluations=evaluations, details=details)
