@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from advpatch.data.dataset import Dataset, DatasetError, DatasetWriter, to_float, to_uint8, write_dataset
+from advpatch.data.dataset import Dataset, DatasetError, to_float, to_uint8
+from advpatch.data.writer import DatasetWriter, write_dataset
 
 
 def _images(n, shape=(8, 8, 1), seed=0):

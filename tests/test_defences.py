@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from advpatch import steps
-from advpatch.data.dataset import Dataset, to_float, to_uint8, write_dataset
+from advpatch.data.dataset import Dataset, to_float, to_uint8
+from advpatch.data.writer import write_dataset
 from advpatch.params import ParameterError
 
 CLASSES = ["a", "b", "c"]

@@ -92,7 +92,8 @@ def test_batches_are_capped_to_the_budget():
 
 def test_corrupt_deploy_bytes_do_not_depend_on_the_batch_size(tmp_path):
     """What memory_budget_mb may change (augment's layout is per batch: the step does not cap it)."""
-    from advpatch.data.dataset import Dataset, DatasetWriter, write_dataset
+    from advpatch.data.dataset import Dataset
+    from advpatch.data.writer import DatasetWriter, write_dataset
 
     rng = np.random.default_rng(2)
     write_dataset(tmp_path / "in", rng.integers(0, 256, (90, 28, 28, 1), dtype=np.uint8),

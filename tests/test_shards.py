@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from advpatch import patches, steps
-from advpatch.data.dataset import Dataset, write_dataset
+from advpatch.data.dataset import Dataset
+from advpatch.data.writer import write_dataset
 from advpatch.params import ParameterError
 from advpatch.steps import _shards
 from advpatch.steps._evaluations import evaluate

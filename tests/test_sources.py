@@ -189,7 +189,7 @@ def test_rgb_pictures_give_the_same_grey_from_a_file_or_from_arrays(tmp_path):
 
 
 def test_a_dataset_a_step_wrote_is_a_source_with_its_columns_and_provenance(tmp_path):
-    from advpatch.data.dataset import write_dataset
+    from advpatch.data.writer import write_dataset
 
     x, y, _ = digits("test")
     cols = {"patched": np.arange(20) % 2 == 0, "patch_target": np.full(20, 5, np.int16)}

@@ -333,8 +333,8 @@ def child_prepare28(spec: dict) -> dict:
     """The 28x28 comparison's data (the embedded test digits, repeated to ``n``) and patch set (one
     random 28-pixel circular patch)."""
     from advpatch import patches
-    from advpatch.data.dataset import write_dataset
     from advpatch.data.sources import embedded_digits
+    from advpatch.data.writer import write_dataset
 
     x, y, _ = embedded_digits("test")
     reps = spec["n"] // len(x) + 1
@@ -350,7 +350,8 @@ def child_deploy28(spec: dict) -> dict:
     """deploy_patch's engine at 28x28 (:func:`advpatch.patches.deploy`: read, patch every image at
     scale 0.4, exact distances, write the patched dataset), without the step's MLflow logging."""
     from advpatch import patches
-    from advpatch.data.dataset import Dataset, DatasetWriter
+    from advpatch.data.dataset import Dataset
+    from advpatch.data.writer import DatasetWriter
 
     dataset, patch_set = Dataset(spec["data"]), patches.PatchSet.load(spec["patches"])
     placement = dict(rotation_max=ROTATION, scale_min=0.1, scale_max=1.0, location="random")

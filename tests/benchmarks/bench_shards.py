@@ -32,7 +32,7 @@ SIZE, CLASSES = 224, 10
 
 def _data(root: Path, n: int) -> None:
     from advpatch import models, patches
-    from advpatch.data.dataset import DatasetWriter
+    from advpatch.data.writer import DatasetWriter
     from advpatch.models import training
 
     names = [f"c{i}" for i in range(CLASSES)]

@@ -28,7 +28,7 @@ def _seed_files(root: Path) -> None:
     """A good dataset, model manifest, patch set and image folder: what each target mutates."""
     from PIL import Image
 
-    from advpatch.data.dataset import write_dataset
+    from advpatch.data.writer import write_dataset
     from advpatch.models import ModelInfo
     from advpatch.patches.patchset import PatchSet
 

@@ -16,7 +16,8 @@ import numpy as np
 from advpatch import parallel
 from advpatch.data.classes import ClassIndex as ClassIndex  # re-exported
 from advpatch.data.classes import read_class_index as read_class_index  # re-exported
-from advpatch.data.dataset import DatasetSpec, DatasetWriter
+from advpatch.data.dataset import DatasetSpec
+from advpatch.data.writer import DatasetWriter
 from advpatch.errors import SourceError as SourceError  # re-exported
 
 log = logging.getLogger(__name__)

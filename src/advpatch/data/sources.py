@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from advpatch import params
-from advpatch.data.dataset import DEFAULT_SHARD_BYTES, MANIFEST, Dataset, DatasetSpec, DatasetWriter
+from advpatch.data.dataset import DEFAULT_SHARD_BYTES, MANIFEST, Dataset, DatasetSpec
 from advpatch.data.readers import (
     ClassIndex,
     SourceError,
@@ -62,6 +62,7 @@ from advpatch.data.readers import (
     write_arrays,
     write_image_folder,
 )
+from advpatch.data.writer import DatasetWriter
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,7 @@ def gen_patch(p: GenPatchParams, track: Tracker, *, data: str, patches: str, mod
     labels = dataset.labels()  # the images themselves are read only where a patch draws them
     rng = np.random.default_rng(p.seed)
     targets = engine.draw_targets(target, p.num_patch, num_classes, rng)
-    placement = dict(rotation_max=p.rotation_max, scale_min=p.scale_min, scale_max=p.scale_max,
-                     location=p.patch_location)
+    placement = {**p.pick("rotation_max", "scale_min", "scale_max"), "location": p.patch_location}
     settings = {**p.pick("learning_rate", "max_iter", "patch_target", "patch_target_name", "num_patch",
                          "num_patch_gen_samples", "batch_size", "patch_shape", "lr_decay", "patch_loss", "seed"),
                 "defence": [t.settings() for t in classifier.transforms],
@@ -97,7 +96,8 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
     import numpy as np
 
     from advpatch import patches as engine
-    from advpatch.data.dataset import Dataset, DatasetWriter
+    from advpatch.data.dataset import Dataset
+    from advpatch.data.writer import DatasetWriter
     from advpatch.evaluation import summarize
     from advpatch.parallel import capped, deploy_bytes
     from advpatch.steps import _shards
@@ -108,10 +108,9 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
     engine.check_fits(patch_set, dataset.image_shape, len(dataset.class_names))
     engine.conditioning_of(patch_set)  # a conditioned set must hold whole sets
     worst = check_placement(p, model, dataset)
-    if dataset.spec.columns:
-        log.warning("deploy_patch: dropping the input's per-image columns %s", sorted(dataset.spec.columns))
-    placement = dict(rotation_max=p.rotation_max, scale_min=p.scale_min, scale_max=p.scale_max,
-                     location=p.patch_location)
+    if dataset.spec.columns:  # the input's per-image columns are dropped
+        log.warning("deploy_patch: dropping the per-image columns %s", sorted(dataset.spec.columns))
+    placement = {**p.pick("rotation_max", "scale_min", "scale_max"), "location": p.patch_location}
     record = {"step": "deploy_patch", **p.pick("patch_deployment_method", "patch_application_rate", "batch_size",
                                                "seed", "rotation_max", "scale_min", "scale_max", "patch_location",
                                                "patch_scale"),

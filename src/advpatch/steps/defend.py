@@ -19,7 +19,8 @@ def _defend(name: str, p: StepParams, track: Tracker, data: str, defended_data: 
     augmentation, on training data) keeps the originals and adds defended copies of a share of them."""
     import numpy as np
 
-    from advpatch.data.dataset import Dataset, DatasetWriter
+    from advpatch.data.dataset import Dataset
+    from advpatch.data.writer import DatasetWriter
 
     values = p.all()  # every defence step has data_role, batch_size, output_tar_name and seed, then its own
     source = Dataset(data)
