@@ -4,6 +4,7 @@ and ``advpatch.pipelines``), and every package under them is found here, so that
 packages is kept by hand (a hand-kept list once left six packages out of the runtime image)."""
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 ROOTS = {"advpatch": "src/advpatch", "advpatch.components": "components", "advpatch.pipelines": "pipelines"}
 
@@ -15,4 +16,15 @@ def packages() -> list:
     return found
 
 
-setup(package_dir=ROOTS, packages=packages())
+class fresh_build_py(build_py):
+    """build_py into an emptied build/lib: setuptools reuses the folder, so a module moved or removed
+    since the last local build would otherwise ride along into the wheel (the runtime image)."""
+
+    def run(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.build_lib, ignore_errors=True)
+        super().run()
+
+
+setup(package_dir=ROOTS, packages=packages(), cmdclass={"build_py": fresh_build_py})

@@ -37,6 +37,8 @@ def test_the_wheel_holds_every_module_and_component_file(wheel):
                     if p.is_file() and p.suffix in (".py", ".yaml", ".md")}
     assert len(sources) > 120
     assert sorted(sources - names) == []
+    # and no module the tree no longer has (setuptools reuses build/lib: a moved module rode along)
+    assert sorted(n for n in names if n.endswith(".py") and n not in sources) == []
     # and nothing else at the top: no test, no generic top-level name in site-packages
     assert {n.split("/")[0] for n in names} == {"advpatch", f"advpatch-{__version__}.dist-info"}
 
