@@ -34,6 +34,21 @@ def defence_rows():
     return [(cls.label, name, cls.setting()) for name, cls in registered().items()]
 
 
+def model_defence_tasks(kind, v, artifacts, track):
+    """A task for each ``training`` or ``certified`` defence :mod:`advpatch.defences` has, in rank
+    order: its component with the artifacts its ``inputs`` name (``artifacts``: by role, see
+    :data:`advpatch.defences.base.ROLES`) and the arguments the pipeline's parameters ``v`` give it."""
+    from advpatch import components
+    from advpatch.defences.base import model_defences
+
+    tasks = []
+    for defence in model_defences(kind).values():
+        inputs = {name: artifacts[role] for name, role in defence.inputs.items()}
+        tasks.append(getattr(components, defence.component)(**inputs, **defence.arguments(v), row=defence.label,
+                                                            **track).set_display_name(defence.display))
+    return tasks
+
+
 def placements(v):
     """deploy_patch's and gen_patch's placement arguments from a pipeline's parameters ``v``."""
     return dict(rotation_max=v["rotation_max"], scale_min=v["scale_min"], scale_max=v["scale_max"],
@@ -148,23 +163,23 @@ def place_all(placement) -> None:
 
 def defence_experiment(v, title, color_mode="grayscale", adaptive=False, eval_shards=1):
     """The seed's patch experiment with a model trained here (``mnist-experiment``,
-    ``fruits360-experiment``): load -> train a baseline -> :func:`attack_and_defend` -> training on
-    patched data (the training set augmented with patched copies) and PGD adversarial training,
-    each evaluating its model on the clean and patched test images itself -> report. ``v``: the
+    ``fruits360-experiment``): load -> train a baseline -> :func:`attack_and_defend` -> the training
+    defences (:mod:`advpatch.defences.training`: on patched data, PGD adversarial training), each
+    evaluating its model on the clean and patched test images itself -> report. ``v``: the
     pipeline's parameters (its ``locals()``). With ``adaptive`` (``mnist-defences``), every defence
     row also faces an adaptive attacker (:func:`adaptive_rows`), its row right after the
-    transferred one. ``eval_shards``: see :func:`attack_and_defend` (the trained rows evaluate on the
+    transferred one, and the certified defences (:mod:`advpatch.defences.certified`) add theirs.
+    ``eval_shards``: see :func:`attack_and_defend` (the trained rows evaluate on the
     whole patched test set, deployed once more whole)."""
     from advpatch.components import close_run, deploy_patch, report, train
+    from advpatch.defences.training import fit_arguments
 
     track = tracking(v["experiment_name"])
     # the exit task runs when the steps are done, whatever happened, and closes the pipeline's MLflow run
     with dsl.ExitHandler(close_run(**track).set_display_name("close the MLflow run")):
         train_data, test_data = load_splits(v["data_dir"], v["image_size"], v["seed"], track, color_mode)
         fit = dict(training_data=train_data.outputs["dataset"], testing_data=test_data.outputs["dataset"],
-                   register_model=True, **{k: v[k] for k in (
-                       "model_architecture", "optimizer", "epochs", "batch_size", "learning_rate", "pgd_eps",
-                       "pgd_eps_step", "pgd_max_iter", "seed")}, **track)
+                   **fit_arguments(v), **track)
         baseline = train(model_tag="baseline", **fit).set_display_name("train: baseline")
         attack, patched_test, rows = attack_and_defend(v, baseline, train_data, test_data, track,
                                                        eval_shards=eval_shards)
@@ -175,33 +190,15 @@ def defence_experiment(v, title, color_mode="grayscale", adaptive=False, eval_sh
             patch_application_rate=v["train_patch_application_rate"], patch_scale=v["patch_scale"],
             output_tar_name="adv_training.tar", **placements(v), **track,
         ).set_display_name("deploy_patch: training set (augment)")
-        # the two trained rows: each training evaluates its model on the clean and patched test images itself
-        tested = {**fit, "testing_data": patched_test.outputs["patched_data"]}
-        on_patched_data = train(**{**tested, "training_data": patched_train.outputs["patched_data"]},
-                                model_tag="patched", row="trained on patched data").set_display_name(
-            "train: on patched data")
-        adversarial = train(model_tag="pgd", apply_defense=True, row="PGD adversarial training",
-                            **tested).set_display_name("train: PGD adversarial training")
-        trained_rows = [on_patched_data, adversarial]
+        artifacts = {"training_data": train_data.outputs["dataset"], "baseline_model": baseline.outputs["model"],
+                     "patched_training_data": patched_train.outputs["patched_data"],
+                     "patched_test_data": patched_test.outputs["patched_data"]}
+        # the training defences' rows: each training evaluates its model on the clean and patched test images itself
+        trained_rows = model_defence_tasks("training", v, artifacts, track)
         if adaptive:
             (rows, trained_rows), attacks = adaptive_rows(v, baseline, attack, rows, trained_rows, train_data,
                                                           test_data, track)
-            from advpatch.components import derandomized_smoothing, patch_cleanser
-
-            trained_rows.append(derandomized_smoothing(
-                training_data=train_data.outputs["dataset"], testing_data=patched_test.outputs["patched_data"],
-                ablation=v["ablation"], model_architecture=v["certified_architecture"],
-                learning_rate=v["smoothing_learning_rate"], lr_decay=v["certified_lr_decay"],
-                row="derandomized smoothing (certified)", seed=v["seed"], **track,
-            ).set_display_name("derandomized smoothing: train, certify"))
-            masked = dict(masked_training_epochs=v["masked_training_epochs"], lr_decay=v["certified_lr_decay"],
-                          masked_training_architecture=v["certified_architecture"])
-            for settings_, trained in (({}, "no masked training"), (masked, "masked training")):
-                trained_rows.append(patch_cleanser(
-                    model=baseline.outputs["model"], training_data=train_data.outputs["dataset"],
-                    testing_data=patched_test.outputs["patched_data"], **settings_,
-                    row=f"PatchCleanser, {trained} (certified)", seed=v["seed"], **track,
-                ).set_display_name(f"PatchCleanser: {trained}, certify"))
+            trained_rows += model_defence_tasks("certified", v, artifacts, track)
         else:
             attacks = []
         report(**report_inputs(baseline, attack, *attacks, patched_train, patched_test, *rows, *trained_rows),
@@ -211,11 +208,12 @@ def defence_experiment(v, title, color_mode="grayscale", adaptive=False, eval_sh
 def adaptive_rows(v, baseline, baseline_attack, rows, trained_rows, gen_data, test_data, track):
     """For each defence row, a row under an adaptive attacker with the baseline attack's budget:
     patches optimized through the preprocessing defence in front of the baseline model (gen_patch
-    ``defence``), or against the hardened model itself (trained on patched data, PGD); and a worst-case
+    ``defence``), or against the hardened model itself (the training defences); and a worst-case
     row: the same patches, each image's placement searched against the defended model (deploy_patch
     ``patch_placement='worst_case'``), the baseline's too. Returns the rows interleaved (transferred,
     adaptive, worst case) and the new gen_patch tasks."""
     from advpatch import components
+    from advpatch.defences.base import model_defences
 
     budget = {**attack_budget(v), **track}
     attacks, new_rows, new_trained = [], [], []
@@ -252,7 +250,8 @@ def adaptive_rows(v, baseline, baseline_attack, rows, trained_rows, gen_data, te
         random, worst = attacked(baseline, row, defence=name, **{setting: v[setting]})
         new_rows += [transferred, evaluate(baseline, random, f"{row} (adaptive)", name, setting),
                      evaluate(baseline, worst, f"{row} (worst case)", name, setting)]
-    for task, row in zip(trained_rows, ("trained on patched data", "PGD adversarial training")):
+    for task, defence in zip(trained_rows, model_defences("training").values()):
+        row = defence.label
         random, worst = attacked(task, row)
         new_trained += [task, evaluate(task, random, f"{row} (adaptive)"), evaluate(task, worst, f"{row} (worst case)")]
     return (new_rows, new_trained), attacks

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from advpatch import settings
+from advpatch.defences.base import model_defences
 from advpatch.defences.preprocessing import registered
 
 
@@ -50,12 +51,13 @@ def test_the_defences_pipeline_measures_every_defence_against_an_adaptive_attack
                          "-p", "masked_training_epochs=60"]) == 0
     results = json.loads((tmp_path / "outputs" / "run" / "results.json").read_text())
     rows = {r["label"]: r for r in results["comparison"]}
-    defences = [*[d.label for d in registered().values()], "trained on patched data",
-                "PGD adversarial training"]
+    defences = [*[d.label for d in registered().values()], *[d.label for d in model_defences("training").values()]]
+    certified = [d.label for d in model_defences("certified").values()]
+    assert certified == ["derandomized smoothing (certified)", "PatchCleanser, no masked training (certified)",
+                         "PatchCleanser, masked training (certified)"]
     assert list(rows) == ["baseline", "baseline (worst case)",
                           *[name for d in defences for name in (d, f"{d} (adaptive)", f"{d} (worst case)")],
-                          "derandomized smoothing (certified)", "PatchCleanser, no masked training (certified)",
-                          "PatchCleanser, masked training (certified)"]
+                          *certified]
     for name in list(rows)[-3:]:
         assert rows[name]["clean_accuracy"] > 0.7 and "patched_accuracy" in rows[name], name
     curves = {s["label"]: s["details"]["certified_curve"] for s in results["steps"]

@@ -2,7 +2,10 @@
 
 import io
 import json
+import subprocess
+import sys
 import tarfile
+import textwrap
 
 import numpy as np
 import pytest
@@ -277,6 +280,76 @@ def test_every_defence_is_found_and_everything_follows_from_it(tmp_path):
             import tensorflow as tf
 
             np.testing.assert_array_equal(defence(tf.constant(images)).numpy(), defence.numpy(images))
+
+
+def test_training_and_certified_defences_are_objects_the_pipelines_find(tmp_path):
+    """Every defence, of every kind, is one self-describing object: a training or certified one
+    names its component, the artifacts it takes (by role) and the pipeline parameters that set it;
+    mnist-defences calls each one's component with exactly those, under its display name and row,
+    and runs an adaptive attacker against each training defence's model."""
+    import yaml
+
+    from advpatch import components, params
+    from advpatch.app import cli
+    from advpatch.defences import base
+
+    every = {kind: base.registered(kind) for kind in base.KINDS}
+    labels = [cls.label for found in every.values() for cls in found.values()]
+    assert len(labels) == len(set(labels)) and len(every["preprocessing"]) == len(params.PREPROCESSING_DEFENCES)
+    assert list(every["training"]) == ["patched_data", "pgd"]
+    assert list(every["certified"]) == ["derandomized_smoothing", "patch_cleanser", "patch_cleanser_masked"]
+    assert cli.main(["compile", "mnist-defences", "--output", str(tmp_path / "p.yaml")]) == 0
+    spec = next(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
+    tasks = {t["taskInfo"]["name"]: t for t in spec["components"]["comp-exit-handler-1"]["dag"]["tasks"].values()}
+    pipeline = {p.name: p.default for p in params.PIPELINE_PARAMS["mnist-defences"]}
+    for kind in ("training", "certified"):
+        for name, cls in base.model_defences(kind).items():
+            assert cls.kind == kind and cls.label and cls.summary and cls.component in components.__all__, name
+            spec_ = getattr(components, cls.component).component_spec
+            assert set(cls.inputs) <= set(spec_.inputs) and set(cls.inputs.values()) <= set(base.ROLES), name
+            arguments = cls.arguments(pipeline)
+            assert set(arguments) <= set(spec_.inputs), name
+            task = tasks[cls.display]
+            assert task["componentRef"]["name"].startswith(f"comp-{cls.component.replace('_', '-')}"), name
+            given = task["inputs"]["parameters"]
+            assert given["row"]["runtimeValue"]["constant"] == cls.label
+            assert set(given) >= set(arguments) and set(task["inputs"]["artifacts"]) == set(cls.inputs), name
+            adaptive = [n for n in tasks if n == f"gen_patch: adaptive, {cls.label}"]
+            assert len(adaptive) == (1 if cls.adaptive else 0), name
+
+
+def test_a_new_training_defence_needs_only_its_class(tmp_path):
+    """A new training defence (a TrainingDefence subclass; the registry imports every module of
+    advpatch.defences, so one in a module of its own there is found) is picked up by the pipelines:
+    its task, its adaptive attacker and its worst-case row, with no list edited (in a process of its
+    own, so the class does not outlive the test)."""
+    script = tmp_path / "extra.py"
+    script.write_text(textwrap.dedent('''
+        import sys
+        import yaml
+        from advpatch.app import cli
+        from advpatch.defences.training import TrainingDefence
+
+        class WiderTraining(TrainingDefence):
+            name = "wider"
+            label = "wider training"
+            summary = "Train longer"
+            display = "train: wider"
+            rank = 3
+            model_tag = "wider"
+            extra = {"epochs": 3.0}
+
+        assert cli.main(["compile", "mnist-defences", "--output", sys.argv[1]]) == 0
+        spec = next(yaml.safe_load_all(open(sys.argv[1]).read()))
+        names = [t["taskInfo"]["name"] for t in spec["components"]["comp-exit-handler-1"]["dag"]["tasks"].values()]
+        for name in ("train: wider", "gen_patch: adaptive, wider training", "infer: wider training (adaptive)",
+                     "infer: wider training (worst case)"):
+            assert name in names, name
+        print("found")
+    '''))
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "p.yaml")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("found"), done.stderr[-2000:]
 
 
 def test_defences_on_uint8_images_keep_the_bytes_of_the_float_path(monkeypatch):

@@ -8,6 +8,7 @@ import pytest
 from conftest import look_at
 
 from advpatch import settings
+from advpatch.defences.base import model_defences
 from advpatch.defences.preprocessing import registered
 
 
@@ -44,7 +45,7 @@ def test_demo_runs_the_full_experiment(demo_pair, mnist_folder, tmp_path, monkey
     results = json.loads((work / "outputs" / "demo" / "results.json").read_text())
     rows = {r["label"]: r for r in results["comparison"]}
     assert list(rows) == ["baseline", *[d.label for d in registered().values()],
-                          "trained on patched data", "PGD adversarial training"]
+                          *[d.label for d in model_defences("training").values()]]
     assert [(e["row"], e["condition"]) for e in results["evaluations"]] == [
         (row, condition) for row in rows for condition in ("clean", "patched")]
     for label, row in rows.items():

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from advpatch import settings
+from advpatch.defences.base import model_defences
 from advpatch.defences.preprocessing import registered
 from advpatch.errors import AdvpatchError
 
@@ -355,7 +356,7 @@ def test_the_fruits360_pipeline_end_to_end(fruits_folder, tmp_path):
         "learning_rate": 0.003, "max_iter": 30, "pgd_max_iter": 2, "patch_target": 1})
     rows = {r["label"]: r for r in results["comparison"]}
     assert list(rows) == ["baseline", *[d.label for d in registered().values()],
-                          "trained on patched data", "PGD adversarial training"]
+                          *[d.label for d in model_defences("training").values()]]
     assert rows["baseline"]["rates"]["clean_accuracy"]["count"] == 18 and rows["baseline"]["clean_accuracy"] > 0.8
     gen = next(s for s in results["steps"] if s["step"] == "gen_patch")
     assert gen["details"]["targets"] == ["Banana"] * 3

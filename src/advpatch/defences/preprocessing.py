@@ -1,7 +1,8 @@
 """Preprocessing defences: one self-describing object each, behind the classifier interface (see
 :mod:`advpatch.models.classifier`).
 
-A :class:`Defence` is a :class:`~advpatch.models.classifier.Transform` that also says what it is:
+A :class:`Defence` (kind ``preprocessing`` of :class:`advpatch.defences.base.Defence`) is a
+:class:`~advpatch.models.classifier.Transform` that also says what it is:
 its ``name`` (its step and component), its ``label`` (its row in a comparison table), its
 parameters (the parameter table's :data:`~advpatch.params.PREPROCESSING_DEFENCES` entry, the first
 being the one pipelines and adaptive attacks set), how it is built from them, when it applies
@@ -23,26 +24,26 @@ call for the noise.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import numpy as np
 
 from advpatch import parallel, params
+from advpatch.defences import base
 from advpatch.models.classifier import Transform
 
 
-class Defence(Transform):
-    """A preprocessing defence: a transform that says what it is and how it is set."""
+class Defence(base.Defence, Transform):
+    """A preprocessing defence: a transform that says what it is and how it is set (its ``name`` is
+    also its step's and its component's, whose summary is its ``summary``)."""
 
-    name: ClassVar[str] = "defence"
-    label: ClassVar[str] = "defence"
-    """Its row in a comparison table."""
-    summary: ClassVar[str] = ""
-    """What it does, in a line (its component's summary)."""
+    kind = "preprocessing"
     notes: ClassVar[str] = ""
     """What its component's README says about where it comes from and what it keeps of the seed's."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.component = cls.name
 
     @classmethod
     def parameters(cls) -> Tuple[str, ...]:
@@ -82,16 +83,7 @@ class Defence(Transform):
 def registered() -> Dict[str, Type[Defence]]:
     """Every preprocessing defence, by name, in the order of the parameter table (each module of
     :mod:`advpatch.defences` is imported, so a defence in a module of its own is found)."""
-    import advpatch.defences as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
-    found: Dict[str, Type[Defence]] = {}
-    todo = list(Defence.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        found[cls.name] = cls
-        todo += cls.__subclasses__()
+    found = {name: cls for name, cls in base.registered("preprocessing").items() if issubclass(cls, Defence)}
     unknown = sorted(set(found) ^ set(params.PREPROCESSING_DEFENCES))
     if unknown:
         raise TypeError(f"defences and the parameter table's PREPROCESSING_DEFENCES differ: {unknown}")
