@@ -22,7 +22,7 @@ help:
 	@echo "make test-fast                   the tests that start no server and no pipeline (day-to-day, 2-3 min)"
 	@echo "make lint                        the linter (ruff) and the type checker (mypy, strict on the core)"
 	@echo "make generate                    rewrite the components and pipeline signatures from the parameter table"
-	@echo "make bench                       patch engine vs ART, certified defences, 50k images, steady memory (outputs/bench/)"
+	@echo "make bench                       patch engine vs ART, certified defences, 50k images, memory, shards (outputs/bench/)"
 	@echo "make fuzz [FUZZ_SECONDS=600]     the file readers under a coverage-guided fuzzer, each target in turn"
 	@echo "make mlflow-ui                   open the local MLflow store at http://127.0.0.1:5000"
 	@echo "make clean                       remove outputs/ (keeps .venv)"
@@ -85,6 +85,8 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_certified.py $(CERTIFIED_BENCH_ARGS)
 	$(PY) tests/benchmarks/bench_scale.py $(SCALE_BENCH_ARGS)
 	$(PY) tests/benchmarks/bench_memory.py $(MEMORY_BENCH_ARGS)
+	$(PY) tests/benchmarks/bench_shards.py $(SHARDS_BENCH_ARGS)
+	$(PY) tests/benchmarks/bench_shards.py --architecture resnet50 --images 1024 $(SHARDS_BENCH_ARGS)
 
 # Coverage-guided fuzzing (atheris) of every reader of a handed-over file; a crash stops it with the
 # input saved as outputs/fuzz/<target>-crash-*. The corpus grows in outputs/fuzz/<target>/.

@@ -1,15 +1,18 @@
 """Per-shard throughput of the sharded evaluation (eval_shards): deploy_patch of one shard of the
-test set (every image and a patched copy, scale 0.4) then infer on it (condition 'split', LeNet-5 at
-224x224, random weights), against the same two steps unsharded.
+test set (every image and a patched copy, scale 0.4) then infer on it (condition 'split', at
+224x224, random weights: LeNet-5, the smallest network advpatch builds, or ResNet50, what ImageNet
+runs), against the same two steps unsharded.
 
-    python tests/benchmarks/bench_shards.py [--images 2048] [--shards 4]
+    python tests/benchmarks/bench_shards.py [--images 2048] [--shards 4] [--architecture le_net|resnet50]
+
+(make bench runs it for both: LeNet-5 on 2,048 images, ResNet50 on 1,024; a shard is whole blocks of 256.)
 
 The images are random smooth 224x224 RGB pictures written as a dataset; the steps are called
 directly (MLflow on a private SQLite store under --work). Prints, for the whole set and for shard 0
 of --shards, the source images per second through deploy_patch + infer, each step's seconds, and
 the estimated wall time of ImageNet's 50,000 validation images on 1, 4 and 16 pods from the
 shard's rate (each pod a machine like this one; pod start and the artifact download not counted).
-Merges its figures into outputs/bench/results.json under "shards".
+Merges its figures into outputs/bench/results.json under "shards", by architecture.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 SIZE, CLASSES = 224, 10
 
 
-def _data(root: Path, n: int) -> None:
+def _data(root: Path, n: int, architecture: str) -> None:
     from advpatch import models, patches
     from advpatch.data.writer import DatasetWriter
     from advpatch.models import training
@@ -48,8 +51,8 @@ def _data(root: Path, n: int) -> None:
     patches.PatchSet(patch[None], patches.make_mask(SIZE, "circle")[None], np.array([3], np.int32), names,
                      (SIZE, SIZE, 3)).save(root / "patches")
     training.seed_everything(0)
-    net = models.build_model("le_net", (SIZE, SIZE, 3), CLASSES)
-    models.save_model(net, models.ModelInfo("le_net", (SIZE, SIZE, 3), names), root / "model")
+    net = models.build_model(architecture, (SIZE, SIZE, 3), CLASSES)
+    models.save_model(net, models.ModelInfo(architecture, (SIZE, SIZE, 3), names), root / "model")
 
 
 def _shard(root: Path, index: int, count: int, tag: str = "") -> dict:
@@ -74,14 +77,16 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--architecture", default="le_net", choices=("le_net", "resnet50"))
     args = parser.parse_args(argv)
     root = args.work or Path(tempfile.mkdtemp(prefix="bench-shards-"))
     root.mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     os.environ["ADVPATCH_OUTPUT_DIR"] = str(root / "outputs")
-    _data(root, args.images)
-    _shard(root, 0, 1, "-warm")  # warm: TensorFlow's first graphs
-    figures = {"whole": _shard(root, 0, 1), "shard": _shard(root, 0, args.shards), "shards": args.shards,
+    _data(root, args.images, args.architecture)
+    _shard(root, 0, max(1, args.images // 256), "-warm")  # warm: TensorFlow's first graphs, on 256 images
+    figures = {"architecture": args.architecture, "images": args.images,
+               "whole": _shard(root, 0, 1), "shard": _shard(root, 0, args.shards), "shards": args.shards,
                "load_1min": round(os.getloadavg()[0], 2), "cpus": len(os.sched_getaffinity(0))}
     rate = figures["shard"]["images_per_s"]
     figures["imagenet_50000_s"] = {pods: round(50000 / pods / rate) for pods in (1, 4, 16)}
@@ -89,7 +94,9 @@ def main(argv=None) -> int:
     results = Path("outputs/bench/results.json")
     results.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(results.read_text()) if results.is_file() else {}
-    results.write_text(json.dumps({**data, "shards": figures}, indent=1, sort_keys=True))
+    shards = data.get("shards") if isinstance(data.get("shards"), dict) and "whole" not in data["shards"] else {}
+    results.write_text(json.dumps({**data, "shards": {**shards, args.architecture: figures}}, indent=1,
+                                  sort_keys=True))
     return 0
 
 
