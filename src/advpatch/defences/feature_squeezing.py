@@ -40,7 +40,8 @@ class FeatureSqueezing(Defence):
     def numpy(self, x: np.ndarray) -> np.ndarray:
         """As ART: ``round(x * (2**b - 1)) / (2**b - 1)``, in float32."""
         levels = 2**self.bit_depth - 1
-        return (np.rint(np.clip(x, 0.0, 1.0) * levels) / levels).astype(np.float32)
+        squeezed: np.ndarray = (np.rint(np.clip(x, 0.0, 1.0) * levels) / levels).astype(np.float32)
+        return squeezed
 
     def settings(self) -> Dict[str, Any]:
         return {"name": self.name, "feature_squeezing_bit_depth": self.bit_depth}

@@ -24,11 +24,12 @@ protects, and runs the same decision.
 
 from __future__ import annotations
 
-from typing import Callable, List, Sequence, Tuple
+from typing import Any, Callable, Collection, List, Sequence, Tuple
 
 import numpy as np
 
-from advpatch.defences.smoothing import CertifiedError, fit_views
+from advpatch.defences.smoothing import History, Tensor, fit_views
+from advpatch.errors import CertifiedError
 
 FILL = 0.5
 """The value of a masked pixel (images on [0, 1])."""
@@ -67,14 +68,15 @@ def mask_set(image_hw: Tuple[int, int], patch_size: int, masks_per_side: int) ->
 
 def apply(x: np.ndarray, mask: np.ndarray, fill: float = FILL) -> np.ndarray:
     """Float images [n, H, W, C] with ``mask`` ([H, W], or one per image [n, H, W]) set to ``fill``."""
-    return np.where(np.broadcast_to(mask, x.shape[:3])[..., None], np.asarray(fill, x.dtype), x)
+    masked: np.ndarray = np.where(np.broadcast_to(mask, x.shape[:3])[..., None], np.asarray(fill, x.dtype), x)
+    return masked
 
 
 class MaskedClassifier:
     """A Keras classifier's predicted class under masks: :meth:`classify` takes (image, mask, mask)
     triples, many to a forward pass."""
 
-    def __init__(self, model, x: np.ndarray, masks: np.ndarray, batch_size: int = 2048):
+    def __init__(self, model: Any, x: np.ndarray, masks: np.ndarray, batch_size: int = 2048) -> None:
         self.model, self.x, self.masks, self.batch_size = model, x, masks, batch_size
         self.forward_passes = 0
 
@@ -104,7 +106,8 @@ class MaskedClassifier:
 def majority(first: np.ndarray, num_classes: int) -> np.ndarray:
     """The most frequent prediction of each row of ``first`` [n, K] (ties: the smaller class)."""
     counts = (first[..., None] == np.arange(num_classes)).sum(axis=1)
-    return np.argmax(counts, axis=1)
+    top: np.ndarray = np.argmax(counts, axis=1)
+    return top
 
 
 def decide(first: np.ndarray, second_round: Callable[[int, np.ndarray], np.ndarray], num_classes: int) -> np.ndarray:
@@ -113,7 +116,7 @@ def decide(first: np.ndarray, second_round: Callable[[int, np.ndarray], np.ndarr
     ([len(rows), K]). The one definition of the decision: the defended classifier and
     :func:`worst_case_flips` both call it."""
     winner = majority(first, num_classes)
-    out = winner.copy()
+    out: np.ndarray = winner.copy()
     pending = ~np.all(first == winner[:, None], axis=1)
     for mask in range(first.shape[1]):
         rows = np.flatnonzero(pending & (first[:, mask] != winner))
@@ -139,7 +142,7 @@ def certify(classifier: MaskedClassifier, predicted: np.ndarray, margin: int = 0
     use it to break a certificate on purpose; 0 is the proof's)."""
     k = len(classifier.masks)
     images = np.arange(len(classifier.x))
-    ok = np.all(classifier.first_round(images) == predicted[:, None], axis=1)
+    ok: np.ndarray = np.all(classifier.first_round(images) == predicted[:, None], axis=1)
     pairs = [(a, b) for a in range(k) for b in range(a + 1, k)][margin:]
     for s in range(0, len(pairs), 64):  # pairs in groups: a forward pass holds many images
         chunk = np.array(pairs[s:s + 64])
@@ -161,7 +164,7 @@ def covering(masks: np.ndarray, patch_size: int) -> List[np.ndarray]:
             for top in range(h - p + 1) for left in range(w - p + 1)]
 
 
-def worst_case_flips(model, x: np.ndarray, predicted: np.ndarray, certified: np.ndarray, masks: np.ndarray,
+def worst_case_flips(model: Any, x: np.ndarray, predicted: np.ndarray, certified: np.ndarray, masks: np.ndarray,
                      patch_size: int, num_classes: int, batch_size: int = 512) -> np.ndarray:
     """The certified images whose defended prediction some ``patch_size`` patch *could* change. For
     each certified image, the clean predictions under every pair of masks are recomputed (one pair
@@ -183,7 +186,7 @@ def worst_case_flips(model, x: np.ndarray, predicted: np.ndarray, certified: np.
     return np.array(flips, dtype=np.int64)
 
 
-def _attacked(clean: np.ndarray, covers, c: int, num_classes: int) -> bool:
+def _attacked(clean: np.ndarray, covers: Collection[Tuple[int, ...]], c: int, num_classes: int) -> bool:
     """Whether some attacker's table (see :func:`worst_case_flips`) makes :func:`decide` answer
     other than ``c`` for a patch that one of ``covers`` (the masks hiding one patch position) hides."""
     k = len(clean)
@@ -209,13 +212,13 @@ def _attacked(clean: np.ndarray, covers, c: int, num_classes: int) -> bool:
     return bool(np.any(out != c))
 
 
-def fit_masked(model, x: np.ndarray, y: np.ndarray, masks: np.ndarray, *, epochs: int, batch_size: int,
-               learning_rate: float, seed: int, lr_decay: float = 0.0) -> dict:
+def fit_masked(model: Any, x: np.ndarray, y: np.ndarray, masks: np.ndarray, *, epochs: int, batch_size: int,
+               learning_rate: float, seed: int, lr_decay: float = 0.0) -> History:
     """Masked training (the paper's Section 4.3): every image, every epoch, under two masks drawn
     from ``masks`` (the same twice: one). ``x``: uint8 images; ``model``: compiled here afresh."""
     import tensorflow as tf
 
-    def view(images, union):  # apply(), in TensorFlow
+    def view(images: Tensor, union: Tensor) -> Tensor:  # apply(), in TensorFlow
         return tf.where(union[..., None], tf.constant(FILL, images.dtype), images)
 
     return fit_views(model, x, y, masks, 2, view, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,

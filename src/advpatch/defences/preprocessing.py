@@ -116,7 +116,8 @@ class SpatialSmoothing(Defence):
         from scipy.ndimage import median_filter
 
         w = self.window_size
-        return np.clip(median_filter(x, size=(1, w, w, 1), mode="reflect"), 0.0, 1.0)
+        smoothed: np.ndarray = np.clip(median_filter(x, size=(1, w, w, 1), mode="reflect"), 0.0, 1.0)
+        return smoothed
 
     def settings(self) -> Dict[str, Any]:
         return {"name": self.name, "spatial_smoothing_window_size": self.window_size}
@@ -218,7 +219,7 @@ class GaussianNoise(Defence):
     def __init__(self, sigma: float, seed: int = 0) -> None:
         params.check(gaussian_augmentation_sigma=sigma, seed=seed)
         self.sigma, self.seed = sigma, seed
-        self._generator = None
+        self._generator: Any = None  # a tf.random.Generator, made on first use
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> "GaussianNoise":
@@ -234,7 +235,7 @@ class GaussianNoise(Defence):
         noisy = np.random.normal(x, scale=self.sigma, size=x.shape).astype(np.float32)
         return np.clip(noisy, 0.0, 1.0)
 
-    def graph(self, x):
+    def graph(self, x: Any) -> Any:
         import tensorflow as tf
 
         if self._generator is None:
@@ -254,10 +255,10 @@ def from_params(defence: str, values: Mapping[str, Any]) -> Defence:
     return defences[defence].from_values(values)
 
 
-def seeded(fn: Callable, seed: int) -> Callable:
+def seeded(fn: Callable[[np.ndarray], np.ndarray], seed: int) -> Callable[[np.ndarray], np.ndarray]:
     """Run ``fn`` with NumPy's global generator seeded, restoring its state afterwards."""
 
-    def call(x):
+    def call(x: np.ndarray) -> np.ndarray:
         state = np.random.get_state()
         np.random.seed(seed)
         try:

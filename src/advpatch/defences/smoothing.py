@@ -20,13 +20,20 @@ runner-up class and recomputes the vote.
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
 from advpatch import params
 from advpatch.errors import CertifiedError
 from advpatch.params import ABLATIONS
+
+Tensor = Any
+"""A TensorFlow tensor: TensorFlow is untyped."""
+View = Callable[[Tensor, Tensor], Tensor]
+"""``view(float images, union of masks)``: the images a base classifier trains on (TensorFlow ops)."""
+History = Dict[str, List[float]]
+"""Keras' training history: each metric's value per epoch."""
 
 
 def positions(kind: str, image_hw: Tuple[int, int]) -> int:
@@ -67,7 +74,7 @@ def delta(kind: str, ablation_size: int, patch_size: int) -> int:
     return {"column": band, "row": band, "cross": 2 * band}.get(kind, band * band)
 
 
-def view_probabilities(model, x: np.ndarray, kind: str, size: int, batch_size: int = 512) -> np.ndarray:
+def view_probabilities(model: Any, x: np.ndarray, kind: str, size: int, batch_size: int = 512) -> np.ndarray:
     """The base model's class probabilities for every view of every image: [n, positions, classes]."""
     n, h, w, _ = x.shape
     out = None
@@ -90,14 +97,17 @@ def votes_from(probabilities: np.ndarray, threshold: float = 0.0) -> np.ndarray:
     band, votes for no class)."""
     if not 0.0 <= threshold < 1.0:
         raise CertifiedError(f"threshold must be in [0, 1), got {threshold}")
+    votes: np.ndarray
     if threshold > 0:
-        return probabilities >= threshold
+        votes = probabilities >= threshold
+        return votes
     top = probabilities.argmax(axis=-1)
-    return np.arange(probabilities.shape[-1]) == top[..., None]
+    votes = np.arange(probabilities.shape[-1]) == top[..., None]
+    return votes
 
 
-def fit_ablated(model, x: np.ndarray, y: np.ndarray, *, kind: str, size: int, epochs: int, batch_size: int,
-                learning_rate: float, seed: int, lr_decay: float = 0.0) -> dict:
+def fit_ablated(model: Any, x: np.ndarray, y: np.ndarray, *, kind: str, size: int, epochs: int, batch_size: int,
+                learning_rate: float, seed: int, lr_decay: float = 0.0) -> History:
     """Train the base classifier on ablated views: every image, every epoch, at a position drawn
     from ``seed`` (the same seed, the same views, the same weights). ``x``: uint8 images."""
     import tensorflow as tf
@@ -106,7 +116,7 @@ def fit_ablated(model, x: np.ndarray, y: np.ndarray, *, kind: str, size: int, ep
     _check(kind, size, (h, w))
     masks = np.stack([kept_mask(kind, size, q, (h, w)) for q in range(positions(kind, (h, w)))])
 
-    def view(images, keep):  # ablate(), in TensorFlow
+    def view(images: Tensor, keep: Tensor) -> Tensor:  # ablate(), in TensorFlow
         keep = tf.cast(keep, images.dtype)[..., None]
         return tf.concat([images * keep, (1 - images) * keep], axis=-1)
 
@@ -114,8 +124,8 @@ def fit_ablated(model, x: np.ndarray, y: np.ndarray, *, kind: str, size: int, ep
                      seed=seed, lr_decay=lr_decay)
 
 
-def fit_views(model, x: np.ndarray, y: np.ndarray, masks: np.ndarray, draws: int, view: Callable, *, epochs: int,
-              batch_size: int, learning_rate: float, seed: int, lr_decay: float = 0.0) -> dict:
+def fit_views(model: Any, x: np.ndarray, y: np.ndarray, masks: np.ndarray, draws: int, view: View, *, epochs: int,
+              batch_size: int, learning_rate: float, seed: int, lr_decay: float = 0.0) -> History:
     """Train ``model`` (compiled here afresh: Adam, cross-entropy) on views of the images: every
     image, every epoch, in an order drawn from ``seed``, each batch's images under the union of
     ``draws`` masks drawn from ``masks`` [K, H, W] per image, ``view(float images, union)`` making
@@ -137,7 +147,7 @@ def fit_views(model, x: np.ndarray, y: np.ndarray, masks: np.ndarray, draws: int
                                      for s in range(0, n, batch_size)]))
     images, labels, mask_table = tf.constant(x), tf.constant(y, tf.int32), tf.constant(masks)
 
-    def batch(order, pick):
+    def batch(order: Tensor, pick: Tensor) -> Tuple[Tensor, Tensor]:
         union = tf.reduce_any(tf.gather(mask_table, pick), axis=1)
         return view(tf.cast(tf.gather(images, order), tf.float32) * (1.0 / 255.0), union), tf.gather(labels, order)
 
@@ -163,17 +173,20 @@ def fit_views(model, x: np.ndarray, y: np.ndarray, masks: np.ndarray, draws: int
 
 def counts(votes: np.ndarray) -> np.ndarray:
     """Votes per class [n, classes] from the views' votes [n, positions, classes]."""
-    return votes.sum(axis=1, dtype=np.int64)
+    per_class: np.ndarray = votes.sum(axis=1, dtype=np.int64)
+    return per_class
 
 
 def one_hot(view_predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """Votes [n, positions, classes] from each view's predicted class [n, positions]."""
-    return np.arange(num_classes) == view_predictions[..., None]
+    votes: np.ndarray = np.arange(num_classes) == view_predictions[..., None]
+    return votes
 
 
 def predict(vote_counts: np.ndarray) -> np.ndarray:
     """The smoothed prediction: the most votes, ties to the smaller class index."""
-    return np.argmax(vote_counts, axis=1)  # argmax returns the first maximum: the smaller index
+    top: np.ndarray = np.argmax(vote_counts, axis=1)  # argmax returns the first maximum: the smaller index
+    return top
 
 
 def certify(vote_counts: np.ndarray, kind: str, ablation_size: int, patch_size: int,
@@ -189,7 +202,8 @@ def certify(vote_counts: np.ndarray, kind: str, ablation_size: int, patch_size: 
     classes = np.arange(k)[None, :]
     # n_c - d > n_c' + d for c' < c; >= for c' > c (the tie then goes to c)
     needed = others + 2 * d + (classes < c[:, None])
-    return np.all(top[:, None] >= needed, axis=1)
+    certified: np.ndarray = np.all(top[:, None] >= needed, axis=1)
+    return certified
 
 
 def worst_case_flips(votes: np.ndarray, kind: str, ablation_size: int, patch_size: int,

@@ -27,6 +27,7 @@ Beyond one patch for every placement:
   model (every position on a grid, a few rotations), for deployment and for the figures.
 """
 
+from advpatch.errors import PatchSetError
 from advpatch.patches.conditioned import (
                                        ConditionedPatchOptimizer,
                                        Conditioning,
@@ -61,7 +62,6 @@ from advpatch.patches.patchset import (
                                        PATCH_COLUMNS,
                                        Deployed,
                                        PatchSet,
-                                       PatchSetError,
                                        apply_patches,
                                        check_fits,
                                        deploy,

@@ -26,14 +26,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
 from advpatch import params
-from advpatch.patches.geometry import Placements, inverse_transforms, sample_placements, transforms, warp
+from advpatch.patches.geometry import Placements, Tensor, inverse_transforms, sample_placements, transforms, warp
 from advpatch.patches.optimizer import PatchOptimizer, learning_rates
 from advpatch.patches.patchset import PatchSet, apply_patches
+
+if TYPE_CHECKING:
+    from advpatch.models.classifier import Classifier
 
 MODES = ("grid", "canvas")
 
@@ -47,7 +50,7 @@ class Conditioning:
     mode: str = "grid"
     grid: Tuple[int, int] = (1, 1)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         params.require(self.mode in MODES, f"conditioning mode must be one of {', '.join(map(repr, MODES))}, "
                                            f"got {self.mode!r}")
         params.require(len(self.grid) == 2 and min(self.grid) >= 1,
@@ -73,7 +76,8 @@ class Conditioning:
         gx, gy = self.grid
         cx = np.clip(np.floor((placements.x.astype(np.float64) + 0.5) / w * gx), 0, gx - 1)
         cy = np.clip(np.floor((placements.y.astype(np.float64) + 0.5) / h * gy), 0, gy - 1)
-        return (cy * gx + cx).astype(np.int32)
+        out: np.ndarray = (cy * gx + cx).astype(np.int32)
+        return out
 
 
 def conditioning_of(patch_set: PatchSet) -> Optional[Conditioning]:
@@ -98,7 +102,8 @@ def entries(patch_set: PatchSet, set_index: np.ndarray, placements: Placements) 
     if cond is None:
         return np.asarray(set_index)
     cells = cond.cells(placements, patch_set.image_shape[:2])
-    return (np.asarray(set_index, np.int64) * cond.num_cells + cells).astype(np.asarray(set_index).dtype)
+    index: np.ndarray = (np.asarray(set_index, np.int64) * cond.num_cells + cells).astype(np.asarray(set_index).dtype)
+    return index
 
 
 def num_sets(patch_set: PatchSet) -> int:
@@ -138,10 +143,12 @@ def apply_canvas(images: np.ndarray, canvases: np.ndarray, mask: np.ndarray, ind
     canvases = np.asarray(canvases, np.float32)
     index = np.asarray(index, np.intp)
 
-    def patched(sl, windows):
-        def pixels(points, image, x, y):  # the canvas's own pixel under each point
+    def patched(sl: slice, windows: np.ndarray) -> np.ndarray:
+        # the canvas's own pixel under each point
+        def pixels(points: np.ndarray, image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
             at = np.unravel_index(points, windows.shape[:3])
-            return canvases[index[sl][image], oy[sl][image] + at[1], ox[sl][image] + at[2]]
+            under: np.ndarray = canvases[index[sl][image], oy[sl][image] + at[1], ox[sl][image] + at[2]]
+            return under
 
         zero = np.zeros(len(windows), np.intp)
         return masked(windows, flat, side, zero, rows[sl], pixels, (oy[sl], ox[sl]), divide=True)
@@ -150,7 +157,8 @@ def apply_canvas(images: np.ndarray, canvases: np.ndarray, mask: np.ndarray, ind
     return out
 
 
-def _overlay_cells(images, patches, mask, cells, rows, inverse_rows):
+def _overlay_cells(images: Tensor, patches: Tensor, mask: Tensor, cells: Tensor, rows: Tensor,
+                   inverse_rows: Tensor) -> Tensor:
     """:func:`~advpatch.patches.optimizer.overlay_for_training` with each image's own cell's patch
     (``patches`` [k, P, P, C]); each cell's patch gets the gradient of its images."""
     import tensorflow as tf
@@ -161,10 +169,10 @@ def _overlay_cells(images, patches, mask, cells, rows, inverse_rows):
     warped_mask = warp(tf.broadcast_to(mask[None], tf.concat([batch, tf.shape(mask)], 0)), rows, hw)
 
     @tf.custom_gradient
-    def _overlay(patches):
+    def _overlay(patches: Tensor) -> Tuple[Tensor, Callable[[Tensor], Tensor]]:
         warped = warp(tf.gather(patches, cells), rows, hw)
 
-        def grad(upstream):
+        def grad(upstream: Tensor) -> Tensor:
             back = warp(upstream * warped_mask, inverse_rows, tf.shape(patches)[1:3])
             return tf.math.unsorted_segment_sum(back, cells, k)
 
@@ -173,7 +181,7 @@ def _overlay_cells(images, patches, mask, cells, rows, inverse_rows):
     return _overlay(patches)
 
 
-def _overlay_canvas(images, canvases, mask, cells, rows):
+def _overlay_canvas(images: Tensor, canvases: Tensor, mask: Tensor, cells: Tensor, rows: Tensor) -> Tensor:
     """Each image shows its cell's canvas ([k, H, W, C]) through the warped mask."""
     import tensorflow as tf
 
@@ -188,7 +196,7 @@ class ConditionedPatchOptimizer(PatchOptimizer):
     in one compiled loop: Adam, objective and schedule as :class:`PatchOptimizer`. A canvas set's
     ``mask`` is image-sized (its ``patch_size`` is the image's side)."""
 
-    def __init__(self, classifier, image_shape: Sequence[int], patch_size: int, mask: np.ndarray,
+    def __init__(self, classifier: Classifier, image_shape: Sequence[int], patch_size: int, mask: np.ndarray,
                  learning_rate: float, conditioning: Conditioning, *, lr_decay: float = 0.3,
                  loss: str = "combined") -> None:
         import tensorflow as tf
@@ -216,7 +224,8 @@ class ConditionedPatchOptimizer(PatchOptimizer):
         ]
         self.run = tf.function(self._run_cells, input_signature=signature)
 
-    def _step_cells(self, x, cells, rows, inverse_rows, weights, rate, target):
+    def _step_cells(self, x: Tensor, cells: Tensor, rows: Tensor, inverse_rows: Tensor, weights: Tensor,
+                    rate: Tensor, target: Tensor) -> Tensor:
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
@@ -228,7 +237,8 @@ class ConditionedPatchOptimizer(PatchOptimizer):
         self._update(tape.gradient(loss, self.patch), rate)
         return mean_ce
 
-    def _run_cells(self, x, index, cells, rows, inverse_rows, weights, rates, target):
+    def _run_cells(self, x: Tensor, index: Tensor, cells: Tensor, rows: Tensor, inverse_rows: Tensor,
+                   weights: Tensor, rates: Tensor, target: Tensor) -> Tensor:
         import tensorflow as tf
 
         steps = tf.shape(index)[0]
@@ -270,7 +280,7 @@ def generate_conditioned_patch(
         order = rng.permutation(n)
         index[i, :n], weights[i, :n] = order, 1.0
         index[i, n:] = order[: width - n]
-    hw = optimizer.image_shape[:2]
+    hw = cast(Tuple[int, int], optimizer.image_shape[:2])
     where = sample_placements(rng, index.size, hw, rotation_max=rotation_max, scale_min=scale_min,
                               scale_max=scale_max, location=location, mask=optimizer.mask_array)
     cells = optimizer.conditioning.cells(where, hw)

@@ -15,11 +15,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
 from advpatch import params
+
+Tensor = Any
+"""A TensorFlow tensor (or what TensorFlow converts to one): TensorFlow is untyped."""
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Placements:
     def __len__(self) -> int:
         return len(self.angle)
 
-    def take(self, index) -> "Placements":
+    def take(self, index: Union[slice, np.ndarray]) -> "Placements":
         return Placements(self.angle[index], self.scale[index], self.x[index], self.y[index])
 
 
@@ -55,10 +58,12 @@ def mask_outline(mask: Optional[np.ndarray] = None) -> np.ndarray:
     last = mask.shape[1] - 1 - touched[rows, ::-1].argmax(axis=1)
     c = (np.array(mask.shape[::-1], np.float64) - 1) / 2  # (x, y) of the centre
     points = [np.stack([xs, rows + dy], 1) for xs in (first - 0.5, last + 0.5) for dy in (-0.5, 0.5)]
-    return (np.concatenate(points) - c) / max(mask.shape)
+    outline: np.ndarray = (np.concatenate(points) - c) / max(mask.shape)
+    return outline
 
 
-def _half_extents(outline: np.ndarray, side: np.ndarray, rad: np.ndarray, chunk: int = 8192):
+def _half_extents(outline: np.ndarray, side: np.ndarray, rad: np.ndarray, chunk: int = 8192
+                  ) -> Tuple[np.ndarray, np.ndarray]:
     """Half the width and height (pixels) of the axis-aligned box around the rotated outline."""
     hx, hy = np.empty(len(side)), np.empty(len(side))
     px, py = outline[:, 0], outline[:, 1]
@@ -142,7 +147,7 @@ def inverse_transforms(placements: Placements, patch_size: int, image_hw: Tuple[
     return out
 
 
-def warp(canvases, rows, output_hw):
+def warp(canvases: Tensor, rows: Tensor, output_hw: Tensor) -> Tensor:
     """``canvases`` [B, P, P, K] warped by ``rows`` [B, 8] onto ``output_hw``; outside, 0."""
     import tensorflow as tf
 

@@ -20,21 +20,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
 from advpatch import params
-from advpatch.patches.geometry import inverse_transforms, make_mask, sample_placements, transforms, warp
+from advpatch.patches.geometry import Tensor, inverse_transforms, make_mask, sample_placements, transforms, warp
 from advpatch.patches.patchset import PatchSet
 
 if TYPE_CHECKING:
+    from advpatch.models.classifier import Classifier
     from advpatch.patches.conditioned import Conditioning
 
 log = logging.getLogger(__name__)
 
 
-def overlay(images, canvases, transform_rows):
+def overlay(images: Tensor, canvases: Tensor, transform_rows: Tensor) -> Tensor:
     """Patched images: ``images`` [B, H, W, C] float in [0, 1]; ``canvases`` [B or 1, P, P, C + 1]
     (patch channels, then the mask); ``transform_rows`` [B, 8] from :func:`transforms`.
 
@@ -51,7 +52,8 @@ def overlay(images, canvases, transform_rows):
     return images + mask * (patch - images)
 
 
-def overlay_for_training(images, patch, mask, transform_rows, inverse_rows):
+def overlay_for_training(images: Tensor, patch: Tensor, mask: Tensor, transform_rows: Tensor, inverse_rows: Tensor
+                         ) -> Tensor:
     """:func:`overlay` of one patch ([P, P, C], mask [P, P, 1]) with a lean gradient w.r.t. the patch.
 
     The mask is warped on its own: it does not depend on the patch, so TensorFlow can compute it
@@ -67,10 +69,10 @@ def overlay_for_training(images, patch, mask, transform_rows, inverse_rows):
     warped_mask = warp(tf.broadcast_to(mask[None], tf.concat([batch, tf.shape(mask)], 0)), transform_rows, hw)
 
     @tf.custom_gradient
-    def _overlay(patch):
+    def _overlay(patch: Tensor) -> Tuple[Tensor, Callable[[Tensor], Tensor]]:
         warped = warp(tf.broadcast_to(patch[None], tf.concat([batch, tf.shape(patch)], 0)), transform_rows, hw)
 
-        def grad(upstream):
+        def grad(upstream: Tensor) -> Tensor:
             return tf.reduce_sum(warp(upstream * warped_mask, inverse_rows, tf.shape(patch)[:2]), axis=0)
 
         return images + warped_mask * (warped - images), grad
@@ -114,7 +116,7 @@ class PatchOptimizer:
     """Optimizes patches against one :class:`~advpatch.models.classifier.Classifier` and image shape;
     reused across patches so the compiled loop is traced once."""
 
-    def __init__(self, classifier, image_shape: Sequence[int], patch_size: int, mask: np.ndarray,
+    def __init__(self, classifier: Classifier, image_shape: Sequence[int], patch_size: int, mask: np.ndarray,
                  learning_rate: float, *, lr_decay: float = 0.3, loss: str = "combined") -> None:
         import tensorflow as tf
 
@@ -152,7 +154,7 @@ class PatchOptimizer:
         self._v.assign(np.zeros_like(initial))
         self._t.assign(0.0)
 
-    def _objective(self, out, weights, target):
+    def _objective(self, out: Tensor, weights: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
         """(the weighted batch loss (see :data:`LOSSES`), its mean cross-entropy); zero-weight rows
         are padding."""
         import tensorflow as tf
@@ -167,7 +169,8 @@ class PatchOptimizer:
         log_success = tf.reduce_logsumexp(-ce + tf.math.log(weights + 1e-30)) - tf.math.log(total)
         return (-log_success if self.loss == "success" else mean_ce - log_success), mean_ce
 
-    def _step(self, x, rows, inverse_rows, weights, rate, target):
+    def _step(self, x: Tensor, rows: Tensor, inverse_rows: Tensor, weights: Tensor, rate: Tensor,
+              target: Tensor) -> Tensor:
         """One Adam step on the targeted loss."""
         import tensorflow as tf
 
@@ -177,7 +180,7 @@ class PatchOptimizer:
         self._update(tape.gradient(loss, self.patch), rate)
         return mean_ce
 
-    def _update(self, grad, rate) -> None:
+    def _update(self, grad: Tensor, rate: Tensor) -> None:
         """One Adam update of the patch variable, then the clip to [0, 1]."""
         import tensorflow as tf
 
@@ -189,7 +192,8 @@ class PatchOptimizer:
             lr=rate, beta1=b1, beta2=b2, epsilon=1e-7, grad=grad)
         self.patch.assign(tf.clip_by_value(self.patch, 0.0, 1.0))
 
-    def _run(self, x, index, rows, inverse_rows, weights, rates, target):
+    def _run(self, x: Tensor, index: Tensor, rows: Tensor, inverse_rows: Tensor, weights: Tensor, rates: Tensor,
+             target: Tensor) -> Tensor:
         """Every step in one compiled loop: step s uses images ``x[index[s]]`` at ``rows[s]`` with
         learning rate ``rates[s]``. Returns each step's mean cross-entropy."""
         import tensorflow as tf
@@ -235,7 +239,7 @@ def generate_patch(
         order = rng.permutation(n)
         index[i, :n], weights[i, :n] = order, 1.0
         index[i, n:] = order[: width - n]  # pad the last batch; zero weight
-    hw = optimizer.image_shape[:2]
+    hw = cast(Tuple[int, int], optimizer.image_shape[:2])
     where = sample_placements(rng, index.size, hw, rotation_max=rotation_max, scale_min=scale_min,
                               scale_max=scale_max, location=location, mask=optimizer.mask_array)
     rows = transforms(where, optimizer.patch_size, hw)
@@ -289,7 +293,7 @@ def draw_targets(patch_target: int, num_patch: int, num_classes: int, rng: np.ra
 
 
 def generate_patch_set(
-    classifier,
+    classifier: Classifier,
     images: Any,
     labels: np.ndarray,
     targets: np.ndarray,
@@ -341,7 +345,8 @@ def generate_patch_set(
         chosen = rng.choice(candidates, min(num_gen_samples, len(candidates)), replace=False)
         t0 = time.monotonic()
         drawn = images[chosen] if isinstance(images, np.ndarray) else images.take(chosen)
-        generate = generate_patch if conditioning is None else conditioned.generate_conditioned_patch
+        generate: Callable[..., Tuple[np.ndarray, List[float]]] = (
+            generate_patch if conditioning is None else conditioned.generate_conditioned_patch)
         patch, history = generate(optimizer, to_float(drawn), int(target), max_iter=max_iter,
                                   batch_size=batch_size, rng=rng, **placement)
         seconds = time.monotonic() - t0

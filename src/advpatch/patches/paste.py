@@ -69,7 +69,7 @@ def sample(flat: np.ndarray, side: int, index: np.ndarray, x: np.ndarray, y: np.
     wy0 = y0 + 1
     wy0 -= y
     wx0, wx1, wy0, wy1 = (w[:, None] for w in (wx0, wx1, wy0, wy1))
-    top = np.take(flat, at, axis=0)
+    top: np.ndarray = np.take(flat, at, axis=0)
     top *= wx0
     top += np.take(flat, at + 1, axis=0) * wx1
     at += side
@@ -108,7 +108,7 @@ def masked(windows: np.ndarray, mask_flat: np.ndarray, side: int, index: np.ndar
     m = sample(mask_flat, side, np.asarray(index, np.intp)[image], x, y)[:, 0]
     keep = np.flatnonzero(m)
     points, image, x, y, m = points[keep], image[keep], x[keep], y[keep], m[keep]
-    out = windows.copy()
+    out: np.ndarray = windows.copy()
     flat_out = out.reshape(-1, c)
     flat_out[points] = blend(flat_out[points], m[:, None], pixels(points, image, x, y), divide)
     return out

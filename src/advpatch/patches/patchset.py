@@ -16,16 +16,20 @@ Patch set layout (format ``advpatch-patchset``, version 1)::
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
 from advpatch.errors import PatchSetError
-from advpatch.io.files import atomic_dir, read_arrays, read_manifest, save_npz
+from advpatch.io.files import PathLike, atomic_dir, read_arrays, read_manifest, save_npz
 from advpatch.patches.geometry import Placements, sample_placements, transforms
+
+if TYPE_CHECKING:
+    from advpatch.data.dataset import Dataset
+    from advpatch.data.writer import DatasetWriter
+    from advpatch.patches.worst_case import Search
 
 FORMAT = "advpatch-patchset"
 VERSION = 1
@@ -74,9 +78,10 @@ class PatchSet:
         """Patch ``i`` as a uint8 RGBA image, its mask as alpha."""
         patch, mask = self.patches[i], self.masks[i]
         rgb = patch if patch.shape[-1] == 3 else np.repeat(patch, 3, -1)
-        return np.rint(np.concatenate([rgb, mask[..., None]], -1) * 255).astype(np.uint8)
+        rgba: np.ndarray = np.rint(np.concatenate([rgb, mask[..., None]], -1) * 255).astype(np.uint8)
+        return rgba
 
-    def save(self, path: os.PathLike | str) -> None:
+    def save(self, path: PathLike) -> None:
         """Write ``patchset.json``, ``patches.npz`` and one PNG preview per patch, atomically."""
         from PIL import Image
 
@@ -88,7 +93,7 @@ class PatchSet:
                 name = f"patch-{i:02d}-target-{self.class_names[self.targets[i]]}.png"
                 img = Image.fromarray(self.rgba(i), "RGBA")
                 if img.width < 128:  # nearest-neighbour upscale so a 28-pixel patch is visible
-                    img = img.resize((img.width * (128 // img.width + 1),) * 2, Image.NEAREST)
+                    img = img.resize((img.width * (128 // img.width + 1),) * 2, Image.Resampling.NEAREST)
                 img.save(tmp / _safe_name(name))
                 previews.append(_safe_name(name))
             manifest = {
@@ -101,12 +106,13 @@ class PatchSet:
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     @classmethod
-    def load(cls, path: os.PathLike | str) -> "PatchSet":
+    def load(cls, path: PathLike) -> "PatchSet":
         path = Path(path)
         if not (path / MANIFEST).is_file():
             raise PatchSetError(f"{path} is not a patch set: {MANIFEST} is missing")
 
-        def parse(meta):
+        def parse(meta: Dict[str, Any]
+                  ) -> Tuple[List[str], Tuple[int, ...], Dict[str, Any], List[Dict[str, float]]]:
             if meta.get("format") != FORMAT or meta.get("version") != VERSION:
                 raise PatchSetError(f"{path / MANIFEST} is not an {FORMAT} v{VERSION} manifest")
             return ([str(c) for c in meta["class_names"]], tuple(int(d) for d in meta["image_shape"]),
@@ -130,7 +136,7 @@ class PatchSet:
             raise PatchSetError(f"{path / ARRAYS}: pixels and masks must be finite and in [0, 1], targets classes "
                                 f"of the {len(class_names)}")
         return cls(patches.astype(np.float32), masks.astype(np.float32), targets.astype(np.int32), class_names,
-                   image_shape, settings, metrics)  # type: ignore[arg-type]
+                   cast(Tuple[int, int, int], image_shape), settings, metrics)  # three: checked above
 
 
 def _safe_name(name: str) -> str:
@@ -186,7 +192,7 @@ def apply_patches(
     oy, ox, wh, ww = _windows(placements, hw)
     index = np.asarray(patch_index)
 
-    def patched(sl, windows):
+    def patched(sl: slice, windows: np.ndarray) -> np.ndarray:
         chunk_index = index[sl]
         return masked(windows, mask_flat, side, chunk_index, rows[sl],
                       lambda points, image, x, y: sample(patch_flat, side, chunk_index[image].astype(np.intp), x, y))
@@ -195,17 +201,17 @@ def apply_patches(
     return out
 
 
-def _shifted(rows: np.ndarray, placements: Placements, hw, size: int = 0) -> np.ndarray:
+def _shifted(rows: np.ndarray, placements: Placements, hw: Tuple[int, int], size: int = 0) -> np.ndarray:
     """The transforms of :func:`transforms`, for each image's window: window pixel (j, i) is
     image pixel (ox + j, oy + i)."""
     oy, ox, _, _ = _windows(placements, hw, size)
-    shifted = rows.copy()
+    shifted: np.ndarray = rows.copy()
     shifted[:, 2] += shifted[:, 0] * ox + shifted[:, 1] * oy
     shifted[:, 5] += shifted[:, 3] * ox + shifted[:, 4] * oy
     return shifted
 
 
-def check_fits(patch_set: PatchSet, image_shape, num_classes: int) -> None:
+def check_fits(patch_set: PatchSet, image_shape: Sequence[int], num_classes: int) -> None:
     """The patch set against a dataset: channels and class count."""
     c = image_shape[-1]
     if patch_set.patches.shape[-1] != c:
@@ -227,9 +233,9 @@ class Deployed(NamedTuple):
     chosen: Optional[np.ndarray] = None  # which of all the images get a patch
 
 
-def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rate: float, patch_scale: float,
-           placement: Dict[str, Any], batch_size: int, rng: np.random.Generator, search: Any = None,
-           start: int = 0, stop: Optional[int] = None) -> Deployed:
+def deploy(dataset: Dataset, patch_set: PatchSet, writer: DatasetWriter, *, method: str, application_rate: float,
+           patch_scale: float, placement: Dict[str, Any], batch_size: int, rng: np.random.Generator,
+           search: Optional[Search] = None, start: int = 0, stop: Optional[int] = None) -> Deployed:
     """Put patches on ``dataset`` into ``writer`` (a DatasetWriter with :data:`PATCH_COLUMNS`).
 
     Exactly ``round(application_rate * n)`` images (drawn from ``rng``) get a patch, each a patch of
@@ -295,7 +301,7 @@ def deploy(dataset, patch_set: PatchSet, writer, *, method: str, application_rat
                     None if search is None else np.concatenate(won) if won else np.zeros(0, bool), chosen)
 
 
-def _clean_windows(images: np.ndarray, placements: Placements):
+def _clean_windows(images: np.ndarray, placements: Placements) -> Tuple[np.ndarray, np.ndarray]:
     """What :func:`window_distances` needs of the clean images: |x|^2 of each, and the windows
     around their patches (every pixel a patch can change)."""
     from advpatch.evaluation import squares_of
@@ -316,7 +322,8 @@ def _cut(images: np.ndarray, placements: Placements) -> np.ndarray:
         len(images), -1)
 
 
-def window_distances(clean, patched: np.ndarray, placements: Placements) -> Dict[str, np.ndarray]:
+def window_distances(clean: Tuple[np.ndarray, np.ndarray], patched: np.ndarray, placements: Placements
+                     ) -> Dict[str, np.ndarray]:
     """:func:`~advpatch.evaluation.distance_stats` of clean and patched images, exactly, from
     ``clean`` (:func:`_clean_windows`) and the patched images' windows: nothing outside a window
     changed."""
@@ -331,7 +338,8 @@ def window_distances(clean, patched: np.ndarray, placements: Placements) -> Dict
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
-def _provenance_columns(idx, patched, which, where, patch_set) -> Dict[str, np.ndarray]:
+def _provenance_columns(idx: np.ndarray, patched: np.ndarray, which: np.ndarray, where: Placements,
+                        patch_set: PatchSet) -> Dict[str, np.ndarray]:
     nan = np.float32(np.nan)
     return {
         "patched": patched,

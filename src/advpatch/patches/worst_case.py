@@ -12,11 +12,15 @@ print. The scale is not searched: larger is always easier, so it stays what the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from advpatch.patches.geometry import Placements, _half_extents, mask_outline
+
+if TYPE_CHECKING:
+    from advpatch.models.classifier import Classifier
+    from advpatch.patches.patchset import PatchSet
 
 Angles = Union[Sequence[float], np.ndarray]
 """Rotations in degrees: a sequence or an array of them (:func:`search_angles`)."""
@@ -80,9 +84,9 @@ def _segments(sizes: Sequence[int], batch: int) -> Iterator[List[Tuple[int, int,
         yield chunk
 
 
-def search_placements(classifier, images: np.ndarray, labels: np.ndarray, patch_set, set_index: np.ndarray,
-                      scales: np.ndarray, *, stride: float, angles: Angles, location: str = "random",
-                      batch_size: int = 1024) -> WorstCase:
+def search_placements(classifier: Classifier, images: np.ndarray, labels: np.ndarray, patch_set: PatchSet,
+                      set_index: np.ndarray, scales: np.ndarray, *, stride: float, angles: Angles,
+                      location: str = "random", batch_size: int = 1024) -> WorstCase:
     """For each uint8 image, every placement of :func:`grid_placements` at its scale, its patch
     ``set_index[i]`` of ``patch_set`` (ordinary, or conditioned: the cell's entry) pasted there and
     the model's probabilities read (on the uint8 image deployment writes). The choice: among the
@@ -139,16 +143,17 @@ class Search:
     ``classifier`` (a :class:`~advpatch.models.classifier.Classifier`, with any defence in front),
     positions every ``stride`` pixels, at each of ``angles``."""
 
-    classifier: Any
+    classifier: Classifier
     stride: float
     angles: Angles
 
-    def find(self, images, labels, patch_set, set_index, scales, location, batch_size) -> WorstCase:
+    def find(self, images: np.ndarray, labels: np.ndarray, patch_set: PatchSet, set_index: np.ndarray,
+             scales: np.ndarray, location: str, batch_size: int) -> WorstCase:
         return search_placements(self.classifier, images, labels, patch_set, set_index, scales, stride=self.stride,
                                  angles=self.angles, location=location, batch_size=batch_size)
 
 
-def _first_entries(patch_set, set_index: np.ndarray) -> np.ndarray:
+def _first_entries(patch_set: PatchSet, set_index: np.ndarray) -> np.ndarray:
     """The first entry of each image's set (every entry of a conditioned set has its target)."""
     from advpatch.patches.conditioned import conditioning_of
 
@@ -156,8 +161,8 @@ def _first_entries(patch_set, set_index: np.ndarray) -> np.ndarray:
     return np.asarray(set_index, np.int64) * (cond.num_cells if cond else 1)
 
 
-def worst_case_success(classifier, images: np.ndarray, labels: np.ndarray, patch_set, scale: float, *,
-                       stride: float = 2.0, angles: Angles = (0.0,), set_index: int = 0,
+def worst_case_success(classifier: Classifier, images: np.ndarray, labels: np.ndarray, patch_set: PatchSet,
+                       scale: float, *, stride: float = 2.0, angles: Angles = (0.0,), set_index: int = 0,
                        batch_size: int = 4096) -> Dict[str, Any]:
     """The worst-case figure of one patch (or conditioned set) ``set_index`` at ``scale``: over the
     uint8 images whose label is not its target, the share for which some placement of

@@ -133,8 +133,8 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
     metrics.update({f"{k}_{stat}": v for k, values in distances.items() for stat, v in summarize(values).items()})
     details: Dict[str, Any] = {**p.pick("patch_deployment_method", "patch_application_rate", "batch_size", "seed",
                                         "patch_scale", "patch_placement"), **placement}
-    with track.run(f"deploy_patch: {p.patch_deployment_method}" + (", worst case" if worst else ""),
-                   **({"model": p.model_uri or model} if worst else {})) as run:
+    extra: Dict[str, Any] = {"model": p.model_uri or model} if worst else {}
+    with track.run(f"deploy_patch: {p.patch_deployment_method}" + (", worst case" if worst else ""), **extra) as run:
         log_input(run, data, "deployment")
         run.log_metrics(metrics)
         if p.output_tar_name:  # the seed's cross-run reuse: adv_testing.tar / adversarial_patched_data
