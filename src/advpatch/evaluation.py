@@ -208,30 +208,44 @@ def _distances(clean: np.ndarray, patched: np.ndarray) -> Dict[str, np.ndarray]:
 def _uint8_distances(a: np.ndarray, b: np.ndarray, squares: Optional[np.ndarray] = None,
                      pixels: int = 0) -> Dict[str, np.ndarray]:
     """The same figures for uint8 images [m, pixels], exactly, from the pixels that differ (a patch
-    changes a small part of an image): integer sums, and the Wasserstein distance from the two
-    256-bin histograms, whose difference only the changed pixels make. ``a`` and ``b`` may be
+    changes a small part of an image): see :func:`changed_distances`. ``a`` and ``b`` may be
     only a part of each image that holds every pixel that differs (a patch's window), with
     ``squares`` (|a|^2 over the whole images, :func:`squares_of`) and ``pixels`` (their size)."""
     m, q = a.shape
-    n = pixels or q
     squares = np.asarray(squares_of(a) if squares is None else squares, np.int64)
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     at = np.flatnonzero(a != b)  # row-major: each image's changed pixels together
-    starts = np.searchsorted(at, np.arange(m) * q)
-    counts = np.diff(np.append(starts, len(at)))
-    has = counts > 0
-    ai, bi = a.ravel()[at].astype(np.int32), b.ravel()[at].astype(np.int32)  # products fit: |v| <= 255^2
+    counts = np.diff(np.append(np.searchsorted(at, np.arange(m) * q), len(at)))
+    return changed_distances(a.ravel()[at], b.ravel()[at], counts, squares, pixels or q)
+
+
+def changed_distances(before: np.ndarray, after: np.ndarray, counts: np.ndarray, squares: np.ndarray,
+                      pixels: int) -> Dict[str, np.ndarray]:
+    """:func:`distance_stats` of uint8 images, exactly, from only the pixels that may differ:
+    ``before`` and ``after`` [sum(counts)] those pixels' values, image by image (``counts[i]`` of
+    image i, in order; pixels that do not differ may be among them: they count for nothing),
+    ``squares`` [m] |before image|^2 over each whole image (:func:`squares_of`) and ``pixels`` the
+    images' size. Integer sums, and the Wasserstein distance from the two 256-bin histograms, whose
+    difference only the changed pixels make."""
+    m = len(counts)
+    squares = np.asarray(squares, np.int64)
+    counts = np.asarray(counts, np.int64)
+    starts = np.cumsum(counts) - counts
+    nonempty = counts > 0
+    ai, bi = before.astype(np.int32), after.astype(np.int32)  # products fit: |v| <= 255^2
     d = bi - ai
 
-    # integer sums (and maxima) of each image's changed pixels: exact
+    # integer sums (and maxima) of each image's pixels: exact
     def per_image(v: np.ndarray, op: Any = np.add) -> np.ndarray:
         out = np.zeros(m, np.int64)
-        if len(at):
-            out[has] = op.reduceat(v, starts[has], dtype=np.int64)
+        if len(v):
+            out[nonempty] = op.reduceat(v, starts[nonempty], dtype=np.int64)
         return out
 
     ad = np.abs(d)
-    out = {"l_inf": per_image(ad, np.maximum) / 255, "l1": per_image(ad) / 255,
+    l1 = per_image(ad)
+    has = l1 > 0  # a pixel differs
+    out = {"l_inf": per_image(ad, np.maximum) / 255, "l1": l1 / 255,
            "l2": np.sqrt(per_image(d * d).astype(np.float64)) / 255}
     dot, b_squares = squares + per_image(ai * d), squares + per_image(bi * bi - ai * ai)
     r = np.repeat(np.arange(m, dtype=np.int32) * 256, counts) if m < 2**23 else np.repeat(
@@ -242,7 +256,7 @@ def _uint8_distances(a: np.ndarray, b: np.ndarray, squares: Optional[np.ndarray]
     out["cosine_similarity"] = cos
     hist = (np.bincount(r + ai, minlength=m * 256) - np.bincount(r + bi, minlength=m * 256)).reshape(m, 256)
     gap = np.cumsum(hist, axis=1)[:, :255]
-    out["wasserstein"] = np.abs(gap).sum(axis=1) / (n * 255.0)  # the CDFs step at k / 255
+    out["wasserstein"] = np.abs(gap).sum(axis=1) / (pixels * 255.0)  # the CDFs step at k / 255
     return {k: out[k] for k in ("l_inf", "l1", "l2", "cosine_similarity", "wasserstein")}
 
 

@@ -10,7 +10,8 @@ not depend on the batch size, only the peak memory and the speed do."""
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+import threading
+from typing import Any, Callable, Dict, Iterator, Sequence, Tuple
 
 import numpy as np
 
@@ -31,16 +32,41 @@ def workers() -> int:
 
 def in_parallel(fn: Callable[[int], None], n: int, n_workers: int = 0) -> None:
     """``fn(i)`` for every i in range(n), on ``n_workers`` threads (default :func:`workers`; in order
-    on one). An exception is raised as the first failing ``i`` in order raised it."""
-    count = n_workers or workers()
-    if count <= 1 or n <= 1:
+    on one). An exception is raised as the first failing ``i`` in order raised it. The threads are
+    kept for the next call (starting threads costs more than a small call's work); a call made on
+    one of them runs in order on it."""
+    count = min(n_workers or workers(), n)
+    if count <= 1 or getattr(_local, "inside", False):
         for i in range(n):
             fn(i)
         return
+    from concurrent.futures import wait
+
+    futures = [_pool(count).submit(fn, i) for i in range(n)]
+    wait(futures)  # every call done (none still writing) before an error is raised
+    for future in futures:
+        future.result()
+
+
+_local = threading.local()
+_pools: Dict[Tuple[int, int], Any] = {}
+_pools_lock = threading.Lock()
+
+
+def _mark_inside() -> None:
+    _local.inside = True
+
+
+def _pool(count: int) -> Any:
+    """A pool of ``count`` threads, made once (per process: a forked child makes its own)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(min(count, n)) as pool:
-        list(pool.map(fn, range(n)))
+    key = (os.getpid(), count)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = ThreadPoolExecutor(count, thread_name_prefix="advpatch", initializer=_mark_inside)
+        return pool
 
 
 MIB = 2**20
@@ -58,7 +84,7 @@ def deploy_bytes(image_shape: Sequence[int]) -> float:
     return 3.0 * float(np.prod(image_shape))
 
 
-def model_bytes(model, image_shape: Sequence[int]) -> float:
+def model_bytes(model: Any, image_shape: Sequence[int]) -> float:
     """Per image of a forward pass: the uint8 batch, its float32 copy, and three times the largest
     layer output in float32 (a layer's input, its output and its work space: TensorFlow frees the
     outputs of the layers before)."""
@@ -74,7 +100,7 @@ def model_bytes(model, image_shape: Sequence[int]) -> float:
     return float(np.prod(image_shape)) * (1 + 4) + 3 * 4 * largest
 
 
-def _layers(model):
+def _layers(model: Any) -> Iterator[Any]:
     """Every layer of ``model``, those of nested models included."""
     for layer in getattr(model, "layers", []):
         yield layer

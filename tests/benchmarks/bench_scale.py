@@ -25,6 +25,18 @@ What is measured, and against what:
   0.5 (issue 24). deploy_patch and its floor run ``--repeats`` times, interleaved, each run in a
   process of its own; the figures are the medians. A pure in-memory ``np.copyto`` of the same bytes
   is reported beside it.
+* load_dataset on every core against itself on one (target 1.7x on 2 cores, issue 24): the same
+  step with ``ADVPATCH_WORKERS=1`` (:mod:`advpatch.parallel`'s worker count), ``--repeats``
+  interleaved runs each in a process of its own, medians; the two datasets must be the same bytes
+  (their manifests' shard hashes are compared; the run stops if they differ).
+* jpeg_compression (quality 50, on the patched dataset) against Pillow's own encode + decode of the
+  same images (target 0.8x, issue 24): Pillow ``Image.save(format="jpeg", quality=50)`` then
+  ``Image.open``, each image in memory, on as many threads as the step has (``ADVPATCH_WORKERS``
+  else the process's CPUs), the images read before the clock starts. Ours is the whole step
+  (read, compress, write and hash the dataset, log to MLflow). The decoded images must be the
+  step's output bytes (a hash of each compared). Beside it jpeg_compression on one core against
+  every core (target 1.7x on 2 cores, same bytes). ``--repeats`` interleaved runs, each in its own
+  process, medians.
 * deploy_patch at 28x28 against ART 1.20.1's ``apply_patch`` (target 100x, issue 24): the engine
   (:func:`advpatch.patches.deploy`: read ``--images-28`` embedded test digits, patch every one at
   scale 0.4 with rotation, exact distances, write the patched dataset; no MLflow) against ART's
@@ -71,6 +83,9 @@ ROTATION = 22.5
 RSS_LIMIT_MIB = 2048  # "peak RSS under 2 GB": 2 GiB
 ART_TARGET = 100.0  # issue 24: deploy_patch at least 100x ART's apply_patch at 28x28
 FLOOR_TARGET = 0.5  # issue 24: deploy_patch at least half its read-and-copy floor at 224x224
+JPEG_TARGET = 0.8  # issue 24: jpeg_compression at least 0.8x Pillow's own encode + decode of the same images
+CORES_TARGET = 1.7  # issue 24: a per-image step on 2 cores at least 1.7x itself on one
+QUALITY = 50  # the chain's jpeg_compression quality
 MARKER = "complete.json"
 HERE = Path(__file__).resolve().parent
 
@@ -243,6 +258,55 @@ def child_floor(spec: dict) -> dict:
     return {"images": n, "seconds": seconds, "memory_copy_seconds": memory_seconds, "bytes": total}
 
 
+def child_pillow_jpeg(spec: dict) -> dict:
+    """Pillow's own JPEG encode + decode of the dataset's images in memory, on ``workers`` threads
+    (each image its own; read before the clock starts), and a hash of the decoded images."""
+    import hashlib
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from advpatch.data.dataset import Dataset
+    from advpatch.parallel import workers
+
+    x = Dataset(spec["data"], verify=False).load()["x"]
+    out = np.empty_like(x)
+    quality, mode = spec["quality"], "RGB" if x.shape[-1] == 3 else "L"
+
+    def one(i: int) -> None:
+        buf = io.BytesIO()
+        Image.fromarray(x[i] if mode == "RGB" else x[i, ..., 0], mode=mode).save(buf, format="jpeg", quality=quality)
+        decoded = np.asarray(Image.open(buf))
+        out[i] = decoded if mode == "RGB" else decoded[..., None]
+
+    count = workers()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(count) as pool:
+        list(pool.map(one, range(len(x))))
+    seconds = time.perf_counter() - t0
+    return {"images": len(x), "seconds": seconds, "workers": count, "x_sha256": hashlib.sha256(out).hexdigest()}
+
+
+def dataset_x_sha256(path: str) -> str:
+    """sha256 of a dataset's images, every shard's x in order."""
+    import hashlib
+
+    from advpatch.data.dataset import Dataset
+
+    h = hashlib.sha256()
+    for shard in Dataset(path, verify=False).shards():
+        h.update(np.ascontiguousarray(shard["x"]))
+    return h.hexdigest()
+
+
+def shard_hashes(path: str) -> list:
+    """The sha256 of each shard file, as the dataset's manifest records them."""
+    from advpatch.data.dataset import Dataset
+
+    return [s["sha256"] for s in Dataset(path, verify=False).spec.shards]
+
+
 def child_gen(spec: dict) -> dict:
     """gen_patch's step time at 224x224 on ResNet50, batch 16: ours, ART's, the model's floor."""
     _child_settings()
@@ -389,6 +453,7 @@ def child_art28(spec: dict) -> dict:
 
 
 CHILDREN = {"prepare": child_prepare, "step": child_step, "floor": child_floor, "gen": child_gen,
+            "pillow_jpeg": child_pillow_jpeg,
             "prepare28": child_prepare28, "deploy28": child_deploy28, "art28": child_art28}
 
 
@@ -523,6 +588,9 @@ def main(argv=None) -> int:
                          "met": bool(rss < RSS_LIMIT_MIB) if checked else None, "target": target,
                          "target_met": None if target is None else bool(ratio >= target), **(extra or {})}
 
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if os.environ.get("ADVPATCH_WORKERS", "").isdigit() and int(os.environ["ADVPATCH_WORKERS"]) > 0:
+        cores = int(os.environ["ADVPATCH_WORKERS"])  # as advpatch.parallel.workers() counts them
     data = ensure_data(data_dir, n, args.seed, args.workers)
     images = data_dir / "images"
     disk["jpeg_folder_bytes"] = du_bytes(images)
@@ -534,8 +602,9 @@ def main(argv=None) -> int:
         raw["prepare"] = run_child("prepare", {"patches": paths["patches"], "model": paths["model"]}, work,
                                    "prepare", env)
 
-        def step(label, name, tensorflow=False, **kwargs):
-            out = run_child("step", {"step": name, "kwargs": kwargs, "tensorflow": tensorflow}, work, label, env)
+        def step(label, name, tensorflow=False, env_=None, **kwargs):
+            out = run_child("step", {"step": name, "kwargs": kwargs, "tensorflow": tensorflow}, work, label,
+                            env_ or env)
             out["images_per_second"] = n / out["step_seconds"]
             out["images_per_second_whole_process"] = n / out["wall_seconds"]
             raw[label] = out
@@ -547,11 +616,38 @@ def main(argv=None) -> int:
                           "step_seconds": out["step_seconds"], "process_seconds": out["wall_seconds"],
                           "rss_after_imports_mib": out["rss_after_imports_mib"], "raw": label}, **kw)
 
-        out = step("load_dataset", "load_dataset", dataset=paths["loaded"], source=str(images), split="all")
+        def cores_figure(name, outs, outs1):
+            """A step on every core against itself on one (ADVPATCH_WORKERS=1), medians of interleaved runs."""
+            ips = float(np.median([o["images_per_second"] for o in outs]))
+            ips1 = float(np.median([o["images_per_second"] for o in outs1]))
+            figure(f"{name} on {cores} cores vs 1 (images/s)", ips, "images/s", reference=ips1, ratio=ips / ips1,
+                   ratio_means=f"{cores} workers / 1 worker (same bytes)", rss=max(o["peak_rss_mib"] for o in outs),
+                   target=CORES_TARGET if cores >= 2 else None,
+                   extra={"workers": cores, "runs_images_per_second": [o["images_per_second"] for o in outs],
+                          "one_core_runs_images_per_second": [o["images_per_second"] for o in outs1]})
+
+        one_core = {**env, "ADVPATCH_WORKERS": "1"}
+        loads, loads1 = [], []
+        for r in range(repeats):  # interleaved, each in its own process: one core, then every core
+            target = str(work / f"loaded1-{r}")
+            loads1.append(step(f"load_dataset-1core-{r}", "load_dataset", env_=one_core, dataset=target,
+                               source=str(images), split="all"))
+            hashes1 = shard_hashes(target)
+            shutil.rmtree(target)
+            target = paths["loaded"] if r == 0 else str(work / f"loaded-{r}")
+            out = step("load_dataset" if r == 0 else f"load_dataset-{r}", "load_dataset", dataset=target,
+                       source=str(images), split="all")
+            loads.append(out)
+            if shard_hashes(target) != hashes1:
+                raise SystemExit("load_dataset wrote different bytes on one core and on every core")
+            if r:
+                shutil.rmtree(target)
+        out = loads[0]
         loaded = int(out["metrics"].get("num_examples", n))
         if loaded != n:
             raise SystemExit(f"load_dataset wrote {loaded} images, not the folder's {n}")
         step_figure("load_dataset", "load_dataset", out)
+        cores_figure("load_dataset", loads, loads1)
         disk["dataset_bytes"] = du_bytes(Path(paths["loaded"]))
 
         # deploy_patch against its floor: each run in its own process, the two interleaved, medians
@@ -596,8 +692,36 @@ def main(argv=None) -> int:
         if not args.keep:
             shutil.rmtree(paths["loaded"])
 
-        out = step("jpeg_compression", "jpeg_compression", data=patched, defended_data=paths["defended"])
-        step_figure("jpeg_compression", "jpeg_compression", out)
+        # jpeg_compression against Pillow's own encode + decode, and against itself on one core:
+        # interleaved, each run in its own process, medians; every output the same bytes
+        jpegs, jpegs1, pillows = [], [], []
+        for r in range(repeats):
+            pillow = run_child("pillow_jpeg", {"data": patched, "quality": QUALITY}, work, f"pillow_jpeg-{r}", env)
+            raw[f"pillow_jpeg-{r}"] = pillow
+            pillows.append(pillow)
+            target = paths["defended"] if r == 0 else str(work / f"defended-{r}")
+            jpegs.append(step("jpeg_compression" if r == 0 else f"jpeg_compression-{r}", "jpeg_compression",
+                              data=patched, defended_data=target, jpeg_compression_quality=QUALITY))
+            if dataset_x_sha256(target) != pillow["x_sha256"]:
+                raise SystemExit("jpeg_compression's images differ from Pillow's encode + decode of the same images")
+            digest = shard_hashes(target)
+            if r:
+                shutil.rmtree(target)
+            target = str(work / f"defended1-{r}")
+            jpegs1.append(step(f"jpeg_compression-1core-{r}", "jpeg_compression", env_=one_core, data=patched,
+                               defended_data=target, jpeg_compression_quality=QUALITY))
+            if shard_hashes(target) != digest:
+                raise SystemExit("jpeg_compression wrote different bytes on one core and on every core")
+            shutil.rmtree(target)
+        step_figure("jpeg_compression", "jpeg_compression", jpegs[0])
+        ips = float(np.median([o["images_per_second"] for o in jpegs]))
+        pillow_ips = float(np.median([o["images"] / o["seconds"] for o in pillows]))
+        figure("jpeg_compression vs Pillow encode+decode (images/s)", ips, "images/s", reference=pillow_ips,
+               ratio=ips / pillow_ips, ratio_means=f"ours (whole step) / Pillow (in memory, {pillows[0]['workers']} "
+               "threads; same bytes)", rss=max(o["peak_rss_mib"] for o in jpegs), target=JPEG_TARGET,
+               extra={"quality": QUALITY, "runs_images_per_second": [o["images_per_second"] for o in jpegs],
+                      "pillow_runs_images_per_second": [o["images"] / o["seconds"] for o in pillows]})
+        cores_figure("jpeg_compression", jpegs, jpegs1)
         if not args.keep:
             shutil.rmtree(patched)
 

@@ -61,7 +61,8 @@ class DatasetWriter:
         self._background = Background()
 
     def write(self, x: np.ndarray, y: np.ndarray, **columns: np.ndarray) -> None:
-        """Append a batch: ``x`` uint8 ``[n, H, W, C]``, ``y`` integer labels ``[n]``."""
+        """Append a batch: ``x`` uint8 ``[n, H, W, C]``, ``y`` integer labels ``[n]``. The writer keeps
+        ``x`` (not a copy) until its shard is written: it must not change after."""
         x = np.asarray(x)
         y = np.asarray(y)
         if x.dtype != np.uint8:
@@ -97,7 +98,7 @@ class DatasetWriter:
         if not self._pending_n:
             return
         arrays = {
-            "x": np.concatenate([p[0] for p in self._pending]),
+            "x": [p[0] for p in self._pending],  # written piece by piece (save_npz): no copy of the shard
             "y": np.concatenate([p[1] for p in self._pending]),
         }
         for name in self.spec.columns:

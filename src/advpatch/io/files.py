@@ -13,7 +13,7 @@ import shutil
 import tarfile
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Dict, Iterator, Sequence, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Type, TypeVar, Union
 
 from advpatch.errors import AdvpatchError, ArchiveError
 
@@ -109,7 +109,8 @@ class Background:
 
 def save_npz(path: PathLike, **arrays: Any) -> None:
     """NumPy arrays as an ``.npz`` archive (readable by ``np.load(allow_pickle=False)``), byte for
-    byte the same for the same arrays: ``np.savez`` stamps each member with the current time."""
+    byte the same for the same arrays: ``np.savez`` stamps each member with the current time. A
+    value may be a list of arrays: their concatenation is written (the same bytes), never made."""
     import zipfile
 
     import numpy as np
@@ -118,7 +119,31 @@ def save_npz(path: PathLike, **arrays: Any) -> None:
         for name, value in arrays.items():
             member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with archive.open(member, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+                if isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
+                    _write_pieces(f, value)
+                else:
+                    np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+
+
+def _write_pieces(f: Any, pieces: List[Any]) -> None:
+    """``np.lib.format.write_array(f, np.concatenate(pieces))``'s bytes, piece by piece: its header
+    (as ``header_data_from_array_1_0`` of the whole makes it), then the C-order data."""
+    import numpy as np
+
+    first = pieces[0]
+    if first.dtype.hasobject or any(p.dtype != first.dtype or p.shape[1:] != first.shape[1:] for p in pieces):
+        np.lib.format.write_array(f, np.concatenate(pieces), allow_pickle=False)
+        return
+    shape = (sum(len(p) for p in pieces), *first.shape[1:])
+    header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False, "shape": shape}
+    try:  # write_array's header is version 1.0 whenever that holds it (a test checks the bytes)
+        np.lib.format.write_array_header_1_0(f, header)
+    except ValueError:  # a header 1.0 cannot hold: nothing written yet
+        np.lib.format.write_array(f, np.concatenate(pieces), allow_pickle=False)
+        return
+    for piece in pieces:
+        if piece.size:
+            f.write(np.ascontiguousarray(piece).data.cast("B"))
 
 
 def write_text(path: PathLike, text: str) -> None:

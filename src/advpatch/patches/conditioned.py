@@ -113,24 +113,26 @@ def num_sets(patch_set: PatchSet) -> int:
 
 
 def apply_set(images: np.ndarray, patch_set: PatchSet, set_index: np.ndarray, placements: Placements,
-              batch_size: int = 1024, out: Optional[np.ndarray] = None) -> np.ndarray:
+              batch_size: int = 1024, out: Optional[np.ndarray] = None,
+              record: Optional[Callable[..., None]] = None) -> np.ndarray:
     """Patched uint8 ``images``: each with patch ``set_index[i]`` (ordinary set: exactly
-    :func:`apply_patches`) or, conditioned, the entry of its set its placement picks. ``out``: as
-    :func:`apply_patches`'s."""
+    :func:`apply_patches`) or, conditioned, the entry of its set its placement picks. ``out`` and
+    ``record``: as :func:`apply_patches`'s."""
     cond = conditioning_of(patch_set)
     index = entries(patch_set, set_index, placements)
     if cond is not None and cond.mode == "canvas":
-        return apply_canvas(images, patch_set.patches, patch_set.masks[0], index, placements, batch_size, out=out)
-    return apply_patches(images, patch_set, index, placements, batch_size, out=out)
+        return apply_canvas(images, patch_set.patches, patch_set.masks[0], index, placements, batch_size, out=out,
+                            record=record)
+    return apply_patches(images, patch_set, index, placements, batch_size, out=out, record=record)
 
 
 def apply_canvas(images: np.ndarray, canvases: np.ndarray, mask: np.ndarray, index: np.ndarray,
                  placements: Placements, batch_size: int = 256, n_workers: int = 0,
-                 out: Optional[np.ndarray] = None) -> np.ndarray:
+                 out: Optional[np.ndarray] = None, record: Optional[Callable[..., None]] = None) -> np.ndarray:
     """uint8 ``images`` each showing canvas ``canvases[index[i]]`` ([H, W, C], image-aligned)
     through ``mask`` ([H, H]) warped to ``placements[i]``; rounding as :func:`apply_patches`. Only
     the window around each warped mask is computed (outside it the mask is 0: the image is kept)."""
-    from advpatch.patches.paste import masked, padded, paste
+    from advpatch.patches.paste import padded, paste_masked
     from advpatch.patches.patchset import _windows
 
     hw = images.shape[1:3]
@@ -143,17 +145,13 @@ def apply_canvas(images: np.ndarray, canvases: np.ndarray, mask: np.ndarray, ind
     canvases = np.asarray(canvases, np.float32)
     index = np.asarray(index, np.intp)
 
-    def patched(sl: slice, windows: np.ndarray) -> np.ndarray:
-        # the canvas's own pixel under each point
-        def pixels(points: np.ndarray, image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-            at = np.unravel_index(points, windows.shape[:3])
-            under: np.ndarray = canvases[index[sl][image], oy[sl][image] + at[1], ox[sl][image] + at[2]]
-            return under
+    def pixels(sl: slice, image: np.ndarray, i: np.ndarray, j: np.ndarray, x: np.ndarray, y: np.ndarray
+               ) -> np.ndarray:  # the canvas's own pixel under each point
+        under: np.ndarray = canvases[index[sl][image], oy[sl][image] + i, ox[sl][image] + j]
+        return under
 
-        zero = np.zeros(len(windows), np.intp)
-        return masked(windows, flat, side, zero, rows[sl], pixels, (oy[sl], ox[sl]), divide=True)
-
-    paste(images, out, oy, ox, wh, ww, patched, n_workers)
+    paste_masked(images, out, oy, ox, wh, ww, rows, flat, side, np.zeros(len(images), np.intp), pixels, origin=True,
+                 divide=True, n_workers=n_workers, record=record)
     return out
 
 

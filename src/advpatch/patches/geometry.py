@@ -66,6 +66,7 @@ def _half_extents(outline: np.ndarray, side: np.ndarray, rad: np.ndarray, chunk:
                   ) -> Tuple[np.ndarray, np.ndarray]:
     """Half the width and height (pixels) of the axis-aligned box around the rotated outline."""
     hx, hy = np.empty(len(side)), np.empty(len(side))
+    outline = np.unique(outline, axis=0)  # neighbouring rows share corners: each point once (the maxima are the same)
     px, py = outline[:, 0], outline[:, 1]
     for i in range(0, len(side), chunk):
         cos, sin = np.cos(rad[i:i + chunk])[:, None], np.sin(rad[i:i + chunk])[:, None]

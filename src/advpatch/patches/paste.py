@@ -55,13 +55,20 @@ def coordinates(rows: np.ndarray, wh: int, ww: int, origin: Optional[Tuple[np.nd
     return x, y
 
 
-def sample(flat: np.ndarray, side: int, index: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def sample(flat: np.ndarray, side: int, index: np.ndarray, x: np.ndarray, y: np.ndarray,
+           inside: bool = False) -> np.ndarray:
     """[m, K] float32: canvas ``index`` of ``flat`` (see :func:`padded`; ``side`` its padded
-    side) read bilinearly at points (``x``, ``y``) ([m] each), 0 outside it."""
+    side) read bilinearly at points (``x``, ``y``) ([m] each), 0 outside it. ``inside``: every
+    point is in (-1, canvas side) on both axes (so no neighbour index needs clipping)."""
     x0, y0 = np.floor(x), np.floor(y)
     hi = side - 2 * PAD  # the canvas's own side: indices -2 .. side read zeros beyond it
-    at = (np.clip(y0, -PAD, hi).astype(np.intp) + PAD + np.asarray(index, np.intp) * side) * side
-    at += np.clip(x0, -PAD, hi).astype(np.intp) + PAD
+    if inside:
+        at = (y0.astype(np.intp) + (PAD + np.asarray(index, np.intp) * side)) * side
+        at += x0.astype(np.intp)
+        at += PAD
+    else:
+        at = (np.clip(y0, -PAD, hi).astype(np.intp) + PAD + np.asarray(index, np.intp) * side) * side
+        at += np.clip(x0, -PAD, hi).astype(np.intp) + PAD
     wx1 = x - x0
     wx0 = x0 + 1
     wx0 -= x
@@ -92,26 +99,78 @@ def warp_windows(flat: np.ndarray, side: int, index: np.ndarray, rows: np.ndarra
     return sample(flat, side, k, x.ravel(), y.ravel()).reshape(len(rows), wh, ww, -1)
 
 
-def masked(windows: np.ndarray, mask_flat: np.ndarray, side: int, index: np.ndarray, rows: np.ndarray,
-           pixels: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray],
-           origin: Optional[Tuple[np.ndarray, np.ndarray]] = None, divide: bool = False) -> np.ndarray:
-    """uint8 ``windows`` [n, wh, ww, C] patched: the mask (``mask_flat``, one channel) warped by
-    ``rows``, and where it is not 0 (elsewhere the blend gives back the image's own byte) the
-    blend with ``pixels(points, image, x, y)`` ([m, C] float32 at those points: flat window
-    indices, their image in the chunk, where they read the canvas)."""
-    _, wh, ww, c = windows.shape
-    x, y = coordinates(rows, wh, ww, origin)
+Pixels = Callable[[slice, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+Record = Callable[[slice, np.ndarray, np.ndarray, np.ndarray], None]
+
+
+def paste_masked(images: np.ndarray, out: np.ndarray, oy: np.ndarray, ox: np.ndarray, wh: int, ww: int,
+                 rows: np.ndarray, mask_flat: np.ndarray, side: int, mask_index: np.ndarray,
+                 pixels: Optional[Pixels], *,
+                 origin: bool = False, divide: bool = False, n_workers: int = 0, chunk: Optional[int] = None,
+                 record: Optional[Record] = None) -> None:
+    """uint8 ``images`` [n, H, W, C] patched into ``out`` (``images`` itself, or a copy of it): in
+    each image's wh x ww window at (``oy[i]``, ``ox[i]``), the mask (``mask_flat``, one channel;
+    canvas ``mask_index[i]``) warped by ``rows[i]`` (the window's own transform, or with
+    ``origin`` the image's), and where it is not 0 (elsewhere the blend gives back the image's own
+    byte, so only those pixels are read and written) the blend with ``pixels(sl, image, i, j, x,
+    y)`` ([m, C] float32 at those points: their image in the chunk ``sl``, their window row and
+    column, where they read the canvas); ``pixels=None``: the canvases ``mask_flat`` are the
+    patches themselves, their C channels and the mask as channel C + 1, read together. Chunks of
+    ``chunk`` images (default: :data:`CHUNK_PIXELS` window pixels, and at least one chunk per
+    worker) on threads, each reading and writing its own images. ``record(sl, counts, before,
+    after)``: each chunk's changed pixels, image by image
+    (``counts`` [chunk] how many of each; ``before`` and ``after`` uint8 [sum(counts), C])."""
+    from advpatch.parallel import in_parallel, workers
+
+    n, h, w, c = images.shape
+    count = n_workers or workers()
+    chunk = chunk or max(1, min(CHUNK_PIXELS // (wh * ww), -(-n // count)))
+    flat = images.reshape(-1, c) if images.flags.c_contiguous else None
+    flat_out = out.reshape(-1, c) if out.flags.c_contiguous else None
     hi = side - 2 * PAD  # beyond (-1, hi) on either axis all four neighbours are off the canvas: the mask is 0
-    points = np.flatnonzero((x > -1) & (x < hi) & (y > -1) & (y < hi))
-    x, y = x.ravel()[points], y.ravel()[points]
-    image = points // (wh * ww)
-    m = sample(mask_flat, side, np.asarray(index, np.intp)[image], x, y)[:, 0]
-    keep = np.flatnonzero(m)
-    points, image, x, y, m = points[keep], image[keep], x[keep], y[keep], m[keep]
-    out: np.ndarray = windows.copy()
-    flat_out = out.reshape(-1, c)
-    flat_out[points] = blend(flat_out[points], m[:, None], pixels(points, image, x, y), divide)
-    return out
+    offsets = (np.arange(wh)[:, None] * w + np.arange(ww)).astype(np.intp)  # window pixel -> image pixel
+    corner = ((np.arange(n) * h + oy) * w + ox).astype(np.intp)  # each window's first pixel in the images
+
+    def one(k: int) -> None:
+        sl = slice(k * chunk, min(n, (k + 1) * chunk))
+        x, y = coordinates(rows[sl], wh, ww, (oy[sl], ox[sl]) if origin else None)
+        inside = x > -1
+        inside &= x < hi
+        inside &= y > -1
+        inside &= y < hi
+        points = np.flatnonzero(inside)
+        x, y = x.ravel()[points], y.ravel()[points]
+        image = points // (wh * ww)
+        points -= image * (wh * ww)  # the point in its window
+        mask_of = np.asarray(mask_index[sl], np.intp)[image]
+        if pixels is None:  # the patch's own canvas, its mask the last channel: one read of both
+            both = sample(mask_flat, side, mask_of, x, y, inside=True)
+            m = both[:, c]
+        else:
+            m = sample(mask_flat, side, mask_of, x, y, inside=True)[:, 0]
+        keep = np.flatnonzero(m)
+        image, points, m = image[keep], points[keep], m[keep]
+        if flat is not None and flat_out is not None:
+            at = corner[sl][image] + offsets.ravel()[points]
+            before = np.take(flat, at, axis=0)
+        else:
+            i, j = np.divmod(points, ww)
+            where = (image + sl.start, oy[sl][image] + i, ox[sl][image] + j)
+            before = images[where]
+        if pixels is None:
+            new = both[keep, :c]
+        else:
+            i, j = np.divmod(points, ww)
+            new = pixels(sl, image, i, j, x[keep], y[keep])
+        after = blend(before, m[:, None], new, divide)
+        if flat is not None and flat_out is not None:
+            flat_out[at] = after
+        else:
+            out[where] = after
+        if record is not None:
+            record(sl, np.bincount(image, minlength=sl.stop - sl.start), before, after)
+
+    in_parallel(one, -(-n // chunk), count)
 
 
 def blend(window: np.ndarray, mask: np.ndarray, pixels: np.ndarray, divide: bool = False) -> np.ndarray:
@@ -130,31 +189,3 @@ def blend(window: np.ndarray, mask: np.ndarray, pixels: np.ndarray, divide: bool
     out *= F32(255)
     np.rint(out, out=out)
     return out.astype(np.uint8)
-
-
-def paste(images: np.ndarray, out: np.ndarray, oy: np.ndarray, ox: np.ndarray, wh: int, ww: int,
-          patched: Callable[[slice, np.ndarray], np.ndarray], n_workers: int = 0,
-          chunk: Optional[int] = None) -> None:
-    """For each image, ``out[i]``'s window at (``oy[i]``, ``ox[i]``) of wh x ww becomes
-    ``patched(chunk_slice, windows)`` of its chunk (uint8 windows in, uint8 windows out); the
-    rest of ``out`` is left as it is. Chunks of ``chunk`` images (default: :data:`CHUNK_PIXELS`
-    window pixels) on threads."""
-    from advpatch.parallel import in_parallel
-
-    n = len(images)
-    chunk = chunk or max(1, CHUNK_PIXELS // (wh * ww))
-    small = wh * ww < 1024  # small windows: one fancy index; large ones: a slice per image
-
-    def one(c: int) -> None:
-        sl = slice(c * chunk, min(n, (c + 1) * chunk))
-        b = np.arange(sl.start, sl.stop)
-        if small:
-            ii = oy[sl, None, None] + np.arange(wh)[None, :, None]
-            jj = ox[sl, None, None] + np.arange(ww)[None, None, :]
-            out[b[:, None, None], ii, jj] = patched(sl, images[b[:, None, None], ii, jj])
-            return
-        windows = np.stack([images[i, oy[i]:oy[i] + wh, ox[i]:ox[i] + ww] for i in b])
-        for i, w in zip(b, patched(sl, windows)):
-            out[i, oy[i]:oy[i] + wh, ox[i]:ox[i] + ww] = w
-
-    in_parallel(one, -(-n // chunk), n_workers)

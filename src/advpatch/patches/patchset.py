@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
@@ -166,17 +166,20 @@ def apply_patches(
     batch_size: int = 1024,
     n_workers: int = 0,
     out: Optional[np.ndarray] = None,
+    record: Optional[Callable[..., None]] = None,
 ) -> np.ndarray:
     """Apply ``patch_set.patches[patch_index[i]]`` at ``placements[i]`` to uint8 ``images[i]``.
 
     Needs only the patch set: no model, no attack object. Returns uint8 images. The warp and blend
     run on a window around each patch (the same transform, shifted), not the whole image: at scale
-    0.4 that is about a quarter of the pixels. Pixels outside the window are copied unchanged. In
-    NumPy on threads (:mod:`~advpatch.patches.paste`), the bytes TensorFlow's warp gave.
-    ``batch_size`` is kept for callers; the work goes in chunks of bounded memory whatever it is.
-    ``out``: where the patched images go (``images`` itself patches them in place; default a copy).
+    0.4 that is about a quarter of the pixels, and only the pixels its mask covers are read and
+    written. Pixels outside the window are copied unchanged. In NumPy on threads
+    (:mod:`~advpatch.patches.paste`), the bytes TensorFlow's warp gave. ``batch_size`` is kept for
+    callers; the work goes in chunks of bounded memory whatever it is. ``out``: where the patched
+    images go (``images`` itself patches them in place; default a copy). ``record``: as
+    :func:`~advpatch.patches.paste.paste_masked`'s (the pixels each chunk changed).
     """
-    from advpatch.patches.paste import masked, padded, paste, sample
+    from advpatch.patches.paste import padded, paste_masked
 
     if images.shape[-1] != patch_set.patches.shape[-1]:
         raise PatchSetError(
@@ -186,18 +189,11 @@ def apply_patches(
     out = images.copy() if out is None else out
     if not len(images):
         return out
-    mask_flat, side = padded(patch_set.masks[..., None])
-    patch_flat, _ = padded(patch_set.patches)
+    flat, side = padded(patch_set.canvases())  # each patch and its mask, read together
     rows = _shifted(transforms(placements, patch_set.patch_size, hw), placements, hw)
     oy, ox, wh, ww = _windows(placements, hw)
-    index = np.asarray(patch_index)
-
-    def patched(sl: slice, windows: np.ndarray) -> np.ndarray:
-        chunk_index = index[sl]
-        return masked(windows, mask_flat, side, chunk_index, rows[sl],
-                      lambda points, image, x, y: sample(patch_flat, side, chunk_index[image].astype(np.intp), x, y))
-
-    paste(images, out, oy, ox, wh, ww, patched, n_workers)
+    paste_masked(images, out, oy, ox, wh, ww, rows, flat, side, np.asarray(patch_index, np.intp), None,
+                 n_workers=n_workers, record=record)
     return out
 
 
@@ -251,7 +247,7 @@ def deploy(dataset: Dataset, patch_set: PatchSet, writer: DatasetWriter, *, meth
     the scale stays as drawn. ``start:stop``: only those images are written (a shard), each patched as
     when all are (every draw is made for all of them, and the batches are the whole's).
     """
-    from advpatch.patches.conditioned import apply_set, entries, num_sets
+    from advpatch.patches.conditioned import entries, num_sets
 
     n = len(dataset)
     chosen = np.zeros(n, dtype=bool)
@@ -280,15 +276,15 @@ def deploy(dataset: Dataset, patch_set: PatchSet, writer: DatasetWriter, *, meth
                     getattr(where, f)[sel] = getattr(found.placements, f)
                 won.append(found.won[mine])
             index[sel] = entries(patch_set, which[sel], where.take(sel))
-            patched = x[sel - idx[0]]  # a copy, patched in place
-            clean = _clean_windows(patched, where.take(sel))
-            apply_set(patched, patch_set, which[sel], where.take(sel), batch_size, out=patched)
-            for k, v in window_distances(clean, patched, where.take(sel)).items():
+            whole = method == "corrupt" and len(sel) == len(x) and x.flags.writeable and x.flags.c_contiguous
+            patched = x if whole else x[sel - idx[0]]  # every image of the batch: the batch itself, patched in place
+            for k, v in _patch_measured(patched, patch_set, which[sel], where.take(sel), batch_size).items():
                 distances.setdefault(k, []).append(v[mine])
         keep = (idx >= start) & (idx < stop)
         if method == "corrupt":
             x = x if x.flags.writeable else x.copy()
-            x[sel - idx[0]] = patched  # the batch is this loop's own
+            if patched is not x:
+                x[sel - idx[0]] = patched  # the batch is this loop's own
             if not keep.all():  # a shard: the whole's batch, cut
                 x, y, idx = x[keep], y[keep], idx[keep]
             writer.write(x, y, **_provenance_columns(idx, chosen[idx], index, where, patch_set))
@@ -299,6 +295,43 @@ def deploy(dataset: Dataset, patch_set: PatchSet, writer: DatasetWriter, *, meth
                              **_provenance_columns(sel, np.ones(len(sel), bool), index, where, patch_set))
     return Deployed(int(chosen[start:stop].sum()), {k: np.concatenate(v) for k, v in distances.items()},
                     None if search is None else np.concatenate(won) if won else np.zeros(0, bool), chosen)
+
+
+def _patch_measured(images: np.ndarray, patch_set: PatchSet, which: np.ndarray, placements: Placements,
+                    batch_size: int) -> Dict[str, np.ndarray]:
+    """Patch uint8 ``images`` in place (:func:`~advpatch.patches.conditioned.apply_set`) and return
+    their exact distances to the clean images (:func:`~advpatch.evaluation.distance_stats`), from
+    |x|^2 of each clean image and the pixels the paste changed, each chunk's on its thread."""
+    from advpatch.evaluation import changed_distances
+    from advpatch.patches.conditioned import apply_set
+
+    squares = _squares(images)
+    size, c = int(np.prod(images.shape[1:])), images.shape[-1]
+    parts: Dict[int, Dict[str, np.ndarray]] = {}
+
+    def record(sl: slice, counts: np.ndarray, before: np.ndarray, after: np.ndarray) -> None:
+        parts[sl.start] = changed_distances(before.ravel(), after.ravel(), counts * c, squares[sl], size)
+
+    apply_set(images, patch_set, which, placements, batch_size, out=images, record=record)
+    if not parts:
+        return {}
+    ordered = [parts[k] for k in sorted(parts)]
+    return {k: np.concatenate([p[k] for p in ordered]) for k in ordered[0]}
+
+
+def _squares(images: np.ndarray) -> np.ndarray:
+    """:func:`~advpatch.evaluation.squares_of` of uint8 ``images``, chunks on threads."""
+    from advpatch.evaluation import squares_of
+    from advpatch.parallel import in_parallel
+
+    out = np.empty(len(images), np.int64)
+    chunk = max(16, (1 << 20) // max(1, int(np.prod(images.shape[1:]))) // 16 * 16)
+
+    def one(k: int) -> None:
+        out[k * chunk:(k + 1) * chunk] = squares_of(images[k * chunk:(k + 1) * chunk])
+
+    in_parallel(one, -(-len(images) // chunk))
+    return out
 
 
 def _clean_windows(images: np.ndarray, placements: Placements) -> Tuple[np.ndarray, np.ndarray]:
