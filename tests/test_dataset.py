@@ -120,3 +120,27 @@ def test_a_shard_written_in_the_background_raises_its_error_and_waits_in_order()
         bg.wait()
     bg.submit(fail)
     bg.wait(raise_error=False)  # abort: the folder goes anyway
+
+
+def test_batches_read_the_next_shard_ahead_and_give_the_same_rows(tmp_path):
+    """Batches over many shards (the next one read on a thread while the caller works) are the
+    rows in order, cut where the whole's batches are, for any start and stop; a corrupt shard
+    further on still stops the reading with its error when its rows are reached."""
+    x, y = _images(103, seed=3)
+    spec = write_dataset(tmp_path / "d", x, y, [str(i) for i in range(10)], shard_bytes=8 * 8 * 7)
+    assert len(spec.shards) == 15
+    data = Dataset(tmp_path / "d")
+    for start, stop, size in ((0, 103, 10), (5, 97, 16), (30, 31, 4), (0, 103, 200)):
+        batches = list(data.batches(size, start, stop))
+        assert np.array_equal(np.concatenate([b["x"] for b in batches]), x[start:stop])
+        assert np.array_equal(np.concatenate([b["y"] for b in batches]), y[start:stop])
+        assert all(len(b["y"]) == size for b in batches[1:-1])
+    shard = tmp_path / "d" / spec.shards[9]["file"]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    rows = []
+    with pytest.raises(DatasetError, match="sha256"):
+        for batch in Dataset(tmp_path / "d").batches(7):
+            rows.append(len(batch["y"]))
+    assert sum(rows) >= 7 * 8  # everything before the corrupt shard came through first

@@ -69,6 +69,23 @@ def _pool(count: int) -> Any:
         return pool
 
 
+def changed_images(a: np.ndarray, b: np.ndarray) -> int:
+    """How many images of ``a`` differ from ``b`` (same shape) in any byte, chunks on threads."""
+    n = len(a)
+    if not n:
+        return 0
+    size = int(np.prod(a.shape[1:])) * a.itemsize
+    chunk = max(1, (1 << 22) // max(size, 1))
+    found = np.zeros(n, bool)
+
+    def one(k: int) -> None:
+        sl = slice(k * chunk, min(n, (k + 1) * chunk))
+        found[sl] = (a[sl] != b[sl]).reshape(sl.stop - sl.start, -1).any(axis=1)
+
+    in_parallel(one, -(-n // chunk))
+    return int(found.sum())
+
+
 MIB = 2**20
 
 

@@ -214,22 +214,32 @@ class Dataset:
 
     def batches(self, batch_size: int, start: int = 0, stop: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
         """Yield rows ``start:stop`` in batches cut where the whole data's batches of ``batch_size`` are
-        cut (of a shard, :attr:`layout`: a shard's batches are the whole's), in order."""
+        cut (of a shard, :attr:`layout`: a shard's batches are the whole's), in order. The next shard
+        is read ahead, on a thread, while the caller works on the batches of the one before."""
         stop = len(self) if stop is None else stop
         cut = self.layout.get("offset", 0) + start  # the whole's position of the next row to yield
         buf: List[Dict[str, np.ndarray]] = []
         n, at = 0, 0
+        wanted: List[Tuple[int, int]] = []  # (shard, its first row) of the shards rows start:stop are in
         for i, shard in enumerate(self.spec.shards):
             first, at = at, at + shard["num_examples"]
-            if at <= start or first >= stop:
-                continue
-            part = self.read_shard(i)
-            buf.append({k: v[max(start - first, 0):stop - first] for k, v in part.items()})
-            n += len(buf[-1]["y"])
-            while n and n >= (size := batch_size - cut % batch_size):
-                merged = _concat(buf)
-                yield {k: v[:size] for k, v in merged.items()}
-                buf, n, cut = [{k: v[size:] for k, v in merged.items()}], n - size, cut + size
+            if at > start and first < stop:
+                wanted.append((i, first))
+        from concurrent.futures import ThreadPoolExecutor
+
+        # the next shard is read (and its sha256 checked) on a thread while the caller works on this one's
+        with ThreadPoolExecutor(1, thread_name_prefix="advpatch-read") as reader:
+            ahead = [reader.submit(self.read_shard, i) for i, _ in wanted[:1]]
+            for k, (_, first) in enumerate(wanted):
+                part = ahead.pop().result()
+                if k + 1 < len(wanted):
+                    ahead.append(reader.submit(self.read_shard, wanted[k + 1][0]))
+                buf.append({key: v[max(start - first, 0):stop - first] for key, v in part.items()})
+                n += len(buf[-1]["y"])
+                while n and n >= (size := batch_size - cut % batch_size):
+                    merged = _concat(buf)
+                    yield {key: v[:size] for key, v in merged.items()}
+                    buf, n, cut = [{key: v[size:] for key, v in merged.items()}], n - size, cut + size
         if n:
             yield _concat(buf)
 

@@ -21,6 +21,7 @@ def _defend(name: str, p: StepParams, track: Tracker, data: str, defended_data: 
 
     from advpatch.data.dataset import Dataset
     from advpatch.data.writer import DatasetWriter
+    from advpatch.parallel import changed_images
 
     values = p.all()  # every defence step has data_role, batch_size, output_tar_name and seed, then its own
     source = Dataset(data)
@@ -59,9 +60,12 @@ def _defend(name: str, p: StepParams, track: Tracker, data: str, defended_data: 
                                  augmented=np.ones(len(pick), bool))
                     changed += len(pick)
             elif active:
-                blank = np.zeros((pad if i == 0 else 0, *x.shape[1:]), x.dtype)
-                out = transform.on_images(np.concatenate([blank, x]), seed)[len(blank):]
-                changed += int((out != x).reshape(n, -1).any(axis=1).sum())
+                if i == 0 and pad:
+                    blank = np.zeros((pad, *x.shape[1:]), x.dtype)
+                    out = transform.on_images(np.concatenate([blank, x]), seed)[pad:]
+                else:
+                    out = transform.on_images(x, seed)
+                changed += changed_images(out, x)
                 writer.write(out, y, **cols)
             else:
                 writer.write(x, y, **cols)
