@@ -3,6 +3,7 @@ gives the exact distances; shards written piece by piece are the bytes of the wh
 thread pool."""
 
 import io
+import os
 import threading
 
 import numpy as np
@@ -103,3 +104,27 @@ def test_in_parallel_keeps_its_threads_runs_nested_calls_in_order_and_waits_befo
     with pytest.raises(ValueError, match="1"):
         parallel.in_parallel(failing, 6, 2)
     assert sorted(finished) == [0, 2, 4, 5]  # every other call ran to its end first
+
+
+def test_workers_follow_the_cgroup_cpu_quota_a_pod_limit_sets(tmp_path, monkeypatch):
+    """A pod limited to 2 CPUs on a large node gets 2 workers, not one per CPU of the node (its
+    cgroup v2 cpu.max), rounded up; no quota, or no file, leaves the affinity; the variable wins."""
+    from advpatch import parallel
+
+    cpu_max = tmp_path / "cpu.max"
+    for text, cpus in (("200000 100000\n", 2), ("150000 100000", 2), ("50000 100000", 1), ("max 100000", 0),
+                       ("garbage", 0)):
+        cpu_max.write_text(text)
+        assert parallel.cgroup_cpus(str(cpu_max)) == cpus, text
+    assert parallel.cgroup_cpus(str(tmp_path / "missing")) == 0
+    monkeypatch.delenv("ADVPATCH_WORKERS", raising=False)
+    monkeypatch.setattr(parallel, "cgroup_cpus", lambda: 1)
+    assert parallel.workers() == 1
+    monkeypatch.setattr(parallel, "cgroup_cpus", lambda: 0)
+    assert parallel.workers() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("ADVPATCH_WORKERS", "3")
+    assert parallel.workers() == 3
+    a = np.zeros((40, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[[3, 17, 39], 1, 2, 0] = 1
+    assert parallel.changed_images(a, b) == 3 and parallel.changed_images(a, a) == 0

@@ -19,15 +19,28 @@ from advpatch import settings
 
 
 def workers() -> int:
-    """Threads for work per image: ``ADVPATCH_WORKERS``, else the CPUs this process may run on (its
-    affinity, which a container's cpuset sets)."""
+    """Threads (or processes) for work per image: ``ADVPATCH_WORKERS``, else the CPUs this process
+    may run on (its affinity, which a container's cpuset sets), at most its cgroup's CPU quota (what
+    a Kubernetes CPU limit sets: a pod limited to 2 CPUs on a 64-CPU node gets 2)."""
     value = os.environ.get(settings.ENV_WORKERS, "")
     if value.isdigit() and int(value) > 0:
         return int(value)
     try:
-        return len(os.sched_getaffinity(0))
+        count = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    quota = cgroup_cpus()
+    return max(1, min(count, quota)) if quota else count
+
+
+def cgroup_cpus(path: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The CPUs a cgroup v2 quota allows (``cpu.max``: "quota period", rounded up), 0 if none."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+        return -(-int(quota) // int(period)) if quota != "max" and int(period) > 0 else 0
+    except (OSError, ValueError):
+        return 0
 
 
 def in_parallel(fn: Callable[[int], None], n: int, n_workers: int = 0) -> None:
