@@ -26,7 +26,8 @@ What is measured, and against what:
   process of its own; the figures are the medians. A pure in-memory ``np.copyto`` of the same bytes
   is reported beside it.
 * load_dataset on every core against itself on one (target 1.7x on 2 cores, issue 24): the same
-  step with ``ADVPATCH_WORKERS=1`` (:mod:`advpatch.parallel`'s worker count), ``--repeats``
+  step in a process given one CPU (its affinity: :mod:`advpatch.parallel` counts one worker, and
+  the step's reading and writing threads share that CPU, as in a pod given one core), ``--repeats``
   interleaved runs each in a process of its own, medians; the two datasets must be the same bytes
   (their manifests' shard hashes are compared; the run stops if they differ).
 * jpeg_compression (quality 50, on the patched dataset) against Pillow's own encode + decode of the
@@ -457,7 +458,13 @@ CHILDREN = {"prepare": child_prepare, "step": child_step, "floor": child_floor, 
             "prepare28": child_prepare28, "deploy28": child_deploy28, "art28": child_art28}
 
 
+ONE_CPU = "BENCH_ONE_CPU"
+"""Set in a child's environment: the child runs on one CPU (its affinity), as a pod given one core."""
+
+
 def child_main(kind: str, spec_path: str) -> int:
+    if os.environ.get(ONE_CPU):  # before anything starts a thread: every thread of the child on that CPU
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     spec = json.loads(Path(spec_path).read_text())
     out = CHILDREN[kind](spec)
     Path(spec["result"]).write_text(json.dumps(out))
@@ -617,7 +624,7 @@ def main(argv=None) -> int:
                           "rss_after_imports_mib": out["rss_after_imports_mib"], "raw": label}, **kw)
 
         def cores_figure(name, outs, outs1):
-            """A step on every core against itself on one (ADVPATCH_WORKERS=1), medians of interleaved runs."""
+            """A step on every core against itself given one (its affinity one CPU), medians of interleaved runs."""
             ips = float(np.median([o["images_per_second"] for o in outs]))
             ips1 = float(np.median([o["images_per_second"] for o in outs1]))
             figure(f"{name} on {cores} cores vs 1 (images/s)", ips, "images/s", reference=ips1, ratio=ips / ips1,
@@ -626,7 +633,9 @@ def main(argv=None) -> int:
                    extra={"workers": cores, "runs_images_per_second": [o["images_per_second"] for o in outs],
                           "one_core_runs_images_per_second": [o["images_per_second"] for o in outs1]})
 
-        one_core = {**env, "ADVPATCH_WORKERS": "1"}
+        # one core given: the child's affinity is one CPU (advpatch.parallel counts 1 worker from it, and
+        # its reading and writing threads share that CPU too), as a pod with a 1-CPU cpuset
+        one_core = {**{k: v for k, v in env.items() if k != "ADVPATCH_WORKERS"}, ONE_CPU: "1"}
         loads, loads1 = [], []
         for r in range(repeats):  # interleaved, each in its own process: one core, then every core
             target = str(work / f"loaded1-{r}")
