@@ -252,6 +252,9 @@ def adaptive_rows(v, baseline, baseline_attack, rows, trained_rows, gen_data, te
                      evaluate(baseline, worst, f"{row} (worst case)", name, setting)]
     for task, defence in zip(trained_rows, model_defences("training").values()):
         row = defence.label
+        if not defence.adaptive:  # a defence that says no attacker can be adapted to it keeps its row alone
+            new_trained.append(task)
+            continue
         random, worst = attacked(task, row)
         new_trained += [task, evaluate(task, random, f"{row} (adaptive)"), evaluate(task, worst, f"{row} (worst case)")]
     return (new_rows, new_trained), attacks
