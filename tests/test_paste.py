@@ -9,7 +9,7 @@ from advpatch import patches
 from advpatch.evaluation import distance_stats
 from advpatch.parallel import capped, deploy_bytes
 from advpatch.patches import paste
-from advpatch.patches.patchset import _clean_windows, window_distances
+from advpatch.patches.patchset import _patch_measured
 
 CLASSES = [str(i) for i in range(10)]
 
@@ -76,11 +76,13 @@ def test_apply_patches_is_the_same_bytes_whatever_the_threads_chunks_and_batches
     finally:
         paste.CHUNK_PIXELS = paste_chunk
     np.testing.assert_array_equal(one, chunked)
-    # the distances from the windows alone are the exact distances over the whole images
+    # the distances from the pixels the paste changed are the exact distances over the whole images
     exact = distance_stats(images, one)
-    from_windows = window_distances(_clean_windows(images, where), one, where)
+    measured_images = images.copy()
+    measured = _patch_measured(measured_images, ps, which, where, 7)
+    np.testing.assert_array_equal(measured_images, one)
     for k, v in exact.items():
-        np.testing.assert_array_equal(from_windows[k], v, err_msg=k)
+        np.testing.assert_array_equal(measured[k], v, err_msg=k)
 
 
 def test_batches_are_capped_to_the_budget():

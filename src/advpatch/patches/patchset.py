@@ -334,43 +334,6 @@ def _squares(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def _clean_windows(images: np.ndarray, placements: Placements) -> Tuple[np.ndarray, np.ndarray]:
-    """What :func:`window_distances` needs of the clean images: |x|^2 of each, and the windows
-    around their patches (every pixel a patch can change)."""
-    from advpatch.evaluation import squares_of
-
-    return squares_of(images), _cut(images, placements)
-
-
-def _cut(images: np.ndarray, placements: Placements) -> np.ndarray:
-    """[n, window pixels] each image's window (see :func:`_windows`)."""
-    if not len(images):
-        return images.reshape(0, 0)
-    oy, ox, wh, ww = _windows(placements, images.shape[1:3])
-    if wh * ww < 1024:  # small windows: one fancy index
-        ii = oy[:, None, None] + np.arange(wh)[None, :, None]
-        jj = ox[:, None, None] + np.arange(ww)[None, None, :]
-        return images[np.arange(len(images))[:, None, None], ii, jj].reshape(len(images), -1)
-    return np.stack([images[i, oy[i]:oy[i] + wh, ox[i]:ox[i] + ww] for i in range(len(images))]).reshape(
-        len(images), -1)
-
-
-def window_distances(clean: Tuple[np.ndarray, np.ndarray], patched: np.ndarray, placements: Placements
-                     ) -> Dict[str, np.ndarray]:
-    """:func:`~advpatch.evaluation.distance_stats` of clean and patched images, exactly, from
-    ``clean`` (:func:`_clean_windows`) and the patched images' windows: nothing outside a window
-    changed."""
-    from advpatch.evaluation import _uint8_distances
-
-    squares, before = clean
-    after = _cut(patched, placements)
-    size = int(np.prod(patched.shape[1:]))
-    chunk = max(1, (1 << 20) // max(before.shape[1], 1))  # a million window pixels at a time
-    parts = [_uint8_distances(before[i:i + chunk], after[i:i + chunk], squares[i:i + chunk], size)
-             for i in range(0, len(before), chunk)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-
-
 def _provenance_columns(idx: np.ndarray, patched: np.ndarray, which: np.ndarray, where: Placements,
                         patch_set: PatchSet) -> Dict[str, np.ndarray]:
     nan = np.float32(np.nan)
