@@ -135,9 +135,13 @@ def test_thirty_two_steps_log_in_parallel_to_the_postgres_backed_server(manifest
     for k, v in {"MLFLOW_TRACKING_URI": manifest_mlflow["uri"], "MLFLOW_TRACKING_USERNAME": ADMIN[0],
                  "MLFLOW_TRACKING_PASSWORD": ADMIN[1], **HTTP_DEFAULTS}.items():
         monkeypatch.setenv(k, v)
-    # 32 concurrent clients, all racing to create the parent run; forked: MLflow is imported once
+    # 32 concurrent clients, all racing to create the parent run; forked: MLflow is imported once.
+    # At nice 10: on a cluster the steps are pods on other nodes and never take the server's CPU;
+    # here, 32 clients at the server's priority on 2 cores (beside another test worker) starved it
+    # past advpatch's 6 s answer bound (CI, 2026-12-06), a load the cluster does not put on it.
     started = time.monotonic()
-    with ProcessPoolExecutor(32, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(32, mp_context=multiprocessing.get_context("fork"), initializer=os.nice,
+                             initargs=(10,)) as pool:
         run_ids = list(pool.map(_log_one_step, range(32)))
     print(f"\n32 steps logged in {time.monotonic() - started:.1f} s")
     assert len(set(run_ids)) == 32
