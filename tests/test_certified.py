@@ -102,6 +102,19 @@ def test_the_step_trains_certifies_and_every_certificate_holds(tmp_path, outputs
         assert certified.worst_case_flips(votes, "column", 2, size, (28, 28), proof).size == 0
     broken = certified.certify(counts, "column", 2, 3, margin=-1)
     assert certified.worst_case_flips(votes, "column", 2, 3, (28, 28), broken).size > 0
+    # the defence's classifier (found in the registry, around the saved model) gives the step's
+    # predictions and certificates, image by image
+    from advpatch.defences.base import registered
+    from advpatch.models.classifier import CertifiedPredictor, Classifier
+
+    smoothed = registered("certified")["derandomized_smoothing"].classifier(
+        Classifier(net, info), {"ablation": "column", "ablation_size": 2,
+                                "vote_threshold": result.details["vote_threshold"]})
+    assert isinstance(smoothed, CertifiedPredictor)
+    assert [int(r["predicted"]) for r in rows] == smoothed.predict_labels(x).tolist()
+    radius = np.array([int(r["certified_patch_size"]) for r in rows])
+    for size in (1, 3, 5):
+        assert (smoothed.certify(x, size) == (radius >= size)).all()
 
 
 def test_arts_derandomized_smoothing_agrees_image_by_image(tmp_path, outputs):

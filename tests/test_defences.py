@@ -367,3 +367,47 @@ def test_defences_on_uint8_images_keep_the_bytes_of_the_float_path(monkeypatch):
         one = defence.on_images(x, 7)
         monkeypatch.setenv("ADVPATCH_WORKERS", "2")
         assert np.array_equal(defence.on_images(x, 7), slow) and np.array_equal(one, slow), defence.name
+
+
+def test_every_defence_gives_a_classifier_behind_one_interface():
+    """Defence.classifier, for every defence of every kind: a Predictor (float images -> class
+    probabilities and labels); a preprocessing defence's is the model with the defence in front, a
+    training defence's the hardened model itself, a certified defence's a CertifiedPredictor that
+    also certifies (the step tests check its predictions and certificates against the steps')."""
+    from advpatch import params
+    from advpatch.defences import base
+    from advpatch.models import ModelInfo, build_model
+    from advpatch.models.classifier import CertifiedPredictor, Classifier, Predictor
+
+    x = to_float(_data_images(8))
+    names = [str(i) for i in range(10)]
+    plain = Classifier(build_model("le_net", (28, 28, 1), 10), ModelInfo("le_net", (28, 28, 1), names))
+    views = Classifier(build_model("le_net", (28, 28, 2), 10), ModelInfo("le_net", (28, 28, 2), names))
+    for kind in base.KINDS:
+        for name, cls in base.registered(kind).items():
+            assert "classifier" in {k for c in cls.__mro__[:-1] if c is not base.Defence for k in vars(c)}, name
+            values = params.validate_step(cls.component, {})
+            defended = cls.classifier(views if name == "derandomized_smoothing" else plain, values)
+            assert isinstance(defended, Predictor) and defended.class_names == names, name
+            probabilities, labels = defended.predict(x), defended.predict_labels(x)
+            assert probabilities.shape == (8, 10) and labels.shape == (8,), name
+            assert (labels == probabilities.argmax(axis=1)).all() or cls.name == "gaussian_augmentation", name
+            if kind == "preprocessing":  # the model with the defence in front
+                assert defended is not plain and defended.transforms[0].name == name
+                if cls.gradient != "expectation":
+                    reference = plain.predict(cls.from_values(values).numpy(x))
+                    np.testing.assert_allclose(probabilities, reference, atol=1e-5, err_msg=name)
+            elif kind == "training":  # the defence is in the model's weights
+                assert defended is plain
+            else:
+                assert isinstance(defended, CertifiedPredictor), name
+                certified = defended.certify(x, 3)
+                assert certified.dtype == bool and certified.shape == (8,), name
+                wrong = (labels + 1) % 10  # a certificate is for the defended prediction only
+                assert not defended.certify(x, 3, wrong).any(), name
+
+
+def _data_images(n):
+    from advpatch.data.readers import embedded_digits
+
+    return embedded_digits("test")[0][:n]

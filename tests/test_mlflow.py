@@ -168,6 +168,66 @@ def test_thirty_two_steps_log_in_parallel_to_the_postgres_backed_server(manifest
         assert mlflow.artifacts.load_dict(f"runs:/{child.info.run_id}/summary.json") == {"step": i}
 
 
+ROUNDS = 4
+
+
+def _log_inputs_at_once(args):
+    """One step of a ParallelFor: its run logs the datasets every shard logs, each at the moment the
+    others do (a barrier per dataset); returns its run id and how many races it lost and retried."""
+    i, folder, barrier = args
+    from advpatch.tracking import RunContext, faults, step_run
+
+    lost = []
+    judge = faults.lost_dataset_race
+
+    def counted(error):
+        lost.append(judge(error))
+        return lost[-1]
+
+    faults.lost_dataset_race = counted
+    with step_run("infer", RunContext("inputs-race", "run-inputs", "inputs race", f"shard-{i}"), {"row": i}) as run:
+        for r in range(ROUNDS):
+            barrier.wait(timeout=60)
+            run.log_input(folder, "evaluation", f"test-split-{r}", f"{r:032x}")
+        return run.run_id, sum(lost)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_shards_logging_the_same_dataset_at_once_all_record_it(backend, request, tmp_path, monkeypatch):
+    """MLflow's store inserts a dataset it does not find without a lock: two runs logging the same
+    dataset at once can both insert it, and the loser got HTTP 400 (an infer shard of a local run
+    failed so, 2026-12-06). Six steps log the same four datasets, all at once each time: every
+    step records all four, and the experiment holds each dataset once; the sqlite store is the one
+    ``advpatch run`` starts, PostgreSQL the manifests'."""
+    import mlflow
+
+    from advpatch.tracking.faults import HTTP_DEFAULTS
+
+    if backend == "sqlite":
+        uri, creds = request.getfixturevalue("mlflow_server"), {}
+    else:
+        uri = request.getfixturevalue("manifest_mlflow")["uri"]
+        creds = {"MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
+    for k, v in {"MLFLOW_TRACKING_URI": uri, **creds, **HTTP_DEFAULTS}.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "data").mkdir()
+    context = multiprocessing.get_context("fork")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(6)
+        with ProcessPoolExecutor(6, mp_context=context) as pool:
+            done = list(pool.map(_log_inputs_at_once, [(i, str(tmp_path / "data"), barrier) for i in range(6)]))
+    print(f"\n{backend}: {sum(n for _, n in done)} lost races retried")
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    for run_id, _ in done:
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert sorted(d.dataset.name for d in inputs) == [f"test-split-{r}" for r in range(ROUNDS)]
+    exp = client.get_experiment_by_name("inputs-race")
+    names = [d.dataset.name for r in client.search_runs([exp.experiment_id], "", max_results=100)
+             for d in r.inputs.dataset_inputs]
+    assert len(names) == 6 * ROUNDS
+
+
 def test_a_parent_that_lost_the_race_hands_its_steps_to_the_winner(manifest_mlflow, monkeypatch):
     """The race the 16-step test can hit only sometimes, made to happen: a step created its parent
     and logged under it before an older parent became visible. The next step picks the older one;

@@ -125,6 +125,15 @@ def test_the_step_defends_a_trained_model_and_every_certificate_holds(tmp_path, 
     assert certified.any()
     masks = pc.mask_set((28, 28), 5, 4)
     assert pc.worst_case_flips(net, x, predicted, certified, masks, 5, 10).size == 0
+    # the defence's classifier (found in the registry, around the saved model) gives the step's
+    # predictions and certificates, image by image
+    from advpatch.defences.base import registered
+    from advpatch.models.classifier import CertifiedPredictor, Classifier
+
+    defended = registered("certified")["patch_cleanser_masked"].classifier(
+        Classifier(net, info), {"mask_patch_size": 5, "masks_per_side": 4})
+    assert isinstance(defended, CertifiedPredictor)
+    assert (defended.predict_labels(x) == predicted).all() and (defended.certify(x, 5) == certified).all()
     # bad settings: a clear error before TensorFlow is imported, and nothing written
     import re
 

@@ -222,12 +222,13 @@ def test_the_short_pipeline_in_shards_gives_the_unsharded_evaluations(mnist_fold
     results = {}
     for shards in (1, 3):
         root = tmp_path_factory.mktemp(f"shards-{shards}")
-        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
+        out = io.StringIO()  # the tasks' output (KFP's local runner logs it to sys.stdout): shown on a failure
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
             mp.delenv(settings.ENV_TRACKING_URI, raising=False)
             mp.delenv(settings.ENV_OUTPUT_DIR, raising=False)
             mp.chdir(root)
             args = ["-p", f"data_dir={mnist_folder}", "-p", "max_iter=100", "-p", "epochs=5"]
-            assert cli.main(["run", "mnist-patch", *args, "--eval-shards", str(shards)]) == 0
+            assert cli.main(["run", "mnist-patch", *args, "--eval-shards", str(shards)]) == 0, out.getvalue()[-6000:]
         results[shards] = json.loads((root / "outputs" / "run" / "results.json").read_text())
     one, three = results[1], results[3]
     assert [e["label"] for e in one["evaluations"]] == ["baseline / clean", "baseline / patched"]

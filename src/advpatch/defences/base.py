@@ -1,8 +1,9 @@
 """What every defence is: one self-describing object, found without a list.
 
 A defence says its ``kind``, its ``name``, its ``label`` (its row in a comparison table), what it
-does (``summary``) and the component that runs it. Three kinds, each behind the classifier
-interface (:mod:`advpatch.models.classifier`) in its own way:
+does (``summary``) and the component that runs it, and gives the defended classifier behind the
+classifier interface (:meth:`Defence.classifier`, a :class:`~advpatch.models.classifier.Predictor`:
+float images -> class probabilities and labels). Three kinds:
 
 * ``preprocessing`` (:mod:`.preprocessing`, :mod:`.feature_squeezing`): a
   :class:`~advpatch.models.classifier.Transform` in front of the model. Its own step runs it on a
@@ -12,8 +13,9 @@ interface (:mod:`advpatch.models.classifier`) in its own way:
   that model, with no transform in front.
 * ``certified`` (:mod:`.certified`): a classifier built around a model (derandomized smoothing's
   votes over ablated views, PatchCleanser's double masking) whose predictions come with
-  certificates; its component trains or wraps the model, certifies every test image and evaluates
-  the patched copies itself.
+  certificates (a :class:`~advpatch.models.classifier.CertifiedPredictor`, which also
+  certifies); its component trains or wraps the model, certifies every test image and evaluates
+  the patched copies itself, through that classifier.
 
 :func:`registered` imports every module of :mod:`advpatch.defences` and finds each kind's classes,
 so the steps, the components, the pipelines, the report and the adaptive attacks need no list of
@@ -28,7 +30,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any, ClassVar, Dict, Mapping, Type
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Mapping, Type
+
+if TYPE_CHECKING:
+    from advpatch.models.classifier import Classifier, Predictor
 
 KINDS = ("preprocessing", "training", "certified")
 
@@ -56,6 +61,15 @@ class Defence:
     """The component that runs it (a preprocessing defence's own)."""
     rank: ClassVar[int] = 0
     """Its place among its kind's rows (preprocessing defences follow the parameter table)."""
+
+    @classmethod
+    def classifier(cls, model: Classifier, values: Mapping[str, Any]) -> Predictor:
+        """The defended classifier (:class:`~advpatch.models.classifier.Predictor`; a certified
+        defence's is a :class:`~advpatch.models.classifier.CertifiedPredictor`): ``model`` is the
+        classifier of the model it defends (preprocessing) or of the model its component made
+        (training: the hardened model; certified: the base classifier it wraps); ``values`` its
+        parameters by their names in the parameter table."""
+        raise NotImplementedError
 
 
 class ModelDefence(Defence):

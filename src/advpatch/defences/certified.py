@@ -12,9 +12,12 @@ The pipeline parameters that set them (``ablation``, ``certified_architecture``,
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Mapping
 
 from advpatch.defences.base import ModelDefence
+
+if TYPE_CHECKING:
+    from advpatch.models.classifier import CertifiedPredictor, Classifier
 
 
 class CertifiedDefence(ModelDefence):
@@ -36,6 +39,14 @@ class DerandomizedSmoothing(CertifiedDefence):
     inputs: ClassVar[Mapping[str, str]] = {"training_data": "training_data", "testing_data": "patched_test_data"}
 
     @classmethod
+    def classifier(cls, model: Classifier, values: Mapping[str, Any]) -> CertifiedPredictor:
+        """The smoothed classifier around the base classifier ``model`` (the step's ``model`` output)."""
+        from advpatch.defences.smoothing import SmoothedClassifier
+
+        return SmoothedClassifier(model.model, model.class_names, values["ablation"], values["ablation_size"],
+                                  values["vote_threshold"])
+
+    @classmethod
     def arguments(cls, values: Mapping[str, Any]) -> Dict[str, Any]:
         return {"ablation": values["ablation"], "model_architecture": values["certified_architecture"],
                 "learning_rate": values["smoothing_learning_rate"], "lr_decay": values["certified_lr_decay"],
@@ -53,6 +64,14 @@ class PatchCleanser(CertifiedDefence):
     rank = 2
     inputs: ClassVar[Mapping[str, str]] = {"model": "baseline_model", "training_data": "training_data",
                                            "testing_data": "patched_test_data"}
+
+    @classmethod
+    def classifier(cls, model: Classifier, values: Mapping[str, Any]) -> CertifiedPredictor:
+        """Double masking around ``model`` (the step's ``defended_model`` output)."""
+        from advpatch.defences.patchcleanser import PatchCleanserClassifier
+
+        return PatchCleanserClassifier(model.model, model.class_names, values["mask_patch_size"],
+                                       values["masks_per_side"])
 
     @classmethod
     def arguments(cls, values: Mapping[str, Any]) -> Dict[str, Any]:

@@ -24,10 +24,11 @@ protects, and runs the same decision.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, List, Sequence, Tuple
+from typing import Any, Callable, Collection, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from advpatch import params
 from advpatch.defences.smoothing import History, Tensor, fit_views
 from advpatch.errors import CertifiedError
 
@@ -153,6 +154,47 @@ def certify(classifier: MaskedClassifier, predicted: np.ndarray, margin: int = 0
         agree = classifier.classify(image, chunk[which, 0], chunk[which, 1]) == predicted[image]
         ok[live] = agree.reshape(len(live), len(chunk)).all(axis=1)
     return ok
+
+
+class PatchCleanserClassifier:
+    """Double masking behind the classifier interface
+    (:class:`~advpatch.models.classifier.CertifiedPredictor`): ``model`` under the mask set for
+    ``mask_patch_size`` patches (``masks_per_side`` masks along each side) decides (:func:`predict`);
+    a certificate for another patch size uses that size's mask set (:func:`certify`). Its
+    predictions are one-hot probabilities. The patch_cleanser step computes its predictions and
+    certificates through it; :attr:`forward_passes` counts the model's forward passes."""
+
+    def __init__(self, model: Any, class_names: Sequence[str], mask_patch_size: int, masks_per_side: int,
+                 batch_size: int = 2048) -> None:
+        params.check(mask_patch_size=mask_patch_size, masks_per_side=masks_per_side)
+        self.model, self._class_names = model, list(class_names)
+        self.mask_patch_size, self.masks_per_side, self.batch_size = mask_patch_size, masks_per_side, batch_size
+        self.forward_passes = 0
+
+    @property
+    def class_names(self) -> List[str]:
+        return self._class_names
+
+    def masked(self, x: np.ndarray, patch_size: int) -> MaskedClassifier:
+        """The model under the mask set for ``patch_size`` patches on ``x``'s images."""
+        masks = mask_set((x.shape[1], x.shape[2]), patch_size, self.masks_per_side)
+        return MaskedClassifier(self.model, x, masks, self.batch_size)
+
+    def predict_labels(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        under = self.masked(x, self.mask_patch_size)
+        labels = predict(under, len(self._class_names))
+        self.forward_passes += under.forward_passes
+        return labels
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        one_hot: np.ndarray = np.eye(len(self._class_names), dtype=np.float32)[self.predict_labels(x)]
+        return one_hot
+
+    def certify(self, x: np.ndarray, patch_size: int, predicted: Optional[np.ndarray] = None) -> np.ndarray:
+        under = self.masked(x, patch_size)
+        ok = certify(under, self.predict_labels(x) if predicted is None else predicted)
+        self.forward_passes += under.forward_passes
+        return ok
 
 
 def covering(masks: np.ndarray, patch_size: int) -> List[np.ndarray]:

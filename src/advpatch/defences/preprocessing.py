@@ -30,7 +30,7 @@ import numpy as np
 
 from advpatch import parallel, params
 from advpatch.defences import base
-from advpatch.models.classifier import Transform
+from advpatch.models.classifier import Classifier, Transform
 
 
 class Defence(base.Defence, Transform):
@@ -70,6 +70,11 @@ class Defence(base.Defence, Transform):
         """``None``: the defence replaces the images; else it adds defended copies of this share of
         them (data augmentation, training data only)."""
         return None
+
+    @classmethod
+    def classifier(cls, model: Classifier, values: Mapping[str, Any]) -> Classifier:
+        """``model`` with this defence in front of it (what an adaptive attacker optimizes through)."""
+        return model.with_transforms(cls.from_values(values))
 
     def on_images(self, x: np.ndarray, seed: int) -> np.ndarray:
         """The defence on uint8 images (what its step does to a dataset, batch by batch), with NumPy's

@@ -20,7 +20,7 @@ runner-up class and recomputes the vote.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -204,6 +204,54 @@ def certify(vote_counts: np.ndarray, kind: str, ablation_size: int, patch_size: 
     needed = others + 2 * d + (classes < c[:, None])
     certified: np.ndarray = np.all(top[:, None] >= needed, axis=1)
     return certified
+
+
+def shares(vote_counts: np.ndarray) -> np.ndarray:
+    """Vote shares [n, classes] as the smoothed classifier's probabilities (uniform where no view
+    voted)."""
+    total = vote_counts.sum(axis=1, keepdims=True)
+    out: np.ndarray = np.where(total > 0, vote_counts / np.maximum(total, 1), 1.0 / vote_counts.shape[1])
+    return out
+
+
+class SmoothedClassifier:
+    """The smoothed classifier behind the classifier interface
+    (:class:`~advpatch.models.classifier.CertifiedPredictor`): ``model`` (the base classifier,
+    trained on views) votes over every ``kind`` view of ``size`` of each image; the most votes win
+    (:func:`predict`), the vote shares are its probabilities (:func:`shares`), the margin certifies
+    (:func:`certify`). The derandomized_smoothing step computes its predictions and certificates
+    through it."""
+
+    def __init__(self, model: Any, class_names: List[str], kind: str, size: int, vote_threshold: float = 0.0,
+                 batch_size: int = 512) -> None:
+        params.check(ablation=kind, ablation_size=size, vote_threshold=vote_threshold)
+        self.model, self._class_names = model, list(class_names)
+        self.kind, self.size, self.vote_threshold, self.batch_size = kind, size, vote_threshold, batch_size
+
+    @property
+    def class_names(self) -> List[str]:
+        return self._class_names
+
+    def votes(self, x: np.ndarray) -> np.ndarray:
+        """Each view's votes [n, positions, classes] for float images ``x``."""
+        return votes_from(view_probabilities(self.model, x, self.kind, self.size, self.batch_size), self.vote_threshold)
+
+    def counts(self, x: np.ndarray) -> np.ndarray:
+        """Votes per class [n, classes]."""
+        return counts(self.votes(x))
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return shares(self.counts(x))
+
+    def predict_labels(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return predict(self.counts(x))
+
+    def certify(self, x: np.ndarray, patch_size: int, predicted: Optional[np.ndarray] = None) -> np.ndarray:
+        vote_counts = self.counts(x)
+        ok = certify(vote_counts, self.kind, self.size, patch_size)
+        if predicted is not None:  # a certificate is for the smoothed prediction only
+            ok &= predict(vote_counts) == predicted
+        return ok
 
 
 def worst_case_flips(votes: np.ndarray, kind: str, ablation_size: int, patch_size: int,

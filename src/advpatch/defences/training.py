@@ -9,9 +9,12 @@ evaluates its model on the test split's clean and patched images itself (``testi
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Mapping
 
 from advpatch.defences.base import ModelDefence
+
+if TYPE_CHECKING:
+    from advpatch.models.classifier import Classifier
 
 FIT = ("model_architecture", "optimizer", "epochs", "batch_size", "learning_rate", "pgd_eps", "pgd_eps_step",
        "pgd_max_iter", "seed")
@@ -38,6 +41,11 @@ class TrainingDefence(ModelDefence):
     @classmethod
     def arguments(cls, values: Mapping[str, Any]) -> Dict[str, Any]:
         return {**fit_arguments(values), "model_tag": cls.model_tag, **cls.extra}
+
+    @classmethod
+    def classifier(cls, model: Classifier, values: Mapping[str, Any]) -> Classifier:
+        """The hardened model itself: the defence is in its weights."""
+        return model
 
 
 class PatchedDataTraining(TrainingDefence):

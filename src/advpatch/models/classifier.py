@@ -21,13 +21,38 @@ back through it is its ``gradient``:
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from advpatch.models import ModelInfo
 
 GRADIENTS = ("exact", "straight_through", "expectation")
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """The classifier interface: float32 images [n, H, W, C] in [0, 1] -> class probabilities
+    (:meth:`predict`) and labels (:meth:`predict_labels`). A :class:`Classifier` is one (a model,
+    with a preprocessing defence in front of it or not, or a trained-in defence's model); each
+    defence gives one (:meth:`advpatch.defences.base.Defence.classifier`)."""
+
+    @property
+    def class_names(self) -> List[str]: ...
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray: ...
+
+    def predict_labels(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray: ...
+
+
+@runtime_checkable
+class CertifiedPredictor(Predictor, Protocol):
+    """A :class:`Predictor` whose predictions come with certificates (a certified defence's)."""
+
+    def certify(self, x: np.ndarray, patch_size: int, predicted: Optional[np.ndarray] = None) -> np.ndarray:
+        """bool [n]: which predictions (``predicted``, else this classifier's own for ``x``) no
+        square patch of side ``patch_size`` anywhere on the image can change."""
+        ...
 
 
 class Transform:

@@ -3,14 +3,9 @@ views, and the smoothed classifier's predictions with a certificate for every te
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from advpatch.results import StepResult
 from advpatch.steps._base import Tracker, log_input, step
 from advpatch.steps._params import DerandomizedSmoothingParams
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 @step("derandomized_smoothing")
@@ -47,9 +42,8 @@ def derandomized_smoothing(p: DerandomizedSmoothingParams, track: Tracker, *, tr
                                     epochs=p.epochs, batch_size=p.batch_size, learning_rate=p.learning_rate,
                                     seed=p.seed, lr_decay=p.lr_decay)
     test = test_set.load()
-    votes = certified.votes_from(certified.view_probabilities(net, to_float(test["x"]), p.ablation, p.ablation_size),
-                                 p.vote_threshold)
-    counts = certified.counts(votes)
+    smoothed = certified.SmoothedClassifier(net, train_set.class_names, p.ablation, p.ablation_size, p.vote_threshold)
+    counts = smoothed.counts(to_float(test["x"]))
     predicted = certified.predict(counts)
     metrics, rates, radius, seconds = _certificates.curve(
         "derandomized_smoothing", p.certify_patch_sizes,
@@ -59,7 +53,7 @@ def derandomized_smoothing(p: DerandomizedSmoothingParams, track: Tracker, *, tr
     _certificates.write_certificates(certificates, test, predicted, radius, votes=counts[np.arange(len(counts)),
                                      predicted], runner_up_votes=ranked[:, -2])
     row = p.row or f"derandomized smoothing ({p.ablation} {p.ablation_size})"
-    evaluations = _certificates.evaluations(row, test, _shares(counts), test_set,
+    evaluations = _certificates.evaluations(row, test, certified.shares(counts), test_set,
                                             {k: v for k, v in metrics.items() if k.startswith("certified_")}, rates)
     settings = p.pick("ablation", "ablation_size", "vote_threshold", "certify_patch_sizes")
     info = ModelInfo(architecture=p.model_architecture, input_shape=view_shape, class_names=train_set.class_names,
@@ -80,11 +74,3 @@ def derandomized_smoothing(p: DerandomizedSmoothingParams, track: Tracker, *, tr
                                "certify_seconds": seconds, "defence": "derandomized smoothing", **settings},
                       outputs={"model": {"architecture": p.model_architecture, "ablation": p.ablation}})
 
-
-def _shares(counts: np.ndarray) -> np.ndarray:
-    """Vote shares as the smoothed classifier's probabilities (uniform where no view voted)."""
-    import numpy as np
-
-    total = counts.sum(axis=1, keepdims=True)
-    shares: np.ndarray = np.where(total > 0, counts / np.maximum(total, 1), 1.0 / counts.shape[1])
-    return shares

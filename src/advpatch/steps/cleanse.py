@@ -62,14 +62,14 @@ def patch_cleanser(p: PatchCleanserParams, track: Tracker, *, model: str, traini
                                            lr_decay=p.lr_decay)
     test = test_set.load()
     x = to_float(test["x"])
-    defended = patchcleanser.MaskedClassifier(net, x, masks)
-    predicted = patchcleanser.predict(defended, num_classes)
+    defended = patchcleanser.PatchCleanserClassifier(net, info.class_names, p.mask_patch_size, p.masks_per_side)
+    predicted = defended.predict_labels(x)
+    passes = defended.forward_passes
     clean = ~test["patched"].astype(bool) if "patched" in test else np.ones(len(x), bool)
 
     def certify(size: int) -> np.ndarray:  # certificates are for clean images: a patched copy is never certified
-        at = patchcleanser.MaskedClassifier(net, x[clean], patchcleanser.mask_set((h, w), size, p.masks_per_side))
         ok = np.zeros(len(x), bool)
-        ok[clean] = patchcleanser.certify(at, predicted[clean])
+        ok[clean] = defended.certify(x[clean], size, predicted[clean])
         return ok
 
     metrics, rates, radius, seconds = _certificates.curve("patch_cleanser", p.certify_patch_sizes, certify,
@@ -94,7 +94,7 @@ def patch_cleanser(p: PatchCleanserParams, track: Tracker, *, model: str, traini
 
     log_evaluations(track, evaluations, "certify", testing_data, part=True)
     save_model(net, info, defended_model)
-    log.info("patch_cleanser: %d masks, %d forward passes for the predictions", len(masks), defended.forward_passes)
+    log.info("patch_cleanser: %d masks, %d forward passes for the predictions", len(masks), passes)
     return StepResult(step="patch_cleanser", label=f"PatchCleanser, {trained}", metrics=metrics, counts=rates,
                       evaluations=evaluations,
                       details={"history": history, "certified_curve": _certificates.as_curve(metrics),

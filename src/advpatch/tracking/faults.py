@@ -18,6 +18,12 @@ localhost (``advpatch run`` starts one beside the pipeline), a step first waits 
 :data:`LOCAL_SERVER_WAIT` s while nothing listens on its port. Every such failure becomes one
 :class:`TrackingError` naming the URI (never its user or password), what failed and the tries.
 
+**Shards that log one dataset at once.** MLflow's store records a dataset input by looking it up
+and inserting it when absent, without a lock: two runs logging the same dataset at once (the
+shards of a ParallelFor reading one test split) can both insert it, and the loser's request fails
+on the unique key (HTTP 400). :func:`through_dataset_race` tries it again (the dataset is there
+then); tests/test_mlflow.py races six steps on SQLite and on PostgreSQL.
+
 **A task killed and re-run.** A KFP retry runs the task again with the same pipeline run id, task
 name and inputs. Each run a step opens in advpatch's own parent-run mode carries
 :data:`TAG_ATTEMPT`, a digest of the pipeline run, task, step, run name and logged parameters; the
@@ -32,7 +38,7 @@ import json
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from advpatch.errors import TrackingError, TrackingInputError
@@ -228,6 +234,38 @@ def reported() -> Iterator[None]:
         what, tries = found
         raise TrackingError(f"MLflow tracking at {shown_uri(mlflow.get_tracking_uri())} failed: {what} "
                             f"({tries} {'try' if tries == 1 else 'tries'})") from None
+
+
+INPUT_TRIES = 4
+"""Tries of logging a dataset input (see :func:`_lost_dataset_race`)."""
+
+
+def lost_dataset_race(error: BaseException) -> bool:
+    """Whether ``error`` is MLflow's answer to a run that lost the race to record a dataset: its
+    store looks the dataset (name, digest) up and inserts it when absent, in one transaction but
+    without a lock, so two runs logging the same dataset at once (the shards of a ParallelFor
+    reading one test split) can both insert it, and the second insert fails on the unique key
+    (MLflow answers 400 with the database's message). Tried again, the dataset is there and is
+    used."""
+    from mlflow.exceptions import MlflowException
+
+    text = str(error.message if isinstance(error, MlflowException) else error)
+    return isinstance(error, MlflowException) and any(
+        key in text for key in ("UNIQUE constraint failed: datasets", "IntegrityError", "duplicate key value",
+                                "Duplicate entry"))
+
+
+def through_dataset_race(log: Callable[[], Any]) -> None:
+    """Call ``log`` (logging a dataset input), again while it loses :func:`lost_dataset_race`, up
+    to :data:`INPUT_TRIES` times."""
+    for attempt in range(INPUT_TRIES):
+        try:
+            log()
+            return
+        except Exception as error:
+            if attempt == INPUT_TRIES - 1 or not lost_dataset_race(error):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def attempt_key(pipeline_run_id: str, task: str, step: str, run_name: str, params: Mapping[str, Any]) -> str:

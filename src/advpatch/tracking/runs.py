@@ -41,6 +41,7 @@ from advpatch.tracking.faults import (
     bound_requests,
     reported,
     retire_earlier_attempts,
+    through_dataset_race,
     wait_if_local_server,
 )
 
@@ -253,7 +254,8 @@ class StepRun:
             warnings.simplefilter("ignore")
             source = resolve_dataset_source(artifact_uri(path))
             # MLflow's types call MetaDataset abstract (its profile property); the class is used as is
-            mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context)  # type: ignore[abstract]
+            dataset = MetaDataset(source, name=name, digest=digest)  # type: ignore[abstract]
+            through_dataset_race(lambda: mlflow.log_input(dataset, context=context))
 
     def log_dataset(self, path: str, tar_name: str, dataset_name: str) -> str:
         """Log a dataset folder as ``tar_name`` holding ``dataset_name/`` (the seed's layout, e.g.
