@@ -115,6 +115,17 @@ def test_the_step_trains_certifies_and_every_certificate_holds(tmp_path, outputs
     radius = np.array([int(r["certified_patch_size"]) for r in rows])
     for size in (1, 3, 5):
         assert (smoothed.certify(x, size) == (radius >= size)).all()
+    # infer runs the saved model as the smoothed classifier (its model.json names the defence);
+    # other steps refuse it, naming why
+    steps.infer(data=str(tmp_path / "test"), model=str(tmp_path / "base"), predictions=str(tmp_path / "p.csv"))
+    inferred = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
+    assert [r["predicted"] for r in inferred] == [r["predicted"] for r in rows]
+    from advpatch.errors import ModelError
+
+    with pytest.raises(ModelError, match="the model is the base of certified defence 'derandomized_smoothing': "
+                                             "only infer runs it"):
+        steps.gen_patch(data=str(tmp_path / "test"), model=str(tmp_path / "base"), patches=str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_arts_derandomized_smoothing_agrees_image_by_image(tmp_path, outputs):

@@ -134,6 +134,10 @@ def test_the_step_defends_a_trained_model_and_every_certificate_holds(tmp_path, 
         Classifier(net, info), {"mask_patch_size": 5, "masks_per_side": 4})
     assert isinstance(defended, CertifiedPredictor)
     assert (defended.predict_labels(x) == predicted).all() and (defended.certify(x, 5) == certified).all()
+    # infer runs the saved model as the PatchCleanser classifier (its model.json names the defence)
+    steps.infer(data=str(tmp_path / "test"), model=str(tmp_path / "defended"), predictions=str(tmp_path / "p.csv"))
+    inferred = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
+    assert [int(r["predicted"]) for r in inferred] == predicted.tolist()
     # bad settings: a clear error before TensorFlow is imported, and nothing written
     import re
 

@@ -64,14 +64,23 @@ def rate_counts(y_true: np.ndarray, y_pred: np.ndarray, patched: Optional[np.nda
 
 def predict(classifier: Any, dataset: Dataset, batch_size: int, start: int = 0, stop: Optional[int] = None,
             layout: Optional[Dict[str, Any]] = None) -> Dict[str, np.ndarray]:
-    """Run a :class:`~advpatch.models.classifier.Classifier` over ``dataset`` (rows ``start:stop``) in
-    batches: ``{"probabilities", "y", <columns>...}``. Of a shard (``layout``, see
+    """Run a :class:`~advpatch.models.classifier.Classifier` (or another
+    :class:`~advpatch.models.classifier.Predictor`: a certified defence's classifier) over
+    ``dataset`` (rows ``start:stop``) in batches: ``{"probabilities", "y", <columns>...}``. Of a shard (``layout``, see
     :mod:`advpatch.steps._shards`), the batches are the whole's (:meth:`Dataset.batches`), each run with
     blank images around it to its size in the whole: a kernel's arithmetic may depend on the batch's
     shape, never on its other images, so each image gets the probabilities it gets in the whole."""
     import tensorflow as tf
 
-    forward = classifier.forward
+    if hasattr(classifier, "forward"):  # a Classifier: its compiled forward pass
+        forward = classifier.forward
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.asarray(forward(tf.constant(to_float(x))).numpy())
+    else:  # another Predictor (a certified defence's classifier): its own predictions
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.asarray(classifier.predict(to_float(x)), np.float32)
     probs: List[np.ndarray] = []
     rest: Dict[str, List[np.ndarray]] = {}
     at, total = (layout["offset"], sum(layout["total"])) if layout else (0, 0)
@@ -82,7 +91,7 @@ def predict(classifier: Any, dataset: Dataset, batch_size: int, start: int = 0, 
             front = at % batch_size
             back = min(total, at - front + batch_size) - at - n
             x = np.concatenate([np.zeros((front, *x.shape[1:]), x.dtype), x, np.zeros((back, *x.shape[1:]), x.dtype)])
-        probs.append(forward(tf.constant(to_float(x))).numpy()[front:front + n])
+        probs.append(run(x)[front:front + n])
         at += n
         for k, v in batch.items():
             if k != "x":

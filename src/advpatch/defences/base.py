@@ -33,6 +33,7 @@ import pkgutil
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, Mapping, Type
 
 if TYPE_CHECKING:
+    from advpatch.models import ModelInfo
     from advpatch.models.classifier import Classifier, Predictor
 
 KINDS = ("preprocessing", "training", "certified")
@@ -109,6 +110,24 @@ def registered(kind: str) -> Dict[str, Type[Defence]]:
                 raise TypeError(f"two {kind} defences are named {cls.name!r}: {found[cls.name]} and {cls}")
             found[cls.name] = cls
     return dict(sorted(found.items(), key=lambda item: (item[1].rank, item[0])))
+
+
+def defended_classifier(model: Any, info: ModelInfo) -> Predictor:
+    """The classifier a model artifact stands for: a certified defence's model (its ``model.json``
+    names the defence: :attr:`~advpatch.models.ModelInfo.defence`) as that defence's classifier
+    around it, any other model as itself."""
+    from advpatch.errors import ModelError
+    from advpatch.models.classifier import Classifier
+
+    plain = Classifier(model, info)
+    if not info.defence:
+        return plain
+    found = registered("certified")
+    name = info.defence["name"]
+    if name not in found:
+        raise ModelError(f"the model is certified defence {name!r}'s, which this advpatch does not have "
+                         f"(it has {', '.join(found)})")
+    return found[name].classifier(plain, info.defence["settings"])
 
 
 def model_defences(kind: str) -> Dict[str, Type[ModelDefence]]:

@@ -44,11 +44,23 @@ class ModelInfo:
     logits_layer: Optional[str] = LOGITS_LAYER
     """The layer giving the logits before the final softmax (attacks optimize on logits), or
     ``None`` when the model exposes only probabilities."""
+    defence: Dict[str, Any] = field(default_factory=dict)
+    """A certified defence's model: ``{"name", "settings", "image_shape"}``, the certified defence
+    whose classifier the model stands for (:func:`advpatch.defences.base.defended_classifier`: what
+    ``infer`` runs), its settings by their parameter-table names, and the images that classifier
+    takes (the model's own input may differ: smoothing's views carry a mask channel). Empty for a
+    plain model (and then not written)."""
 
     def to_json(self) -> Dict[str, Any]:
         data = asdict(self)
         data["input_shape"] = list(self.input_shape)
+        if not self.defence:
+            del data["defence"]
         return {"format": FORMAT, "version": VERSION, **data}
+
+    def image_shape(self) -> Tuple[int, ...]:
+        """The images its classifier takes: a certified defence's, else the model's input."""
+        return tuple(int(d) for d in self.defence["image_shape"]) if self.defence else tuple(self.input_shape)
 
     @classmethod
     def from_json(cls, data: Dict[str, Any], where: str) -> "ModelInfo":
@@ -61,7 +73,15 @@ class ModelInfo:
             preprocessing=str(data.get("preprocessing", PREPROCESSING)),
             provenance=dict(data.get("provenance", {})),
             logits_layer=data.get("logits_layer", LOGITS_LAYER),
+            defence=data.get("defence", {}),
         )
+        defence = info.defence
+        if not isinstance(defence, dict) or (defence and (
+                set(defence) != {"name", "settings", "image_shape"} or not isinstance(defence["name"], str)
+                or not isinstance(defence["settings"], dict) or not isinstance(defence["image_shape"], list)
+                or len(defence["image_shape"]) != 3 or not all(isinstance(d, int) for d in defence["image_shape"]))):
+            raise ModelError(f"{where}: defence {defence!r} is not a certified defence's record "
+                             "(name, settings, image_shape)")
         if len(info.input_shape) != 3 or min(info.input_shape) < 1 or not info.class_names \
                 or not isinstance(info.logits_layer, (str, type(None))):
             raise ModelError(f"{where}: input_shape {list(info.input_shape)}, {len(info.class_names)} classes or "
@@ -114,32 +134,39 @@ def check_choice(model_path: str, model_uri: str) -> None:
             f"got {'both' if model_path else 'neither'}")
 
 
-def check_fits(info: ModelInfo, image_shape: Sequence[int], num_classes: int, model_architecture: str = "") -> None:
-    """The model against the data (and the architecture a user expects), naming both sides."""
+def check_fits(info: ModelInfo, image_shape: Sequence[int], num_classes: int, model_architecture: str = "",
+               defended: bool = False) -> None:
+    """The model against the data (and the architecture a user expects), naming both sides.
+    ``defended``: the caller runs a certified defence's model as that defence's classifier
+    (``infer``); elsewhere such a model is refused."""
     if model_architecture and model_architecture != info.architecture:
         raise ModelError(f"model_architecture is {model_architecture!r} but the model is a {info.architecture!r}")
-    if tuple(info.input_shape) != tuple(image_shape):
+    if info.defence and not defended:
+        raise ModelError(f"the model is the base of certified defence {info.defence['name']!r}: only infer runs it "
+                         "(as that defence's classifier); give the model it defends here")
+    if info.image_shape() != tuple(image_shape):
+        shape = "x".join(map(str, info.image_shape()))
         raise ModelError(
-            f"the model takes {info.shape_text()} images but the dataset has {'x'.join(map(str, image_shape))}: "
+            f"the model takes {shape} images but the dataset has {'x'.join(map(str, image_shape))}: "
             "load the data with the model's image_size and color_mode")
     if len(info.class_names) != num_classes:
         raise ModelError(f"the model has {len(info.class_names)} classes but the dataset has {num_classes}")
 
 
 def precheck(model_path: str, model_uri: str, image_shape: Sequence[int], num_classes: int,
-             model_architecture: str = "") -> None:
+             model_architecture: str = "", defended: bool = False) -> None:
     """What can be known about the model before TensorFlow is imported: exactly one is given, and a
-    Model artifact's metadata fits the data."""
+    Model artifact's metadata fits the data (``defended``: see :func:`check_fits`)."""
     check_choice(model_path, model_uri)
     if model_path:
-        check_fits(read_model_info(model_path), image_shape, num_classes, model_architecture)
+        check_fits(read_model_info(model_path), image_shape, num_classes, model_architecture, defended)
 
 
 def resolve(model_path: str, model_uri: str, image_shape: Sequence[int], num_classes: int,
-            model_architecture: str = "") -> Tuple[Any, ModelInfo]:
+            model_architecture: str = "", defended: bool = False) -> Tuple[Any, ModelInfo]:
     """(keras model, ModelInfo) from a Model artifact folder or a registered MLflow model, checked
     against the data (:func:`precheck` first, so an artifact that does not fit is never loaded)."""
-    precheck(model_path, model_uri, image_shape, num_classes, model_architecture)
+    precheck(model_path, model_uri, image_shape, num_classes, model_architecture, defended)
     if model_path:
         return load_model(model_path)
     import tempfile
@@ -149,5 +176,5 @@ def resolve(model_path: str, model_uri: str, image_shape: Sequence[int], num_cla
     with tempfile.TemporaryDirectory() as tmp:
         keras_file, meta = download_registered_model(model_uri, tmp)
         info = ModelInfo.from_json(meta, model_uri)
-        check_fits(info, image_shape, num_classes, model_architecture)
+        check_fits(info, image_shape, num_classes, model_architecture, defended)
         return load_keras(keras_file), info

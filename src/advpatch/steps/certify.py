@@ -59,7 +59,9 @@ def derandomized_smoothing(p: DerandomizedSmoothingParams, track: Tracker, *, tr
     info = ModelInfo(architecture=p.model_architecture, input_shape=view_shape, class_names=train_set.class_names,
                      preprocessing=f"derandomized smoothing views: {p.ablation} {p.ablation_size}, (x, 1 - x) kept",
                      provenance={"step": "derandomized_smoothing", "train_data": train_set.spec.provenance,
-                                 **settings, **p.pick("epochs", "batch_size", "learning_rate", "lr_decay", "seed")})
+                                 **settings, **p.pick("epochs", "batch_size", "learning_rate", "lr_decay", "seed")},
+                     defence={"name": "derandomized_smoothing", "image_shape": [h, w, c],
+                              "settings": p.pick("ablation", "ablation_size", "vote_threshold")})
     with track.run(f"derandomized_smoothing: {p.ablation} {p.ablation_size}") as run:
         log_input(run, training_data, "training")
         run.log_history(history)

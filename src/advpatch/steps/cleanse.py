@@ -84,6 +84,8 @@ def patch_cleanser(p: PatchCleanserParams, track: Tracker, *, model: str, traini
                       "certify_patch_sizes")
     info.provenance = {**info.provenance, "patch_cleanser": {**settings, **p.pick("batch_size", "learning_rate",
                                                                                    "lr_decay", "seed")}}
+    info.defence = {"name": "patch_cleanser_masked" if p.masked_training_epochs else "patch_cleanser",
+                    "image_shape": list(test_set.image_shape), "settings": p.pick("mask_patch_size", "masks_per_side")}
     with track.run(f"patch_cleanser: {trained}") as run:
         log_input(run, testing_data, "testing")
         if history:

@@ -36,25 +36,26 @@ def infer(p: InferParams, track: Tracker, *, data: str, predictions: str, model:
     dataset = Dataset(data)
     start, stop = _shards.bounds(len(dataset), p.shard_index, p.shard_count)
     layout = _shards.of_rows(dataset, p.shard_index, p.shard_count, start, stop)
-    precheck(model, p.model_uri, dataset.image_shape, len(dataset.class_names), p.model_architecture)
+    precheck(model, p.model_uri, dataset.image_shape, len(dataset.class_names), p.model_architecture, defended=True)
     if p.condition == "split" and not has_patches(dataset):
         raise ParameterError(f"condition='split' needs data with patched images and their provenance "
                              f"(deploy_patch's output); {dataset.summary()} has none")
 
+    from advpatch.defences.base import defended_classifier
     from advpatch.evaluation import predict, write_predictions
     from advpatch.models import resolve, training
-    from advpatch.models.classifier import Classifier
 
     training.seed_everything(p.seed)
-    net, info = resolve(model, p.model_uri, dataset.image_shape, len(dataset.class_names), p.model_architecture)
+    net, info = resolve(model, p.model_uri, dataset.image_shape, len(dataset.class_names), p.model_architecture,
+                        defended=True)
     log.info("infer: %s model on %s", info.architecture, dataset.summary())
     from advpatch.parallel import capped, model_bytes
 
-    batch = capped(p.batch_size, p.memory_budget_mb, model_bytes(net, dataset.image_shape))
+    batch = capped(p.batch_size, p.memory_budget_mb, model_bytes(net, info.input_shape))
     if batch < p.batch_size:
         log.info("infer: batches of %d images, what memory_budget_mb=%d holds (batch_size %d)", batch,
                  p.memory_budget_mb, p.batch_size)
-    out = predict(Classifier(net, info), dataset, batch, start, stop, layout or None)
+    out = predict(defended_classifier(net, info), dataset, batch, start, stop, layout or None)
     write_predictions(predictions, out, out["probabilities"].argmax(axis=1), info.class_names)
     row = p.row or info.architecture
     evaluations = evaluate(row, p.condition, out, info.class_names, dataset, layout or None, start)
