@@ -144,3 +144,35 @@ def test_batches_read_the_next_shard_ahead_and_give_the_same_rows(tmp_path):
         for batch in Dataset(tmp_path / "d").batches(7):
             rows.append(len(batch["y"]))
     assert sum(rows) >= 7 * 8  # everything before the corrupt shard came through first
+
+
+def test_a_shard_is_read_in_one_pass_and_checked_either_way(tmp_path):
+    """read_stored (every shard read): the arrays np.load gives, writable views of one buffer; a
+    changed byte is caught by the sha256 when the manifest's is checked and by the member's CRC when
+    not; a compressed archive (not what the writer makes) goes through np.load and reads the same."""
+    import hashlib
+
+    from advpatch.io.npz import read_stored
+
+    x, y = _images(9, shape=(6, 5, 3), seed=4)
+    write_dataset(tmp_path / "d", x, y, ["a", "b", "c"], columns={"patched": np.arange(9) % 2 == 0})
+    shard = tmp_path / "d" / "shard-00000.npz"
+    digest = hashlib.sha256(shard.read_bytes()).hexdigest()
+    names = ["x", "y", "col_patched"]
+    for sha in (digest, None):
+        got = read_stored(shard, names, DatasetError, sha256=sha)
+        with np.load(shard) as npz:
+            for name in names:
+                np.testing.assert_array_equal(got[name], npz[name])
+                assert got[name].dtype == npz[name].dtype and got[name].flags.writeable
+        assert got["x"].base is not None and np.shares_memory(got["x"].base, got["y"].base)
+    raw = bytearray(shard.read_bytes())
+    raw[raw.index(x.tobytes()) + 7] ^= 0x01  # a pixel
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match=r"sha256 in dataset\.json"):
+        Dataset(tmp_path / "d").load()
+    with pytest.raises(DatasetError, match="CRC"):
+        Dataset(tmp_path / "d", verify=False).load()
+    np.savez_compressed(shard, x=x, y=y, col_patched=np.arange(9) % 2 == 0)
+    got = read_stored(shard, names, DatasetError, sha256=hashlib.sha256(shard.read_bytes()).hexdigest())
+    np.testing.assert_array_equal(got["x"], x)

@@ -192,6 +192,7 @@ def _log_inputs_at_once(args):
         return run.run_id, sum(lost)
 
 
+@pytest.mark.server  # its servers come from request.getfixturevalue: the fixtures' names do not mark it
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_shards_logging_the_same_dataset_at_once_all_record_it(backend, request, tmp_path, monkeypatch):
     """MLflow's store inserts a dataset it does not find without a lock: two runs logging the same

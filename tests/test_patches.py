@@ -215,6 +215,26 @@ def test_windowed_application_equals_full_image_overlay():
     assert np.abs(out.astype(np.int16) - expected).max() <= 1
 
 
+@pytest.mark.parametrize("shape, rotation", [("square", 0), ("square", 45), ("circle", 45)])
+def test_an_enlarged_patch_is_pasted_to_its_last_pixel(shape, rotation):
+    """A 6-pixel patch on 48x40 images (up to 6.7 image pixels a patch pixel): the window reaches
+    what the bilinear read of the mask's edge reaches (half a patch pixel beyond it), not one image
+    pixel only; the paste equals the full-image overlay."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (24, 48, 40, 3), dtype=np.uint8)
+    ps = patches.PatchSet(rng.random((1, 6, 6, 3), dtype=np.float32), patches.make_mask(6, shape)[None],
+                          np.array([1]), CLASSES, (48, 40, 3))
+    which = np.zeros(24, np.int32)
+    where = patches.sample_placements(rng, 24, (48, 40), rotation_max=rotation, scale_min=0.5, scale_max=1.0)
+    out = patches.apply_patches(images, ps, which, where)
+    full = patches.overlay(tf.constant(to_float(images)), tf.gather(ps.canvases(), which),
+                           patches.transforms(where, 6, (48, 40))).numpy()
+    expected = np.rint(np.clip(full, 0, 1) * 255).astype(np.int16)
+    assert np.abs(out.astype(np.int16) - expected).max() <= 1
+
+
 def test_patch_channels_must_match_images():
     with pytest.raises(PatchSetError, match="the patches have 1 channels but the images have 3"):
         patches.apply_patches(np.zeros((1, 28, 28, 3), np.uint8), _patch_set(), np.zeros(1, np.int32), _fixed(1))

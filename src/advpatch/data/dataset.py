@@ -37,6 +37,7 @@ import numpy as np
 
 from advpatch.errors import DatasetError
 from advpatch.io.files import read_arrays, read_manifest
+from advpatch.io.npz import read_stored
 
 FORMAT = "advpatch-dataset"
 VERSION = 1
@@ -150,14 +151,6 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Dataset:
     """A dataset folder opened for reading."""
 
@@ -192,9 +185,9 @@ class Dataset:
         file = self.path / shard["file"]
         if not file.is_file():
             raise DatasetError(f"{file} is missing: the dataset is incomplete")
-        if self._verify and _sha256(file) != shard["sha256"]:
-            raise DatasetError(f"{file} does not match its sha256 in {MANIFEST}: the dataset is corrupt")
-        arrays = read_arrays(file, ["x", "y", *(f"col_{c}" for c in self.spec.columns)], DatasetError)
+        arrays = read_stored(file, ["x", "y", *(f"col_{c}" for c in self.spec.columns)], DatasetError,
+                             sha256=shard["sha256"] if self._verify else None,
+                             mismatch=f"{file} does not match its sha256 in {MANIFEST}: the dataset is corrupt")
         x, y = arrays.pop("x"), arrays.pop("y")
         n = shard["num_examples"]
         if x.dtype != np.uint8 or x.shape != (n, *self.image_shape) or y.shape != (n,) or y.dtype.kind not in "iu" \
@@ -237,9 +230,9 @@ class Dataset:
                 buf.append({key: v[max(start - first, 0):stop - first] for key, v in part.items()})
                 n += len(buf[-1]["y"])
                 while n and n >= (size := batch_size - cut % batch_size):
-                    merged = _concat(buf)
-                    yield {key: v[:size] for key, v in merged.items()}
-                    buf, n, cut = [{key: v[size:] for key, v in merged.items()}], n - size, cut + size
+                    batch, buf = _first_rows(buf, size)
+                    yield batch
+                    n, cut = n - size, cut + size
         if n:
             yield _concat(buf)
 
@@ -277,6 +270,24 @@ class Dataset:
     def summary(self) -> str:
         h, w, c = self.image_shape
         return f"{len(self)} images {h}x{w}x{c}, {self.spec.num_classes} classes"
+
+
+def _first_rows(parts: List[Dict[str, np.ndarray]], size: int
+                ) -> Tuple[Dict[str, np.ndarray], List[Dict[str, np.ndarray]]]:
+    """The first ``size`` rows of ``parts`` (views of one part when it holds them all, else those
+    rows copied together: a batch across a shard's end) and the parts left."""
+    taken, rest, need = [], list(parts), size
+    while need:
+        part = rest.pop(0)
+        n = len(part["y"])
+        if n > need:
+            taken.append({k: v[:need] for k, v in part.items()})
+            rest.insert(0, {k: v[need:] for k, v in part.items()})
+            n = need
+        else:
+            taken.append(part)
+        need -= n
+    return _concat(taken), rest
 
 
 def _concat(parts: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:

@@ -246,7 +246,9 @@ def _read_image(path: Path, mode: str, size: Optional[Tuple[int, int]]) -> np.nd
 
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if mode == "grayscale" and img.mode in GRAY_MODES else "RGB")
+            target = "L" if mode == "grayscale" and img.mode in GRAY_MODES else "RGB"
+            if img.mode != target:  # (converting to its own mode is a copy of every pixel: not made)
+                img = img.convert(target)
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)

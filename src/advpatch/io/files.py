@@ -107,15 +107,61 @@ class Background:
                 self._pool = None
 
 
-def save_npz(path: PathLike, **arrays: Any) -> None:
-    """NumPy arrays as an ``.npz`` archive (readable by ``np.load(allow_pickle=False)``), byte for
-    byte the same for the same arrays: ``np.savez`` stamps each member with the current time. A
-    value may be a list of arrays: their concatenation is written (the same bytes), never made."""
+def save_npz(path: Union[PathLike, Any], **arrays: Any) -> None:
+    """NumPy arrays as an ``.npz`` archive (readable by ``np.load(allow_pickle=False)``): see
+    :func:`save_npz_hashed`."""
+    save_npz_hashed(path, **arrays)
+
+
+BLOCK = 1 << 20
+"""Bytes written at a time: each block's CRC, sha256 and write while it is in the cache."""
+
+
+class _HashingWriter:
+    """A write-only file that cannot seek (so zipfile writes each member's CRC and sizes after its
+    data rather than going back for them): every byte goes to ``f`` and into ``digest``, in order,
+    so the digest is the file's sha256 without reading it back."""
+
+    def __init__(self, f: Any, digest: Any) -> None:
+        self._f, self._digest, self._at = f, digest, 0
+
+    def write(self, data: Any) -> int:
+        self._digest.update(data)
+        self._f.write(data)
+        size = memoryview(data).nbytes
+        self._at += size
+        return size
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, *args: Any) -> int:
+        import io
+
+        raise io.UnsupportedOperation("seek")
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        """Nothing: the file is the caller's to close."""
+
+
+def save_npz_hashed(path: Union[PathLike, Any], **arrays: Any) -> str:
+    """NumPy arrays as an ``.npz`` archive at ``path`` (or into a writable file object), readable by
+    ``np.load(allow_pickle=False)``, byte for byte the same for the same arrays (``np.savez`` stamps
+    each member with the current time), and the file's sha256. A value may be a list of arrays:
+    their concatenation is written (the same bytes), never made. The data goes a block at a time
+    through the CRC, the hash and the write."""
+    import hashlib
     import zipfile
 
     import numpy as np
 
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+    digest = hashlib.sha256()
+    with contextlib.ExitStack() as stack:
+        raw = path if hasattr(path, "write") else stack.enter_context(open(path, "wb"))  # a file object: written to
+        archive = stack.enter_context(zipfile.ZipFile(_HashingWriter(raw, digest), "w", compression=zipfile.ZIP_STORED))
         for name, value in arrays.items():
             member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with archive.open(member, "w", force_zip64=True) as f:
@@ -123,11 +169,12 @@ def save_npz(path: PathLike, **arrays: Any) -> None:
                     _write_pieces(f, value)
                 else:
                     np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+    return digest.hexdigest()
 
 
 def _write_pieces(f: Any, pieces: List[Any]) -> None:
     """``np.lib.format.write_array(f, np.concatenate(pieces))``'s bytes, piece by piece: its header
-    (as ``header_data_from_array_1_0`` of the whole makes it), then the C-order data."""
+    (as ``header_data_from_array_1_0`` of the whole makes it), then the C-order data, a block at a time."""
     import numpy as np
 
     first = pieces[0]
@@ -143,7 +190,9 @@ def _write_pieces(f: Any, pieces: List[Any]) -> None:
         return
     for piece in pieces:
         if piece.size:
-            f.write(np.ascontiguousarray(piece).data.cast("B"))
+            data = np.ascontiguousarray(piece).data.cast("B")
+            for at in range(0, len(data), BLOCK):
+                f.write(data[at:at + BLOCK])
 
 
 def write_text(path: PathLike, text: str) -> None:

@@ -141,13 +141,13 @@ def apply_canvas(images: np.ndarray, canvases: np.ndarray, mask: np.ndarray, ind
         return out
     flat, side = padded(np.asarray(mask, np.float32)[None, ..., None])
     rows = transforms(placements, mask.shape[0], hw)  # image coordinates, as TensorFlow warped the whole image
-    oy, ox, wh, ww = _windows(placements, hw)
+    oy, ox, wh, ww = _windows(placements, hw, patch_size=mask.shape[0], mask=mask)
     canvases = np.asarray(canvases, np.float32)
     index = np.asarray(index, np.intp)
 
     def pixels(sl: slice, image: np.ndarray, i: np.ndarray, j: np.ndarray, x: np.ndarray, y: np.ndarray
-               ) -> np.ndarray:  # the canvas's own pixel under each point
-        under: np.ndarray = canvases[index[sl][image], oy[sl][image] + i, ox[sl][image] + j]
+               ) -> np.ndarray:  # the canvas's own pixel under each point, [C, m]
+        under: np.ndarray = canvases[index[sl][image], oy[sl][image] + i, ox[sl][image] + j].T
         return under
 
     paste_masked(images, out, oy, ox, wh, ww, rows, flat, side, np.zeros(len(images), np.intp), pixels, origin=True,

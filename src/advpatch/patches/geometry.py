@@ -14,8 +14,9 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -45,21 +46,48 @@ class Placements:
 def mask_outline(mask: Optional[np.ndarray] = None) -> np.ndarray:
     """[k, 2] points (x, y), in units of the patch's side and relative to its centre, whose convex
     hull holds every pixel the mask touches (``mask > 0``): the outer corners of each row's first and
-    last such pixel. The patch's extent under any rotation is the extent of these points. ``None``:
-    the whole square."""
+    last such pixel, only those on that hull (a point inside it never sets an extent). The patch's
+    extent under any rotation is the extent of these points. ``None``: the whole square."""
     if mask is None:
         return np.array([[-0.5, -0.5], [0.5, -0.5], [-0.5, 0.5], [0.5, 0.5]])
-    mask = np.asarray(mask)
-    touched = mask > 0
+    touched = np.ascontiguousarray(np.asarray(mask) > 0)
+    outline: np.ndarray = _outline(touched.tobytes(), touched.shape).copy()
+    return outline
+
+
+@functools.lru_cache(maxsize=16)
+def _outline(touched_bytes: bytes, shape: Tuple[int, int]) -> np.ndarray:
+    """:func:`mask_outline` of the mask whose pixels ``mask > 0`` are ``touched_bytes`` (each batch
+    of a deployment asks for the same mask's: made once)."""
+    touched = np.frombuffer(touched_bytes, bool).reshape(shape)
     rows = np.flatnonzero(touched.any(axis=1))
     if len(rows) == 0:
         raise params.ParameterError("the patch mask is empty: it covers no pixel")
     first = touched[rows].argmax(axis=1)
-    last = mask.shape[1] - 1 - touched[rows, ::-1].argmax(axis=1)
-    c = (np.array(mask.shape[::-1], np.float64) - 1) / 2  # (x, y) of the centre
+    last = shape[1] - 1 - touched[rows, ::-1].argmax(axis=1)
+    c = (np.array(shape[::-1], np.float64) - 1) / 2  # (x, y) of the centre
     points = [np.stack([xs, rows + dy], 1) for xs in (first - 0.5, last + 0.5) for dy in (-0.5, 0.5)]
-    outline: np.ndarray = (np.concatenate(points) - c) / max(mask.shape)
+    outline: np.ndarray = (_hull(np.concatenate(points)) - c) / max(shape)
     return outline
+
+
+def _hull(points: np.ndarray) -> np.ndarray:
+    """The points of ``points`` [k, 2] on their convex hull (the edges' points kept: Andrew's
+    monotone chain, dropping only turns the wrong way), each once."""
+    pts = [tuple(p) for p in np.unique(points, axis=0)]  # sorted by x, then y
+    if len(pts) < 3:
+        return np.array(pts, np.float64)
+
+    def half(seq: List[Tuple[float, float]]) -> List[Tuple[float, float]]:
+        chain: List[Tuple[float, float]] = []
+        for p in seq:
+            while len(chain) >= 2 and ((chain[-1][0] - chain[-2][0]) * (p[1] - chain[-2][1])
+                                       - (chain[-1][1] - chain[-2][1]) * (p[0] - chain[-2][0])) < 0:
+                chain.pop()
+            chain.append(p)
+        return chain
+
+    return np.unique(np.array(half(pts) + half(pts[::-1]), np.float64), axis=0)
 
 
 def _half_extents(outline: np.ndarray, side: np.ndarray, rad: np.ndarray, chunk: int = 8192

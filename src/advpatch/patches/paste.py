@@ -14,6 +14,12 @@ clipped, ``round`` half to even, to uint8). Each runs on a window around each pa
 (:func:`advpatch.parallel.in_parallel`: NumPy releases Python's lock), each writing its own images:
 the bytes do not depend on the number of threads. tests/test_patches.py checks them against
 TensorFlow's op.
+
+Every array is planar (a channel's values in one run: ``[K, m]``), so each pass is one
+contiguous NumPy loop over ``m`` values: NumPy broadcasting a ``[m, 1]`` weight over ``[m, K]``
+pixels runs its inner loop ``K`` values at a time, four times slower. A neighbour's value is read
+through an offset view of its plane (``plane[1:]`` at ``at`` is ``plane[at + 1]``), so one index
+array serves all four neighbours.
 """
 
 from __future__ import annotations
@@ -31,11 +37,18 @@ CHUNK_PIXELS = 1 << 17
 """Window pixels warped in one call (per thread): with its float32 temporaries a call holds about
 40 bytes per pixel and channel, a few MB, whatever the batch size."""
 
+MIN_CHUNK_PIXELS = 1 << 16
+"""Fewer window pixels than this are not split over threads: on less, the threads wait for Python's
+lock between NumPy's calls longer than they compute (a batch of 256 MNIST digits runs 15% slower on
+two threads than on one)."""
+
+Weights = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
 
 def padded(canvases: np.ndarray) -> Tuple[np.ndarray, int]:
-    """[k, P, P, K] canvases -> ([k * (P + 2 PAD)^2, K] float32 rows, padded side)."""
+    """[k, P, P, K] canvases -> ([K, k * (P + 2 PAD)^2] float32 planes, one per channel, padded side)."""
     c = np.pad(np.asarray(canvases, F32), ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
-    return np.ascontiguousarray(c.reshape(-1, c.shape[-1])), c.shape[1]
+    return np.ascontiguousarray(np.moveaxis(c, -1, 0).reshape(c.shape[-1], -1)), c.shape[1]
 
 
 def coordinates(rows: np.ndarray, wh: int, ww: int, origin: Optional[Tuple[np.ndarray, np.ndarray]] = None
@@ -55,11 +68,11 @@ def coordinates(rows: np.ndarray, wh: int, ww: int, origin: Optional[Tuple[np.nd
     return x, y
 
 
-def sample(flat: np.ndarray, side: int, index: np.ndarray, x: np.ndarray, y: np.ndarray,
-           inside: bool = False) -> np.ndarray:
-    """[m, K] float32: canvas ``index`` of ``flat`` (see :func:`padded`; ``side`` its padded
-    side) read bilinearly at points (``x``, ``y``) ([m] each), 0 outside it. ``inside``: every
-    point is in (-1, canvas side) on both axes (so no neighbour index needs clipping)."""
+def neighbours(side: int, index: np.ndarray, x: np.ndarray, y: np.ndarray, inside: bool = False) -> Weights:
+    """Where points (``x``, ``y``) ([m] each) of canvas ``index`` read a padded plane (see
+    :func:`padded`; ``side`` its padded side): (``at``, the flat index of each point's top-left
+    neighbour, and the bilinear weights wx0, wx1, wy0, wy1). ``inside``: every point is in
+    (-1, canvas side) on both axes (so no neighbour index needs clipping)."""
     x0, y0 = np.floor(x), np.floor(y)
     hi = side - 2 * PAD  # the canvas's own side: indices -2 .. side read zeros beyond it
     if inside:
@@ -70,33 +83,54 @@ def sample(flat: np.ndarray, side: int, index: np.ndarray, x: np.ndarray, y: np.
         at = (np.clip(y0, -PAD, hi).astype(np.intp) + PAD + np.asarray(index, np.intp) * side) * side
         at += np.clip(x0, -PAD, hi).astype(np.intp) + PAD
     wx1 = x - x0
-    wx0 = x0 + 1
+    wx0 = x0
+    wx0 += 1
     wx0 -= x
     wy1 = y - y0
-    wy0 = y0 + 1
+    wy0 = y0
+    wy0 += 1
     wy0 -= y
-    wx0, wx1, wy0, wy1 = (w[:, None] for w in (wx0, wx1, wy0, wy1))
-    top: np.ndarray = np.take(flat, at, axis=0)
+    return at, wx0, wx1, wy0, wy1
+
+
+def bilinear(plane: np.ndarray, side: int, weights: Weights) -> np.ndarray:
+    """[m] float32: one padded ``plane`` read at the points ``weights`` (:func:`neighbours`) describe."""
+    at, wx0, wx1, wy0, wy1 = weights
+    top = np.take(plane, at)
     top *= wx0
-    top += np.take(flat, at + 1, axis=0) * wx1
-    at += side
-    bottom = np.take(flat, at, axis=0)
+    part = np.take(plane[1:], at)
+    part *= wx1
+    top += part
+    bottom = np.take(plane[side:], at)
     bottom *= wx0
-    at += 1
-    bottom += np.take(flat, at, axis=0) * wx1
+    np.take(plane[side + 1:], at, out=part)
+    part *= wx1
+    bottom += part
     top *= wy0
     bottom *= wy1
     top += bottom
     return top
 
 
-def warp_windows(flat: np.ndarray, side: int, index: np.ndarray, rows: np.ndarray, wh: int, ww: int,
+def sample(planes: np.ndarray, side: int, index: np.ndarray, x: np.ndarray, y: np.ndarray,
+           inside: bool = False) -> np.ndarray:
+    """[K, m] float32: canvas ``index`` of ``planes`` (see :func:`padded`) read bilinearly at points
+    (``x``, ``y``) ([m] each), 0 outside it (``inside``: as :func:`neighbours`)."""
+    weights = neighbours(side, index, x, y, inside)
+    out = np.empty((len(planes), len(x)), F32)
+    for k, plane in enumerate(planes):
+        out[k] = bilinear(plane, side, weights)
+    return out
+
+
+def warp_windows(planes: np.ndarray, side: int, index: np.ndarray, rows: np.ndarray, wh: int, ww: int,
                  origin: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
     """[n, wh, ww, K] float32: canvas ``index[i]`` warped by ``rows[i]`` onto a wh x ww window
     (see :func:`coordinates` and :func:`sample`), every pixel."""
     x, y = coordinates(rows, wh, ww, origin)
     k = np.repeat(np.asarray(index, np.intp), wh * ww)
-    return sample(flat, side, k, x.ravel(), y.ravel()).reshape(len(rows), wh, ww, -1)
+    warped: np.ndarray = sample(planes, side, k, x.ravel(), y.ravel()).T.reshape(len(rows), wh, ww, -1)
+    return warped
 
 
 Pixels = Callable[[slice, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -104,32 +138,32 @@ Record = Callable[[slice, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def paste_masked(images: np.ndarray, out: np.ndarray, oy: np.ndarray, ox: np.ndarray, wh: int, ww: int,
-                 rows: np.ndarray, mask_flat: np.ndarray, side: int, mask_index: np.ndarray,
+                 rows: np.ndarray, planes: np.ndarray, side: int, mask_index: np.ndarray,
                  pixels: Optional[Pixels], *,
                  origin: bool = False, divide: bool = False, n_workers: int = 0, chunk: Optional[int] = None,
                  record: Optional[Record] = None) -> None:
     """uint8 ``images`` [n, H, W, C] patched into ``out`` (``images`` itself, or a copy of it): in
-    each image's wh x ww window at (``oy[i]``, ``ox[i]``), the mask (``mask_flat``, one channel;
-    canvas ``mask_index[i]``) warped by ``rows[i]`` (the window's own transform, or with
-    ``origin`` the image's), and where it is not 0 (elsewhere the blend gives back the image's own
-    byte, so only those pixels are read and written) the blend with ``pixels(sl, image, i, j, x,
-    y)`` ([m, C] float32 at those points: their image in the chunk ``sl``, their window row and
-    column, where they read the canvas); ``pixels=None``: the canvases ``mask_flat`` are the
-    patches themselves, their C channels and the mask as channel C + 1, read together. Chunks of
-    ``chunk`` images (default: :data:`CHUNK_PIXELS` window pixels, and at least one chunk per
-    worker) on threads, each reading and writing its own images. ``record(sl, counts, before,
-    after)``: each chunk's changed pixels, image by image
-    (``counts`` [chunk] how many of each; ``before`` and ``after`` uint8 [sum(counts), C])."""
+    each image's wh x ww window at (``oy[i]``, ``ox[i]``), the mask (the last of ``planes``; canvas
+    ``mask_index[i]``) warped by ``rows[i]`` (the window's own transform, or with ``origin`` the
+    image's), and where it is not 0 (elsewhere the blend gives back the image's own byte, so only
+    those pixels are read and written) the blend with ``pixels(sl, image, i, j, x, y)`` ([C, m]
+    float32 at those points: their image in the chunk ``sl``, their window row and column, where
+    they read the canvas); ``pixels=None``: the first C ``planes`` are the patches' channels, read
+    at the same points. Chunks of ``chunk`` images (default: :data:`CHUNK_PIXELS` window pixels,
+    and a chunk per worker where each holds :data:`MIN_CHUNK_PIXELS`) on threads, each reading and
+    writing its own images.
+    ``record(sl, counts, before, after)``: each chunk's changed pixels, image by image (``counts``
+    [chunk] how many of each; ``before`` and ``after`` uint8 [C, sum(counts)], planar)."""
     from advpatch.parallel import in_parallel, workers
 
     n, h, w, c = images.shape
     count = n_workers or workers()
-    chunk = chunk or max(1, min(CHUNK_PIXELS // (wh * ww), -(-n // count)))
-    flat = images.reshape(-1, c) if images.flags.c_contiguous else None
-    flat_out = out.reshape(-1, c) if out.flags.c_contiguous else None
+    chunk = chunk or max(1, min(CHUNK_PIXELS // (wh * ww), max(-(-n // count), MIN_CHUNK_PIXELS // (wh * ww))))
+    flat = images.reshape(-1) if images.flags.c_contiguous and out.flags.c_contiguous else None
+    flat_out = out.reshape(-1) if flat is not None else None
     hi = side - 2 * PAD  # beyond (-1, hi) on either axis all four neighbours are off the canvas: the mask is 0
-    offsets = (np.arange(wh)[:, None] * w + np.arange(ww)).astype(np.intp)  # window pixel -> image pixel
-    corner = ((np.arange(n) * h + oy) * w + ox).astype(np.intp)  # each window's first pixel in the images
+    offsets = ((np.arange(wh)[:, None] * w + np.arange(ww)) * c).astype(np.intp).ravel()  # window -> image byte
+    corner = (((np.arange(n) * h + oy) * w + ox) * c).astype(np.intp)  # each window's first byte in the images
 
     def one(k: int) -> None:
         sl = slice(k * chunk, min(n, (k + 1) * chunk))
@@ -142,31 +176,38 @@ def paste_masked(images: np.ndarray, out: np.ndarray, oy: np.ndarray, ox: np.nda
         x, y = x.ravel()[points], y.ravel()[points]
         image = points // (wh * ww)
         points -= image * (wh * ww)  # the point in its window
-        mask_of = np.asarray(mask_index[sl], np.intp)[image]
-        if pixels is None:  # the patch's own canvas, its mask the last channel: one read of both
-            both = sample(mask_flat, side, mask_of, x, y, inside=True)
-            m = both[:, c]
-        else:
-            m = sample(mask_flat, side, mask_of, x, y, inside=True)[:, 0]
+        weights = neighbours(side, np.asarray(mask_index[sl], np.intp)[image], x, y, inside=True)
+        m = bilinear(planes[-1], side, weights)
         keep = np.flatnonzero(m)
-        image, points, m = image[keep], points[keep], m[keep]
+        if len(keep) < len(m):
+            image, points, m = image[keep], points[keep], m[keep]
+            if pixels is None:
+                weights = tuple(v[keep] for v in weights)  # type: ignore[assignment]
+            else:
+                x, y = x[keep], y[keep]
+        if pixels is None:  # the patch's own planes
+            new = np.empty((c, len(m)), F32)
+            for ch in range(c):
+                new[ch] = bilinear(planes[ch], side, weights)
+        else:
+            i, j = np.divmod(points, ww)
+            new = pixels(sl, image, i, j, x, y)
+        before = np.empty((c, len(m)), np.uint8)
         if flat is not None and flat_out is not None:
-            at = corner[sl][image] + offsets.ravel()[points]
-            before = np.take(flat, at, axis=0)
+            at = corner[sl][image]
+            at += offsets[points]
+            for ch in range(c):
+                np.take(flat[ch:], at, out=before[ch])
         else:
             i, j = np.divmod(points, ww)
             where = (image + sl.start, oy[sl][image] + i, ox[sl][image] + j)
-            before = images[where]
-        if pixels is None:
-            new = both[keep, :c]
-        else:
-            i, j = np.divmod(points, ww)
-            new = pixels(sl, image, i, j, x[keep], y[keep])
-        after = blend(before, m[:, None], new, divide)
+            before[:] = images[where].T
+        after = blend(before, m, new, divide)
         if flat is not None and flat_out is not None:
-            flat_out[at] = after
+            for ch in range(c):
+                flat_out[ch:][at] = after[ch]
         else:
-            out[where] = after
+            out[where] = after.T
         if record is not None:
             record(sl, np.bincount(image, minlength=sl.stop - sl.start), before, after)
 
@@ -174,8 +215,8 @@ def paste_masked(images: np.ndarray, out: np.ndarray, oy: np.ndarray, ox: np.nda
 
 
 def blend(window: np.ndarray, mask: np.ndarray, pixels: np.ndarray, divide: bool = False) -> np.ndarray:
-    """uint8 ``window`` with ``pixels`` (float [0, 1]) over it through ``mask``:
-    ``round(clip(base + mask * (pixels - base)) * 255)``, ``base = window * float32(1 / 255)``
+    """uint8 ``window`` with ``pixels`` (float [0, 1]) over it through ``mask`` (broadcast against
+    them): ``round(clip(base + mask * (pixels - base)) * 255)``, ``base = window * float32(1 / 255)``
     (``divide``: ``window / 255``, as a canvas set's blend has it: a bit apart, now and then)."""
     base = window.astype(F32)
     if divide:

@@ -24,7 +24,7 @@ import numpy as np
 
 from advpatch.errors import PatchSetError
 from advpatch.io.files import PathLike, atomic_dir, read_arrays, read_manifest, save_npz
-from advpatch.patches.geometry import Placements, sample_placements, transforms
+from advpatch.patches.geometry import Placements, _half_extents, mask_outline, sample_placements, transforms
 
 if TYPE_CHECKING:
     from advpatch.data.dataset import Dataset
@@ -143,16 +143,20 @@ def _safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-def _windows(placements: Placements, image_hw: Tuple[int, int], size: int = 0
-             ) -> Tuple[np.ndarray, np.ndarray, int, int]:
-    """Per image, the top-left corner of a window that holds everything its patch touches (the
-    rotated patch's bounding box plus a pixel for the bilinear edge), and the window's size: the
-    largest any image of the batch needs (or ``size``, when that is larger), at most the image."""
+def _windows(placements: Placements, image_hw: Tuple[int, int], size: int = 0, *, patch_size: int = 0,
+             mask: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, int, int]:
+    """Per image, the top-left corner of a window that holds everything its patch touches, and the
+    window's size: the largest any image of the batch needs (or ``size``, when that is larger), at
+    most the image. What a patch touches: the box around its ``mask`` ([P, P]; ``None``: the whole
+    square) rotated, plus what the bilinear read reaches beyond the mask's last pixels (half a patch
+    pixel, in image pixels: more than one when a ``patch_size``-pixel patch is enlarged) and a
+    pixel. A disk's window is the disk's box at any angle (a square's grows by up to 41%)."""
     h, w = image_hw
-    rad = np.deg2rad(placements.angle.astype(np.float64))
-    half = placements.scale * min(h, w) / 2 * (np.abs(np.cos(rad)) + np.abs(np.sin(rad))) + 1.0
-    size = max(size, int(np.ceil(2 * half.max())) + 1 if len(half) else 1)
-    wh, ww = min(h, size), min(w, size)
+    side = placements.scale.astype(np.float64) * min(h, w)
+    half_x, half_y = _half_extents(mask_outline(mask), side, np.deg2rad(placements.angle.astype(np.float64)))
+    reach = 0.5 * side / patch_size + 1.0 if patch_size else 1.0
+    size_x, size_y = ((int(np.ceil(2 * (half + reach).max())) + 1 if len(half) else 1) for half in (half_x, half_y))
+    wh, ww = min(h, max(size, size_y)), min(w, max(size, size_x))
     oy = np.clip(np.floor(placements.y - (wh - 1) / 2), 0, h - wh).astype(np.int64)
     ox = np.clip(np.floor(placements.x - (ww - 1) / 2), 0, w - ww).astype(np.int64)
     return oy, ox, wh, ww
@@ -190,17 +194,17 @@ def apply_patches(
     if not len(images):
         return out
     flat, side = padded(patch_set.canvases())  # each patch and its mask, read together
-    rows = _shifted(transforms(placements, patch_set.patch_size, hw), placements, hw)
-    oy, ox, wh, ww = _windows(placements, hw)
+    # the windows hold any patch of the set: the union of the masks
+    oy, ox, wh, ww = _windows(placements, hw, patch_size=patch_set.patch_size, mask=patch_set.masks.max(axis=0))
+    rows = _shifted(transforms(placements, patch_set.patch_size, hw), oy, ox)
     paste_masked(images, out, oy, ox, wh, ww, rows, flat, side, np.asarray(patch_index, np.intp), None,
                  n_workers=n_workers, record=record)
     return out
 
 
-def _shifted(rows: np.ndarray, placements: Placements, hw: Tuple[int, int], size: int = 0) -> np.ndarray:
-    """The transforms of :func:`transforms`, for each image's window: window pixel (j, i) is
-    image pixel (ox + j, oy + i)."""
-    oy, ox, _, _ = _windows(placements, hw, size)
+def _shifted(rows: np.ndarray, oy: np.ndarray, ox: np.ndarray) -> np.ndarray:
+    """The transforms of :func:`transforms`, for each image's window at (``oy``, ``ox``) (see
+    :func:`_windows`): window pixel (j, i) is image pixel (ox + j, oy + i)."""
     shifted: np.ndarray = rows.copy()
     shifted[:, 2] += shifted[:, 0] * ox + shifted[:, 1] * oy
     shifted[:, 5] += shifted[:, 3] * ox + shifted[:, 4] * oy
@@ -306,11 +310,11 @@ def _patch_measured(images: np.ndarray, patch_set: PatchSet, which: np.ndarray, 
     from advpatch.patches.conditioned import apply_set
 
     squares = _squares(images)
-    size, c = int(np.prod(images.shape[1:])), images.shape[-1]
+    size = int(np.prod(images.shape[1:]))
     parts: Dict[int, Dict[str, np.ndarray]] = {}
 
     def record(sl: slice, counts: np.ndarray, before: np.ndarray, after: np.ndarray) -> None:
-        parts[sl.start] = changed_distances(before.ravel(), after.ravel(), counts * c, squares[sl], size)
+        parts[sl.start] = changed_distances(before, after, counts, squares[sl], size)
 
     apply_set(images, patch_set, which, placements, batch_size, out=images, record=record)
     if not parts:

@@ -1,0 +1,125 @@
+"""Reading a dataset shard (an ``.npz`` archive of stored, uncompressed members) in one pass.
+
+:func:`advpatch.io.files.read_arrays` (``np.load``) reads a file through ``zipfile``: the bytes are
+read, checked against each member's CRC-32 and copied into new arrays, and a caller that checks the
+file's sha256 first has read it once more. :func:`read_stored` reads the file once into one
+writable buffer, checks its sha256 as it reads (when given one: the CRC is then redundant) or else each
+member's CRC, and returns arrays that are views of that buffer (NumPy's own ``.npy`` header
+parsing; no pickle: an object dtype is refused). An archive it does not expect (a compressed or
+encrypted member, a header it cannot parse) goes through :func:`~advpatch.io.files.read_arrays`,
+whose errors name the file and what is wrong (``make fuzz`` checks them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+import zipfile
+import zlib
+from typing import Any, Dict, Optional, Sequence, Type
+
+import numpy as np
+
+from advpatch.errors import AdvpatchError
+from advpatch.io.files import PathLike, read_arrays
+
+BLOCK = 1 << 20
+"""Bytes read (and hashed while they are in the cache) at a time."""
+
+_LOCAL = struct.Struct("<4s2B4HL2L2H")  # zipfile's local file header: 30 bytes
+_LOCAL_MAGIC = b"PK\x03\x04"
+
+
+class _Unexpected(Exception):
+    """Not an archive this reader takes: the general reader reads it (and names what is wrong, as
+    it does for every other exception of this one's)."""
+
+
+class _View(io.RawIOBase):
+    """A read-only, seekable file over a memoryview (zipfile and NumPy's header parser read it):
+    no copy of the buffer."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view, self._at = view, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = max(0, min(len(b), len(self._view) - self._at))
+        b[:n] = self._view[self._at:self._at + n]
+        self._at += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+
+def read_stored(path: PathLike, names: Sequence[str], error: Type[AdvpatchError], *, sha256: Optional[str] = None,
+                mismatch: str = "") -> Dict[str, Any]:
+    """The arrays ``names`` of the ``.npz`` file ``path``, from one read of it. ``sha256``: the
+    file's bytes must hash to it, else ``error(mismatch)``. The arrays share one writable buffer,
+    read a block at a time and each block hashed as it arrives."""
+    size = os.path.getsize(path)
+    buffer = np.empty(size, np.uint8)  # NumPy's allocation: huge pages where the kernel gives them
+    view = buffer.data
+    digest = hashlib.sha256() if sha256 is not None else None
+    with open(path, "rb", buffering=0) as f:
+        at = 0
+        while at < size:
+            n = f.readinto(view[at:at + BLOCK])
+            if not n:
+                raise error(f"{path} changed while it was read: {at} of {size} bytes")
+            if digest is not None:
+                digest.update(view[at:at + n])
+            at += n
+    if digest is not None and digest.hexdigest() != sha256:
+        raise error(mismatch or f"{path} does not match its sha256")
+    try:
+        return _members(buffer, view, names, check_crc=sha256 is None)
+    except Exception:  # anything this fast path did not expect: the general reader decides
+        return read_arrays(path, names, error)  # ... and names what is wrong, when something is
+
+
+def _members(buffer: np.ndarray, view: memoryview, names: Sequence[str], check_crc: bool) -> Dict[str, Any]:
+    with zipfile.ZipFile(_View(view)) as archive:
+        infos = {info.filename: info for info in archive.infolist()}
+    out = {}
+    for name in names:
+        info = infos[f"{name}.npy"]
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1 or info.compress_size != info.file_size:
+            raise _Unexpected(name)
+        fields = _LOCAL.unpack_from(view, info.header_offset)
+        if fields[0] != _LOCAL_MAGIC:
+            raise _Unexpected(name)
+        start = info.header_offset + _LOCAL.size + fields[10] + fields[11]  # name and extra field lengths
+        end = start + info.file_size
+        if end > len(view):
+            raise _Unexpected(name)
+        if check_crc and zlib.crc32(view[start:end]) != info.CRC:
+            raise _Unexpected(name)  # the general reader names the bad CRC
+        f = _View(view[start:end])
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise _Unexpected(name)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if dtype.hasobject:
+            raise _Unexpected(name)  # never unpickled: the general reader refuses it
+        count = int(np.prod(shape, dtype=np.int64))
+        if f.tell() + count * dtype.itemsize != info.file_size:
+            raise _Unexpected(name)
+        array = np.frombuffer(buffer, dtype, count, start + f.tell())
+        out[name] = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+    return out
