@@ -69,8 +69,9 @@ class _View(io.RawIOBase):
 def read_stored(path: PathLike, names: Sequence[str], error: Type[AdvpatchError], *, sha256: Optional[str] = None,
                 mismatch: str = "") -> Dict[str, Any]:
     """The arrays ``names`` of the ``.npz`` file ``path``, from one read of it. ``sha256``: the
-    file's bytes must hash to it, else ``error(mismatch)``. The arrays share one writable buffer,
-    read a block at a time and each block hashed as it arrives."""
+    file's bytes must hash to it, else ``error(mismatch)``. A large array (the images) is a view of
+    the one writable buffer the file is read into, a block at a time, each block hashed as it
+    arrives; a small one (under an eighth of the file) is its own copy."""
     size = os.path.getsize(path)
     buffer = np.empty(size, np.uint8)  # NumPy's allocation: huge pages where the kernel gives them
     view = buffer.data
@@ -121,5 +122,8 @@ def _members(buffer: np.ndarray, view: memoryview, names: Sequence[str], check_c
         if f.tell() + count * dtype.itemsize != info.file_size:
             raise _Unexpected(name)
         array = np.frombuffer(buffer, dtype, count, start + f.tell())
-        out[name] = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+        array = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+        # a small array (the labels, a column) is copied out: a view would keep the whole file's
+        # buffer alive for as long as it lives (a step keeping every batch's labels, all the images)
+        out[name] = array.copy() if array.nbytes * 8 < len(buffer) else array
     return out
