@@ -90,7 +90,7 @@ def _hull(points: np.ndarray) -> np.ndarray:
     return np.unique(np.array(half(pts) + half(pts[::-1]), np.float64), axis=0)
 
 
-def _half_extents(outline: np.ndarray, side: np.ndarray, rad: np.ndarray, chunk: int = 8192
+def half_extents(outline: np.ndarray, side: np.ndarray, rad: np.ndarray, chunk: int = 8192
                   ) -> Tuple[np.ndarray, np.ndarray]:
     """Half the width and height (pixels) of the axis-aligned box around the rotated outline."""
     hx, hy = np.empty(len(side)), np.empty(len(side))
@@ -126,7 +126,7 @@ def sample_placements(
     h, w = image_hw
     angle = rng.uniform(-rotation_max, rotation_max, n) if rotation_max > 0 else np.zeros(n)
     scale = np.full(n, patch_scale) if patch_scale > 0 else rng.uniform(scale_min, scale_max, n)
-    half_x, half_y = _half_extents(mask_outline(mask), scale * min(h, w), np.deg2rad(angle))
+    half_x, half_y = half_extents(mask_outline(mask), scale * min(h, w), np.deg2rad(angle))
     u = rng.uniform(-1.0, 1.0, (2, n))
     if location == "center":
         u[:] = 0.0

@@ -24,7 +24,7 @@ import numpy as np
 
 from advpatch.errors import PatchSetError
 from advpatch.io.files import PathLike, atomic_dir, read_arrays, read_manifest, save_npz
-from advpatch.patches.geometry import Placements, _half_extents, mask_outline, sample_placements, transforms
+from advpatch.patches.geometry import Placements, half_extents, mask_outline, sample_placements, transforms
 
 if TYPE_CHECKING:
     from advpatch.data.dataset import Dataset
@@ -153,7 +153,7 @@ def _windows(placements: Placements, image_hw: Tuple[int, int], size: int = 0, *
     pixel. A disk's window is the disk's box at any angle (a square's grows by up to 41%)."""
     h, w = image_hw
     side = placements.scale.astype(np.float64) * min(h, w)
-    half_x, half_y = _half_extents(mask_outline(mask), side, np.deg2rad(placements.angle.astype(np.float64)))
+    half_x, half_y = half_extents(mask_outline(mask), side, np.deg2rad(placements.angle.astype(np.float64)))
     reach = 0.5 * side / patch_size + 1.0 if patch_size else 1.0
     size_x, size_y = ((int(np.ceil(2 * (half + reach).max())) + 1 if len(half) else 1) for half in (half_x, half_y))
     wh, ww = min(h, max(size, size_y)), min(w, max(size, size_x))

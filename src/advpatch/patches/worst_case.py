@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 
 import numpy as np
 
-from advpatch.patches.geometry import Placements, _half_extents, mask_outline
+from advpatch.patches.geometry import Placements, half_extents, mask_outline
 
 if TYPE_CHECKING:
     from advpatch.models.classifier import Classifier
@@ -42,7 +42,7 @@ def grid_placements(image_hw: Tuple[int, int], scale: float, *, stride: float = 
     h, w = image_hw
     out = []
     for angle in angles:
-        hx, hy = _half_extents(mask_outline(mask), np.array([scale * min(h, w)]), np.deg2rad(np.array([angle])))
+        hx, hy = half_extents(mask_outline(mask), np.array([scale * min(h, w)]), np.deg2rad(np.array([angle])))
         rx, ry = (max(w / 2 - hx[0], 0.0), max(h / 2 - hy[0], 0.0)) if location == "random" else (0.0, 0.0)
         xs = (w - 1) / 2 + np.unique(np.concatenate([np.arange(-rx, rx, stride), [rx]]))
         ys = (h - 1) / 2 + np.unique(np.concatenate([np.arange(-ry, ry, stride), [ry]]))
