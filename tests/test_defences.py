@@ -66,22 +66,6 @@ def test_jpeg_equals_art_grayscale_and_rgb(tmp_path, outputs, channels, channels
     assert np.abs(hq.astype(int) - x).mean() < np.abs(out.astype(int) - x).mean()
 
 
-def test_jpeg_through_an_in_memory_file_gives_the_bytes_of_bytesio():
-    """On several threads Pillow encodes into a memfd (its lock released), on one into a BytesIO:
-    the same bytes, RGB and grayscale."""
-    from advpatch.defences import preprocessing
-
-    rng = np.random.default_rng(6)
-    for shape in ((12, 40, 32, 3), (12, 40, 32, 1)):
-        x = rng.integers(0, 256, shape, dtype=np.uint8)
-        jpeg = preprocessing.JpegCompression(35)
-        one = jpeg._jpeg(x, workers=1)
-        many = jpeg._jpeg(x, workers=3)
-        assert preprocessing._encode_file() is not None  # this machine has memfd: the other path ran
-        np.testing.assert_array_equal(one, many)
-        assert np.abs(one.astype(int) - x).mean() > 3
-
-
 def test_gaussian_noise_equals_art_with_the_same_draws(tmp_path, outputs):
     from art.defences.preprocessor import GaussianAugmentation
 

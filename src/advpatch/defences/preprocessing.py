@@ -24,8 +24,6 @@ call for the noise.
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import numpy as np
@@ -168,24 +166,9 @@ class JpegCompression(Defence):
         return self._jpeg(np.ascontiguousarray(x), workers=parallel.workers())
 
     def _jpeg(self, pixels: np.ndarray, workers: int = 1) -> np.ndarray:
-        """Each image of uint8 ``pixels`` [n, H, W, C] compressed and decoded."""
-        import io
-
-        from PIL import Image
-
-        def compress(image: np.ndarray, mode: str) -> np.ndarray:
-            file = _encode_file() if workers > 1 else None
-            if file is None:
-                buf = io.BytesIO()
-                Image.fromarray(image, mode=mode).save(buf, format="jpeg", quality=self.quality)
-            else:  # the same bytes: see _encode_file
-                file.seek(0)
-                file.truncate()
-                Image.fromarray(image, mode=mode).save(file, format="jpeg", quality=self.quality)
-                size = file.tell()
-                file.seek(0)
-                buf = io.BytesIO(file.read(size))
-            return np.array(Image.open(buf))
+        """Each image of uint8 ``pixels`` [n, H, W, C] compressed and decoded
+        (:func:`advpatch.io.jpeg.round_trip`: Pillow's codec, the bytes of its public API)."""
+        from advpatch.io.jpeg import round_trip
 
         if self.channels_first:  # NCHW: each image's channels on axis 1
             pixels = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
@@ -194,17 +177,17 @@ class JpegCompression(Defence):
 
         def one(i: int) -> None:
             if channels == 3:
-                image = pixels[i].transpose(1, 2, 0) if self.channels_first else pixels[i]
-                done = compress(np.ascontiguousarray(image), "RGB")
-                out[i] = done.transpose(2, 0, 1) if self.channels_first else done
+                if self.channels_first:
+                    out[i] = round_trip(np.ascontiguousarray(pixels[i].transpose(1, 2, 0)), self.quality
+                                        ).transpose(2, 0, 1)
+                else:
+                    round_trip(pixels[i], self.quality, out[i])
                 return
             for c in range(channels):
-                plane = pixels[i, c] if self.channels_first else pixels[i, ..., c]
-                done = compress(np.ascontiguousarray(plane), "L")
                 if self.channels_first:
-                    out[i, c] = done
+                    round_trip(pixels[i, c], self.quality, out[i, c])
                 else:
-                    out[i, ..., c] = done
+                    round_trip(np.ascontiguousarray(pixels[i, ..., c]), self.quality, out[i, ..., c])
 
         parallel.in_parallel(one, len(pixels), workers)
         return out.transpose(0, 2, 3, 1) if self.channels_first else out
@@ -290,17 +273,3 @@ def augmentation_indices(n: int, ratio: float, rng: np.random.Generator) -> np.n
     as ART does."""
     params.check(gaussian_augmentation_ratio=ratio)
     return np.sort(rng.integers(0, n, round(ratio * n)))
-
-
-_files = threading.local()
-
-
-def _encode_file() -> Optional[Any]:
-    """This thread's in-memory file (``memfd``, Linux) for Pillow to encode into, or None. Pillow
-    encodes into a file with a descriptor with Python's lock released, into a ``BytesIO`` holding
-    it: on two threads the second core then waits (2,050 against 2,400 images/s at 224x224, the
-    same bytes). On one thread the file's system calls cost more than they give: not used."""
-    file = getattr(_files, "file", None)
-    if file is None and hasattr(os, "memfd_create"):
-        file = _files.file = open(os.memfd_create("advpatch-jpeg", os.MFD_CLOEXEC), "w+b")  # noqa: SIM115
-    return file
