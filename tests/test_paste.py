@@ -116,3 +116,98 @@ def test_corrupt_deploy_bytes_do_not_depend_on_the_batch_size(tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     for k in da:
         np.testing.assert_array_equal(da[k], db[k], err_msg=k)
+
+
+@pytest.mark.parametrize("shape, side, origin, divide", [
+    ((28, 28, 1), 28, False, False), ((28, 28, 1), 6, True, False), ((40, 32, 3), 17, False, True),
+    ((64, 56, 3), 56, True, True), ((9, 9, 4), 30, False, False)])
+def test_the_compiled_paste_is_numpys_passes_bit_for_bit(shape, side, origin, divide, monkeypatch):
+    """paste_masked's compiled loop against its NumPy passes (which the tests above hold to
+    TensorFlow): the same images and the same recorded pixels, for each channel count, a patch
+    shrunk and enlarged, windows partly off the image, both ways of placing the transform
+    (``origin``) and of scaling the base (``divide``)."""
+    from advpatch.patches.patchset import _shifted, _windows
+
+    rng = np.random.default_rng(side)
+    n, (h, w, c) = 90, shape
+    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    canvases = rng.random((3, side, side, c + 1), dtype=np.float32)
+    canvases[..., -1] = patches.make_mask(side, "circle") * rng.uniform(0.3, 1.0, (side, side))
+    where = patches.sample_placements(rng, n, (h, w), rotation_max=180, scale_min=0.1, scale_max=1.5)
+    flat, padded_side = paste.padded(canvases)
+    oy, ox, wh, ww = _windows(where, (h, w), patch_size=side, mask=canvases[0, ..., -1])
+    rows = patches.transforms(where, side, (h, w))
+    rows = rows if origin else _shifted(rows, oy, ox)
+    index = rng.integers(0, 3, n).astype(np.intp)
+
+    def run(numpy_passes):
+        monkeypatch.setenv("ADVPATCH_NUMPY_PASTE", "1" if numpy_passes else "0")
+        out, seen = images.copy(), {}
+        paste.paste_masked(images, out, oy, ox, wh, ww, rows, flat, padded_side, index, None, origin=origin,
+                           divide=divide, n_workers=2, chunk=13,
+                           record=lambda sl, counts, before, after: seen.update({sl.start: (counts, before, after)}))
+        return out, [seen[k] for k in sorted(seen)]
+
+    (want, want_seen), (got, got_seen) = run(True), run(False)
+    assert (want != images).any()
+    np.testing.assert_array_equal(got, want)
+    assert len(got_seen) == len(want_seen) == -(-n // 13)
+    for g, e in zip(got_seen, want_seen):
+        for a, b in zip(g, e):
+            np.testing.assert_array_equal(a, b)
+
+
+# (image byte, mask, patch value) where base = byte / 255 and byte * float32(1 / 255) blend to bytes
+# one apart (about 3 pixels in a million do; found by a search over random triples)
+APART = [(226, 0.37336546182632446, 0.5554205775260925), (123, 0.24755024909973145, 0.23680955171585083),
+         (238, 0.2803264856338501, 0.08698099851608276), (244, 0.2300022840499878, 0.4538837671279907),
+         (124, 0.23308449983596802, 0.4273882508277893), (251, 0.7837332487106323, 0.33633410930633545)]
+
+
+def test_the_compiled_paste_scales_the_base_as_asked(monkeypatch):
+    """``divide`` changes a byte in a few per million: these points, read at whole pixels (the
+    identity transform: the weights are 1 and 0), tell the two apart in both the compiled loop and
+    NumPy's passes."""
+    k = len(APART)
+    canvas = np.zeros((1, k, k, 2), np.float32)
+    canvas[0, 0, :, 0] = [p for _, _, p in APART]
+    canvas[0, 0, :, 1] = [m for _, m, _ in APART]
+    images = np.zeros((1, k, k, 1), np.uint8)
+    images[0, 0, :, 0] = [b for b, _, _ in APART]
+    flat, side = paste.padded(canvas)
+    rows = np.array([[1, 0, 0, 0, 1, 0, 0, 0]], np.float32)
+    got = {}
+    for numpy_passes in ("1", "0"):
+        monkeypatch.setenv("ADVPATCH_NUMPY_PASTE", numpy_passes)
+        for divide in (False, True):
+            out = images.copy()
+            paste.paste_masked(images, out, np.zeros(1, int), np.zeros(1, int), k, k, rows, flat, side,
+                               np.zeros(1, np.intp), None, divide=divide, n_workers=1)
+            got[numpy_passes, divide] = out[0, 0, :, 0]
+    expected = {d: paste.blend(images[0, 0, :, 0], canvas[0, 0, :, 1], canvas[0, 0, :, 0], d) for d in (False, True)}
+    assert (expected[True] != expected[False]).all()
+    for (_, divide), row in got.items():
+        np.testing.assert_array_equal(row, expected[divide])
+
+
+def test_a_loop_compiles_where_no_cache_can_be_kept(monkeypatch):
+    """Numba refuses ``cache=True`` where it finds no folder to write (a read-only image run as
+    another user): the loop is compiled without a cache then, not refused."""
+    import numba
+
+    from advpatch.jit import compiled
+
+    real, asked = numba.jit, []
+
+    def jit(fn, cache=False, **kw):
+        asked.append(cache)
+        if cache:
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
+        return real(fn, cache=cache, **kw)
+
+    monkeypatch.setattr(numba, "jit", jit)
+
+    def twice(a):
+        return a * 2
+
+    assert compiled(twice)(21) == 42 and asked == [True, False]

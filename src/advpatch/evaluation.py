@@ -5,6 +5,7 @@ tests)."""
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -238,56 +239,81 @@ def changed_distances(before: np.ndarray, after: np.ndarray, counts: np.ndarray,
     the three squared norms: a.b = (|a|^2 + |b|^2 - |a - b|^2) / 2), and the Wasserstein distance
     from the two 256-bin histograms, whose difference only the changed pixels make."""
     before, after = np.atleast_2d(before), np.atleast_2d(after)
-    m = len(counts)
     squares = np.asarray(squares, np.int64)
-    counts = np.asarray(counts, np.int64)
-    starts = (np.cumsum(counts) - counts)[counts > 0]
-    nonempty = counts > 0
-    d = np.subtract(after, before, dtype=np.int16)  # |d| <= 255
-
-    def per_image(v: np.ndarray, op: Any = np.add, dtype: Any = np.int64) -> np.ndarray:
-        """Each image's sum (or maximum) over its points of every plane: exact."""
-        out = np.zeros(m, np.int64)
-        if v.shape[1]:
-            part = op.reduceat(v, starts, axis=1, dtype=dtype)
-            out[nonempty] = part.max(axis=0) if op is np.maximum else part.astype(np.int64).sum(axis=0)
-        return out
-
-    ad = np.abs(d)
-    # float32 sums are exact while every one is below 2^24 (and much faster than int64's)
-    l1 = per_image(ad, dtype=np.float32 if counts.max(initial=0) * 255 < 2**24 else np.int64)
-    l2 = per_image(np.multiply(ad, ad, dtype=np.int32))
+    sums = _change_sums()(np.ascontiguousarray(before, np.uint8), np.ascontiguousarray(after, np.uint8),
+                          np.ascontiguousarray(counts, np.int64))
+    l_inf, l1, l2, cross, gaps = sums.T
     has = l1 > 0  # a pixel differs
-    out = {"l_inf": per_image(ad, np.maximum, ad.dtype) / 255, "l1": l1 / 255,
-           "l2": np.sqrt(l2.astype(np.float64)) / 255}
-    b_squares = squares + per_image(np.multiply(d, np.add(before, after, dtype=np.int16), dtype=np.int32))  # b^2 - a^2
+    out = {"l_inf": l_inf / 255, "l1": l1 / 255, "l2": np.sqrt(l2.astype(np.float64)) / 255}
+    b_squares = squares + cross  # |b|^2 - |a|^2 = sum of d (a + b) over the points
     dot = (squares + b_squares - l2) // 2
     ok = has & (squares > 0) & (b_squares > 0)
-    cos = np.ones(m)
+    cos = np.ones(len(sums))
     cos[ok] = dot[ok] / np.sqrt(squares[ok].astype(np.float64) * b_squares[ok].astype(np.float64))
     out["cosine_similarity"] = cos
-    at = np.repeat(np.arange(m, dtype=np.intp) * 256, counts)  # each point's image's first bin
-    index = np.add(at, before)
-    hist = np.bincount(index.ravel(), minlength=m * 256)
-    np.add(at, after, out=index)
-    hist -= np.bincount(index.ravel(), minlength=m * 256)
-    gap = np.cumsum(hist.reshape(m, 256), axis=1)[:, :255]
-    out["wasserstein"] = np.abs(gap).sum(axis=1) / (pixels * 255.0)  # the CDFs step at k / 255
+    out["wasserstein"] = gaps / (pixels * 255.0)  # the CDFs step at k / 255
     return {k: out[k] for k in ("l_inf", "l1", "l2", "cosine_similarity", "wasserstein")}
 
 
+@functools.lru_cache(maxsize=None)
+def _change_sums() -> Any:
+    """:func:`changed_distances`' integer sums, one compiled pass (:mod:`advpatch.jit`):
+    ``sums(before, after, counts)`` -> int64 [m, 5], per image over its points of every plane: max
+    |d|, sum |d|, sum d^2, sum d (a + b), and sum over k < 255 of |#(a <= k) - #(b <= k)| (the gap
+    between the two cumulative histograms; pixels that do not differ add to both)."""
+    from advpatch.jit import compiled
+
+    def sums(before: np.ndarray, after: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(counts), 5), np.int64)
+        hist = np.zeros(256, np.int64)
+        start = 0
+        for i in range(len(counts)):
+            stop = start + counts[i]
+            top, l1, l2, cross = 0, 0, 0, 0
+            hist[:] = 0
+            for k in range(before.shape[0]):
+                for j in range(start, stop):
+                    a, b = np.int64(before[k, j]), np.int64(after[k, j])
+                    d = b - a
+                    ad = abs(d)
+                    top = max(top, ad)
+                    l1 += ad
+                    l2 += d * d
+                    cross += d * (a + b)
+                    hist[a] += 1
+                    hist[b] -= 1
+            gap, run = 0, 0
+            for v in range(255):
+                run += hist[v]
+                gap += abs(run)
+            out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4] = top, l1, l2, cross, gap
+            start = stop
+        return out
+
+    return compiled(sums)
+
+
 def squares_of(a: np.ndarray) -> np.ndarray:
-    """[m] int64 |a_i|^2 of uint8 images ``a`` [m, ...], exactly: float32 sums of 256 squares (each
-    below 2^24, so exact), then int64."""
-    a = a.reshape(len(a), -1)
-    main = a.shape[1] // 256 * 256
-    out = np.zeros(len(a), np.int64)
-    for i in range(0, len(a), 16):
-        block = a[i:i + 16, :main].astype(np.float32).reshape(len(a[i:i + 16]), -1, 256)
-        out[i:i + 16] = np.einsum("ijk,ijk->ij", block, block).astype(np.int64).sum(axis=1)
-    if main < a.shape[1]:
-        out += np.einsum("ij,ij->i", a[:, main:], a[:, main:], dtype=np.int64)
-    return out
+    """[m] int64 |a_i|^2 of uint8 images ``a`` [m, ...], exactly (integer sums, one compiled pass)."""
+    squares: np.ndarray = _square_sums()(np.ascontiguousarray(a, np.uint8).reshape(len(a), -1))
+    return squares
+
+
+@functools.lru_cache(maxsize=None)
+def _square_sums() -> Any:
+    from advpatch.jit import compiled
+
+    def sums(a: np.ndarray) -> np.ndarray:
+        out = np.zeros(a.shape[0], np.int64)
+        for i in range(a.shape[0]):
+            total = np.int64(0)
+            for j in range(a.shape[1]):
+                v = np.int64(a[i, j])
+                total += v * v
+            out[i] = total
+        return out
+
+    return compiled(sums)
 
 
 def summarize(values: np.ndarray) -> Dict[str, float]:
