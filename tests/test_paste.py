@@ -93,29 +93,37 @@ def test_batches_are_capped_to_the_budget():
 
 
 def test_corrupt_deploy_bytes_do_not_depend_on_the_batch_size(tmp_path):
-    """What memory_budget_mb may change (augment's layout is per batch: the step does not cap it)."""
+    """What memory_budget_mb may change (augment's layout is per batch: the step does not cap it),
+    and what deploy_patch reads at a time without a worst-case search."""
     from advpatch.data.dataset import Dataset
     from advpatch.data.writer import DatasetWriter, write_dataset
 
     rng = np.random.default_rng(2)
     write_dataset(tmp_path / "in", rng.integers(0, 256, (90, 28, 28, 1), dtype=np.uint8),
-                  rng.integers(0, 10, 90).astype(np.int32), CLASSES)
+                  rng.integers(0, 10, 90).astype(np.int32), CLASSES, shard_bytes=30 * 28 * 28)  # 3 shards
     ps = patches.PatchSet(rng.random((2, 28, 28, 1), dtype=np.float32),
                           np.stack([patches.make_mask(28, "circle")] * 2), np.array([1, 2]), CLASSES, (28, 28, 1))
     outs = []
-    for batch in (7, 64):
-        target = tmp_path / f"out-{batch}"
+    # batch sizes, blocks read at a time (deploy_block: the step's read size where no byte depends on
+    # it), and shards of the evaluation (start:stop) read with a block: each the whole's bytes
+    for batch, block, start, stop in ((7, 0, 0, 90), (64, 0, 0, 90), (7, 40, 0, 90), (64, 1000, 0, 90),
+                                      (7, 40, 25, 61), (7, 0, 25, 61), (3, 1, 80, 90)):
+        target = tmp_path / f"out-{batch}-{block}-{start}"
         with DatasetWriter(target, (28, 28, 1), CLASSES, columns=patches.PATCH_COLUMNS) as w:
             done = patches.deploy(Dataset(tmp_path / "in"), ps, w, method="corrupt", application_rate=0.6,
                                   patch_scale=0.0, placement=dict(rotation_max=22.5, scale_min=0.1, scale_max=1.0,
                                                                   location="random"),
-                                  batch_size=batch, rng=np.random.default_rng(0))
-        outs.append((Dataset(target).load(), done.distances))
-    (a, da), (b, db) = outs
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    for k in da:
-        np.testing.assert_array_equal(da[k], db[k], err_msg=k)
+                                  batch_size=batch, rng=np.random.default_rng(0), start=start, stop=stop, block=block)
+        outs.append(((start, stop), Dataset(target).load(), done))
+    (_, a, whole), *others = outs
+    assert whole.num_patched == round(0.6 * 90)
+    for (start, stop), b, done in others:
+        for k in a:
+            np.testing.assert_array_equal(a[k][start:stop], b[k], err_msg=k)
+        patched = whole.chosen[:start].sum(), whole.chosen[:stop].sum()  # the shard's patched images, in order
+        assert done.num_patched == patched[1] - patched[0]
+        for k in whole.distances:
+            np.testing.assert_array_equal(whole.distances[k][slice(*patched)], done.distances[k], err_msg=k)
 
 
 @pytest.mark.parametrize("shape, side, origin, divide", [
@@ -126,7 +134,7 @@ def test_the_compiled_paste_is_numpys_passes_bit_for_bit(shape, side, origin, di
     TensorFlow): the same images and the same recorded pixels, for each channel count, a patch
     shrunk and enlarged, windows partly off the image, both ways of placing the transform
     (``origin``) and of scaling the base (``divide``)."""
-    from advpatch.patches.patchset import _shifted, _windows
+    from advpatch.patches.patchset import _windows
 
     rng = np.random.default_rng(side)
     n, (h, w, c) = 90, shape
@@ -137,7 +145,10 @@ def test_the_compiled_paste_is_numpys_passes_bit_for_bit(shape, side, origin, di
     flat, padded_side = paste.padded(canvases)
     oy, ox, wh, ww = _windows(where, (h, w), patch_size=side, mask=canvases[0, ..., -1])
     rows = patches.transforms(where, side, (h, w))
-    rows = rows if origin else _shifted(rows, oy, ox)
+    if not origin:  # each window's own transform
+        rows = rows.copy()
+        rows[:, 2] += rows[:, 0] * ox + rows[:, 1] * oy
+        rows[:, 5] += rows[:, 3] * ox + rows[:, 4] * oy
     index = rng.integers(0, 3, n).astype(np.intp)
 
     def run(numpy_passes):
@@ -211,3 +222,26 @@ def test_a_loop_compiles_where_no_cache_can_be_kept(monkeypatch):
         return a * 2
 
     assert compiled(twice)(21) == 42 and asked == [True, False]
+
+
+@pytest.mark.parametrize("shape, side, batch", [((30, 26, 1), 26, 16), ((48, 40, 3), 6, 5), ((64, 56, 3), 56, 70)])
+def test_apply_patches_is_tensorflows_whole_image_warp_and_blend_bit_for_bit(shape, side, batch):
+    """Each window pixel is read at its image coordinates: the bytes of TensorFlow's warp of the
+    whole image (ImageProjectiveTransformV3) blended as the steps blend, whatever the windows (a
+    batch's largest patch sets them) and the batches."""
+    import tensorflow as tf
+
+    from advpatch.patches.geometry import warp
+
+    rng = np.random.default_rng(side)
+    n = 70
+    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    ps = patches.PatchSet(rng.random((2, side, side, shape[2]), dtype=np.float32),
+                          np.stack([patches.make_mask(side, "circle")] * 2), np.array([1, 2]), CLASSES, shape)
+    which = rng.integers(0, 2, n).astype(np.int32)
+    where = patches.sample_placements(rng, n, shape[:2], rotation_max=45, scale_min=0.1, scale_max=1.0)
+    got = np.concatenate([patches.apply_patches(images[i:i + batch], ps, which[i:i + batch],
+                                                where.take(slice(i, i + batch))) for i in range(0, n, batch)])
+    warped = warp(tf.gather(ps.canvases(), which), tf.constant(patches.transforms(where, side, shape[:2])),
+                  shape[:2]).numpy()
+    np.testing.assert_array_equal(got, _tf_blend(images, warped))

@@ -64,8 +64,10 @@ def deploy_patch(
             [0, 1].
         patch_scale: Patch side as a share of the image's shorter side; 0 draws a scale per image
             from [scale_min, scale_max]. Allowed: in [0, 1].
-        batch_size: Images per batch; with patch_placement='worst_case', also the patched images the
-            search scores at a time. Allowed: an integer >= 1.
+        batch_size: Images per batch with patch_placement='worst_case' (the patched images the
+            search scores at a time) or 'augment' (each batch's copies follow its originals);
+            otherwise deploy_patch patches as many images at a time as memory_budget_mb holds (no
+            byte depends on it). Allowed: an integer >= 1.
         memory_budget_mb: Memory (MiB) a batch may take: batch_size is capped to the images that fit
             (estimated from the image size and, for a model, its layers' outputs), so the peak stays
             within the pod's memory whatever batch_size asks. Results do not depend on it

@@ -114,6 +114,14 @@ def deploy_bytes(image_shape: Sequence[int]) -> float:
     return 3.0 * float(np.prod(image_shape))
 
 
+def deploy_block(num_images: int, budget_mb: float, image_shape: Sequence[int]) -> int:
+    """The images deploy_patch reads and patches at a time where its batches change no byte
+    (:func:`advpatch.patches.deploy`'s ``block``): all that fit in ``budget_mb``, at least one. At
+    28x28 a batch of 256 left a step's time to the per-batch work; the paste's threads share the
+    block."""
+    return capped(max(1, num_images), budget_mb, deploy_bytes(image_shape))
+
+
 def model_bytes(model: Any, image_shape: Sequence[int]) -> float:
     """Per image of a forward pass: the uint8 batch, its float32 copy, and three times the largest
     layer output in float32 (a layer's input, its output and its work space: TensorFlow frees the

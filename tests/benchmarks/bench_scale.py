@@ -413,18 +413,23 @@ def child_prepare28(spec: dict) -> dict:
 
 def child_deploy28(spec: dict) -> dict:
     """deploy_patch's engine at 28x28 (:func:`advpatch.patches.deploy`: read, patch every image at
-    scale 0.4, exact distances, write the patched dataset), without the step's MLflow logging."""
+    scale 0.4, exact distances, write the patched dataset) as the step calls it, without its MLflow logging."""
     from advpatch import patches
     from advpatch.data.dataset import Dataset
     from advpatch.data.writer import DatasetWriter
+    from advpatch.parallel import deploy_block
+    from advpatch.params.table import P
 
     dataset, patch_set = Dataset(spec["data"]), patches.PatchSet.load(spec["patches"])
     placement = dict(rotation_max=ROTATION, scale_min=0.1, scale_max=1.0, location="random")
 
+    # read and patched as the step does with its defaults (batch_size 256, memory_budget_mb 128)
+    block = deploy_block(len(dataset), P["memory_budget_mb"].default, dataset.image_shape)
+
     def run(target):
         with DatasetWriter(target, dataset.image_shape, dataset.class_names, columns=patches.PATCH_COLUMNS) as w:
             patches.deploy(dataset, patch_set, w, method="corrupt", application_rate=1.0, patch_scale=0.4,
-                           placement=placement, batch_size=256, rng=np.random.default_rng(0))
+                           placement=placement, batch_size=256, rng=np.random.default_rng(0), block=block)
         shutil.rmtree(target)
 
     run(spec["out"] + "-warm")

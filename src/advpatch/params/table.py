@@ -337,8 +337,11 @@ STEP_PARAMS: Dict[str, Tuple[Param, ...]] = {
         P["seed"].but(doc="Seeds targets, generation images and placements: same seed, same patch bytes.")),
     "deploy_patch": _t(
         "patch_deployment_method", "patch_application_rate", "patch_scale",
-        P["batch_size"].but(default=256, doc="Images per batch; with patch_placement='worst_case', also the patched "
-                                             "images the search scores at a time."), "memory_budget_mb", *_PLACEMENT,
+        P["batch_size"].but(default=256, doc="Images per batch with patch_placement='worst_case' (the patched images "
+                                             "the search scores at a time) or 'augment' (each batch's copies follow "
+                                             "its originals); otherwise deploy_patch patches as many images at a "
+                                             "time as memory_budget_mb holds (no byte depends on it)."),
+        "memory_budget_mb", *_PLACEMENT,
         P["output_tar_name"].but(default="adv_testing.tar"), "output_dataset_name", "patch_placement",
         "worst_case_stride", "worst_case_angles",
         P["model_uri"].but(doc="With patch_placement='worst_case': a registered MLflow model ('models:/NAME/VERSION') "

@@ -90,12 +90,12 @@ def _hull(points: np.ndarray) -> np.ndarray:
     return np.unique(np.array(half(pts) + half(pts[::-1]), np.float64), axis=0)
 
 
-def half_extents(outline: np.ndarray, side: np.ndarray, rad: np.ndarray, chunk: int = 8192
+def half_extents(outline: np.ndarray, side: np.ndarray, rad: np.ndarray, chunk: int = 2048
                   ) -> Tuple[np.ndarray, np.ndarray]:
-    """Half the width and height (pixels) of the axis-aligned box around the rotated outline."""
+    """Half the width and height (pixels) of the axis-aligned box around the rotated outline (``chunk``
+    placements at a time: their [chunk, points] temporaries stay in the cache)."""
     hx, hy = np.empty(len(side)), np.empty(len(side))
-    outline = np.unique(outline, axis=0)  # neighbouring rows share corners: each point once (the maxima are the same)
-    px, py = outline[:, 0], outline[:, 1]
+    px, py = outline[:, 0], outline[:, 1]  # mask_outline's points are each once (a point twice: the same maxima)
     for i in range(0, len(side), chunk):
         cos, sin = np.cos(rad[i:i + chunk])[:, None], np.sin(rad[i:i + chunk])[:, None]
         hx[i:i + chunk] = side[i:i + chunk] * np.abs(cos * px - sin * py).max(axis=1)

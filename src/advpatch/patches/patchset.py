@@ -196,19 +196,13 @@ def apply_patches(
     flat, side = padded(patch_set.canvases())  # each patch and its mask, read together
     # the windows hold any patch of the set: the union of the masks
     oy, ox, wh, ww = _windows(placements, hw, patch_size=patch_set.patch_size, mask=patch_set.masks.max(axis=0))
-    rows = _shifted(transforms(placements, patch_set.patch_size, hw), oy, ox)
+    # each window pixel read at its image coordinates, as TensorFlow's warp of the whole image reads it
+    # (a transform shifted to the window rounds differently with the window's place, which a batch's
+    # largest patch sets: the bytes then changed with the batches)
+    rows = transforms(placements, patch_set.patch_size, hw)
     paste_masked(images, out, oy, ox, wh, ww, rows, flat, side, np.asarray(patch_index, np.intp), None,
-                 n_workers=n_workers, record=record)
+                 origin=True, n_workers=n_workers, record=record)
     return out
-
-
-def _shifted(rows: np.ndarray, oy: np.ndarray, ox: np.ndarray) -> np.ndarray:
-    """The transforms of :func:`transforms`, for each image's window at (``oy``, ``ox``) (see
-    :func:`_windows`): window pixel (j, i) is image pixel (ox + j, oy + i)."""
-    shifted: np.ndarray = rows.copy()
-    shifted[:, 2] += shifted[:, 0] * ox + shifted[:, 1] * oy
-    shifted[:, 5] += shifted[:, 3] * ox + shifted[:, 4] * oy
-    return shifted
 
 
 def check_fits(patch_set: PatchSet, image_shape: Sequence[int], num_classes: int) -> None:
@@ -235,7 +229,7 @@ class Deployed(NamedTuple):
 
 def deploy(dataset: Dataset, patch_set: PatchSet, writer: DatasetWriter, *, method: str, application_rate: float,
            patch_scale: float, placement: Dict[str, Any], batch_size: int, rng: np.random.Generator,
-           search: Optional[Search] = None, start: int = 0, stop: Optional[int] = None) -> Deployed:
+           search: Optional[Search] = None, start: int = 0, stop: Optional[int] = None, block: int = 0) -> Deployed:
     """Put patches on ``dataset`` into ``writer`` (a DatasetWriter with :data:`PATCH_COLUMNS`).
 
     Exactly ``round(application_rate * n)`` images (drawn from ``rng``) get a patch, each a patch of
@@ -250,6 +244,10 @@ def deploy(dataset: Dataset, patch_set: PatchSet, writer: DatasetWriter, *, meth
     rotation by the worst case for the model (:func:`~advpatch.patches.worst_case.search_placements`);
     the scale stays as drawn. ``start:stop``: only those images are written (a shard), each patched as
     when all are (every draw is made for all of them, and the batches are the whole's).
+
+    ``block`` (> 0): with ``corrupt`` and no search, where the batches change no byte (every draw is
+    made before, each image is patched alone), the images are read and patched ``block`` at a time
+    instead, and a shard reads only its own rows.
     """
     from advpatch.patches.conditioned import entries, num_sets
 
@@ -264,8 +262,11 @@ def deploy(dataset: Dataset, patch_set: PatchSet, writer: DatasetWriter, *, meth
     distances: Dict[str, List[np.ndarray]] = {}
     won: List[np.ndarray] = []
     stop = n if stop is None else stop
-    at = start // batch_size * batch_size  # the whole's batches around the shard are patched whole, then cut
-    for batch in dataset.batches(batch_size, at, min(n, -(-stop // batch_size) * batch_size)):
+    if block > 0 and search is None and method == "corrupt":
+        size, at, end = block, start, stop
+    else:  # the whole's batches around the shard are patched whole, then cut
+        size, at, end = batch_size, start // batch_size * batch_size, min(n, -(-stop // batch_size) * batch_size)
+    for batch in dataset.batches(size, at, end):
         x, y = batch["x"], batch["y"]
         idx = np.arange(at, at + len(y))
         at += len(y)

@@ -99,7 +99,7 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
     from advpatch.data.dataset import Dataset
     from advpatch.data.writer import DatasetWriter
     from advpatch.evaluation import summarize
-    from advpatch.parallel import capped, deploy_bytes
+    from advpatch.parallel import capped, deploy_block, deploy_bytes
     from advpatch.steps import _shards
     from advpatch.steps._attack import check_placement, worst_case_search
 
@@ -124,7 +124,8 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
         deployed = engine.deploy(
             dataset, patch_set, writer, method=p.patch_deployment_method,
             application_rate=p.patch_application_rate, patch_scale=p.patch_scale, placement=placement,
-            batch_size=batch, rng=np.random.default_rng(p.seed), search=search, start=start, stop=stop)
+            batch_size=batch, rng=np.random.default_rng(p.seed), search=search, start=start, stop=stop,
+            block=deploy_block(len(dataset), p.memory_budget_mb, dataset.image_shape))
         _shards.record_deployment(p, record, deployed.chosen, start)
         num_patched, distances, won = deployed[:3]
     metrics: Dict[str, float] = {"num_patched": float(num_patched), "num_examples": float(writer.spec.num_examples)}
