@@ -91,7 +91,8 @@ def test_cpu_image_install_step_works_in_a_fresh_venv(tmp_path):
         assert proc.returncode == 0, command + "\n" + proc.stdout[-3000:] + proc.stderr[-5000:]
     assert not wheel.exists() and not (tmp_path / "compiled").exists()  # the step's own clean-up ran
     # the warm step, as the image's user runs it: every compiled loop into the cache the image names
-    warm = next(line for line in DOCKERFILES[0].read_text().splitlines() if line.startswith("RUN ") and "jit" in line)
+    warm = next(line for line in DOCKERFILES[0].read_text().splitlines()
+                if line.startswith("RUN ") and "advpatch.patches.paste" in line)
     cache = tmp_path / "numba-cache"
     proc = subprocess.run(["sh", "-ec", warm[4:]], cwd=work, env=plain_env(PATH=path, NUMBA_CACHE_DIR=str(cache)),
                           capture_output=True, text=True)

@@ -206,7 +206,7 @@ def test_a_loop_compiles_where_no_cache_can_be_kept(monkeypatch):
     another user): the loop is compiled without a cache then, not refused."""
     import numba
 
-    from advpatch.jit import compiled
+    from advpatch.parallel import compiled
 
     real, asked = numba.jit, []
 

@@ -257,11 +257,11 @@ def changed_distances(before: np.ndarray, after: np.ndarray, counts: np.ndarray,
 
 @functools.lru_cache(maxsize=None)
 def _change_sums() -> Any:
-    """:func:`changed_distances`' integer sums, one compiled pass (:mod:`advpatch.jit`):
+    """:func:`changed_distances`' integer sums, one compiled pass (:func:`advpatch.parallel.compiled`):
     ``sums(before, after, counts)`` -> int64 [m, 5], per image over its points of every plane: max
     |d|, sum |d|, sum d^2, sum d (a + b), and sum over k < 255 of |#(a <= k) - #(b <= k)| (the gap
     between the two cumulative histograms; pixels that do not differ add to both)."""
-    from advpatch.jit import compiled
+    from advpatch.parallel import compiled
 
     def sums(before: np.ndarray, after: np.ndarray, counts: np.ndarray) -> np.ndarray:
         out = np.zeros((len(counts), 5), np.int64)
@@ -301,7 +301,7 @@ def squares_of(a: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _square_sums() -> Any:
-    from advpatch.jit import compiled
+    from advpatch.parallel import compiled
 
     def sums(a: np.ndarray) -> np.ndarray:
         out = np.zeros(a.shape[0], np.int64)

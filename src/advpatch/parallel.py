@@ -5,17 +5,29 @@ same bytes whatever the number of threads.
 And batches sized to a memory budget: a step's ``memory_budget_mb`` caps its ``batch_size`` to what
 fits (:func:`capped`), so its peak memory does not grow with the batch size asked for (nor with the
 data's size: the data streams). The figures are estimates from the arrays a batch holds; results do
-not depend on the batch size, only the peak memory and the speed do."""
+not depend on the batch size, only the peak memory and the speed do.
+
+And compiled loops (:func:`compiled`): the few per-pixel loops NumPy runs as many passes (a paste's
+warp and blend, a patched image's distances) written once as plain loops and compiled by Numba,
+with one setting for all of them: no fast-math (float32 operations in the order they are written,
+each rounded, nothing fused: the same bits as NumPy's passes and TensorFlow's kernel; the tests
+compare them), Python's lock released while they run (threads share the cores), and the machine
+code cached beside the source (``__pycache__``, else ``NUMBA_CACHE_DIR`` or the user's cache
+folder; the images fill it at build time) so that a step compiles a loop once per machine, not once
+per run. Where no cache folder can be written, each process compiles its own (about a second a
+loop). :func:`advpatch.patches.paste.warm` compiles them all."""
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Dict, Iterator, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Sequence, Tuple, TypeVar
 
 import numpy as np
 
 from advpatch import settings
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def workers() -> int:
@@ -143,3 +155,18 @@ def _layers(model: Any) -> Iterator[Any]:
     for layer in getattr(model, "layers", []):
         yield layer
         yield from _layers(layer)
+
+
+def compiled(fn: F) -> F:
+    """``fn`` compiled in nopython mode, releasing Python's lock, cached where a cache can be kept."""
+    import numba
+
+    def build(cache: bool) -> F:
+        built: F = numba.jit(fn, cache=cache, nopython=True, nogil=True, boundscheck=False,  # type: ignore[assignment]
+                             error_model="numpy")
+        return built
+
+    try:
+        return build(cache=True)
+    except RuntimeError:  # "cannot cache function ...: no locator available" (nowhere to write)
+        return build(cache=False)

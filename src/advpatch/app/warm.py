@@ -40,7 +40,7 @@ PRELOAD = ("tensorflow", "keras", "mlflow", "mlflow.keras", "matplotlib.pyplot",
            "advpatch.defences.preprocessing",
            "advpatch.report", "advpatch.report.charts", "advpatch.report.html", "advpatch.tracking",
            "advpatch.tracking.registry", "advpatch.models")
-"""What the warm process imports (and nothing it runs but :func:`advpatch.jit.warm`: NumPy and the
+"""What the warm process imports (and nothing it runs but :func:`advpatch.patches.paste.warm`: NumPy and the
 compiled loops, on its one thread)."""
 
 
@@ -60,7 +60,7 @@ def serve(path: str) -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
     for name in PRELOAD:
         importlib.import_module(name)
-    from advpatch.jit import warm
+    from advpatch.patches.paste import warm
 
     warm()  # the compiled loops loaded (or compiled) once, not in every task
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children (each resets it)

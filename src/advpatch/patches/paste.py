@@ -22,7 +22,7 @@ through an offset view of its plane (``plane[1:]`` at ``at`` is ``plane[at + 1]`
 array serves all four neighbours.
 
 The common case, a patch set's own pixels on contiguous images (:func:`paste_masked` with
-``pixels=None``), runs as one compiled loop instead (:func:`_kernel`, :mod:`advpatch.jit`): the same
+``pixels=None``), runs as one compiled loop instead (:func:`_kernel`, :func:`advpatch.parallel.compiled`): the same
 operations on each pixel in the same order, so the same bits (tests/test_patches.py compares the two
 and TensorFlow), in one pass where NumPy makes some forty over each chunk.
 """
@@ -263,7 +263,7 @@ def _kernel() -> Any:
     :func:`bilinear` (with :func:`neighbours`' index and weights), and where it is not 0 each
     channel's patch value and :func:`blend`, written to ``flat_out`` and recorded (``before`` and
     ``after`` [C, M] from 0, ``counts[i - lo]``). Returns how many points it recorded."""
-    from advpatch.jit import compiled
+    from advpatch.parallel import compiled
 
     one, full, inv, zero = F32(1), F32(255), F32(1 / 255), F32(0)
 
@@ -335,3 +335,36 @@ def blend(window: np.ndarray, mask: np.ndarray, pixels: np.ndarray, divide: bool
     out *= F32(255)
     np.rint(out, out=out)
     return out.astype(np.uint8)
+
+
+def warm() -> int:
+    """Compile every loop of :func:`advpatch.parallel.compiled` (into the cache, where there is one)
+    on a few tiny images, called as the steps call them, on this thread alone (no thread is started:
+    the local runs' warm process calls this before it forks). The images run this at build time
+    (``python -m advpatch.patches.paste``). Returns how many loops are ready."""
+    from advpatch import evaluation, patches
+
+    rng = np.random.default_rng(0)
+    for c in (1, 3):
+        images = rng.integers(0, 256, (4, 16, 16, c), dtype=np.uint8)
+        patch = rng.random((1, 16, 16, c), dtype=np.float32)
+        patch_set = patches.PatchSet(patch, patches.make_mask(16, "circle")[None], np.array([0]), ["a", "b"],
+                                     images.shape[1:])
+        where = patches.sample_placements(rng, 4, (16, 16), rotation_max=45, scale_min=0.3, scale_max=0.6)
+        squares = evaluation.squares_of(images)
+
+        def record(sl: slice, counts: np.ndarray, before: np.ndarray, after: np.ndarray, squares: np.ndarray = squares,
+                   size: int = 16 * 16 * c) -> None:
+            evaluation.changed_distances(before, after, counts, squares[sl], size)
+
+        patches.apply_patches(images, patch_set, np.zeros(4, np.int32), where, n_workers=1, record=record)
+    loops = (_kernel(), evaluation._change_sums(), evaluation._square_sums())
+    return sum(len(loop.signatures) > 0 for loop in loops)
+
+
+if __name__ == "__main__":  # python -m advpatch.patches.paste: the package's own module (not __main__'s copy) warmed
+    import os
+
+    from advpatch.patches import paste
+
+    print(f"compiled {paste.warm()} loops (cache: {os.environ.get('NUMBA_CACHE_DIR') or 'beside the source'})")
