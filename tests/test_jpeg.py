@@ -107,3 +107,96 @@ def test_each_thread_keeps_one_file_and_closes_it_when_it_ends():
             return False
 
     assert not any(ours(fd) for fd in fds)
+
+
+_SAVES = [dict(quality=75), dict(quality=95, subsampling=0), dict(quality=40, subsampling=1),
+          dict(quality=90, progressive=True), dict(quality=85, optimize=True),
+          dict(quality=80, restart_marker_blocks=2),
+          dict(quality=70, icc_profile=b"\0" * 300, exif=b"Exif\0\0" + b"\0" * 40),
+          dict(quality=60, comment=b"made by a camera")]
+
+
+def test_a_jpeg_file_decoded_directly_is_pillows_open(tmp_path):
+    """decode_opened (load_dataset's path for a JPEG it keeps as it is) against np.asarray(Image.open)
+    on files as cameras and tools write them: grayscale and RGB, chroma subsampling 4:4:4, 4:2:2 and
+    4:2:0, progressive, optimized Huffman tables, restart markers, ICC and EXIF segments, comments."""
+    from PIL import Image
+
+    count = 0
+    for k, image in enumerate(_images()):
+        for j, options in enumerate(_SAVES):
+            path = tmp_path / f"{k}-{j}.jpg"
+            Image.fromarray(image).save(path, format="jpeg", **options)
+            with Image.open(path) as img:
+                expected = np.asarray(img)
+            out = np.full(expected.shape, 7, np.uint8)
+            with Image.open(path) as img:
+                assert jpeg.decode_opened(img, out), (image.shape, options)
+                np.testing.assert_array_equal(out, expected, err_msg=f"{image.shape} {options}")
+                np.testing.assert_array_equal(np.asarray(img), expected)  # the image itself still loads after
+            count += 1
+    assert count == len(list(_images())) * len(_SAVES)
+
+
+def test_what_a_direct_decode_does_not_handle_is_left_to_pillow(tmp_path):
+    """Not the plain case: CMYK, a draft, the wrong target, a truncated file. decode_opened says
+    so and touches nothing: Pillow's own load then gives its pixels or its error."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=90)
+    Image.fromarray(rgb).save(tmp_path / "rgb.jpg", quality=90)
+    whole = (tmp_path / "rgb.jpg").read_bytes()
+    (tmp_path / "short.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+    untouched = np.full((40, 48, 3), 9, np.uint8)
+    with Image.open(tmp_path / "cmyk.jpg") as img:
+        assert not jpeg.decode_opened(img, np.empty((40, 48, 4), np.uint8))
+    with Image.open(tmp_path / "rgb.jpg") as img:
+        img.draft("RGB", (24, 20))  # a reduced decode: not what this path gives
+        assert not jpeg.decode_opened(img, untouched)
+    with Image.open(tmp_path / "rgb.jpg") as img:
+        assert not jpeg.decode_opened(img, np.empty((40, 48), np.uint8))  # the wrong shape
+        assert not jpeg.decode_opened(img, np.empty((48, 40, 3), np.uint8))
+    with Image.open(tmp_path / "short.jpg") as img:
+        assert not jpeg.decode_opened(img, untouched)
+        with pytest.raises(OSError, match="truncated"):
+            img.load()
+    assert (untouched == 9).all()
+
+
+def test_load_dataset_reads_jpegs_directly_and_gets_pillows_pixels(tmp_path, monkeypatch):
+    """A class folder of JPEGs (and a PNG among them) read into a dataset with the direct decode
+    and with Pillow's own: the same bytes, RGB and grayscale, on threads."""
+    from PIL import Image
+
+    from advpatch.data.dataset import Dataset
+    from advpatch.data.readers import write_image_folder
+
+    rng = np.random.default_rng(1)
+    for c, cls in enumerate(("cat", "dog")):
+        (tmp_path / "in" / cls).mkdir(parents=True)
+        for i in range(12):
+            img = Image.fromarray(rng.integers(0, 256, (30, 26, 3), dtype=np.uint8))
+            if i % 4 == 3:
+                img = img.convert("L")  # grayscale files among RGB ones: converted to RGB
+            kind = "png" if i == 5 else "jpg"
+            img.save(tmp_path / "in" / cls / f"{i}.{kind}", **({"quality": 60 + i} if kind == "jpg" else {}))
+    calls = []
+    real = jpeg.decode_opened
+
+    def counted(img, out):
+        done = real(img, out)
+        calls.append(done)
+        return done
+
+    for color in ("rgb", "grayscale"):
+        got = {}
+        for direct in (True, False):
+            monkeypatch.setattr(jpeg, "decode_opened", counted if direct else (lambda img, out: False))
+            target = tmp_path / f"{color}-{direct}"
+            write_image_folder(tmp_path / "in", target, 0, color, 0, 0, [], 1 << 20)
+            got[direct] = Dataset(target).load()
+        for key in got[True]:
+            np.testing.assert_array_equal(got[True][key], got[False][key], err_msg=f"{color} {key}")
+    assert sum(calls) >= 12  # the RGB files read as RGB, the grayscale ones as grayscale, went the direct way

@@ -239,14 +239,25 @@ def to_grayscale(rgb: np.ndarray) -> np.ndarray:
     return grey.astype(np.uint8)[..., None]
 
 
-def _read_image(path: Path, mode: str, size: Optional[Tuple[int, int]]) -> np.ndarray:
+def _read_image(path: Path, mode: str, size: Optional[Tuple[int, int]], out: Optional[np.ndarray] = None
+                ) -> np.ndarray:
+    """The image at ``path`` as uint8 [H, W, C] (``mode`` 'grayscale' or 'rgb', resized to ``size``).
+    ``out``: where it goes if it has that shape (a JPEG needing neither conversion nor resizing is
+    decoded straight into it, Python's lock released: :func:`advpatch.io.jpeg.decode_opened`);
+    returns ``out`` then, else a new array."""
     import struct
 
     from PIL import Image, UnidentifiedImageError
 
+    from advpatch.io import jpeg
+
     try:
         with Image.open(path) as img:
             target = "L" if mode == "grayscale" and img.mode in GRAY_MODES else "RGB"
+            if (out is not None and img.mode == target and (size is None or img.size == (size[1], size[0]))
+                    and out.shape[-1] == (1 if target == "L" else 3)
+                    and jpeg.decode_opened(img, out[..., 0] if target == "L" else out)):
+                return out
             if img.mode != target:  # (converting to its own mode is a copy of every pixel: not made)
                 img = img.convert(target)
             if size is not None and img.size != (size[1], size[0]):
@@ -301,14 +312,15 @@ def write_image_folder(
 
             # on every core: decoding releases Python's lock
             def read(i: int, chunk: List[Tuple[Path, int]] = chunk, x: np.ndarray = x) -> None:
-                f = chunk[i][0]
-                img = _read_image(f, mode, size)
+                f, row = chunk[i][0], x[i]
+                img = _read_image(f, mode, size, out=row)
                 if img.shape != shape:
                     raise SourceError(
                         f"{f} is {img.shape[1]}x{img.shape[0]} but earlier images are {shape[1]}x{shape[0]}: "
                         "set image_size to resize them all"
                     )
-                x[i] = img
+                if img is not row:
+                    row[...] = img
 
             parallel.in_parallel(read, len(chunk))
             writer.write(x, np.array([c for _, c in chunk], dtype=np.int32))

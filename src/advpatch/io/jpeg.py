@@ -120,6 +120,18 @@ def _codec(image: np.ndarray, quality: int, mode: str, out: np.ndarray) -> None:
     if status < 0:
         raise OSError(f"JPEG encoder error {status}")
     data = os.pread(fd, os.lseek(fd, 0, os.SEEK_CUR), 0)
+    if not _decode(data, mode, w, h, fd, out):
+        raise OSError("JPEG decoder stopped before the end of the image")
+
+
+def _decode(data: bytes, mode: str, w: int, h: int, fd: int, out: np.ndarray) -> bool:
+    """JPEG ``data`` decoded as ``Image.open`` and ``np.asarray`` decode it (the decoder its tile
+    names: ``(rawmode, "")``, the pixels packed as ``Image.tobytes`` packs them) into ``out``
+    through the file ``fd``. False where the decoder did not reach the end of the image."""
+    from PIL import Image
+
+    core: Any = Image.core
+    extents = (0, 0, w, h)
     decoded = core.new(mode, (w, h))
     decoder = core.jpeg_decoder(mode, mode, "")  # JpegImageFile's tile: (rawmode, "")
     try:
@@ -128,9 +140,9 @@ def _codec(image: np.ndarray, quality: int, mode: str, out: np.ndarray) -> None:
     finally:
         decoder.cleanup()
     if done >= 0 or status < 0:  # a complete image ends the decode (-1) with no error
-        raise OSError(f"JPEG decoder stopped before the end of the image (status {status})")
+        return False
     packer = core.raw_encoder(mode, mode, 0, 1)  # Image.tobytes
-    size = image.size
+    size = out.size
     try:
         packer.setimage(decoded, extents)
         os.lseek(fd, 0, os.SEEK_SET)
@@ -142,6 +154,34 @@ def _codec(image: np.ndarray, quality: int, mode: str, out: np.ndarray) -> None:
         raise OSError("JPEG: the decoded image is short")
     if target is not out:
         out[...] = target
+    return True
+
+
+def decode_opened(img: Any, out: np.ndarray) -> bool:
+    """The pixels of ``img`` (a JPEG file ``Image.open`` has parsed and not loaded) into ``out``
+    (uint8, C-contiguous, [H, W] for mode L or [H, W, 3] for RGB): what ``np.asarray(img)`` gives,
+    through Pillow's decoder called directly, Python's lock released for the reading, the decoding
+    and the packing (``Image.open``'s parse of the markers stays in Python). False, with ``out``
+    and ``img`` as they were, wherever the file is not the plain case (another mode, a draft, an
+    image in several tiles, a truncated or damaged file, a Pillow whose objects this module does not
+    know): the caller then loads ``img`` as usual, and gets its errors."""
+    if getattr(img, "format", None) != "JPEG" or img.mode not in ("L", "RGB") or not direct():
+        return False
+    w, h = img.size
+    if out.shape != ((h, w) if img.mode == "L" else (h, w, 3)) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        return False
+    tiles = getattr(img, "tile", None) or []
+    if len(tiles) != 1 or getattr(img, "decoderconfig", None) or getattr(img, "fp", None) is None:
+        return False
+    name, extents, offset, args = tiles[0]
+    if name != "jpeg" or tuple(extents) != (0, 0, w, h) or tuple(args) != (img.mode, ""):
+        return False
+    fp = img.fp
+    position = fp.tell()
+    fp.seek(offset)
+    data = fp.read()
+    fp.seek(position)
+    return _decode(data, img.mode, w, h, _file(), out)  # out is written only once the image is whole
 
 
 def _decide() -> None:
