@@ -174,7 +174,7 @@ def test_load_dataset_reads_jpegs_directly_and_gets_pillows_pixels(tmp_path, mon
     from advpatch.data.readers import write_image_folder
 
     rng = np.random.default_rng(1)
-    for c, cls in enumerate(("cat", "dog")):
+    for cls in ("cat", "dog"):
         (tmp_path / "in" / cls).mkdir(parents=True)
         for i in range(12):
             img = Image.fromarray(rng.integers(0, 256, (30, 26, 3), dtype=np.uint8))
