@@ -60,15 +60,15 @@ def serve(path: str) -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
     for name in PRELOAD:
         importlib.import_module(name)
-    from advpatch.patches.paste import warm
-
-    warm()  # the compiled loops loaded (or compiled) once, not in every task
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children (each resets it)
     parent = os.getppid()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path + ".tmp")
     server.listen(16)
     os.replace(path + ".tmp", path)  # the socket appears only once the imports are done
+    from advpatch.patches.paste import warm
+
+    warm()  # the compiled loops loaded (or compiled) once, not in every task; a task asking meanwhile waits
     server.settimeout(1.0)
     while os.getppid() == parent:  # a CLI killed without its clean-up: end too, within a second
         try:
