@@ -19,6 +19,7 @@ from advpatch.data.classes import read_class_index as read_class_index  # re-exp
 from advpatch.data.dataset import DatasetSpec
 from advpatch.data.writer import DatasetWriter
 from advpatch.errors import SourceError as SourceError  # re-exported
+from advpatch.io import jpeg
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +249,6 @@ def _read_image(path: Path, mode: str, size: Optional[Tuple[int, int]], out: Opt
     import struct
 
     from PIL import Image, UnidentifiedImageError
-
-    from advpatch.io import jpeg
 
     try:
         with Image.open(path) as img:
