@@ -43,6 +43,26 @@ def test_shards_bound_memory_and_batches_stream_in_order(tmp_path):
     np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]), x)
 
 
+def test_blocks_are_the_shards_rows_as_read_never_across_a_shard(tmp_path):
+    """``Dataset.blocks``: rows start:stop in order, at most ``size`` a block, each block inside one
+    shard and a writable view of what was read (no copy), the columns cut with the images."""
+    x, y = _images(25)
+    write_dataset(tmp_path / "d", x, y, ["a", "b", "c"], shard_bytes=500, columns={"k": np.arange(25)})
+    ds = Dataset(tmp_path / "d")
+    assert [s["num_examples"] for s in ds.spec.shards] == [7, 7, 7, 4]
+    blocks = list(ds.blocks(5))
+    assert [len(b["y"]) for b in blocks] == [5, 2, 5, 2, 5, 2, 4]
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in blocks]), x)
+    np.testing.assert_array_equal(np.concatenate([b["k"] for b in blocks]), np.arange(25))
+    assert all(b["x"].flags.writeable for b in blocks)
+    assert blocks[0]["x"].base is blocks[1]["x"].base is not None  # views of one buffer: the shard as read
+    assert blocks[1]["x"].base is not blocks[2]["x"].base
+    part = list(ds.blocks(100, 4, 16))  # a shard of the rows: only the shards they are in are read
+    assert [len(b["y"]) for b in part] == [3, 7, 2]
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in part]), x[4:16])
+    assert list(ds.blocks(3, 9, 9)) == []
+
+
 def test_corrupt_shard_is_detected(tmp_path):
     x, y = _images(5)
     write_dataset(tmp_path / "d", x, y, ["a", "b", "c"])

@@ -5,7 +5,7 @@ budget (issue 24)."""
 import numpy as np
 import pytest
 
-from advpatch import patches
+from advpatch import evaluation, patches
 from advpatch.evaluation import distance_stats
 from advpatch.parallel import capped, deploy_bytes
 from advpatch.patches import paste
@@ -131,9 +131,9 @@ def test_corrupt_deploy_bytes_do_not_depend_on_the_batch_size(tmp_path):
     ((64, 56, 3), 56, True, True), ((9, 9, 4), 30, False, False)])
 def test_the_compiled_paste_is_numpys_passes_bit_for_bit(shape, side, origin, divide, monkeypatch):
     """paste_masked's compiled loop against its NumPy passes (which the tests above hold to
-    TensorFlow): the same images and the same recorded pixels, for each channel count, a patch
-    shrunk and enlarged, windows partly off the image, both ways of placing the transform
-    (``origin``) and of scaling the base (``divide``)."""
+    TensorFlow): the same images and the same recorded sums (and those are the changed bytes'),
+    for each channel count, a patch shrunk and enlarged, windows partly off the image, both ways of
+    placing the transform (``origin``) and of scaling the base (``divide``)."""
     from advpatch.patches.patchset import _windows
 
     rng = np.random.default_rng(side)
@@ -156,7 +156,7 @@ def test_the_compiled_paste_is_numpys_passes_bit_for_bit(shape, side, origin, di
         out, seen = images.copy(), {}
         paste.paste_masked(images, out, oy, ox, wh, ww, rows, flat, padded_side, index, None, origin=origin,
                            divide=divide, n_workers=2, chunk=13,
-                           record=lambda sl, counts, before, after: seen.update({sl.start: (counts, before, after)}))
+                           record=lambda sl, sums: seen.update({sl.start: sums}))
         return out, [seen[k] for k in sorted(seen)]
 
     (want, want_seen), (got, got_seen) = run(True), run(False)
@@ -164,8 +164,13 @@ def test_the_compiled_paste_is_numpys_passes_bit_for_bit(shape, side, origin, di
     np.testing.assert_array_equal(got, want)
     assert len(got_seen) == len(want_seen) == -(-n // 13)
     for g, e in zip(got_seen, want_seen):
-        for a, b in zip(g, e):
-            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(g, e)
+    # and the sums are the changed bytes' (every image's, from the images themselves)
+    changed = (want != images).reshape(n, -1)
+    a, b = images.reshape(n, -1), want.reshape(n, -1)
+    counts = changed.sum(axis=1)
+    assert counts.min() >= 0 and counts.sum() > 0
+    np.testing.assert_array_equal(np.concatenate(got_seen), evaluation.change_sums(a[changed], b[changed], counts))
 
 
 # (image byte, mask, patch value) where base = byte / 255 and byte * float32(1 / 255) blend to bytes

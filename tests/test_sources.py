@@ -203,3 +203,26 @@ def test_a_dataset_a_step_wrote_is_a_source_with_its_columns_and_provenance(tmp_
     np.testing.assert_array_equal(data["y"], y[:20][keep])
     np.testing.assert_array_equal(data["patched"], cols["patched"][keep])
     assert [p["step"] for p in spec.provenance] == ["deploy_patch", "load_dataset"]
+
+
+def test_a_class_folder_lists_its_image_files_sorted_and_nothing_else(tmp_path):
+    """The listing reads each class folder once (no ``stat`` per file) and keeps what a path-by-path
+    listing keeps: files (and links to files) with an image suffix in any case, sorted by name;
+    not other files, hidden names without a suffix, or a folder whose name ends in .jpg."""
+    from advpatch.data.readers import IMAGE_SUFFIXES, list_image_folder
+
+    root = tmp_path / "images"
+    for cls in ("b", "a"):
+        (root / cls).mkdir(parents=True)
+        for name in ("z.png", "B.JPG", "a.jpeg", "10.Png", "2.png", "notes.txt", ".jpg", "x.tar"):
+            (root / cls / name).write_bytes(b"")
+        (root / cls / "dir.jpg").mkdir()
+        (root / cls / "link.png").symlink_to(root / cls / "z.png")
+        (root / cls / "dangling.png").symlink_to(root / cls / "missing.png")
+    (root / ".hidden").mkdir()
+    files, classes = list_image_folder(root)
+    assert classes == ["a", "b"]
+    by_path = [(f, label) for label, cls in enumerate(classes)
+               for f in sorted(p for p in (root / cls).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)]
+    assert files == by_path
+    assert [f.name for f, _ in files[:6]] == ["10.Png", "2.png", "B.JPG", "a.jpeg", "link.png", "z.png"]

@@ -235,20 +235,37 @@ def changed_distances(before: np.ndarray, after: np.ndarray, counts: np.ndarray,
     ``before`` and ``after`` [M] (or [K, M], K planes of M each: a paste's channels) those pixels'
     values, image by image along M (``counts[i]`` of image i, in order; pixels that do not differ
     may be among them: they count for nothing), ``squares`` [m] |before image|^2 over each whole
-    image (:func:`squares_of`) and ``pixels`` the images' size. Integer sums (the dot product from
-    the three squared norms: a.b = (|a|^2 + |b|^2 - |a - b|^2) / 2), and the Wasserstein distance
-    from the two 256-bin histograms, whose difference only the changed pixels make."""
+    image (:func:`squares_of`) and ``pixels`` the images' size (:func:`change_sums`, then
+    :func:`distances_of_sums`)."""
+    return distances_of_sums(change_sums(before, after, counts), squares, pixels)
+
+
+def change_sums(before: np.ndarray, after: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """int64 [m, 5] per image over its points (as :func:`changed_distances` takes them): max |d|,
+    sum |d|, sum d^2, sum d (a + b), and sum over k < 255 of |#(a <= k) - #(b <= k)| (the gap
+    between the two cumulative histograms; pixels that do not differ add to both). One compiled
+    pass; the compiled paste computes the same integers as it pastes
+    (:func:`advpatch.patches.paste.paste_masked`'s ``record``)."""
     before, after = np.atleast_2d(before), np.atleast_2d(after)
+    sums: np.ndarray = _change_sums()(np.ascontiguousarray(before, np.uint8), np.ascontiguousarray(after, np.uint8),
+                                      np.ascontiguousarray(counts, np.int64))
+    return sums
+
+
+def distances_of_sums(sums: np.ndarray, squares: np.ndarray, pixels: int) -> Dict[str, np.ndarray]:
+    """:func:`distance_stats` from each image's :func:`change_sums`, ``squares`` [m] |before
+    image|^2 over each whole image (:func:`squares_of`) and ``pixels`` the images' size. Integer
+    sums (the dot product from the three squared norms: a.b = (|a|^2 + |b|^2 - |a - b|^2) / 2),
+    and the Wasserstein distance from the two 256-bin histograms, whose difference only the changed
+    pixels make."""
     squares = np.asarray(squares, np.int64)
-    sums = _change_sums()(np.ascontiguousarray(before, np.uint8), np.ascontiguousarray(after, np.uint8),
-                          np.ascontiguousarray(counts, np.int64))
-    l_inf, l1, l2, cross, gaps = sums.T
+    l_inf, l1, l2, cross, gaps = np.asarray(sums, np.int64).T
     has = l1 > 0  # a pixel differs
     out = {"l_inf": l_inf / 255, "l1": l1 / 255, "l2": np.sqrt(l2.astype(np.float64)) / 255}
     b_squares = squares + cross  # |b|^2 - |a|^2 = sum of d (a + b) over the points
     dot = (squares + b_squares - l2) // 2
     ok = has & (squares > 0) & (b_squares > 0)
-    cos = np.ones(len(sums))
+    cos = np.ones(len(l1))
     cos[ok] = dot[ok] / np.sqrt(squares[ok].astype(np.float64) * b_squares[ok].astype(np.float64))
     out["cosine_similarity"] = cos
     out["wasserstein"] = gaps / (pixels * 255.0)  # the CDFs step at k / 255
@@ -257,10 +274,8 @@ def changed_distances(before: np.ndarray, after: np.ndarray, counts: np.ndarray,
 
 @functools.lru_cache(maxsize=None)
 def _change_sums() -> Any:
-    """:func:`changed_distances`' integer sums, one compiled pass (:func:`advpatch.parallel.compiled`):
-    ``sums(before, after, counts)`` -> int64 [m, 5], per image over its points of every plane: max
-    |d|, sum |d|, sum d^2, sum d (a + b), and sum over k < 255 of |#(a <= k) - #(b <= k)| (the gap
-    between the two cumulative histograms; pixels that do not differ add to both)."""
+    """:func:`change_sums`' loop (:func:`advpatch.parallel.compiled`): ``sums(before, after, counts)``,
+    per image over its points of every plane."""
     from advpatch.parallel import compiled
 
     def sums(before: np.ndarray, after: np.ndarray, counts: np.ndarray) -> np.ndarray:

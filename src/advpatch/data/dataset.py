@@ -209,10 +209,34 @@ class Dataset:
         """Yield rows ``start:stop`` in batches cut where the whole data's batches of ``batch_size`` are
         cut (of a shard, :attr:`layout`: a shard's batches are the whole's), in order. The next shard
         is read ahead, on a thread, while the caller works on the batches of the one before."""
-        stop = len(self) if stop is None else stop
         cut = self.layout.get("offset", 0) + start  # the whole's position of the next row to yield
         buf: List[Dict[str, np.ndarray]] = []
-        n, at = 0, 0
+        n = 0
+        for part in self._parts(start, stop):
+            buf.append(part)
+            n += len(part["y"])
+            while n and n >= (size := batch_size - cut % batch_size):
+                batch, buf = _first_rows(buf, size)
+                yield batch
+                n, cut = n - size, cut + size
+        if n:
+            yield _concat(buf)
+
+    def blocks(self, size: int, start: int = 0, stop: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+        """Yield rows ``start:stop`` in order, at most ``size`` at a time, each block within one shard:
+        views of the shard as read (writable, never copied), where :meth:`batches` copies a batch
+        across a shard's end together. For work whose bytes do not depend on how the rows are
+        grouped. Read ahead as :meth:`batches`."""
+        for part in self._parts(start, stop):
+            n = len(part["y"])
+            for at in range(0, n, max(1, size)):
+                yield {k: v[at:at + size] for k, v in part.items()}
+
+    def _parts(self, start: int, stop: Optional[int]) -> Iterator[Dict[str, np.ndarray]]:
+        """Each shard's rows among ``start:stop``, in order; the next shard is read (and its sha256
+        checked) on a thread while the caller works on the one before."""
+        stop = len(self) if stop is None else stop
+        at = 0
         wanted: List[Tuple[int, int]] = []  # (shard, its first row) of the shards rows start:stop are in
         for i, shard in enumerate(self.spec.shards):
             first, at = at, at + shard["num_examples"]
@@ -220,21 +244,14 @@ class Dataset:
                 wanted.append((i, first))
         from concurrent.futures import ThreadPoolExecutor
 
-        # the next shard is read (and its sha256 checked) on a thread while the caller works on this one's
         with ThreadPoolExecutor(1, thread_name_prefix="advpatch-read") as reader:
             ahead = [reader.submit(self.read_shard, i) for i, _ in wanted[:1]]
             for k, (_, first) in enumerate(wanted):
                 part = ahead.pop().result()
                 if k + 1 < len(wanted):
                     ahead.append(reader.submit(self.read_shard, wanted[k + 1][0]))
-                buf.append({key: v[max(start - first, 0):stop - first] for key, v in part.items()})
-                n += len(buf[-1]["y"])
-                while n and n >= (size := batch_size - cut % batch_size):
-                    batch, buf = _first_rows(buf, size)
-                    yield batch
-                    n, cut = n - size, cut + size
-        if n:
-            yield _concat(buf)
+                yield {key: v[max(start - first, 0):stop - first] for key, v in part.items()}
+                del part
 
     def take(self, indices: Sequence[int]) -> np.ndarray:
         """The images at ``indices`` (in that order), reading one shard at a time."""

@@ -144,7 +144,7 @@ def warp_windows(planes: np.ndarray, side: int, index: np.ndarray, rows: np.ndar
 
 
 Pixels = Callable[[slice, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-Record = Callable[[slice, np.ndarray, np.ndarray, np.ndarray], None]
+Record = Callable[[slice, np.ndarray], None]
 
 
 def paste_masked(images: np.ndarray, out: np.ndarray, oy: np.ndarray, ox: np.ndarray, wh: int, ww: int,
@@ -162,8 +162,9 @@ def paste_masked(images: np.ndarray, out: np.ndarray, oy: np.ndarray, ox: np.nda
     at the same points. Chunks of ``chunk`` images (default: :data:`CHUNK_PIXELS` window pixels,
     and a chunk per worker where each holds :data:`MIN_CHUNK_PIXELS`) on threads, each reading and
     writing its own images.
-    ``record(sl, counts, before, after)``: each chunk's changed pixels, image by image (``counts``
-    [chunk] how many of each; ``before`` and ``after`` uint8 [C, sum(counts)], planar)."""
+    ``record(sl, sums)``: each chunk's :func:`~advpatch.evaluation.change_sums` (int64 [chunk, 5],
+    image by image) of the bytes the paste changed."""
+    from advpatch.evaluation import change_sums
     from advpatch.parallel import in_parallel, workers
 
     n, h, w, c = images.shape
@@ -180,16 +181,15 @@ def paste_masked(images: np.ndarray, out: np.ndarray, oy: np.ndarray, ox: np.nda
         rows32 = np.ascontiguousarray(rows, F32)
         at_y, at_x = np.asarray(oy, np.intp), np.asarray(ox, np.intp)
         index = np.ascontiguousarray(mask_index, np.intp)
+        canvas = np.ascontiguousarray(np.asarray(planes, F32).T)  # [pixel, channels + mask]
 
         def compiled(k: int) -> None:
             sl = slice(k * chunk, min(n, (k + 1) * chunk))
-            counts = np.zeros(sl.stop - sl.start, np.intp)
-            before = np.empty((c, (sl.stop - sl.start) * wh * ww), np.uint8)
-            after = np.empty_like(before)
-            total = kernel(flat, flat_out, corner, w, c, wh, ww, rows32, planes, side, index, at_y, at_x, origin,
-                           divide, sl.start, sl.stop, counts, before, after)
+            sums = np.zeros((sl.stop - sl.start, 5), np.int64)
+            kernel(flat, flat_out, corner, w, c, wh, ww, rows32, canvas, side, index, at_y, at_x, origin, divide,
+                   sl.start, sl.stop, sums, record is not None)
             if record is not None:
-                record(sl, counts, before[:, :total], after[:, :total])
+                record(sl, sums)
 
         in_parallel(compiled, -(-n // chunk), count)
         return
@@ -241,7 +241,7 @@ def paste_masked(images: np.ndarray, out: np.ndarray, oy: np.ndarray, ox: np.nda
         else:
             out[where] = after.T
         if record is not None:
-            record(sl, np.bincount(image, minlength=sl.stop - sl.start), before, after)
+            record(sl, change_sums(before, after, np.bincount(image, minlength=sl.stop - sl.start)))
 
     in_parallel(one, -(-n // chunk), count)
 
@@ -257,27 +257,29 @@ def compiled_off() -> bool:
 @functools.lru_cache(maxsize=None)
 def _kernel() -> Any:
     """:func:`paste_masked`'s compiled loop, built at first use (importing Numba takes 0.4 s):
-    ``kernel(flat, flat_out, corner, w, c, wh, ww, rows, planes, side, index, oy, ox, origin, divide,
-    lo, hi, counts, before, after) -> points``. For each image ``i`` in ``lo:hi`` and each pixel of
-    its window, row by row: :func:`coordinates`, the test ``paste_masked`` makes, the mask by
-    :func:`bilinear` (with :func:`neighbours`' index and weights), and where it is not 0 each
-    channel's patch value and :func:`blend`, written to ``flat_out`` and recorded (``before`` and
-    ``after`` [C, M] from 0, ``counts[i - lo]``). Returns how many points it recorded."""
+    ``kernel(flat, flat_out, corner, w, c, wh, ww, rows, canvas, side, index, oy, ox, origin, divide,
+    lo, hi, sums, measure)``. For each image ``i`` in ``lo:hi`` and each pixel of its window, row by
+    row: :func:`coordinates`, the test ``paste_masked`` makes, the mask by :func:`bilinear` (with
+    :func:`neighbours`' index and weights), and where it is not 0 each channel's patch value and
+    :func:`blend`, written to ``flat_out``. ``canvas`` is the padded planes side by side ([pixel,
+    C + 1]: the patch's channels, then the mask), so a point's sixteen reads share four cache lines.
+    With ``measure``, each image's :func:`~advpatch.evaluation.change_sums` of the bytes it changed,
+    in ``sums[i - lo]`` (the same integers, in the same pass)."""
     from advpatch.parallel import compiled
 
     one, full, inv, zero = F32(1), F32(255), F32(1 / 255), F32(0)
 
     def kernel(flat: np.ndarray, flat_out: np.ndarray, corner: np.ndarray, w: int, c: int, wh: int, ww: int,
-               rows: np.ndarray, planes: np.ndarray, side: int, index: np.ndarray, oy: np.ndarray, ox: np.ndarray,
-               origin: bool, divide: bool, lo: int, hi: int, counts: np.ndarray, before: np.ndarray,
-               after: np.ndarray) -> int:
+               rows: np.ndarray, canvas: np.ndarray, side: int, index: np.ndarray, oy: np.ndarray, ox: np.ndarray,
+               origin: bool, divide: bool, lo: int, hi: int, sums: np.ndarray, measure: bool) -> None:
         edge = F32(side - 2 * PAD)  # beyond (-1, edge) all four neighbours are off the canvas: the mask is 0
-        mask = planes[planes.shape[0] - 1]
-        total = 0
+        last = canvas.shape[1] - 1  # the mask's column
+        hist = np.zeros(256, np.int64)  # #(before = v) - #(after = v) over an image's changed bytes
         for i in range(lo, hi):
             t0, t1, t2, t3, t4, t5 = rows[i, 0], rows[i, 1], rows[i, 2], rows[i, 3], rows[i, 4], rows[i, 5]
             shift = PAD + index[i] * side
-            found = 0
+            top_d, l1, l2, cross = 0, 0, 0, 0
+            hist[:] = 0
             for a in range(wh):
                 row = F32(oy[i] + a) if origin else F32(a)
                 for b in range(ww):
@@ -292,16 +294,15 @@ def _kernel() -> Any:
                     at = (np.intp(y0) + shift) * side + np.intp(x0) + PAD
                     wx1, wx0 = x - x0, (x0 + one) - x
                     wy1, wy0 = y - y0, (y0 + one) - y
-                    top = mask[at] * wx0 + mask[at + 1] * wx1
-                    bottom = mask[at + side] * wx0 + mask[at + side + 1] * wx1
+                    top = canvas[at, last] * wx0 + canvas[at + 1, last] * wx1
+                    bottom = canvas[at + side, last] * wx0 + canvas[at + side + 1, last] * wx1
                     m = top * wy0 + bottom * wy1
                     if m == 0:
                         continue
                     byte = corner[i] + (a * w + b) * c
                     for ch in range(c):
-                        plane = planes[ch]
-                        top = plane[at] * wx0 + plane[at + 1] * wx1
-                        bottom = plane[at + side] * wx0 + plane[at + side + 1] * wx1
+                        top = canvas[at, ch] * wx0 + canvas[at + 1, ch] * wx1
+                        bottom = canvas[at + side, ch] * wx0 + canvas[at + side + 1, ch] * wx1
                         value = top * wy0 + bottom * wy1
                         old = flat[byte + ch]
                         base = F32(old) / full if divide else F32(old) * inv
@@ -309,12 +310,22 @@ def _kernel() -> Any:
                         v = min(max(v, zero), one) * full
                         new = np.uint8(np.rint(v))
                         flat_out[byte + ch] = new
-                        before[ch, total] = old
-                        after[ch, total] = new
-                    total += 1
-                    found += 1
-            counts[i - lo] = found
-        return total
+                        if measure and new != old:  # a byte kept adds nothing to any sum
+                            p, q = np.int64(old), np.int64(new)
+                            d = q - p
+                            top_d = max(top_d, abs(d))
+                            l1 += abs(d)
+                            l2 += d * d
+                            cross += d * (p + q)
+                            hist[p] += 1
+                            hist[q] -= 1
+            if measure:
+                gap, run = 0, 0
+                for v in range(255):
+                    run += hist[v]
+                    gap += abs(run)
+                sums[i - lo, 0], sums[i - lo, 1], sums[i - lo, 2], sums[i - lo, 3] = top_d, l1, l2, cross
+                sums[i - lo, 4] = gap
 
     return compiled(kernel)
 
@@ -351,13 +362,9 @@ def warm() -> int:
         patch_set = patches.PatchSet(patch, patches.make_mask(16, "circle")[None], np.array([0]), ["a", "b"],
                                      images.shape[1:])
         where = patches.sample_placements(rng, 4, (16, 16), rotation_max=45, scale_min=0.3, scale_max=0.6)
-        squares = evaluation.squares_of(images)
-
-        def record(sl: slice, counts: np.ndarray, before: np.ndarray, after: np.ndarray, squares: np.ndarray = squares,
-                   size: int = 16 * 16 * c) -> None:
-            evaluation.changed_distances(before, after, counts, squares[sl], size)
-
-        patches.apply_patches(images, patch_set, np.zeros(4, np.int32), where, n_workers=1, record=record)
+        out = patches.apply_patches(images, patch_set, np.zeros(4, np.int32), where, n_workers=1,
+                                    record=lambda sl, sums: None)
+        evaluation.distance_stats(images, out)  # squares_of, change_sums
     loops = (_kernel(), evaluation._change_sums(), evaluation._square_sums())
     return sum(len(loop.signatures) > 0 for loop in loops)
 

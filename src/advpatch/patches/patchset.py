@@ -262,11 +262,12 @@ def deploy(dataset: Dataset, patch_set: PatchSet, writer: DatasetWriter, *, meth
     distances: Dict[str, List[np.ndarray]] = {}
     won: List[np.ndarray] = []
     stop = n if stop is None else stop
-    if block > 0 and search is None and method == "corrupt":
-        size, at, end = block, start, stop
+    if block > 0 and search is None and method == "corrupt":  # blocks: the shards' rows as read, no copy
+        at, batches = start, dataset.blocks(block, start, stop)
     else:  # the whole's batches around the shard are patched whole, then cut
-        size, at, end = batch_size, start // batch_size * batch_size, min(n, -(-stop // batch_size) * batch_size)
-    for batch in dataset.batches(size, at, end):
+        at, end = start // batch_size * batch_size, min(n, -(-stop // batch_size) * batch_size)
+        batches = dataset.batches(batch_size, at, end)
+    for batch in batches:
         x, y = batch["x"], batch["y"]
         idx = np.arange(at, at + len(y))
         at += len(y)
@@ -306,22 +307,18 @@ def _patch_measured(images: np.ndarray, patch_set: PatchSet, which: np.ndarray, 
                     batch_size: int) -> Dict[str, np.ndarray]:
     """Patch uint8 ``images`` in place (:func:`~advpatch.patches.conditioned.apply_set`) and return
     their exact distances to the clean images (:func:`~advpatch.evaluation.distance_stats`), from
-    |x|^2 of each clean image and the pixels the paste changed, each chunk's on its thread."""
-    from advpatch.evaluation import changed_distances
+    |x|^2 of each clean image and the sums of the bytes the paste changed (made as it pastes)."""
+    from advpatch.evaluation import distances_of_sums
     from advpatch.patches.conditioned import apply_set
 
     squares = _squares(images)
-    size = int(np.prod(images.shape[1:]))
-    parts: Dict[int, Dict[str, np.ndarray]] = {}
+    sums = np.zeros((len(images), 5), np.int64)
 
-    def record(sl: slice, counts: np.ndarray, before: np.ndarray, after: np.ndarray) -> None:
-        parts[sl.start] = changed_distances(before, after, counts, squares[sl], size)
+    def record(sl: slice, part: np.ndarray) -> None:
+        sums[sl] = part
 
     apply_set(images, patch_set, which, placements, batch_size, out=images, record=record)
-    if not parts:
-        return {}
-    ordered = [parts[k] for k in sorted(parts)]
-    return {k: np.concatenate([p[k] for p in ordered]) for k in ordered[0]}
+    return distances_of_sums(sums, squares, int(np.prod(images.shape[1:]))) if len(images) else {}
 
 
 def _squares(images: np.ndarray) -> np.ndarray:
