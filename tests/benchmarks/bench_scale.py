@@ -218,7 +218,7 @@ def child_step(spec: dict) -> dict:
     """One step, called directly; its duration without the imports it would do first."""
     _child_settings()
     started = time.perf_counter()
-    import mlflow  # noqa: F401  (every step logs through it)
+    import mlflow  # every step logs through it
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (MLflow imports it at a step's first call: 0.9 s)
     import PIL.Image  # noqa: F401
 
