@@ -117,8 +117,9 @@ _SAVES = [dict(quality=75), dict(quality=95, subsampling=0), dict(quality=40, su
 
 
 def test_a_jpeg_file_decoded_directly_is_pillows_open(tmp_path):
-    """decode_opened (load_dataset's path for a JPEG it keeps as it is) against np.asarray(Image.open)
-    on files as cameras and tools write them: grayscale and RGB, chroma subsampling 4:4:4, 4:2:2 and
+    """decode_opened and decode_plain (load_dataset's paths for a JPEG it keeps as it is, after
+    Image.open's parse and without it) against np.asarray(Image.open) on files as cameras and tools
+    write them: grayscale and RGB, chroma subsampling 4:4:4, 4:2:2 and
     4:2:0, progressive, optimized Huffman tables, restart markers, ICC and EXIF segments, comments."""
     from PIL import Image
 
@@ -134,6 +135,10 @@ def test_a_jpeg_file_decoded_directly_is_pillows_open(tmp_path):
                 assert jpeg.decode_opened(img, out), (image.shape, options)
                 np.testing.assert_array_equal(out, expected, err_msg=f"{image.shape} {options}")
                 np.testing.assert_array_equal(np.asarray(img), expected)  # the image itself still loads after
+                assert jpeg.plain_header(path.read_bytes()) == (img.mode, *img.size)
+            plain = np.full(expected.shape, 7, np.uint8)  # and without Image.open
+            assert jpeg.decode_plain(path, image.ndim == 2, plain), (image.shape, options)
+            np.testing.assert_array_equal(plain, expected, err_msg=f"plain {image.shape} {options}")
             count += 1
     assert count == len(list(_images())) * len(_SAVES)
 
@@ -163,6 +168,30 @@ def test_what_a_direct_decode_does_not_handle_is_left_to_pillow(tmp_path):
         with pytest.raises(OSError, match="truncated"):
             img.load()
     assert (untouched == 9).all()
+    # without Image.open: the same refusals, and whatever the header walk does not expect
+    assert not jpeg.decode_plain(tmp_path / "cmyk.jpg", False, untouched)
+    assert not jpeg.decode_plain(tmp_path / "short.jpg", False, untouched)  # the decoder does not finish it
+    assert not jpeg.decode_plain(tmp_path / "rgb.jpg", True, np.empty((40, 48), np.uint8))  # RGB, grey wanted
+    assert not jpeg.decode_plain(tmp_path / "rgb.jpg", False, np.empty((48, 40, 3), np.uint8))
+    assert not jpeg.decode_plain(tmp_path / "missing.jpg", False, untouched)
+    assert (untouched == 9).all()
+    Image.fromarray(rgb).save(tmp_path / "png.jpg", format="png")
+    second = Image.fromarray(rgb[::-1].copy())
+    Image.fromarray(rgb).save(tmp_path / "mpo.jpg", format="mpo", save_all=True, append_images=[second])
+    padded = whole[:2] + b"\xff\xff" + whole[2:]  # a fill byte before the first segment: Pillow skips it
+    junk = whole[:20] + b"\x00" + whole[20:]  # a byte between two segments: Pillow skips it too
+    for name, data in (("padded", padded), ("junk", junk)):
+        (tmp_path / f"{name}.jpg").write_bytes(data)
+    for name in ("png", "mpo", "padded", "junk", "cmyk"):
+        data = (tmp_path / f"{name}.jpg").read_bytes()
+        assert jpeg.plain_header(data) is None, name
+        assert not jpeg.decode_plain(tmp_path / f"{name}.jpg", False, untouched), name
+    with Image.open(tmp_path / "mpo.jpg") as img:
+        assert img.format == "MPO"  # what the header walk leaves to Pillow
+    assert jpeg.plain_header(b"\xff\xd8\xff\xe0\x00\x10JFIF") is None  # cut inside a segment
+    with Image.open(tmp_path / "rgb.jpg") as img:
+        assert jpeg.plain_header(whole) == ("RGB", 48, 40) == (img.mode, *img.size)
+    assert (untouched == 9).all()
 
 
 def test_load_dataset_reads_jpegs_directly_and_gets_pillows_pixels(tmp_path, monkeypatch):
@@ -183,20 +212,29 @@ def test_load_dataset_reads_jpegs_directly_and_gets_pillows_pixels(tmp_path, mon
             kind = "png" if i == 5 else "jpg"
             img.save(tmp_path / "in" / cls / f"{i}.{kind}", **({"quality": 60 + i} if kind == "jpg" else {}))
     calls = []
-    real = jpeg.decode_opened
+    real, real_plain = jpeg.decode_opened, jpeg.decode_plain
 
     def counted(img, out):
         done = real(img, out)
         calls.append(done)
         return done
 
+    def counted_plain(path, gray, out):
+        done = real_plain(path, gray, out)
+        plain.append(done)
+        return done
+
+    plain = []
     for color in ("rgb", "grayscale"):
         got = {}
         for direct in (True, False):
             monkeypatch.setattr(jpeg, "decode_opened", counted if direct else (lambda img, out: False))
+            monkeypatch.setattr(jpeg, "decode_plain", counted_plain if direct else (lambda path, gray, out: False))
             target = tmp_path / f"{color}-{direct}"
             write_image_folder(tmp_path / "in", target, 0, color, 0, 0, [], 1 << 20)
             got[direct] = Dataset(target).load()
         for key in got[True]:
             np.testing.assert_array_equal(got[True][key], got[False][key], err_msg=f"{color} {key}")
-    assert sum(calls) >= 12  # the RGB files read as RGB, the grayscale ones as grayscale, went the direct way
+    # the RGB files read as RGB, the grayscale ones as grayscale, went the direct way without Image.open;
+    # the others (a grayscale file read as RGB, an RGB one as grayscale) were opened and converted
+    assert sum(plain) == 16 + 6 and len(plain) == 2 * 22  # 22 JPEGs (16 RGB, 6 grey) and 2 PNGs, read twice

@@ -24,6 +24,7 @@ from advpatch.io import jpeg
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
 SPLIT_FOLDERS = {"train": ("training", "train"), "test": ("testing", "test")}
 IDX_FILES = {"train": "train", "test": "t10k"}
 DIGITS_TEST_FRACTION = 0.2
@@ -252,12 +253,17 @@ def _read_image(path: Path, mode: str, size: Optional[Tuple[int, int]], out: Opt
                 ) -> np.ndarray:
     """The image at ``path`` as uint8 [H, W, C] (``mode`` 'grayscale' or 'rgb', resized to ``size``).
     ``out``: where it goes if it has that shape (a JPEG needing neither conversion nor resizing is
-    decoded straight into it, Python's lock released: :func:`advpatch.io.jpeg.decode_opened`);
-    returns ``out`` then, else a new array."""
+    decoded straight into it, Python's lock released: a plain ``.jpg`` or ``.jpeg`` file without
+    ``Image.open`` (:func:`advpatch.io.jpeg.decode_plain`), any other after its parse
+    (:func:`advpatch.io.jpeg.decode_opened`)); returns ``out`` then, else a new array."""
     import struct
 
     from PIL import Image, UnidentifiedImageError
 
+    gray = mode == "grayscale"
+    if (out is not None and path.suffix.lower() in JPEG_SUFFIXES and out.shape[-1] == (1 if gray else 3)
+            and jpeg.decode_plain(path, gray, out[..., 0] if gray else out)):
+        return out  # a plain JPEG of the mode and size wanted: no Image.open
     try:
         with Image.open(path) as img:
             target = "L" if mode == "grayscale" and img.mode in GRAY_MODES else "RGB"

@@ -23,7 +23,7 @@ import contextlib
 import io
 import os
 import threading
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -182,6 +182,72 @@ def decode_opened(img: Any, out: np.ndarray) -> bool:
     data = fp.read()
     fp.seek(position)
     return _decode(data, img.mode, w, h, _file(), out)  # out is written only once the image is whole
+
+
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+"""The start-of-frame markers (``0xFFC4``, ``0xFFC8`` and ``0xFFCC`` are other things)."""
+
+
+def plain_header(data: bytes) -> Optional[Tuple[str, int, int]]:
+    """``(mode, width, height)`` of the JPEG file ``data`` as ``Image.open`` would read them, for the
+    plain case only: a JPEG start, then well-formed segments up to the first scan with exactly one
+    frame of 8-bit samples in 1 ("L") or 3 ("RGB") components, no multi-picture (MPO) segment, and
+    no more pixels than Pillow opens without a warning. None for anything else (junk between
+    segments, padding, CMYK, 12-bit, an MPO, a frame after the scan...), which ``Image.open`` then
+    reads, with its errors. Pillow's decoder reads the markers itself: only the mode and the size
+    are taken from here."""
+    from PIL import Image
+
+    if not data.startswith(b"\xff\xd8\xff"):
+        return None
+    at, end, found = 2, len(data), None
+    while at + 4 <= end:
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        length = (data[at + 2] << 8) | data[at + 3]
+        if marker in (0x00, 0x01, 0xD8, 0xD9, 0xFF) or 0xD0 <= marker <= 0xD7 or length < 2 or at + 2 + length > end:
+            return None  # a marker without a length, or a segment running off the file
+        if marker == 0xDA:  # the first scan: the header is whole
+            break
+        if marker in _SOF:
+            if found is not None or length < 8 or data[at + 4] != 8 or data[at + 9] not in (1, 3):
+                return None
+            h, w = (data[at + 5] << 8) | data[at + 6], (data[at + 7] << 8) | data[at + 8]
+            found = ("L" if data[at + 9] == 1 else "RGB", w, h)
+        elif marker == 0xE2 and data.startswith(b"MPF\x00", at + 4):
+            return None  # Pillow may open it as an MPO
+        at += 2 + length
+    else:
+        return None
+    limit = Image.MAX_IMAGE_PIXELS
+    if found is None or not found[1] or not found[2] or (limit is not None and found[1] * found[2] > limit):
+        return None
+    return found
+
+
+def decode_plain(path: Any, gray: bool, out: np.ndarray) -> bool:
+    """The JPEG file at ``path`` decoded into ``out`` (uint8, C-contiguous, [H, W] with ``gray``,
+    else [H, W, 3]) without ``Image.open``: the file read whole, its mode and size from
+    :func:`plain_header`, Pillow's decoder as :func:`decode_opened` calls it (Python's lock held
+    only for the header's few segments). False, ``out`` untouched, wherever the file is not a
+    plain JPEG of that mode and shape or the decoder does not finish it: the caller then reads it
+    through ``Image.open``, and gets Pillow's errors."""
+    if not direct():
+        return False
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    header = plain_header(data)
+    if header is None:
+        return False
+    mode, w, h = header
+    if mode != ("L" if gray else "RGB") or out.shape != ((h, w) if gray else (h, w, 3)) or out.dtype != np.uint8 \
+            or not out.flags.c_contiguous:
+        return False
+    return _decode(data, mode, w, h, _file(), out)
 
 
 def _decide() -> None:

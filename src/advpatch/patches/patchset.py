@@ -181,7 +181,7 @@ def apply_patches(
     (:mod:`~advpatch.patches.paste`), the bytes TensorFlow's warp gave. ``batch_size`` is kept for
     callers; the work goes in chunks of bounded memory whatever it is. ``out``: where the patched
     images go (``images`` itself patches them in place; default a copy). ``record``: as
-    :func:`~advpatch.patches.paste.paste_masked`'s (the pixels each chunk changed).
+    :func:`~advpatch.patches.paste.paste_masked`'s (each chunk's sums of the bytes it changed).
     """
     from advpatch.patches.paste import padded, paste_masked
 
@@ -247,7 +247,8 @@ def deploy(dataset: Dataset, patch_set: PatchSet, writer: DatasetWriter, *, meth
 
     ``block`` (> 0): with ``corrupt`` and no search, where the batches change no byte (every draw is
     made before, each image is patched alone), the images are read and patched ``block`` at a time
-    instead, and a shard reads only its own rows.
+    instead, each block inside one input shard (its rows as read, patched in place: never copied,
+    :meth:`~advpatch.data.dataset.Dataset.blocks`), and a shard reads only its own rows.
     """
     from advpatch.patches.conditioned import entries, num_sets
 
