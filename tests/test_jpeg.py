@@ -146,7 +146,7 @@ def test_a_jpeg_file_decoded_directly_is_pillows_open(tmp_path):
 def test_what_a_direct_decode_does_not_handle_is_left_to_pillow(tmp_path):
     """Not the plain case: CMYK, a draft, the wrong target, a truncated file. decode_opened says
     so and touches nothing: Pillow's own load then gives its pixels or its error."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
@@ -189,6 +189,17 @@ def test_what_a_direct_decode_does_not_handle_is_left_to_pillow(tmp_path):
     with Image.open(tmp_path / "mpo.jpg") as img:
         assert img.format == "MPO"  # what the header walk leaves to Pillow
     assert jpeg.plain_header(b"\xff\xd8\xff\xe0\x00\x10JFIF") is None  # cut inside a segment
+    # segments Pillow's parser refuses (so Image.open fails): the header walk refuses them too
+    for segment in (b"\xff\xdb\x00\x05\x00\x01\x02",  # a quantization table cut short
+                    b"\xff\xe0\x00\x06JFIF",  # a JFIF segment too short for its version
+                    b"\xff\xee\x00\x07Adobe",  # an Adobe one too
+                    b"\xff\x02\x00\x04ab"):  # a reserved marker
+        data = whole[:20] + segment + whole[20:]  # after the file's own JFIF segment
+        (tmp_path / "bad.jpg").write_bytes(data)
+        with pytest.raises(UnidentifiedImageError):
+            Image.open(tmp_path / "bad.jpg").load()
+        assert jpeg.plain_header(data) is None, segment
+    assert whole[2:4] == b"\xff\xe0" and whole[4:6] == b"\x00\x10"  # that segment ends at byte 20
     with Image.open(tmp_path / "rgb.jpg") as img:
         assert jpeg.plain_header(whole) == ("RGB", 48, 40) == (img.mode, *img.size)
     assert (untouched == 9).all()

@@ -227,9 +227,9 @@ class Dataset:
         views of the shard as read (writable, never copied), where :meth:`batches` copies a batch
         across a shard's end together. For work whose bytes do not depend on how the rows are
         grouped. Read ahead as :meth:`batches`."""
+        size = max(1, size)
         for part in self._parts(start, stop):
-            n = len(part["y"])
-            for at in range(0, n, max(1, size)):
+            for at in range(0, len(part["y"]), size):
                 yield {k: v[at:at + size] for k, v in part.items()}
 
     def _parts(self, start: int, stop: Optional[int]) -> Iterator[Dict[str, np.ndarray]]:

@@ -192,10 +192,11 @@ def plain_header(data: bytes) -> Optional[Tuple[str, int, int]]:
     """``(mode, width, height)`` of the JPEG file ``data`` as ``Image.open`` would read them, for the
     plain case only: a JPEG start, then well-formed segments up to the first scan with exactly one
     frame of 8-bit samples in 1 ("L") or 3 ("RGB") components, no multi-picture (MPO) segment, and
-    no more pixels than Pillow opens without a warning. None for anything else (junk between
-    segments, padding, CMYK, 12-bit, an MPO, a frame after the scan...), which ``Image.open`` then
-    reads, with its errors. Pillow's decoder reads the markers itself: only the mode and the size
-    are taken from here."""
+    no more pixels than Pillow opens without a warning; the segments Pillow's parser reads
+    (quantization tables, JFIF, Adobe, ICC) as long as it needs them. None for anything else
+    (junk or padding between segments, a marker Pillow does not know, CMYK, 12-bit, an MPO...),
+    which ``Image.open`` then reads, with its errors. Pillow's decoder reads the markers itself:
+    only the mode and the size are taken from here."""
     from PIL import Image
 
     if not data.startswith(b"\xff\xd8\xff"):
@@ -204,20 +205,28 @@ def plain_header(data: bytes) -> Optional[Tuple[str, int, int]]:
     while at + 4 <= end:
         if data[at] != 0xFF:
             return None
-        marker = data[at + 1]
-        length = (data[at + 2] << 8) | data[at + 3]
-        if marker in (0x00, 0x01, 0xD8, 0xD9, 0xFF) or 0xD0 <= marker <= 0xD7 or length < 2 or at + 2 + length > end:
-            return None  # a marker without a length, or a segment running off the file
+        marker, length = data[at + 1], (data[at + 2] << 8) | data[at + 3]
+        first, stop = at + 4, at + 2 + length  # the segment's contents
+        if marker < 0xC0 or marker in (0xD8, 0xD9, 0xFF) or 0xD0 <= marker <= 0xD7 or length < 2 or stop > end:
+            return None  # a marker Pillow refuses or reads without a length, or a segment off the file
         if marker == 0xDA:  # the first scan: the header is whole
             break
         if marker in _SOF:
-            if found is not None or length < 8 or data[at + 4] != 8 or data[at + 9] not in (1, 3):
+            if found is not None or length < 8 or data[first] != 8 or data[first + 5] not in (1, 3):
                 return None
-            h, w = (data[at + 5] << 8) | data[at + 6], (data[at + 7] << 8) | data[at + 8]
-            found = ("L" if data[at + 9] == 1 else "RGB", w, h)
-        elif marker == 0xE2 and data.startswith(b"MPF\x00", at + 4):
-            return None  # Pillow may open it as an MPO
-        at += 2 + length
+            h, w = (data[first + 1] << 8) | data[first + 2], (data[first + 3] << 8) | data[first + 4]
+            found = ("L" if data[first + 5] == 1 else "RGB", w, h)
+        elif marker == 0xDB:  # quantization tables: Pillow refuses one cut short
+            while first < stop:
+                first += 1 + 64 * (1 if data[first] >> 4 == 0 else 2)
+            if first != stop:
+                return None
+        elif marker in (0xE0, 0xEE) and length < 9 and data.startswith(b"JFIF" if marker == 0xE0 else b"Adobe", first):
+            return None  # Pillow reads a version at bytes 5-6
+        elif marker == 0xE2 and (data.startswith(b"MPF\x00", first)  # Pillow may open it as an MPO
+                                 or (data.startswith(b"ICC_PROFILE\x00", first) and length < 16)):
+            return None
+        at = stop
     else:
         return None
     limit = Image.MAX_IMAGE_PIXELS

@@ -321,8 +321,8 @@ def _kernel() -> Any:
                             hist[q] -= 1
             if measure:
                 gap, run = 0, 0
-                for v in range(255):
-                    run += hist[v]
+                for k in range(255):
+                    run += hist[k]
                     gap += abs(run)
                 sums[i - lo, 0], sums[i - lo, 1], sums[i - lo, 2], sums[i - lo, 3] = top_d, l1, l2, cross
                 sums[i - lo, 4] = gap
