@@ -63,6 +63,52 @@ def test_blocks_are_the_shards_rows_as_read_never_across_a_shard(tmp_path):
     assert list(ds.blocks(3, 9, 9)) == []
 
 
+def test_read_buffers_are_handed_out_again_only_once_nothing_holds_them():
+    """``Buffers``: a buffer comes back from :meth:`take` once no array refers to it (a view of a
+    view still does), never while one does; a larger request than any free buffer gets a new one."""
+    from advpatch.io.npz import Buffers
+
+    def address(a):
+        return a.__array_interface__["data"][0]
+
+    pool = Buffers(keep=2)
+    first = pool.take(100)
+    at = address(first)
+    view = first[10:90][::2].reshape(4, 10)  # a view of a view
+    del first
+    second = pool.take(100)
+    assert address(second) != at and not np.shares_memory(second, view)
+    del view
+    third = pool.take(80)
+    assert address(third) == at  # nothing holds the first: its bytes are handed out again
+    assert address(pool.take(150)) not in (at, address(second))  # too small: a new one
+    holder = {"x": third[:40]}  # a dict of views holds it too
+    del third
+    assert address(pool.take(100)) not in (at, address(second))  # the second is free but held below
+    del holder
+
+
+def test_a_dataset_read_through_reuses_the_buffers_of_shards_nobody_holds(tmp_path):
+    """``batches`` and ``blocks`` read every shard into a buffer of a pool: a caller that keeps each
+    block keeps it intact (nothing is read over it), a caller that drops them gets the same few
+    buffers back shard after shard; either way the rows are the data's."""
+    x, y = _images(60)
+    write_dataset(tmp_path / "d", x, y, ["a", "b", "c"], shard_bytes=5 * 64)
+    ds = Dataset(tmp_path / "d")
+    assert len(ds.spec.shards) == 12
+    kept = list(ds.blocks(5))
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in kept]), x)
+    assert len({b["x"].__array_interface__["data"][0] for b in kept}) == 12  # every shard its own buffer
+    addresses, at = set(), 0
+    for block in ds.blocks(5):  # each dropped before the next is read
+        np.testing.assert_array_equal(block["x"], x[at:at + 5])
+        block["x"][:] = 0  # a caller patching in place: the next shard's read overwrites it all
+        addresses.add(block["x"].__array_interface__["data"][0])
+        at += 5
+    assert at == 60 and len(addresses) <= 4
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in ds.batches(7)]), x)
+
+
 def test_corrupt_shard_is_detected(tmp_path):
     x, y = _images(5)
     write_dataset(tmp_path / "d", x, y, ["a", "b", "c"])

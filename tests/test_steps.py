@@ -196,3 +196,35 @@ def test_gen_patch_reads_only_the_images_it_draws(tiny_data, tmp_path, outputs, 
     result = steps.gen_patch(data=str(tiny_data / "train"), model=str(tmp_path / "model"), patches=str(tmp_path / "p"),
                              max_iter=2, num_patch=2, num_patch_gen_samples=12, patch_target_name="7")
     assert read == [12, 12] and result.details["targets"] == ["7", "7"]
+
+
+def test_a_step_runs_with_the_heap_before_it_left_out_of_the_cycle_collector(tmp_path, outputs, monkeypatch):
+    """The objects alive when a step starts are frozen (``gc.freeze``) while it runs and handed back
+    after, also when it fails; inside a freeze made elsewhere a step changes nothing."""
+    import gc
+
+    from advpatch.data import sources
+    from advpatch.steps._base import long_lived_frozen
+
+    seen = []
+    real = sources.embedded_digits
+
+    def spy(*args, **kwargs):
+        seen.append(gc.get_freeze_count())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "embedded_digits", spy)
+    assert gc.get_freeze_count() == 0
+    steps.load_dataset(dataset=str(tmp_path / "d"), source="digits", split="test", max_examples=10)
+    assert seen and seen[0] > 0 and gc.get_freeze_count() == 0
+    with pytest.raises(ParameterError):
+        steps.load_dataset(dataset=str(tmp_path / "e"), source="digits", split="test", max_examples=-1)
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with long_lived_frozen():
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

@@ -28,6 +28,11 @@ What is measured, and against what:
   0.5 (issue 24). deploy_patch and its floor run ``--repeats`` times, interleaved, each run in a
   process of its own; the figures are the medians. A pure in-memory ``np.copyto`` of the same bytes
   is reported beside it.
+* deploy_patch against the library's own copy of the same dataset (no target: what the paste and
+  the step add): every shard read as the steps read one (its sha256 checked, the next read ahead on
+  a thread) and written as they write one (each shard's CRC-32 and sha256 on the writer's thread),
+  no pixel changed, in a process of its own, interleaved with the runs above. The floor above
+  neither checks a hash nor writes; this one does both, as deploy_patch must.
 * load_dataset on every core against itself on one (target 1.7x on 2 cores, issue 24): the same
   step in a process given one CPU (its affinity: :mod:`advpatch.parallel` counts one worker, and
   the step's reading and writing threads share that CPU, as in a pod given one core), ``--repeats``
@@ -263,6 +268,23 @@ def child_floor(spec: dict) -> dict:
     return {"images": n, "seconds": seconds, "memory_copy_seconds": memory_seconds, "bytes": total}
 
 
+def child_copy(spec: dict) -> dict:
+    """The library's own copy of a dataset: read as the steps read (sha256 checked, read ahead),
+    written as they write (CRC-32 and sha256 on the writer's thread), nothing changed."""
+    from advpatch.data.dataset import Dataset
+    from advpatch.data.writer import DatasetWriter
+
+    dataset = Dataset(spec["data"])
+    t0 = time.perf_counter()
+    with DatasetWriter(spec["out"], dataset.image_shape, dataset.class_names,
+                       provenance=dataset.spec.provenance) as writer:
+        for block in dataset.blocks(len(dataset)):
+            writer.write(block["x"], block["y"])
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(spec["out"])
+    return {"images": len(dataset), "seconds": seconds}
+
+
 def child_pillow_jpeg(spec: dict) -> dict:
     """Pillow's own JPEG encode + decode of the dataset's images in memory, on ``workers`` threads
     (each image its own; read before the clock starts), and a hash of the decoded images."""
@@ -462,7 +484,7 @@ def child_art28(spec: dict) -> dict:
         return {"images": len(x), "seconds": time.perf_counter() - t0}
 
 
-CHILDREN = {"prepare": child_prepare, "step": child_step, "floor": child_floor, "gen": child_gen,
+CHILDREN = {"prepare": child_prepare, "step": child_step, "floor": child_floor, "copy": child_copy, "gen": child_gen,
             "pillow_jpeg": child_pillow_jpeg,
             "prepare28": child_prepare28, "deploy28": child_deploy28, "art28": child_art28}
 
@@ -671,11 +693,15 @@ def main(argv=None) -> int:
         # deploy_patch against its floor: each run in its own process, the two interleaved, medians
         sizes = [s.strip() for s in args.deploy_batch_sizes.split(",") if s.strip()]
         patched = None
-        floors, runs = [], {bs: [] for bs in sizes}
+        floors, copies, runs = [], [], {bs: [] for bs in sizes}
         for r in range(repeats):
             floor = run_child("floor", {"data": paths["loaded"]}, work, f"deploy_floor-{r}", env)
             raw[f"deploy_floor-{r}"] = floor
             floors.append(floor)
+            copy = run_child("copy", {"data": paths["loaded"], "out": str(work / f"copy-{r}")}, work,
+                             f"deploy_copy-{r}", env)
+            raw[f"deploy_copy-{r}"] = copy
+            copies.append(copy)
             for bs in sizes:
                 target = str(work / f"patched-{bs}-{r}")
                 kwargs = dict(data=paths["loaded"], patches=paths["patches"], patched_data=target, output_tar_name="")
@@ -693,6 +719,10 @@ def main(argv=None) -> int:
                extra={"memory_copy_images_per_second": float(np.median(
                           [f["images"] / f["memory_copy_seconds"] for f in floors])),
                       "runs_images_per_second": [f["images"] / f["seconds"] for f in floors]})
+        copy_ips = float(np.median([c["images"] / c["seconds"] for c in copies]))
+        figure("dataset copy: read + sha256 check, write + CRC + sha256 (images/s)", copy_ips, "images/s",
+               rss=max(c["peak_rss_mib"] for c in copies),
+               extra={"runs_images_per_second": [c["images"] / c["seconds"] for c in copies]})
         for bs in sizes:
             outs = runs[bs]
             ips = float(np.median([o["images_per_second"] for o in outs]))
@@ -707,6 +737,9 @@ def main(argv=None) -> int:
                           "process_seconds": float(np.median([o["wall_seconds"] for o in outs])),
                           "rss_after_imports_mib": outs[0]["rss_after_imports_mib"], "raw": f"deploy_patch-{bs}-0",
                           "batch_size": "default" if bs == "default" else int(bs)})
+            figure(f"deploy_patch{suffix} vs the library's dataset copy (images/s)", ips, "images/s",
+                   reference=copy_ips, ratio=ips / copy_ips,
+                   ratio_means="ours / copy (the same bytes read, checked, written and hashed; no paste)")
         if not args.keep:
             shutil.rmtree(paths["loaded"])
 

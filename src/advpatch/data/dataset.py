@@ -37,7 +37,7 @@ import numpy as np
 
 from advpatch.errors import DatasetError
 from advpatch.io.files import read_arrays, read_manifest
-from advpatch.io.npz import read_stored
+from advpatch.io.npz import Buffers, read_stored
 
 FORMAT = "advpatch-dataset"
 VERSION = 1
@@ -179,15 +179,17 @@ class Dataset:
         for i in range(len(self.spec.shards)):
             yield self.read_shard(i)
 
-    def read_shard(self, i: int) -> Dict[str, np.ndarray]:
-        """Shard ``i`` as ``{"x", "y", <columns>...}`` (checked against its sha256)."""
+    def read_shard(self, i: int, buffers: Optional[Buffers] = None) -> Dict[str, np.ndarray]:
+        """Shard ``i`` as ``{"x", "y", <columns>...}`` (checked against its sha256); its images in a
+        buffer of ``buffers`` when given."""
         shard = self.spec.shards[i]
         file = self.path / shard["file"]
         if not file.is_file():
             raise DatasetError(f"{file} is missing: the dataset is incomplete")
         arrays = read_stored(file, ["x", "y", *(f"col_{c}" for c in self.spec.columns)], DatasetError,
                              sha256=shard["sha256"] if self._verify else None,
-                             mismatch=f"{file} does not match its sha256 in {MANIFEST}: the dataset is corrupt")
+                             mismatch=f"{file} does not match its sha256 in {MANIFEST}: the dataset is corrupt",
+                             buffers=buffers)
         x, y = arrays.pop("x"), arrays.pop("y")
         n = shard["num_examples"]
         if x.dtype != np.uint8 or x.shape != (n, *self.image_shape) or y.shape != (n,) or y.dtype.kind not in "iu" \
@@ -234,7 +236,8 @@ class Dataset:
 
     def _parts(self, start: int, stop: Optional[int]) -> Iterator[Dict[str, np.ndarray]]:
         """Each shard's rows among ``start:stop``, in order; the next shard is read (and its sha256
-        checked) on a thread while the caller works on the one before."""
+        checked) on a thread while the caller works on the one before, into the buffer of a shard
+        read before that nothing holds any more (:class:`~advpatch.io.npz.Buffers`)."""
         stop = len(self) if stop is None else stop
         at = 0
         wanted: List[Tuple[int, int]] = []  # (shard, its first row) of the shards rows start:stop are in
@@ -245,11 +248,12 @@ class Dataset:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1, thread_name_prefix="advpatch-read") as reader:
-            ahead = [reader.submit(self.read_shard, i) for i, _ in wanted[:1]]
+            buffers = Buffers()
+            ahead = [reader.submit(self.read_shard, i, buffers) for i, _ in wanted[:1]]
             for k, (_, first) in enumerate(wanted):
                 part = ahead.pop().result()
                 if k + 1 < len(wanted):
-                    ahead.append(reader.submit(self.read_shard, wanted[k + 1][0]))
+                    ahead.append(reader.submit(self.read_shard, wanted[k + 1][0], buffers))
                 yield {key: v[max(start - first, 0):stop - first] for key, v in part.items()}
                 del part
 
