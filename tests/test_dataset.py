@@ -89,9 +89,9 @@ def test_read_buffers_are_handed_out_again_only_once_nothing_holds_them():
 
 
 def test_a_dataset_read_through_reuses_the_buffers_of_shards_nobody_holds(tmp_path):
-    """``batches`` and ``blocks`` read every shard into a buffer of a pool: a caller that keeps each
-    block keeps it intact (nothing is read over it), a caller that drops them gets the same few
-    buffers back shard after shard; either way the rows are the data's."""
+    """``blocks`` reads every shard into a buffer of a pool: a caller that keeps each block keeps it
+    intact (nothing is read over it), a caller that drops them gets the same few buffers back shard
+    after shard; either way the rows are the data's (and ``batches``', which keeps no pool)."""
     x, y = _images(60)
     write_dataset(tmp_path / "d", x, y, ["a", "b", "c"], shard_bytes=5 * 64)
     ds = Dataset(tmp_path / "d")
@@ -244,3 +244,76 @@ def test_a_shard_is_read_in_one_pass_and_checked_either_way(tmp_path):
     np.savez_compressed(shard, x=x, y=y, col_patched=np.arange(9) % 2 == 0)
     got = read_stored(shard, names, DatasetError, sha256=hashlib.sha256(shard.read_bytes()).hexdigest())
     np.testing.assert_array_equal(got["x"], x)
+
+
+def _zipfile_npz(arrays):
+    """What ``save_npz_hashed`` wrote through ``zipfile`` before it wrote archives itself: the oracle."""
+    import io
+    import zipfile
+
+    class Stream(io.RawIOBase):  # cannot seek: zipfile puts each member's CRC and sizes after its data
+        def __init__(self):
+            super().__init__()
+            self.data = bytearray()
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.data += bytes(b)
+            return len(b)
+
+    stream = Stream()
+    with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, value in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(member, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+    return bytes(stream.data)
+
+
+@pytest.mark.parametrize("limits", [False, True])
+def test_an_npz_is_written_with_the_bytes_zipfile_writes(monkeypatch, limits):
+    """``save_npz_hashed`` writes the archive itself (its CRC from ISA-L): the bytes ``zipfile`` writes
+    for the same stored members, a non-ASCII name, empty, 0-d and Fortran-ordered arrays included,
+    and with zip64 fields and end records where sizes, offsets or counts pass zipfile's limits
+    (lowered here so that a test can pass them); ``np.load`` and ``zipfile``'s CRC check read it."""
+    import hashlib
+    import io
+    import zipfile
+
+    from advpatch.io import files
+
+    if limits:
+        for module in (files, zipfile):
+            monkeypatch.setattr(module, "ZIP64_LIMIT" if module is zipfile else "_ZIP64_LIMIT", 300)
+            monkeypatch.setattr(module, "ZIP_FILECOUNT_LIMIT" if module is zipfile else "_FILECOUNT_LIMIT", 3)
+    rng = np.random.default_rng(3)
+    arrays = {"x": rng.integers(0, 256, (5, 9, 9), dtype=np.uint8), "y": np.arange(5, dtype=np.int32),
+              "col_é": np.arange(5) % 2 == 0, "empty": np.zeros((0, 4), np.float32), "scalar": np.array(2.5),
+              "fortran": np.asfortranarray(rng.random((3, 4)))}
+    expected = _zipfile_npz(arrays)
+    out = io.BytesIO()
+    digest = files.save_npz_hashed(out, **arrays)
+    assert out.getvalue() == expected and digest == hashlib.sha256(expected).hexdigest()
+    if limits:
+        assert b"PK\x06\x06" in expected  # the zip64 end records were written
+    with zipfile.ZipFile(io.BytesIO(out.getvalue())) as archive:
+        assert archive.testzip() is None  # every member's CRC
+    with np.load(io.BytesIO(out.getvalue()), allow_pickle=False) as npz:
+        for name, value in arrays.items():
+            np.testing.assert_array_equal(npz[name], value)
+
+
+def test_the_crc_is_zlibs():
+    """The zip members' CRC-32 (``advpatch.io.files.crc32``: ISA-L's) is zlib's, value for value,
+    continued from any start value and on any length."""
+    import zlib
+
+    from advpatch.io.files import crc32
+
+    assert crc32.__module__ != "zlib"  # ISA-L's, as installed
+    data = np.random.default_rng(2).integers(0, 256, 3 * 2**20 + 7, dtype=np.uint8)
+    for size in (0, 1, 15, 4096, len(data)):
+        for start in (0, 1, 0xFFFFFFFF, 123456789):
+            assert crc32(data[:size], start) == zlib.crc32(data[:size], start)

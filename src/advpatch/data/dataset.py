@@ -214,7 +214,7 @@ class Dataset:
         cut = self.layout.get("offset", 0) + start  # the whole's position of the next row to yield
         buf: List[Dict[str, np.ndarray]] = []
         n = 0
-        for part in self._parts(start, stop):
+        for part in self._parts(start, stop, reuse=False):
             buf.append(part)
             n += len(part["y"])
             while n and n >= (size := batch_size - cut % batch_size):
@@ -228,16 +228,21 @@ class Dataset:
         """Yield rows ``start:stop`` in order, at most ``size`` at a time, each block within one shard:
         views of the shard as read (writable, never copied), where :meth:`batches` copies a batch
         across a shard's end together. For work whose bytes do not depend on how the rows are
-        grouped. Read ahead as :meth:`batches`."""
+        grouped. Read ahead as :meth:`batches`, into the buffer of a shard read before that nothing
+        holds any more where there is one (:class:`~advpatch.io.npz.Buffers`): a caller patching
+        every shard's rows and writing them makes no fresh pages for the kernel to zero (16% of
+        deploy_patch's CPU time at 224x224). :meth:`batches` does not: a step holding a model's
+        working memory (infer) would keep an idle shard's buffer on top of it (+64 MiB at its peak).
+        """
         size = max(1, size)
-        for part in self._parts(start, stop):
+        for part in self._parts(start, stop, reuse=True):
             for at in range(0, len(part["y"]), size):
                 yield {k: v[at:at + size] for k, v in part.items()}
 
-    def _parts(self, start: int, stop: Optional[int]) -> Iterator[Dict[str, np.ndarray]]:
+    def _parts(self, start: int, stop: Optional[int], reuse: bool) -> Iterator[Dict[str, np.ndarray]]:
         """Each shard's rows among ``start:stop``, in order; the next shard is read (and its sha256
-        checked) on a thread while the caller works on the one before, into the buffer of a shard
-        read before that nothing holds any more (:class:`~advpatch.io.npz.Buffers`)."""
+        checked) on a thread while the caller works on the one before; with ``reuse``, into the
+        buffer of a shard read before that nothing holds any more."""
         stop = len(self) if stop is None else stop
         at = 0
         wanted: List[Tuple[int, int]] = []  # (shard, its first row) of the shards rows start:stop are in
@@ -248,7 +253,7 @@ class Dataset:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1, thread_name_prefix="advpatch-read") as reader:
-            buffers = Buffers()
+            buffers = Buffers() if reuse else None
             ahead = [reader.submit(self.read_shard, i, buffers) for i, _ in wanted[:1]]
             for k, (_, first) in enumerate(wanted):
                 part = ahead.pop().result()

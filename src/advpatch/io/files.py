@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import tarfile
 import uuid
 from pathlib import Path, PurePosixPath
@@ -116,11 +117,45 @@ def save_npz(path: Union[PathLike, Any], **arrays: Any) -> None:
 BLOCK = 1 << 20
 """Bytes written at a time: each block's CRC, sha256 and write while it is in the cache."""
 
+try:  # the zip members' CRC-32: ISA-L's, zlib's function and values 7x as fast here (2 -> 15 GB/s),
+    # Python's lock released (a test compares the two)
+    from isal.isal_zlib import crc32 as crc32
+except ImportError:  # pragma: no cover - isal is a dependency; zlib's gives the same values
+    from zlib import crc32 as crc32
+
+# zipfile's records (its struct formats), for archives of stored members written in one pass
+_LOCAL = struct.Struct("<4s2B4HL2L2H")
+_ZIP64_LOCAL = struct.Struct("<HHQQ")  # the local header's zip64 field: sizes given after the data
+_DESCRIPTOR = struct.Struct("<4sLQQ")  # a member's CRC and sizes after its data (zip64)
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
+_END64 = struct.Struct("<4sQ2H2L4Q")
+_END64_LOCATOR = struct.Struct("<4sLQL")
+_END = struct.Struct("<4s4H2LH")
+_ZIP64_LIMIT = (1 << 31) - 1  # zipfile's: beyond it a size or offset goes in a zip64 field
+_FILECOUNT_LIMIT = (1 << 16) - 1
+_ZIP64_VERSION = 45
+_UNIX, _DESCRIPTOR_FLAG, _UTF8_FLAG = 3, 0x08, 0x800
+_DOS_1980 = (0, 1 << 5 | 1)  # time, date: 1980-01-01 00:00:00
+
+
+class _Member:
+    """One member's data on its way into the archive: counted and CRC'd a block at a time (what
+    ``np.lib.format.write_array`` and :func:`_write_pieces` write to)."""
+
+    def __init__(self, out: "_HashingWriter") -> None:
+        self._out, self.crc, self.size = out, 0, 0
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        self.crc = crc32(data, self.crc)
+        self._out.write(data)
+        self.size += size
+        return size
+
 
 class _HashingWriter:
-    """A write-only file that cannot seek (so zipfile writes each member's CRC and sizes after its
-    data rather than going back for them): every byte goes to ``f`` and into ``digest``, in order,
-    so the digest is the file's sha256 without reading it back."""
+    """A write-only file: every byte goes to ``f`` and into ``digest``, in order, so the digest is
+    the file's sha256 without reading it back."""
 
     def __init__(self, f: Any, digest: Any) -> None:
         self._f, self._digest, self._at = f, digest, 0
@@ -135,41 +170,71 @@ class _HashingWriter:
     def tell(self) -> int:
         return self._at
 
-    def seek(self, *args: Any) -> int:
-        import io
-
-        raise io.UnsupportedOperation("seek")
-
-    def flush(self) -> None:
-        self._f.flush()
-
-    def close(self) -> None:
-        """Nothing: the file is the caller's to close."""
-
 
 def save_npz_hashed(path: Union[PathLike, Any], **arrays: Any) -> str:
     """NumPy arrays as an ``.npz`` archive at ``path`` (or into a writable file object), readable by
     ``np.load(allow_pickle=False)``, byte for byte the same for the same arrays (``np.savez`` stamps
     each member with the current time), and the file's sha256. A value may be a list of arrays:
     their concatenation is written (the same bytes), never made. The data goes a block at a time
-    through the CRC, the hash and the write."""
+    through the CRC, the hash and the write.
+
+    The archive's bytes are those ``zipfile`` writes for stored members dated 1980-01-01 to a
+    stream that cannot seek (``ZipFile.open(member, "w", force_zip64=True)``: each member's CRC and
+    sizes in a descriptor after its data, nothing written twice; a test compares the two), written
+    here so that the CRC is ISA-L's (``zipfile`` computes zlib's, 2 GB/s here: 7% of deploy_patch's
+    CPU time at 224x224)."""
     import hashlib
-    import zipfile
 
     import numpy as np
 
     digest = hashlib.sha256()
     with contextlib.ExitStack() as stack:
         raw = path if hasattr(path, "write") else stack.enter_context(open(path, "wb"))  # a file object: written to
-        archive = stack.enter_context(zipfile.ZipFile(_HashingWriter(raw, digest), "w", compression=zipfile.ZIP_STORED))
+        out = _HashingWriter(raw, digest)
+        members = []
         for name, value in arrays.items():
-            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with archive.open(member, "w", force_zip64=True) as f:
-                if isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
-                    _write_pieces(f, value)
-                else:
-                    np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+            filename, flags = f"{name}.npy", _DESCRIPTOR_FLAG
+            try:
+                encoded = filename.encode("ascii")
+            except UnicodeEncodeError:
+                encoded, flags = filename.encode("utf-8"), flags | _UTF8_FLAG
+            offset = out.tell()
+            out.write(_LOCAL.pack(b"PK\x03\x04", _ZIP64_VERSION, 0, flags, 0, *_DOS_1980, 0, 0xFFFFFFFF,
+                                  0xFFFFFFFF, len(encoded), _ZIP64_LOCAL.size))
+            out.write(encoded)
+            out.write(_ZIP64_LOCAL.pack(1, _ZIP64_LOCAL.size - 4, 0, 0))
+            member = _Member(out)
+            if isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
+                _write_pieces(member, value)
+            else:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            out.write(_DESCRIPTOR.pack(b"PK\x07\x08", member.crc, member.size, member.size))
+            members.append((encoded, flags, member.crc, member.size, offset))
+        _write_directory(out, members)
     return digest.hexdigest()
+
+
+def _write_directory(out: _HashingWriter, members: List[Any]) -> None:
+    """The central directory and its end records, as ``zipfile`` closes an archive it wrote."""
+    start = out.tell()
+    for encoded, flags, crc, size, offset in members:
+        extra = [size, size] if size > _ZIP64_LIMIT else []
+        if offset > _ZIP64_LIMIT:
+            extra.append(offset)
+        field = struct.pack("<HH" + "Q" * len(extra), 1, 8 * len(extra), *extra) if extra else b""
+        shown = 0xFFFFFFFF if size > _ZIP64_LIMIT else size
+        out.write(_CENTRAL.pack(b"PK\x01\x02", _ZIP64_VERSION, _UNIX, _ZIP64_VERSION, 0, flags, 0, *_DOS_1980, crc,
+                                shown, shown, len(encoded), len(field), 0, 0, 0, 0o600 << 16,
+                                0xFFFFFFFF if offset > _ZIP64_LIMIT else offset))
+        out.write(encoded)
+        out.write(field)
+    end = out.tell()
+    count, size = len(members), end - start
+    if count > _FILECOUNT_LIMIT or start > _ZIP64_LIMIT or size > _ZIP64_LIMIT:
+        out.write(_END64.pack(b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, size, start))
+        out.write(_END64_LOCATOR.pack(b"PK\x06\x07", 0, end, 1))
+        count, size, start = min(count, 0xFFFF), min(size, 0xFFFFFFFF), min(start, 0xFFFFFFFF)
+    out.write(_END.pack(b"PK\x05\x06", 0, 0, count, count, size, start, 0))
 
 
 def _write_pieces(f: Any, pieces: List[Any]) -> None:

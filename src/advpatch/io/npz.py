@@ -22,16 +22,19 @@ import struct
 import sys
 import threading
 import zipfile
-import zlib
 from typing import Any, Dict, List, Optional, Sequence, Type
 
 import numpy as np
 
 from advpatch.errors import AdvpatchError
-from advpatch.io.files import PathLike, read_arrays
+from advpatch.io.files import PathLike, crc32, read_arrays
 
-BLOCK = 1 << 20
-"""Bytes read (and hashed while they are in the cache) at a time."""
+BLOCK = 4 << 20
+"""Bytes read (and hashed right after, while most of them are in the cache) at a time. Each block
+takes Python's lock twice (after the read, after the hash), and a step's threads working in Python
+beside the reader make it wait up to the switch interval (5 ms) each time: 1 MiB blocks made a
+shard read beside Numba's first load take 0.5 s instead of 0.13 s; 4 MiB blocks, a quarter of
+those waits (deploy_patch on 4,000 224x224 images: 2.16 -> 1.97 s, medians of 5 alternated runs)."""
 
 _LOCAL = struct.Struct("<4s2B4HL2L2H")  # zipfile's local file header: 30 bytes
 _LOCAL_MAGIC = b"PK\x03\x04"
@@ -142,7 +145,7 @@ def _members(buffer: np.ndarray, view: memoryview, names: Sequence[str], check_c
         end = start + info.file_size
         if end > len(view):
             raise _Unexpected(name)
-        if check_crc and zlib.crc32(view[start:end]) != info.CRC:
+        if check_crc and crc32(view[start:end]) != info.CRC:
             raise _Unexpected(name)  # the general reader names the bad CRC
         f = _View(view[start:end])
         version = np.lib.format.read_magic(f)
