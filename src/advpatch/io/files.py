@@ -124,7 +124,8 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib's gives the
     from zlib import crc32 as crc32
 
 # zipfile's records (its struct formats), for archives of stored members written in one pass
-_LOCAL = struct.Struct("<4s2B4HL2L2H")
+LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a member's local header (30 bytes; the reader finds its data by it)
+LOCAL_MAGIC = b"PK\x03\x04"
 _ZIP64_LOCAL = struct.Struct("<HHQQ")  # the local header's zip64 field: sizes given after the data
 _DESCRIPTOR = struct.Struct("<4sLQQ")  # a member's CRC and sizes after its data (zip64)
 _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
@@ -199,8 +200,8 @@ def save_npz_hashed(path: Union[PathLike, Any], **arrays: Any) -> str:
             except UnicodeEncodeError:
                 encoded, flags = filename.encode("utf-8"), flags | _UTF8_FLAG
             offset = out.tell()
-            out.write(_LOCAL.pack(b"PK\x03\x04", _ZIP64_VERSION, 0, flags, 0, *_DOS_1980, 0, 0xFFFFFFFF,
-                                  0xFFFFFFFF, len(encoded), _ZIP64_LOCAL.size))
+            out.write(LOCAL_HEADER.pack(LOCAL_MAGIC, _ZIP64_VERSION, 0, flags, 0, *_DOS_1980, 0, 0xFFFFFFFF,
+                                        0xFFFFFFFF, len(encoded), _ZIP64_LOCAL.size))
             out.write(encoded)
             out.write(_ZIP64_LOCAL.pack(1, _ZIP64_LOCAL.size - 4, 0, 0))
             member = _Member(out)
