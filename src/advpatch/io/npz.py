@@ -36,7 +36,6 @@ shard read beside Numba's first load take 0.5 s instead of 0.13 s; 4 MiB blocks,
 those waits (deploy_patch on 4,000 224x224 images: 2.16 -> 1.97 s, medians of 5 alternated runs)."""
 
 
-
 class _Unexpected(Exception):
     """Not an archive this reader takes: the general reader reads it (and names what is wrong, as
     it does for every other exception of this one's)."""
