@@ -229,6 +229,59 @@ def test_a_loop_compiles_where_no_cache_can_be_kept(monkeypatch):
     assert compiled(twice)(21) == 42 and asked == [True, False]
 
 
+def test_a_loop_is_made_once_whichever_threads_ask_for_it():
+    """Threads asking for a loop at once (a step's loading thread and its first paste) wait for
+    one maker and get the same loop."""
+    import threading
+    import time
+
+    from advpatch.parallel import made_once
+
+    calls = []
+
+    @made_once
+    def make():
+        calls.append(threading.current_thread().name)
+        time.sleep(0.05)  # every thread asks while the first is still making it
+        return object()
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(make())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(got) == 4 and all(g is got[0] for g in got)
+
+
+def test_the_loops_load_on_a_thread_while_the_step_runs_and_its_errors_are_its_own(monkeypatch):
+    """``paste.loading()``: warm() runs on a thread during the block, which is joined at its end;
+    an error there is left to the step's own first call; the block's own errors come through."""
+    import threading
+
+    seen = []
+    monkeypatch.setattr(paste, "warm", lambda: seen.append(threading.current_thread().name) or 3)
+    with paste.loading():
+        pass
+    assert seen == ["advpatch-load"]  # on its own thread, finished when the block ends
+
+    def broken():
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(paste, "warm", broken)
+    with paste.loading():  # the loading thread's error is not the block's
+        pass
+    with pytest.raises(ValueError, match="the step's own"), paste.loading():
+        raise ValueError("the step's own error")
+
+    monkeypatch.setenv("ADVPATCH_NUMPY_PASTE", "1")  # NumPy's passes asked for: nothing to load
+    seen.clear()
+    monkeypatch.setattr(paste, "warm", lambda: seen.append(1))
+    with paste.loading():
+        pass
+    assert seen == []
+
+
 @pytest.mark.parametrize("shape, side, batch", [((30, 26, 1), 26, 16), ((48, 40, 3), 6, 5), ((64, 56, 3), 56, 70)])
 def test_apply_patches_is_tensorflows_whole_image_warp_and_blend_bit_for_bit(shape, side, batch):
     """Each window pixel is read at its image coordinates: the bytes of TensorFlow's warp of the

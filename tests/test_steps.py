@@ -198,6 +198,31 @@ def test_gen_patch_reads_only_the_images_it_draws(tiny_data, tmp_path, outputs, 
     assert read == [12, 12] and result.details["targets"] == ["7", "7"]
 
 
+def test_deploy_patch_loads_its_compiled_loops_on_a_thread_while_it_opens_its_data(tiny_data, tmp_path, outputs,
+                                                                                 monkeypatch):
+    """Numba's first load (0.4-0.6 s) overlaps the step's start: paste.warm runs on the step's
+    loading thread, and the step's result is what it is without it."""
+    import threading
+
+    from advpatch import patches
+    from advpatch.data.dataset import Dataset
+    from advpatch.patches import paste
+
+    data = Dataset(str(tiny_data / "test"))
+    patch = np.random.default_rng(0).random((1, 28, 28, data.image_shape[-1]), dtype=np.float32)
+    patches.PatchSet(patch, patches.make_mask(28, "circle")[None], np.array([3], np.int32), data.class_names,
+                     data.image_shape).save(str(tmp_path / "ps"))
+    kw = {"data": str(tiny_data / "test"), "patches": str(tmp_path / "ps"), "patch_scale": 0.4, "seed": 3}
+    seen, real = [], paste.warm
+    monkeypatch.setattr(paste, "warm", lambda: seen.append(threading.current_thread().name) or real())
+    loaded = steps.deploy_patch(**kw, patched_data=str(tmp_path / "a"))
+    assert seen == ["advpatch-load"] and loaded.metrics["num_patched"] == 60
+    monkeypatch.setenv("ADVPATCH_NUMPY_PASTE", "1")  # no loading thread, NumPy's passes: the same bytes
+    plain = steps.deploy_patch(**kw, patched_data=str(tmp_path / "b"))
+    assert seen == ["advpatch-load"] and plain.metrics == {k: v for k, v in loaded.metrics.items()}
+    assert Dataset(str(tmp_path / "a")).spec.shards == Dataset(str(tmp_path / "b")).spec.shards
+
+
 def test_a_step_runs_with_the_heap_before_it_left_out_of_the_cycle_collector(tmp_path, outputs, monkeypatch):
     """The objects alive when a step starts are frozen (``gc.freeze``) while it runs and handed back
     after, also when it fails; inside a freeze made elsewhere a step changes nothing."""

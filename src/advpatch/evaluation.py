@@ -5,7 +5,6 @@ tests)."""
 from __future__ import annotations
 
 import csv
-import functools
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from advpatch.data.dataset import Dataset, to_float
 from advpatch.io.files import atomic_file
+from advpatch.parallel import made_once
 
 EPS = 1e-7
 Z_95 = 1.959963984540054
@@ -272,7 +272,7 @@ def distances_of_sums(sums: np.ndarray, squares: np.ndarray, pixels: int) -> Dic
     return {k: out[k] for k in ("l_inf", "l1", "l2", "cosine_similarity", "wasserstein")}
 
 
-@functools.lru_cache(maxsize=None)
+@made_once
 def _change_sums() -> Any:
     """:func:`change_sums`' loop (:func:`advpatch.parallel.compiled`): ``sums(before, after, counts)``,
     per image over its points of every plane."""
@@ -314,7 +314,7 @@ def squares_of(a: np.ndarray) -> np.ndarray:
     return squares
 
 
-@functools.lru_cache(maxsize=None)
+@made_once
 def _square_sums() -> Any:
     from advpatch.parallel import compiled
 

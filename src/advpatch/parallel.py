@@ -19,9 +19,10 @@ loop). :func:`advpatch.patches.paste.warm` compiles them all."""
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
-from typing import Any, Callable, Dict, Iterator, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -155,6 +156,24 @@ def _layers(model: Any) -> Iterator[Any]:
     for layer in getattr(model, "layers", []):
         yield layer
         yield from _layers(layer)
+
+
+def made_once(make: Callable[[], F]) -> Callable[[], F]:
+    """``make()`` (a compiled loop's maker) run once per process, by whichever thread asks first; a
+    thread asking meanwhile waits for it and gets the same loop (a step loads its loops on a thread
+    while it opens its data: :func:`advpatch.patches.paste.loading`)."""
+    lock = threading.Lock()
+    made: List[F] = []
+
+    @functools.wraps(make)
+    def get() -> F:
+        if not made:
+            with lock:
+                if not made:
+                    made.append(make())
+        return made[0]
+
+    return get
 
 
 def compiled(fn: F) -> F:

@@ -29,10 +29,16 @@ and TensorFlow), in one pass where NumPy makes some forty over each chunk.
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Optional, Tuple
+import contextlib
+import logging
+import threading
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 import numpy as np
+
+from advpatch.parallel import made_once
+
+log = logging.getLogger(__name__)
 
 F32 = np.float32
 PAD = 2
@@ -254,7 +260,7 @@ def compiled_off() -> bool:
     return os.environ.get("ADVPATCH_NUMPY_PASTE", "") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@made_once
 def _kernel() -> Any:
     """:func:`paste_masked`'s compiled loop, built at first use (importing Numba takes 0.4 s):
     ``kernel(flat, flat_out, corner, w, c, wh, ww, rows, canvas, side, index, oy, ox, origin, divide,
@@ -367,6 +373,31 @@ def warm() -> int:
         evaluation.distance_stats(images, out)  # squares_of, change_sums
     loops = (_kernel(), evaluation._change_sums(), evaluation._square_sums())
     return sum(len(loop.signatures) > 0 for loop in loops)
+
+
+@contextlib.contextmanager
+def loading() -> Iterator[None]:
+    """The compiled loops loaded (:func:`warm`) on a thread while the block runs, joined at its end:
+    a deployment opens its data and draws its placements meanwhile, instead of waiting for Numba's
+    first load (0.4-0.6 s: its registries, imported at a first call, even from the cache) at its
+    first paste. A thread needing a loop before it is ready waits for it (:func:`~advpatch.parallel.made_once`,
+    Numba's own compile lock). An error here is left to the step's own first call, which raises it."""
+    if compiled_off():
+        yield
+        return
+
+    def load() -> None:
+        try:
+            warm()
+        except Exception as e:  # the step's first paste meets it again and raises it
+            log.debug("loading the compiled loops on a thread failed: %s", e)
+
+    thread = threading.Thread(target=load, name="advpatch-load", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
 
 
 if __name__ == "__main__":  # python -m advpatch.patches.paste: the package's own module (not __main__'s copy) warmed
