@@ -188,6 +188,44 @@ def test_a_shard_written_in_the_background_raises_its_error_and_waits_in_order()
     bg.wait(raise_error=False)  # abort: the folder goes anyway
 
 
+def test_shards_are_saved_two_at_a_time_and_errors_come_in_order():
+    """``Background(2)`` (the dataset writer's): two tasks run at once (each waits for the other
+    here), a third waits for the oldest; the first error in submission order is raised once none
+    is running."""
+    import threading
+    import time
+
+    from advpatch.data.writer import WRITING
+    from advpatch.io.files import Background
+
+    assert WRITING == 2
+    both = threading.Barrier(2, timeout=10)  # broken (an error) unless two run at once
+    done = []
+    bg = Background(2)
+    bg.submit(lambda: done.append(("a", both.wait())))
+    bg.submit(lambda: done.append(("b", both.wait())))
+    bg.submit(done.append, "c")
+    bg.wait()
+    assert sorted(map(str, done))[-1] == "c" and len(done) == 3
+
+    def fail(message, delay):
+        time.sleep(delay)
+        raise OSError(message)
+
+    bg.submit(fail, "first", 0.2)  # fails last, but was submitted first
+    bg.submit(fail, "second", 0.0)
+    with pytest.raises(OSError, match="first"):
+        bg.wait()
+    finished = []
+    bg.submit(fail, "early", 0.0)
+    bg.submit(lambda: (time.sleep(0.2), finished.append(1)))
+    time.sleep(0.05)
+    with pytest.raises(OSError, match="early"):
+        bg.submit(finished.append, 2)  # the oldest failed: raised once the other is done too
+    assert finished == [1]
+    bg.wait()
+
+
 def test_batches_read_the_next_shard_ahead_and_give_the_same_rows(tmp_path):
     """Batches over many shards (the next one read on a thread while the caller works) are the
     rows in order, cut where the whole's batches are, for any start and stop; a corrupt shard

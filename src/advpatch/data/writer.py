@@ -1,6 +1,6 @@
 """Writing a dataset artifact (see :mod:`advpatch.data.dataset` for the format): :class:`DatasetWriter`
-streams images into shards of about ``shard_bytes``, saved and hashed on a thread while the next one
-fills, into a hidden folder that becomes the artifact only when the writer closes cleanly
+streams images into shards of about ``shard_bytes``, saved and hashed on threads (:data:`WRITING` at
+once) while the next one fills, into a hidden folder that becomes the artifact only when the writer closes cleanly
 (:class:`advpatch.io.files.AtomicDir`); :func:`write_dataset` writes arrays held in memory."""
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ import numpy as np
 from advpatch.data.dataset import DEFAULT_SHARD_BYTES, MANIFEST, DatasetSpec
 from advpatch.errors import DatasetError
 from advpatch.io.files import AtomicDir, Background, save_npz_hashed
+
+WRITING = 2
+"""Shards saved at once, each on a thread (its CRC, sha256 and the kernel's copy into the page
+cache): one thread doing all of it held back load_dataset on two cores (docs/benchmarks.md)."""
 
 
 def _save_shard(path: Path, arrays: Dict[str, np.ndarray], entry: Dict[str, Any]) -> None:
@@ -57,7 +61,7 @@ class DatasetWriter:
         self._pending: List[Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]] = []
         self._pending_n = 0
         self._closed = False
-        self._background = Background()
+        self._background = Background(WRITING)
 
     def write(self, x: np.ndarray, y: np.ndarray, **columns: np.ndarray) -> None:
         """Append a batch: ``x`` uint8 ``[n, H, W, C]``, ``y`` integer labels ``[n]``. The writer keeps

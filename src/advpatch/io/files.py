@@ -14,7 +14,7 @@ import struct
 import tarfile
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Dict, Iterator, List, Sequence, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type, TypeVar, Union
 
 from advpatch.errors import AdvpatchError, ArchiveError
 
@@ -80,32 +80,42 @@ def atomic_file(path: PathLike) -> Iterator[Path]:
 
 
 class Background:
-    """One task at a time on a thread of its own (writing a file while the caller computes the
-    next): :meth:`submit` waits for the task before, :meth:`wait` for the last (raising its error)."""
+    """Up to ``depth`` tasks at a time, each on a thread of the object's own (files written while
+    the caller computes the next): :meth:`submit` waits for the oldest while ``depth`` are under way,
+    :meth:`wait` for all of them, then raises the first error in the order they were submitted
+    (none of them still running)."""
 
-    def __init__(self) -> None:
+    def __init__(self, depth: int = 1) -> None:
+        self._depth = max(1, depth)
         self._pool: Any = None
-        self._task: Any = None
+        self._tasks: List[Any] = []
 
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        self.wait()
+        while len(self._tasks) >= self._depth:
+            task = self._tasks.pop(0)
+            try:
+                task.result()
+            except BaseException:
+                self.wait(raise_error=False)  # none still running once the error is raised
+                raise
         from concurrent.futures import ThreadPoolExecutor
 
-        self._pool = self._pool or ThreadPoolExecutor(1)
-        self._task = self._pool.submit(fn, *args)
+        self._pool = self._pool or ThreadPoolExecutor(self._depth)
+        self._tasks.append(self._pool.submit(fn, *args))
 
     def wait(self, raise_error: bool = True) -> None:
-        task, self._task = self._task, None
-        try:
-            if task is not None:
+        tasks, self._tasks = self._tasks, []
+        error: Optional[BaseException] = None
+        for task in tasks:
+            try:
                 task.result()
-        except BaseException:
-            if raise_error:
-                raise
-        finally:
-            if self._task is None and self._pool is not None:
-                self._pool.shutdown()
-                self._pool = None
+            except BaseException as e:
+                error = error or e
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        if error is not None and raise_error:
+            raise error
 
 
 def save_npz(path: Union[PathLike, Any], **arrays: Any) -> None:
