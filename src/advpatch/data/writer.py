@@ -1,7 +1,8 @@
 """Writing a dataset artifact (see :mod:`advpatch.data.dataset` for the format): :class:`DatasetWriter`
 streams images into shards of about ``shard_bytes``, saved and hashed on threads (:data:`WRITING` at
-once) while the next one fills, into a hidden folder that becomes the artifact only when the writer closes cleanly
-(:class:`advpatch.io.files.AtomicDir`); :func:`write_dataset` writes arrays held in memory."""
+once) while the next one fills, into a hidden folder that becomes the artifact only when the writer
+closes cleanly (:class:`advpatch.io.files.AtomicDir`); :func:`write_dataset` writes arrays held in
+memory."""
 
 from __future__ import annotations
 
