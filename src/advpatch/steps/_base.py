@@ -73,14 +73,16 @@ STEPS: Dict[str, Callable[..., StepResult]] = {}
 """Every step, by name, as :func:`step` makes them (the step modules register as they are imported)."""
 
 
-def step(name: str) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
+def step(name: str, *, loops: bool = False) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
     """Make ``body(p, track, **paths)`` the step ``name`` (``p``: its parameters, typed, as
     :mod:`advpatch.steps._params` declares them; ``track``: its :class:`Tracker`): called as
     ``step(**paths, **parameters, ctx=RunContext())``, it validates the parameters against the table
     (``params.STEP_PARAMS[name]``) before anything else, logs start and end with the duration, and
     returns the body's result.
 
-    ``paths`` are the body's keyword-only arguments: the artifacts it reads and writes."""
+    ``paths`` are the body's keyword-only arguments: the artifacts it reads and writes. ``loops``: the
+    step pastes, and the compiled loops load on a thread while it starts (Numba's first load,
+    0.4-0.6 s: :func:`advpatch.patches.paste.loading`)."""
 
     def wrap(body: Callable[..., StepResult]) -> Callable[..., StepResult]:
         body_params = list(inspect.signature(body).parameters.values())[2:]
@@ -95,14 +97,19 @@ def step(name: str) -> Callable[[Callable[..., StepResult]], Callable[..., StepR
                 raise TypeError(f"{name}() needs the artifact path(s) {', '.join(missing)}")
             values = params.validate_step(name, kwargs)
             setup_logging()
-            check_server()  # down, failing or refusing: fail before the work, leaving no output
-            log.info("%s: start", name)
-            started = time.monotonic()
-            try:
-                with long_lived_frozen():
-                    result = body(PARAMS_OF[name](**values), Tracker(name, values, ctx, paths), **paths)
-            finally:
-                log.info("%s: done in %.1f s", name, time.monotonic() - started)
+            with contextlib.ExitStack() as meanwhile:
+                if loops:
+                    from advpatch.patches.paste import loading
+
+                    meanwhile.enter_context(loading())
+                check_server()  # down, failing or refusing: fail before the work, leaving no output
+                log.info("%s: start", name)
+                started = time.monotonic()
+                try:
+                    with long_lived_frozen():
+                        result = body(PARAMS_OF[name](**values), Tracker(name, values, ctx, paths), **paths)
+                finally:
+                    log.info("%s: done in %.1f s", name, time.monotonic() - started)
             result.params, result.task = values, ctx.task_name
             return result
 

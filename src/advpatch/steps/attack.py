@@ -84,7 +84,7 @@ def gen_patch(p: GenPatchParams, track: Tracker, *, data: str, patches: str, mod
     )
 
 
-@step("deploy_patch")
+@step("deploy_patch", loops=True)
 def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: str, patched_data: str,
                  model: str = "") -> StepResult:
     """Put patches from a patch set on a dataset (see :func:`advpatch.patches.deploy`): the patched
@@ -93,14 +93,6 @@ def deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: st
     searches each image's placement against the model (``model`` or ``model_uri``), with
     ``defence`` in front (see :mod:`advpatch.patches.worst_case`). ``shard_index`` of ``shard_count``:
     only that shard of the images, each patched as when all are (its layout in the provenance)."""
-    from advpatch.patches.paste import loading
-
-    with loading():  # the compiled loops loaded on a thread while the data is opened
-        return _deploy_patch(p, track, data=data, patches=patches, patched_data=patched_data, model=model)
-
-
-def _deploy_patch(p: DeployPatchParams, track: Tracker, *, data: str, patches: str, patched_data: str,
-                  model: str) -> StepResult:
     import numpy as np
 
     from advpatch import patches as engine
